@@ -1,0 +1,240 @@
+"""Read access to an ONNX graph and its subgraphs for the rewrite rules.
+
+Rules edit the ``ModelProto`` in place rather than round-tripping it through onnx-graphsurgeon.
+We measured gs 0.6.1's import/export dropping initializers that are also graph inputs, unused
+initializers, the model's doc_string / model_version / domain / metadata_props and every node's
+doc_string and metadata_props, and it re-serializes every weight. The output must keep the
+original's interface and metadata exactly, so everything we do not rewrite is simply never touched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, GraphProto, NodeProto, numpy_helper
+
+# A path names a graph inside the model: () is the main graph, each step is (node index, attribute).
+GraphPath = tuple[tuple[int, str], ...]
+# Shape entries: int for a known dim, str for a symbolic one, None for an unknown one.
+Shape = tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class TensorType:
+    elem_type: int
+    shape: Shape | None  # None: rank unknown
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+def subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            for i, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{i}]", g
+
+
+def iter_graphs(graph: GraphProto, path: GraphPath = ()) -> Iterator[tuple[GraphPath, GraphProto]]:
+    """Every graph, outer before inner, with its path."""
+    yield path, graph
+    for i, node in enumerate(graph.node):
+        for attr_name, sub in subgraphs(node):
+            yield from iter_graphs(sub, (*path, (i, attr_name)))
+
+
+def describe_path(graph: GraphProto, path: GraphPath) -> str:
+    """Human-readable location: ``main`` or ``main/If_0.then_branch``."""
+    parts = ["main"]
+    g = graph
+    for index, attr_name in path:
+        node = g.node[index]
+        parts.append(f"{node.name or f'{node.op_type}#{index}'}.{attr_name}")
+        g = dict(subgraphs(node))[attr_name]
+    return "/".join(parts)
+
+
+def referenced_names(graph: GraphProto) -> set[str]:
+    """Every tensor name read by a node or returned as an output, in the graph and all its subgraphs.
+
+    Used as a conservative "is this still used?" test: a name defined inside a subgraph and
+    counted here only makes us keep something, never drop it.
+    """
+    names: set[str] = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            names |= referenced_names(sub)
+    return names
+
+
+def count_ops(graph: GraphProto) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for _, g in iter_graphs(graph):
+        counts.update(n.op_type for n in g.node)
+    return dict(sorted(counts.items()))
+
+
+def _type_of(value_info: onnx.ValueInfoProto) -> TensorType | None:
+    t = value_info.type
+    if t.WhichOneof("value") != "tensor_type":
+        return None
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return TensorType(tt.elem_type, None)
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        which = d.WhichOneof("value")
+        dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
+    return TensorType(tt.elem_type, tuple(dims))
+
+
+def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorType]]:
+    """Declared and inferred tensor types of every graph, keyed by graph path.
+
+    Shape inference runs on a copy; the caller's model is not changed, so the output only
+    keeps the value_info it had. Inference failures fall back to the declared types.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model inference cannot handle still has declared shapes
+        inferred = model
+    types: dict[GraphPath, dict[str, TensorType]] = {}
+    for path, g in iter_graphs(inferred.graph):
+        table: dict[str, TensorType] = {}
+        for init in g.initializer:
+            table[init.name] = TensorType(init.data_type, tuple(init.dims))
+        for vi in [*g.input, *g.value_info, *g.output]:
+            found = _type_of(vi)
+            if found is not None and (found.shape is not None or vi.name not in table):
+                table[vi.name] = found
+        types[path] = table
+    return types
+
+
+SourceKind = Literal["initializer", "constant_node", "initializer_graph_input", "graph_input", "computed", "unknown"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a tensor's value comes from, as seen from one scope."""
+
+    kind: SourceKind
+    owner: Scope | None = None  # the scope that holds the initializer or Constant node
+
+    @property
+    def is_constant(self) -> bool:
+        return self.kind in ("initializer", "constant_node")
+
+
+class Scope:
+    """One graph with its producers, consumers and types, and a link to the enclosing scope."""
+
+    def __init__(
+        self,
+        graph: GraphProto,
+        path: GraphPath,
+        types: dict[str, TensorType],
+        parent: Scope | None = None,
+        label: str = "main",
+    ) -> None:
+        self.graph = graph
+        self.path = path
+        self.parent = parent
+        self.label = label
+        self.types = types
+        self.input_names = {i.name for i in graph.input}
+        self.output_names = {o.name for o in graph.output}
+        self.initializers = {t.name: t for t in graph.initializer}
+        # Hold the node wrappers so that id(node) identifies a node for as long as the scope lives.
+        self.nodes: list[NodeProto] = list(graph.node)
+        self.producers: dict[str, NodeProto] = {}
+        self.uses: dict[str, list[NodeProto]] = defaultdict(list)
+        for node in self.nodes:
+            for out in node.output:
+                if out:
+                    self.producers[out] = node
+            read = {n for n in node.input if n}
+            for _, sub in subgraphs(node):
+                read |= referenced_names(sub)
+            for name in read:
+                self.uses[name].append(node)
+
+    def type_of(self, name: str) -> TensorType | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.types:
+                return scope.types[name]
+            scope = scope.parent
+        return None
+
+    def source(self, name: str) -> Source:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.initializers:
+                kind = "initializer_graph_input" if name in scope.input_names else "initializer"
+                return Source(kind, scope)
+            if name in scope.input_names:
+                return Source("graph_input", scope)
+            node = scope.producers.get(name)
+            if node is not None:
+                if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and _constant_attr(node) is not None:
+                    return Source("constant_node", scope)
+                return Source("computed", scope)
+            scope = scope.parent
+        return Source("unknown")
+
+    def constant_value(self, name: str) -> np.ndarray:
+        """The value of a tensor whose ``source(name).is_constant``."""
+        src = self.source(name)
+        assert src.owner is not None and src.is_constant, f"{name} is not a constant"
+        if src.kind == "initializer":
+            return numpy_helper.to_array(src.owner.initializers[name])
+        attr = _constant_attr(src.owner.producers[name])
+        assert attr is not None
+        return numpy_helper.to_array(attr.t)
+
+    def consumers(self, name: str) -> list[NodeProto]:
+        return self.uses.get(name, [])
+
+
+def _constant_attr(node: NodeProto) -> AttributeProto | None:
+    """The ``value`` tensor attribute of a Constant node; other Constant forms are left alone."""
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+            return attr
+    return None
+
+
+class NameAllocator:
+    """Unique, deterministic names derived from the originals (``x`` -> ``x_conv``, ``x_conv_1``, ...)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.taken: set[str] = set()
+        for _, g in iter_graphs(model.graph):
+            self.taken.update(i.name for i in g.input)
+            self.taken.update(o.name for o in g.output)
+            self.taken.update(t.name for t in g.initializer)
+            self.taken.update(t.values.name for t in g.sparse_initializer)
+            self.taken.update(v.name for v in g.value_info)
+            for node in g.node:
+                self.taken.add(node.name)
+                self.taken.update(node.input)
+                self.taken.update(node.output)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name

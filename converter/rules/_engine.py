@@ -1,0 +1,222 @@
+"""Runs rewrite rules over a model and every subgraph in it, safely and with reasons.
+
+A rule has two stateless phases: ``check(node, ctx)`` decides whether the node can be
+rewritten and returns a plan (or raises ``Decline``), ``rewrite(plan, ctx)`` builds the
+replacement. The engine owns what every rule needs and no rule should get wrong:
+
+- the universal safety check: nodes a plan removes may not have outputs used outside the plan
+  unless the replacement produces them again, and no node is claimed by two plans;
+- a provenance tag on every node a rule creates;
+- splicing replacements into the graph in place (everything else is left untouched), then
+  dropping only what the rewrite itself made dead: released constants and the value_info of
+  tensors that no longer exist.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
+
+from ..graph import GraphPath, NameAllocator, Scope, collect_types, iter_graphs, referenced_names, subgraphs
+from ..report import Decision
+
+PROVENANCE_KEY = "converter.rule"
+# Node metadata_props exist from IR version 10 on; older models get the tag in doc_string.
+_NODE_METADATA_IR = 10
+
+
+class Decline(Exception):
+    """A rule (or a check deep inside one) refusing a node, with a stable code and a sentence."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RewriteOptions:
+    """What the rewrite must respect. The providers are those the result will be run (and verified) on."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclass
+class Plan:
+    """What a rule intends to replace. Rules subclass this to carry what rewrite() needs."""
+
+    removed: list[NodeProto]  # the first one is the anchor: new nodes go where it was
+    outputs: list[str]  # outputs of removed nodes that the replacement produces again
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Replacement:
+    nodes: list[NodeProto]
+    released: list[str] = field(default_factory=list)  # constants the removed nodes read
+    vanished: list[str] = field(default_factory=list)  # tensors that no longer exist
+
+
+class Context:
+    """What a rule sees of the model while it works on one graph."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        names: NameAllocator,
+        options: RewriteOptions,
+        opset: int,
+        ir_version: int,
+        derived: dict[tuple[Any, ...], str],
+    ) -> None:
+        self.scope = scope
+        self.names = names
+        self.options = options
+        self.opset = opset
+        self.ir_version = ir_version
+        self._derived = derived
+        self.new_initializers: list[TensorProto] = []
+
+    def derived_initializer(self, key: str, source: str, make: Callable[[], np.ndarray]) -> str:
+        """A constant computed from ``source``, created once per graph however many nodes share it."""
+        cache_key = (self.scope.path, key, source)
+        if cache_key not in self._derived:
+            name = self.names.fresh(f"{source}_{key}")
+            self.new_initializers.append(numpy_helper.from_array(np.ascontiguousarray(make()), name))
+            self._derived[cache_key] = name
+        return self._derived[cache_key]
+
+    def node(self, rule: str, origin: str, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> NodeProto:
+        """A new node with a unique name and a tag saying which rule made it from which node."""
+        node = onnx.helper.make_node(op_type, inputs, outputs, name=self.names.fresh(name), **attrs)
+        if self.ir_version >= _NODE_METADATA_IR:
+            node.metadata_props.add(key=PROVENANCE_KEY, value=f"{rule} from {origin}")
+        else:
+            node.doc_string = f"{PROVENANCE_KEY}: {rule} from {origin}"
+        return node
+
+
+class Rule(ABC):
+    name: ClassVar[str]
+    op_type: ClassVar[str]  # the anchor op a candidate starts from
+
+    @abstractmethod
+    def check(self, node: NodeProto, ctx: Context) -> Plan:
+        """Return a plan for rewriting ``node`` or raise Decline."""
+
+    @abstractmethod
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        """Build the replacement for a plan that passed check() and the engine's safety check."""
+
+
+def node_label(node: NodeProto) -> str:
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+def _check_safe(plan: Plan, scope: Scope, claimed: set[int]) -> None:
+    removed = {id(n) for n in plan.removed}
+    if removed & claimed:
+        raise Decline("overlapping_match", "another rewrite already claimed one of these nodes")
+    for node in plan.removed:
+        for out in node.output:
+            if not out or out in plan.outputs:
+                continue
+            if out in scope.output_names:
+                raise Decline("matched_nodes_have_other_uses", f"{out!r} is a graph output")
+            if any(id(c) not in removed for c in scope.consumers(out)):
+                raise Decline("matched_nodes_have_other_uses", f"{out!r} is used by a node outside the match")
+
+
+def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]], new_inits: list[TensorProto]) -> None:
+    anchors = {id(plan.removed[0]): rep for plan, rep in done}
+    removed = {id(n) for plan, _ in done for n in plan.removed}
+    nodes: list[NodeProto] = []
+    for node in scope.nodes:
+        if id(node) in anchors:
+            nodes.extend(anchors[id(node)].nodes)
+        elif id(node) not in removed:
+            nodes.append(node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+
+
+def _drop_dead(model: onnx.ModelProto, released: set[str], vanished: set[str]) -> None:
+    """Remove released constants nothing reads any more, and value_info of tensors that are gone."""
+    used = referenced_names(model.graph)
+    dead = released - used
+    for _, g in iter_graphs(model.graph):
+        for field_name, key in (("initializer", lambda t: t.name), ("value_info", lambda v: v.name)):
+            items = getattr(g, field_name)
+            gone = dead | vanished if field_name == "value_info" else dead
+            for i in reversed([i for i, item in enumerate(items) if key(item) in gone]):
+                del items[i]
+        constant_nodes = [
+            i for i, n in enumerate(g.node) if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in dead
+        ]
+        for i in reversed(constant_nodes):
+            del g.node[i]
+
+
+def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions) -> list[Decision]:
+    """Rewrite ``model`` in place with ``rules``; return one decision per candidate node."""
+    types = collect_types(model)
+    names = NameAllocator(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    by_op: dict[str, list[Rule]] = {}
+    for rule in rules:
+        by_op.setdefault(rule.op_type, []).append(rule)
+    derived: dict[tuple[Any, ...], str] = {}
+    decisions: list[Decision] = []
+    released: set[str] = set()
+    vanished: set[str] = set()
+
+    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str) -> None:
+        scope = Scope(graph, path, types.get(path, {}), parent, label)
+        # Inner graphs first: their paths index this graph's nodes as they are before splicing.
+        for i, node in enumerate(scope.nodes):
+            for attr_name, sub in subgraphs(node):
+                visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}")
+        ctx = Context(scope, names, options, opset, model.ir_version, derived)
+        claimed: set[int] = set()
+        done: list[tuple[Plan, Replacement]] = []
+        for node in scope.nodes:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            first_decline: Decline | None = None
+            for rule in by_op.get(node.op_type, []):
+                try:
+                    plan = rule.check(node, ctx)
+                    _check_safe(plan, scope, claimed)
+                except Decline as d:
+                    first_decline = first_decline or d
+                    continue
+                rep = rule.rewrite(plan, ctx)
+                claimed.update(id(n) for n in plan.removed)
+                done.append((plan, rep))
+                released.update(rep.released)
+                vanished.update(rep.vanished)
+                decisions.append(
+                    Decision(label, node_label(node), node.op_type, rule.name, True,
+                             new_nodes=[n.name for n in rep.nodes], notes=plan.notes)
+                )
+                break
+            else:
+                if first_decline is not None:
+                    decisions.append(
+                        Decision(label, node_label(node), node.op_type, by_op[node.op_type][0].name, False,
+                                 reason=first_decline.code, detail=first_decline.detail)
+                    )
+        if done:
+            _splice(graph, scope, done, ctx.new_initializers)
+
+    visit(model.graph, (), None, "main")
+    vanished -= referenced_names(model.graph)
+    _drop_dead(model, released, vanished)
+    return decisions

@@ -1,0 +1,127 @@
+"""A dense layer applied at every spatial position is a 1x1 convolution.
+
+Before::
+
+    Y = MatMul(X, W)            X: [N, H, W, C]   W: [C, K] (or [1, 1, C, K])
+    Z = Add(Y, b)               optional, b broadcasting along the last axis only
+
+After::
+
+    Xt = Transpose(X, perm=[0, 3, 1, 2])                 [N, C, H, W]
+    Zt = Conv(Xt, W^T reshaped [K, C, 1, 1], bias=b)     [N, K, H, W]
+    Z  = Transpose(Zt, perm=[0, 2, 3, 1])                [N, H, W, K]
+
+because ``Z[n,h,w,k] = sum_c X[n,h,w,c] W[c,k] + b[k] = Conv(Xt)[n,k,h,w]``. The last Transpose
+writes the original tensor name, so every consumer and graph output is untouched.
+
+The Add is folded into Conv's bias only when that is provably the same computation: Y feeds
+only the Add and is not a graph output, the other operand is a true constant, and it varies
+along the last axis only (``[K]``, ``[1, K]``, ``[1, 1, 1, K]``, scalar). Otherwise the Add stays
+and the MatMul alone is rewritten; the reason goes into the decision's notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import NodeProto
+
+from ._checks import require_constant, require_conv_dtype, require_rank
+from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
+
+
+@dataclass
+class _Bias:
+    add: NodeProto
+    name: str
+    value: np.ndarray  # shape [K]
+
+
+@dataclass
+class MatMulPlan(Plan):
+    x: str = ""
+    weight_name: str = ""
+    weight: np.ndarray | None = None  # [C, K]
+    bias: _Bias | None = None
+    origin: str = ""
+
+
+def _as_matrix(w: np.ndarray, name: str) -> np.ndarray:
+    if not 2 <= w.ndim <= 4:
+        raise Decline("weight_rank", f"weight {name!r} has rank {w.ndim}; a dense layer needs [C, K]")
+    if any(d != 1 for d in w.shape[:-2]):
+        raise Decline("weight_batched", f"weight {name!r} of shape {list(w.shape)} varies over batch dims")
+    return w.reshape(w.shape[-2:])
+
+
+def _find_bias(node: NodeProto, ctx: Context, dtype: np.dtype, k: int) -> tuple[_Bias | None, str | None]:
+    """The foldable bias after ``node``, or None with the reason it cannot be folded."""
+    y = node.output[0]
+    consumers = ctx.scope.consumers(y)
+    adds = [c for c in consumers if c.op_type == "Add" and c.domain in ("", "ai.onnx")]
+    if not adds:
+        return None, None
+    if len(consumers) > 1:
+        return None, "matmul_output_fanout"
+    if y in ctx.scope.output_names:
+        return None, "matmul_output_is_graph_output"
+    add = adds[0]
+    others = [n for n in add.input if n != y]
+    if len(others) != 1:
+        return None, "bias_not_constant"
+    try:
+        b = require_constant(ctx, others[0], "bias")
+    except Decline as d:
+        return None, d.code
+    if b.dtype != dtype:
+        return None, "bias_dtype_mismatch"
+    if b.ndim > 4 or any(d != 1 for d in b.shape[:-1]) or (b.ndim and b.shape[-1] not in (1, k)):
+        return None, "bias_not_per_channel"
+    return _Bias(add, others[0], np.broadcast_to(b.reshape(-1), (k,))), None
+
+
+class MatMulAddToConv(Rule):
+    name = "matmul_add_to_conv"
+    op_type = "MatMul"
+
+    def check(self, node: NodeProto, ctx: Context) -> MatMulPlan:
+        x, w_name = node.input[0], node.input[1]
+        xt = require_rank(ctx, x, 4)
+        w = _as_matrix(require_constant(ctx, w_name, "weight"), w_name)
+        c, k = w.shape
+        if isinstance(xt.shape[3], int) and xt.shape[3] != c:
+            raise Decline("shape_mismatch", f"{x!r} has {xt.shape[3]} channels but the weight expects {c}")
+        require_conv_dtype(ctx, xt.elem_type)
+        bias, bias_reason = _find_bias(node, ctx, w.dtype, k)
+        removed = [node] if bias is None else [node, bias.add]
+        out = node.output[0] if bias is None else bias.add.output[0]
+        notes = {"bias_folded": bias is not None}
+        if bias_reason:
+            notes["bias_reason"] = bias_reason
+        return MatMulPlan(removed, [out], notes, x=x, weight_name=w_name, weight=w, bias=bias, origin=node_label(node))
+
+    def rewrite(self, plan: MatMulPlan, ctx: Context) -> Replacement:
+        assert plan.weight is not None
+        w = plan.weight
+        c, k = w.shape
+        base = plan.removed[0].name or plan.removed[0].output[0]
+        weight = ctx.derived_initializer("conv_weight", plan.weight_name, lambda: w.T.reshape(k, c, 1, 1))
+        inputs = [ctx.names.fresh(f"{base}_nchw"), weight]
+        released = [plan.weight_name]
+        vanished: list[str] = []
+        if plan.bias is not None:
+            b = plan.bias
+            src = ctx.scope.source(b.name)
+            reusable = src.kind == "initializer" and list(src.owner.initializers[b.name].dims) == [k]  # type: ignore[union-attr]
+            inputs.append(b.name if reusable else ctx.derived_initializer("conv_bias", b.name, lambda: b.value))
+            released.append(b.name)
+            vanished.append(plan.removed[0].output[0])
+        conv_out = ctx.names.fresh(f"{base}_conv_nchw")
+        make = lambda *a, **kw: ctx.node(self.name, plan.origin, *a, **kw)  # noqa: E731
+        nodes = [
+            make("Transpose", [plan.x], [inputs[0]], f"{base}_to_nchw", perm=[0, 3, 1, 2]),
+            make("Conv", inputs, [conv_out], f"{base}_conv", kernel_shape=[1, 1]),
+            make("Transpose", [conv_out], [plan.outputs[0]], f"{base}_to_nhwc", perm=[0, 2, 3, 1]),
+        ]
+        return Replacement(nodes, released=released, vanished=vanished)
