@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import converter
 from converter.graph import count_ops
 
-settings.register_profile("ci", max_examples=int(os.environ.get("CONVERTER_HYPOTHESIS_EXAMPLES", "40")), deadline=None)
+settings.register_profile("ci", max_examples=int(os.environ.get("CONVERTER_HYPOTHESIS_EXAMPLES", "200")), deadline=None)
 settings.load_profile("ci")
 
 # H != W everywhere, so a swapped spatial axis cannot hide.

@@ -1,0 +1,183 @@
+"""The real ``convert`` command in a subprocess: exit codes, files written or not, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.conftest import C, H, W_, dense_model, with_output_shapes
+
+CONVERT = shutil.which("convert", path=str(Path(sys.executable).parent)) or "convert"
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run([CONVERT, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "dense.onnx"
+    onnx.save(dense_model(x_shape=("N", H, W_, C)), path)
+    return path
+
+
+def test_default_output_beside_input_and_summary(model_file: Path) -> None:
+    before = model_file.read_bytes()
+    r = run(model_file)
+    assert r.returncode == 0, r.stderr
+    out = model_file.with_name("dense_conv.onnx")
+    assert out.exists() and model_file.read_bytes() == before
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Transpose", "Conv", "Transpose"]
+    assert "Rewritten 1 of 1 candidates" in r.stdout
+    assert "MatMul" in r.stdout and "Conv" in r.stdout
+    assert "dim 'N' of input 'x' set to 1" in r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("PASSED")
+    assert r.stderr == ""  # no progress output when stderr is not a terminal
+
+
+def test_python_dash_m_is_the_same_command(model_file: Path, tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "converter", str(model_file), "-o", str(tmp_path / "m.onnx"), "-q"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("PASSED") and len(r.stdout.strip().splitlines()) == 1
+
+
+def test_json_report(model_file: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    r = run(model_file, "-o", tmp_path / "out.onnx", "--report", report, "--input-shape", f"x:3,{H},{W_},{C}")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(report.read_text())
+    assert data["ok"] and data["written"] and data["output"] == str(tmp_path / "out.onnx")
+    assert data["rewrite"]["candidates"] == 1 and data["rewrite"]["rewritten"] == 1
+    assert data["rewrite"]["ops_before"] == {"Add": 1, "MatMul": 1}
+    assert data["rewrite"]["ops_after"] == {"Conv": 1, "Transpose": 2}
+    assert data["rewrite"]["decisions"][0]["notes"] == {"bias_folded": True}
+    v = data["verify"]
+    assert v["passed"] and v["inputs"][0]["shape"] == [3, H, W_, C] and v["assumptions"] == []
+    assert v["outputs"][0]["max_abs_error"] <= v["outputs"][0]["atol"]
+    assert set(data["timings"]) == {"load", "rewrite", "verify", "save"}
+
+
+def test_skipped_candidates_grouped_by_reason(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(dense_model(weight="runtime"), path)
+    r = run(path, "--input-shape", f"x:1,{H},{W_},{C}")
+    assert r.returncode == 0, r.stderr  # nothing to rewrite is a normal result
+    assert "Rewritten 0 of 1 candidates" in r.stdout and "weight_not_constant" in r.stdout
+    assert (tmp_path / "m_conv.onnx").exists()
+
+
+def test_dry_run_lists_decisions_and_writes_nothing(tmp_path: Path, model_file: Path) -> None:
+    before = files(tmp_path)
+    r = run(model_file, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "dense" in r.stdout and "bias folded" in r.stdout and "DRY RUN" in r.stdout
+    assert files(tmp_path) == before
+
+
+def test_no_verify(model_file: Path, tmp_path: Path) -> None:
+    r = run(model_file, "-o", tmp_path / "o.onnx", "--no-verify")
+    assert r.returncode == 0 and "not verified" in r.stdout and "Verification" not in r.stdout
+    assert (tmp_path / "o.onnx").exists()
+
+
+def random_op_model() -> onnx.ModelProto:
+    """A dense layer next to an unseeded random op: the two runs cannot agree, so verification must fail."""
+    model = dense_model(x_shape=(1, H, W_, C))
+    model.graph.node.append(helper.make_node("RandomNormalLike", ["x"], ["noise"], dtype=TensorProto.FLOAT))
+    model.graph.output.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, [1, H, W_, C]))
+    return with_output_shapes(model)
+
+
+def test_verification_mismatch_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.onnx"
+    onnx.save(random_op_model(), path)
+    report = tmp_path / "r.json"
+    r = run(path, "--report", report)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert not (tmp_path / "noisy_conv.onnx").exists()
+    assert r.stdout.strip().splitlines()[-1].startswith("FAILED")
+    data = json.loads(report.read_text())
+    assert not data["ok"] and not data["written"]
+    assert {o["name"]: o["passed"] for o in data["verify"]["outputs"]} == {"y": True, "noise": False}
+
+
+def test_inputs_npz(model_file: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "in.npz"
+    np.savez(npz, x=np.ones((2, H, W_, C), np.float32))
+    r = run(model_file, "-o", tmp_path / "o.onnx", "--inputs", npz, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["verify"]["inputs"][0]["source"] == "file"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.onnx"], "no such file"),
+        (["{model}", "--atol", "abc"], "not a number"),
+        (["{model}", "--rtol", "-1"], "non-negative"),
+        (["{model}", "--input-shape", "x"], "NAME:DIM"),
+        (["{model}", "--input-shape", "nope:1,2"], "no input named 'nope'"),
+        (["{model}", "--input-shape", "x:1,2,3"], "does not fit input 'x'"),
+        (["{model}", "--inputs", "{tmp}/none.npz"], "cannot read input arrays"),
+        (["{model}", "-o", "{model}"], "would overwrite the input"),
+        (["{model}", "-o", "{tmp}/no/such/dir/out.onnx"], "does not exist"),
+        (["{model}", "--ep", "tpu"], "invalid choice"),
+        (["{empty}"], "file is empty"),
+        (["{garbage}"], "not a readable ONNX model"),
+        (["{tmp}"], "is a folder"),
+        (["{nograph}"], "no graph"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, model_file: Path, args: list[str], message: str) -> None:
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "garbage.onnx").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "nograph.onnx").write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
+    subs = {"model": model_file, "tmp": tmp_path, "empty": tmp_path / "empty.onnx",
+            "garbage": tmp_path / "garbage.onnx", "nograph": tmp_path / "nograph.onnx"}
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    r = run(*[a.format(**subs) for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("convert: error:"), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    after = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing changed
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "e.onnx").write_bytes(b"")
+    r = run(tmp_path / "e.onnx", "-v")
+    assert r.returncode == 2 and "Traceback" in r.stderr and "file is empty" in r.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="CUDA is available here")
+def test_cuda_unavailable_exits_2(model_file: Path, tmp_path: Path) -> None:
+    r = run(model_file, "--ep", "cuda")
+    assert r.returncode == 2 and "CUDAExecutionProvider is not available" in r.stderr
+    assert not model_file.with_name("dense_conv.onnx").exists()
+
+
+def test_convert_does_not_import_tensorflow(model_file: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; from converter.cli import main; "
+        f"rc = main([{str(model_file)!r}, '-o', {str(tmp_path / 'o.onnx')!r}, '-q']); "
+        "assert 'tensorflow' not in sys.modules and 'tf2onnx' not in sys.modules; sys.exit(rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
