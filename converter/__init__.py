@@ -1,9 +1,9 @@
 """Turn dense layers (MatMul + Add) on 4D tensors into 1x1 convolutions, and prove it in onnxruntime.
 
-    import converter
-    result = converter.rewrite(model)                      # ModelProto -> result.model, result.report
-    check = converter.verify(model, result.model)          # check.passed, check.outputs
-    report = converter.convert("model.onnx", "out.onnx")   # load -> rewrite -> verify -> save
+import converter
+result = converter.rewrite(model)                      # ModelProto -> result.model, result.report
+check = converter.verify(model, result.model)          # check.passed, check.outputs
+report = converter.convert("model.onnx", "out.onnx")   # load -> rewrite -> verify -> save
 """
 
 from .errors import ConverterError, InputError, ProviderUnavailable

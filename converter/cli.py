@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ep", choices=["cpu", "cuda"], default="cpu", help="execution provider for checks (default: cpu)")
     p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-2)")
     p.add_argument("--rtol", type=_tolerance, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2)")
-    p.add_argument("--input-shape", action="append", default=[], type=_input_shape, metavar="NAME:DIMS",
-                   help="concrete shape for an input with symbolic dims, e.g. x:1,224,224,3 (repeatable)")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        type=_input_shape,
+        metavar="NAME:DIMS",
+        help="concrete shape for an input with symbolic dims, e.g. x:1,224,224,3 (repeatable)",
+    )
     p.add_argument("--inputs", metavar="FILE.npz", help="feed these arrays (keyed by input name) instead of random data")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--dry-run", action="store_true", help="list every candidate with its decision; write nothing")
@@ -93,8 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = _load_npz(args.inputs) if args.inputs else None
         with _progress(err, enabled=not args.quiet and err.is_terminal) as on_step:
             report = convert(
-                args.input, args.output, verify_outputs=not args.no_verify, providers=args.ep, atol=args.atol,
-                rtol=args.rtol, input_shapes=shapes, inputs=inputs, dry_run=args.dry_run, on_step=on_step,
+                args.input,
+                args.output,
+                verify_outputs=not args.no_verify,
+                providers=args.ep,
+                atol=args.atol,
+                rtol=args.rtol,
+                input_shapes=shapes,
+                inputs=inputs,
+                dry_run=args.dry_run,
+                on_step=on_step,
             )
         if args.report:
             write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2).encode() + b"\n")
@@ -146,8 +160,9 @@ def print_report(console: Console, report: ConvertReport) -> None:
     console.print(f"Rewritten {rw.rewritten} of {rw.candidates} candidates", markup=False)
     kept_bias = [d for d in rw.decisions if d.rewritten and d.notes.get("bias_reason")]
     if kept_bias:
-        console.print(f"  {len(kept_bias)} kept their Add ({', '.join(sorted({d.notes['bias_reason'] for d in kept_bias}))})",
-                      markup=False)
+        console.print(
+            f"  {len(kept_bias)} kept their Add ({', '.join(sorted({d.notes['bias_reason'] for d in kept_bias}))})", markup=False
+        )
     for reason, n in rw.skipped_by_reason.items():
         example = next(d for d in rw.decisions if d.reason == reason)
         console.print(f"  skipped {n} x {reason}: e.g. {example.node} ({example.detail})", markup=False)
@@ -179,15 +194,27 @@ def _verify_table(report: ConvertReport) -> Table:
     v = report.verify
     assert v is not None
     feeds = "; ".join(f"{i.name} {i.dtype} {_dims(i.shape)} {i.source}" for i in v.inputs)
-    t = Table(title=f"Verification on {', '.join(v.providers)} (seed {v.seed})", title_justify="left",
-              caption=f"inputs: {feeds}", caption_justify="left")
-    for col, just in (("output", "left"), ("dtype", "left"), ("shape", "left"), ("max abs", "right"),
-                      ("max rel", "right"), ("atol/rtol", "right"), ("result", "left")):
+    t = Table(
+        title=f"Verification on {', '.join(v.providers)} (seed {v.seed})",
+        title_justify="left",
+        caption=f"inputs: {feeds}",
+        caption_justify="left",
+    )
+    for col, just in (
+        ("output", "left"),
+        ("dtype", "left"),
+        ("shape", "left"),
+        ("max abs", "right"),
+        ("max rel", "right"),
+        ("atol/rtol", "right"),
+        ("result", "left"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for o in v.outputs:
         result = "[green]pass[/green]" if o.passed else f"[red]FAIL[/red] {o.problem or f'{o.mismatched} elements'}"
-        t.add_row(o.name, o.dtype, _dims(o.shape), f"{o.max_abs_error:.2g}", f"{o.max_rel_error:.2g}",
-                  f"{o.atol:g}/{o.rtol:g}", result)
+        t.add_row(
+            o.name, o.dtype, _dims(o.shape), f"{o.max_abs_error:.2g}", f"{o.max_rel_error:.2g}", f"{o.atol:g}/{o.rtol:g}", result
+        )
     return t
 
 

@@ -92,8 +92,9 @@ def convert(
         return report
 
     if verify_outputs:
-        report.verify = verify(model, result.model, providers=chosen, inputs=inputs, input_shapes=input_shapes,
-                               atol=atol, rtol=rtol, on_step=step)
+        report.verify = verify(
+            model, result.model, providers=chosen, inputs=inputs, input_shapes=input_shapes, atol=atol, rtol=rtol, on_step=step
+        )
         timings["verify"] = report.verify.seconds
         if not report.verify.passed:
             return report

@@ -131,7 +131,7 @@ def _declared(vi: onnx.ValueInfoProto) -> tuple[int, list[int | str | None]]:
 
 
 def _fits(given: Sequence[int], dims: list[int | str | None]) -> bool:
-    return len(given) == len(dims) and all(not isinstance(d, int) or d == g for d, g in zip(dims, given))
+    return len(given) == len(dims) and all(not isinstance(d, int) or d == g for d, g in zip(dims, given, strict=True))
 
 
 def build_inputs(
@@ -154,7 +154,7 @@ def build_inputs(
         _, dims = _declared(declared[name])
         if not _fits(shape, dims):
             raise InputError(f"shape {list(shape)} does not fit input {name!r} declared as {dims}")
-        for d, g in zip(dims, shape):
+        for d, g in zip(dims, shape, strict=True):
             if isinstance(d, str) and d:
                 symbols.setdefault(d, int(g))
 
@@ -209,15 +209,21 @@ def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: f
     base = {"name": name, "dtype": str(ref.dtype), "shape": list(ref.shape), "atol": atol, "rtol": rtol}
     if actual.shape != ref.shape or actual.dtype != ref.dtype:
         problem = f"rewritten gives {actual.dtype}{list(actual.shape)}, original {ref.dtype}{list(ref.shape)}"
-        return OutputCheck(**base, max_abs_error=float("inf"), max_rel_error=float("inf"),
-                           mismatched=int(ref.size), passed=False, problem=problem)
+        return OutputCheck(
+            **base, max_abs_error=float("inf"), max_rel_error=float("inf"), mismatched=int(ref.size), passed=False, problem=problem
+        )
     if ref.dtype.kind not in "fc" and ref.dtype.name != "bfloat16":
         equal = actual == ref
         diff = np.abs(actual.astype(np.float64) - ref.astype(np.float64)) if ref.dtype.kind in "iub" else (~equal).astype(float)
         mismatched = int(np.count_nonzero(~equal))
         max_abs = float(diff.max()) if diff.size else 0.0
-        return OutputCheck(**base, max_abs_error=max_abs, max_rel_error=0.0 if not mismatched else float("inf"),
-                           mismatched=mismatched, passed=mismatched == 0)
+        return OutputCheck(
+            **base,
+            max_abs_error=max_abs,
+            max_rel_error=0.0 if not mismatched else float("inf"),
+            mismatched=mismatched,
+            passed=mismatched == 0,
+        )
     a, r = actual.astype(np.float64), ref.astype(np.float64)
     nan_a, nan_r = np.isnan(a), np.isnan(r)
     same = (a == r) | (nan_a & nan_r)  # equal infinities and matching NaNs are fine
@@ -227,10 +233,16 @@ def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: f
         bad = diff > atol + rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
         rel = np.where(r != 0, diff / np.abs(np.where(r != 0, r, 1.0)), np.where(diff > 0, np.inf, 0.0))
     mismatched = int(np.count_nonzero(bad))
-    return OutputCheck(**base, max_abs_error=float(diff.max()) if diff.size else 0.0,
-                       max_rel_error=float(rel.max()) if rel.size else 0.0, mismatched=mismatched, passed=mismatched == 0)
+    return OutputCheck(
+        **base,
+        max_abs_error=float(diff.max()) if diff.size else 0.0,
+        max_rel_error=float(rel.max()) if rel.size else 0.0,
+        mismatched=mismatched,
+        passed=mismatched == 0,
+    )
 
 
 def _failed(name: str, ref: np.ndarray, atol: float, rtol: float, problem: str) -> OutputCheck:
-    return OutputCheck(name, str(ref.dtype), list(np.shape(ref)), float("inf"), float("inf"), int(np.size(ref)),
-                       atol, rtol, False, problem)
+    return OutputCheck(
+        name, str(ref.dtype), list(np.shape(ref)), float("inf"), float("inf"), int(np.size(ref)), atol, rtol, False, problem
+    )

@@ -135,8 +135,12 @@ def assert_rewritten(
     assert count_ops(result.model.graph) == expected_ops
     for kind in ("input", "output"):
         assert list(getattr(result.model.graph, kind)) == list(getattr(original.graph, kind)), kind
-    check = converter.verify(original, result.model, providers=providers,
-                             input_shapes=input_shapes if input_shapes is not None else concrete_shapes(original))
+    check = converter.verify(
+        original,
+        result.model,
+        providers=providers,
+        input_shapes=input_shapes if input_shapes is not None else concrete_shapes(original),
+    )
     assert check.passed, check.to_dict()
     for out in check.outputs:
         assert out.max_abs_error <= out.atol + 1e-12 or out.max_rel_error <= out.rtol

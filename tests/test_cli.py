@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import C, H, W_, dense_model, with_output_shapes
+from tests.conftest import W_, C, H, dense_model, with_output_shapes
 
 CONVERT = shutil.which("convert", path=str(Path(sys.executable).parent)) or "convert"
 
@@ -50,8 +50,12 @@ def test_default_output_beside_input_and_summary(model_file: Path) -> None:
 
 
 def test_python_dash_m_is_the_same_command(model_file: Path, tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "converter", str(model_file), "-o", str(tmp_path / "m.onnx"), "-q"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "converter", str(model_file), "-o", str(tmp_path / "m.onnx"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith("PASSED") and len(r.stdout.strip().splitlines()) == 1
 
@@ -147,8 +151,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, model_file: Path, args
     (tmp_path / "empty.onnx").write_bytes(b"")
     (tmp_path / "garbage.onnx").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "nograph.onnx").write_bytes(onnx.ModelProto(ir_version=8).SerializeToString())
-    subs = {"model": model_file, "tmp": tmp_path, "empty": tmp_path / "empty.onnx",
-            "garbage": tmp_path / "garbage.onnx", "nograph": tmp_path / "nograph.onnx"}
+    subs = {
+        "model": model_file,
+        "tmp": tmp_path,
+        "empty": tmp_path / "empty.onnx",
+        "garbage": tmp_path / "garbage.onnx",
+        "nograph": tmp_path / "nograph.onnx",
+    }
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     r = run(*[a.format(**subs) for a in args])
     assert r.returncode == 2, r.stdout + r.stderr
@@ -165,8 +174,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" in r.stderr and "file is empty" in r.stderr
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
-                    reason="CUDA is available here")
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(), reason="CUDA is available here")
 def test_cuda_unavailable_exits_2(model_file: Path, tmp_path: Path) -> None:
     r = run(model_file, "--ep", "cuda")
     assert r.returncode == 2 and "CUDAExecutionProvider is not available" in r.stderr

@@ -13,11 +13,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from tests.conftest import C, H, K, W_, assert_rewritten, dense_model
+from tests.conftest import W_, C, H, K, assert_rewritten, dense_model
 
 NOT_REWRITTEN = [
-    "ir_version", "opset_import", "producer_name", "producer_version", "domain", "model_version",
-    "doc_string", "metadata_props", "functions",
+    "ir_version",
+    "opset_import",
+    "producer_name",
+    "producer_version",
+    "domain",
+    "model_version",
+    "doc_string",
+    "metadata_props",
+    "functions",
 ]
 
 
@@ -25,9 +32,14 @@ def rich_model() -> onnx.ModelProto:
     """A dense layer plus every detail a careless round trip drops."""
     rng = np.random.default_rng(5)
     scale = onnx.helper.make_function(
-        "local", "Scale", ["a"], ["b"],
-        [helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
-         helper.make_node("Mul", ["a", "two"], ["b"])],
+        "local",
+        "Scale",
+        ["a"],
+        ["b"],
+        [
+            helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2.0, np.float32))),
+            helper.make_node("Mul", ["a", "two"], ["b"]),
+        ],
         [helper.make_opsetid("", 21)],
     )
     dense = helper.make_node("MatMul", ["x", "W"], ["mm"], name="dense", doc_string="the dense layer")
@@ -109,8 +121,7 @@ def test_old_ir_initializers_as_inputs_are_kept_and_not_rewritten() -> None:
     assert result.model.SerializeToString() == model.SerializeToString()
     check = converter.verify(model, result.model, input_shapes={"x": [2, H, W_, C]})
     assert check.passed
-    assert {i.name: i.source for i in check.inputs} == {"x": "random", "W": "initializer default",
-                                                         "b": "initializer default"}
+    assert {i.name: i.source for i in check.inputs} == {"x": "random", "W": "initializer default", "b": "initializer default"}
 
 
 def test_initializer_inputs_stay_in_the_interface_next_to_rewritten_layers() -> None:

@@ -47,10 +47,7 @@ def expected(o: Dense) -> tuple[bool, bool]:
     rewritten = o.weight in ("initializer", "constant_node") and o.dtype != TensorProto.DOUBLE
     k = o.weight_shape[-1]
     per_channel = all(d == 1 for d in o.bias_shape[:-1]) and (not o.bias_shape or o.bias_shape[-1] in (1, k))
-    folded = (
-        rewritten and o.bias in ("initializer", "constant_node") and per_channel
-        and not o.fanout and not o.matmul_is_output
-    )
+    folded = rewritten and o.bias in ("initializer", "constant_node") and per_channel and not o.fanout and not o.matmul_is_output
     return rewritten, folded
 
 

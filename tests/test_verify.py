@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.verify import compare
-from tests.conftest import C, H, K, W_, Dense, concrete_shapes, dense_model, with_output_shapes
+from tests.conftest import W_, C, Dense, H, K, concrete_shapes, dense_model, with_output_shapes
 
 
 def correct_rewrite() -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -50,8 +50,7 @@ def channels_reversed(model: onnx.ModelProto) -> None:
     init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[:, ::-1]), init.name))  # input channels in wrong order
 
 
-@pytest.mark.parametrize("bug", [weight_not_transposed, bias_dropped, h_and_w_swapped, wrong_input_perm,
-                                 channels_reversed])
+@pytest.mark.parametrize("bug", [weight_not_transposed, bias_dropped, h_and_w_swapped, wrong_input_perm, channels_reversed])
 def test_each_classic_bug_is_reported(bug) -> None:
     original, rewritten = correct_rewrite()
     broken = onnx.ModelProto()
@@ -102,8 +101,10 @@ def test_input_shapes_fill_symbolic_dims_consistently() -> None:
     graph = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["s"])],
         "two_inputs",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "H", W_, C]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "H", W_, C])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "H", W_, C]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "H", W_, C]),
+        ],
         [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", "H", W_, C])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -114,12 +115,16 @@ def test_input_shapes_fill_symbolic_dims_consistently() -> None:
 
 def test_dtype_aware_random_inputs() -> None:
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
-         helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
-         helper.make_node("Add", ["ids_f", "mask_f"], ["y"])],
+        [
+            helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["ids_f", "mask_f"], ["y"]),
+        ],
         "typed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [64]),
-         helper.make_tensor_value_info("mask", TensorProto.BOOL, [64])],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [64]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, [64]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -178,7 +183,8 @@ def test_rewritten_model_that_cannot_run_is_a_failure_not_a_crash() -> None:
 
 def test_original_that_cannot_run_is_an_input_error() -> None:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "bad",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "bad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, H, W_, K])],
         [numpy_helper.from_array(np.ones((C + 1, K), np.float32), "W")],

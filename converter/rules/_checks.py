@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import TensorType
-from ..runtime import dtype_name, opset_allows_conv, provider_runs_conv
+from converter.graph import TensorType
+from converter.runtime import dtype_name, opset_allows_conv, provider_runs_conv
+
 from ._engine import Context, Decline
 
 

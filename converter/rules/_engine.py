@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from ..graph import GraphPath, NameAllocator, Scope, collect_types, iter_graphs, referenced_names, subgraphs
-from ..report import Decision
+from converter.graph import GraphPath, NameAllocator, Scope, collect_types, iter_graphs, referenced_names, subgraphs
+from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
 # Node metadata_props exist from IR version 10 on; older models get the tag in doc_string.
@@ -92,7 +92,9 @@ class Context:
             self._derived[cache_key] = name
         return self._derived[cache_key]
 
-    def node(self, rule: str, origin: str, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> NodeProto:
+    def node(
+        self, rule: str, origin: str, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any
+    ) -> NodeProto:
         """A new node with a unique name and a tag saying which rule made it from which node."""
         node = onnx.helper.make_node(op_type, inputs, outputs, name=self.names.fresh(name), **attrs)
         if self.ir_version >= _NODE_METADATA_IR:
@@ -157,9 +159,7 @@ def _drop_dead(model: onnx.ModelProto, released: set[str], vanished: set[str]) -
             gone = dead | vanished if field_name == "value_info" else dead
             for i in reversed([i for i, item in enumerate(items) if key(item) in gone]):
                 del items[i]
-        constant_nodes = [
-            i for i, n in enumerate(g.node) if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in dead
-        ]
+        constant_nodes = [i for i, n in enumerate(g.node) if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in dead]
         for i in reversed(constant_nodes):
             del g.node[i]
 
@@ -203,15 +203,29 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                 released.update(rep.released)
                 vanished.update(rep.vanished)
                 decisions.append(
-                    Decision(label, node_label(node), node.op_type, rule.name, True,
-                             new_nodes=[n.name for n in rep.nodes], notes=plan.notes)
+                    Decision(
+                        label,
+                        node_label(node),
+                        node.op_type,
+                        rule.name,
+                        True,
+                        new_nodes=[n.name for n in rep.nodes],
+                        notes=plan.notes,
+                    )
                 )
                 break
             else:
                 if first_decline is not None:
                     decisions.append(
-                        Decision(label, node_label(node), node.op_type, by_op[node.op_type][0].name, False,
-                                 reason=first_decline.code, detail=first_decline.detail)
+                        Decision(
+                            label,
+                            node_label(node),
+                            node.op_type,
+                            by_op[node.op_type][0].name,
+                            False,
+                            reason=first_decline.code,
+                            detail=first_decline.detail,
+                        )
                     )
         if done:
             _splice(graph, scope, done, ctx.new_initializers)

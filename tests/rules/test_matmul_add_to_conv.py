@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.rules._engine import PROVENANCE_KEY
-from tests.conftest import C, H, K, N, W_, Dense, assert_rewritten, dense_model, with_output_shapes
+from tests.conftest import W_, C, Dense, H, K, N, assert_rewritten, dense_model, with_output_shapes
 
 FOLDED = {"Conv": 1, "Transpose": 2}
 KEPT_ADD = {"Add": 1, "Conv": 1, "Transpose": 2}
@@ -119,8 +119,7 @@ def test_declines_with_reason(options: Dense, reason: str) -> None:
     assert result.model.SerializeToString() == model.SerializeToString()  # nothing changed at all
     if reason != "rank_unknown":  # an input of unknown rank cannot be fed random data
         shapes = {"x": [2, H, W_, C]} if reason == "weight_batched" else None
-        assert_rewritten(model, result, dict(sorted(converter.rewrite(model).report.ops_before.items())),
-                         input_shapes=shapes)
+        assert_rewritten(model, result, dict(sorted(converter.rewrite(model).report.ops_before.items())), input_shapes=shapes)
 
 
 def test_float64_reason_names_the_provider() -> None:
@@ -145,8 +144,10 @@ def test_shared_weight_becomes_one_conv_weight() -> None:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["a"], name="a"), helper.make_node("MatMul", ["x2", "W"], ["b"], name="b")],
         "shared",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
-         helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, W_, H, C])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
+            helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, W_, H, C]),
+        ],
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, None), helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
         [w],
     )
@@ -161,8 +162,10 @@ def test_weight_kept_while_a_skipped_node_still_reads_it() -> None:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["a"], name="a"), helper.make_node("MatMul", ["v", "W"], ["b"], name="b")],
         "partial",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
-         helper.make_tensor_value_info("v", TensorProto.FLOAT, [H, C])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [H, C]),
+        ],
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, None), helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
         [w],
     )
@@ -212,15 +215,21 @@ def _if_model() -> onnx.ModelProto:
         else:
             nodes.append(helper.make_node("Relu", [f"mm_{tag}"], [f"y_{tag}"], name=f"relu_{tag}"))
             out = f"y_{tag}"
-        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
-                                 inits if bias else [])
+        return helper.make_graph(
+            nodes, tag, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits if bias else []
+        )
 
     graph = helper.make_graph(
-        [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=branch("then", True),
-                          else_branch=branch("else", False))],
+        [
+            helper.make_node(
+                "If", ["cond"], ["y"], name="branch", then_branch=branch("then", True), else_branch=branch("else", False)
+            )
+        ],
         "with_if",
-        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", H, W_, C])],
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", H, W_, C]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         outer,
     )
@@ -248,20 +257,28 @@ def test_rewrites_inside_loop_body() -> None:
     rng = np.random.default_rng(4)
     w = numpy_helper.from_array(rng.standard_normal((C, C)).astype(np.float32), "W_loop")
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["state_in", "W_loop"], ["state_out"], name="loop_dense")],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state_in", "W_loop"], ["state_out"], name="loop_dense"),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, H, W_, C])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, H, W_, C])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [1, H, W_, C]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [1, H, W_, C]),
+        ],
     )
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=body)],
         "with_loop",
-        [helper.make_tensor_value_info("trips", TensorProto.INT64, []),
-         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C])],
+        [
+            helper.make_tensor_value_info("trips", TensorProto.INT64, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, H, W_, C])],
         [w],
     )
