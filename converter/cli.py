@@ -213,7 +213,13 @@ def _verify_table(report: ConvertReport) -> Table:
     for o in v.outputs:
         result = "[green]pass[/green]" if o.passed else f"[red]FAIL[/red] {o.problem or f'{o.mismatched} elements'}"
         t.add_row(
-            o.name, o.dtype, _dims(o.shape), f"{o.max_abs_error:.2g}", f"{o.max_rel_error:.2g}", f"{o.atol:g}/{o.rtol:g}", result
+            o.name,
+            o.dtype,
+            _dims(o.shape),
+            f"{o.max_abs_error:.2g}",
+            f"{o.max_rel_error:.2g}",
+            f"{o.atol:.2g}/{o.rtol:.2g}",
+            result,
         )
     return t
 
