@@ -15,6 +15,7 @@ replacement. The engine owns what every rule needs and no rule should get wrong:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from converter.graph import GraphPath, NameAllocator, Scope, collect_types, iter_graphs, referenced_names, subgraphs
+from converter.graph import GraphPath, NameAllocator, Scope, collect_types, referenced_names, subgraphs
 from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
@@ -149,19 +150,22 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
     graph.initializer.extend(new_inits)
 
 
-def _drop_dead(model: onnx.ModelProto, released: set[str], vanished: set[str]) -> None:
-    """Remove released constants nothing reads any more, and value_info of tensors that are gone."""
-    used = referenced_names(model.graph)
-    dead = released - used
-    for _, g in iter_graphs(model.graph):
-        for field_name, key in (("initializer", lambda t: t.name), ("value_info", lambda v: v.name)):
-            items = getattr(g, field_name)
-            gone = dead | vanished if field_name == "value_info" else dead
-            for i in reversed([i for i, item in enumerate(items) if key(item) in gone]):
-                del items[i]
-        constant_nodes = [i for i, n in enumerate(g.node) if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in dead]
-        for i in reversed(constant_nodes):
-            del g.node[i]
+def _drop_dead(graph: GraphProto, released: set[str], vanished: set[str]) -> None:
+    """In one finished graph: drop released constants nothing reads any more, and value_info of vanished tensors.
+
+    Called when the graph and all its subgraphs are final, so "nothing reads it" is exact for
+    names this graph owns. Anything that was unused before the rewrite is not in these sets.
+    """
+    if not released and not vanished:
+        return
+    used = referenced_names(graph)
+    dead, gone = released - used, (vanished | released) - used
+    for items, doomed in ((graph.initializer, dead), (graph.value_info, gone)):
+        for i in reversed([i for i, item in enumerate(items) if item.name in doomed]):
+            del items[i]
+    constants = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and list(n.output) in ([d] for d in dead)]
+    for i in reversed(constants):
+        del graph.node[i]
 
 
 def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions) -> list[Decision]:
@@ -174,8 +178,9 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
         by_op.setdefault(rule.op_type, []).append(rule)
     derived: dict[tuple[Any, ...], str] = {}
     decisions: list[Decision] = []
-    released: set[str] = set()
-    vanished: set[str] = set()
+    # Per owning scope (by id): constants whose readers were replaced, tensors that no longer exist.
+    released: dict[int, set[str]] = defaultdict(set)
+    vanished: dict[int, set[str]] = defaultdict(set)
 
     def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str) -> None:
         scope = Scope(graph, path, types.get(path, {}), parent, label)
@@ -200,8 +205,10 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                 rep = rule.rewrite(plan, ctx)
                 claimed.update(id(n) for n in plan.removed)
                 done.append((plan, rep))
-                released.update(rep.released)
-                vanished.update(rep.vanished)
+                for name in rep.released:
+                    owner = scope.source(name).owner
+                    released[id(owner or scope)].add(name)
+                vanished[id(scope)].update(rep.vanished)
                 decisions.append(
                     Decision(
                         label,
@@ -229,8 +236,7 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                     )
         if done:
             _splice(graph, scope, done, ctx.new_initializers)
+        _drop_dead(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
 
     visit(model.graph, (), None, "main")
-    vanished -= referenced_names(model.graph)
-    _drop_dead(model, released, vanished)
     return decisions

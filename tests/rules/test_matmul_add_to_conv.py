@@ -290,3 +290,45 @@ def test_rewrites_inside_loop_body() -> None:
     check = converter.verify(model, result.model, inputs={"trips": np.array(3, np.int64), "x": x})
     assert check.passed, check.to_dict()
     assert result.report.ops_after == {"Conv": 1, "Identity": 1, "Loop": 1, "Transpose": 2}
+
+
+def test_dead_weight_removal_stays_in_its_own_graph() -> None:
+    """A sibling branch's unused initializer of the same name was unused before: it stays."""
+    rng = np.random.default_rng(6)
+
+    def branch(tag: str, dense: bool) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(rng.standard_normal((C, K)).astype(np.float32), "W_local")
+        node = (
+            helper.make_node("MatMul", ["x", "W_local"], [f"y_{tag}"], name=f"dense_{tag}")
+            if dense
+            else helper.make_node("Slice", ["x", "starts", "ends", "axes"], [f"y_{tag}"], name=f"slice_{tag}")
+        )
+        inits = (
+            [weight]
+            if dense
+            else [weight]
+            + [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("starts", 0), ("ends", K), ("axes", 3))]
+        )
+        return helper.make_graph([node], tag, [], [helper.make_tensor_value_info(f"y_{tag}", TensorProto.FLOAT, None)], inits)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["cond"], ["y"], name="branch", then_branch=branch("then", True), else_branch=branch("else", False)
+            )
+        ],
+        "siblings",
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H, W_, C]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    result = converter.rewrite(model)
+    assert result.report.rewritten == 1
+    branches = {a.name: a.g for a in result.model.graph.node[0].attribute}
+    then_b, else_b = branches["then_branch"], branches["else_branch"]
+    assert [t.name for t in then_b.initializer] == ["W_local_conv_weight"]
+    assert [t.name for t in else_b.initializer] == ["W_local", "starts", "ends", "axes"]
