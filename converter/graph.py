@@ -238,3 +238,23 @@ class NameAllocator:
             name = f"{base}_{i}"
         self.taken.add(name)
         return name
+
+
+def drop_unused(graph: GraphProto, released: set[str], vanished: set[str]) -> None:
+    """In one finished graph: drop released constants nothing reads any more, and value_info of vanished tensors.
+
+    ``released`` are constants whose readers a rewrite replaced; ``vanished`` are tensors it removed.
+
+    Called when the graph and all its subgraphs are final, so "nothing reads it" is exact for
+    names this graph owns. Anything that was unused before the rewrite is not in these sets.
+    """
+    if not released and not vanished:
+        return
+    used = referenced_names(graph)
+    dead, gone = released - used, (vanished | released) - used
+    for items, doomed in ((graph.initializer, dead), (graph.value_info, gone)):
+        for i in reversed([i for i, item in enumerate(items) if item.name in doomed]):
+            del items[i]
+    constants = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and list(n.output) in ([d] for d in dead)]
+    for i in reversed(constants):
+        del graph.node[i]

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from converter.graph import GraphPath, NameAllocator, Scope, collect_types, referenced_names, subgraphs
+from converter.graph import GraphPath, NameAllocator, Scope, collect_types, subgraphs
 from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
@@ -150,24 +150,6 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
     graph.initializer.extend(new_inits)
 
 
-def _drop_dead(graph: GraphProto, released: set[str], vanished: set[str]) -> None:
-    """In one finished graph: drop released constants nothing reads any more, and value_info of vanished tensors.
-
-    Called when the graph and all its subgraphs are final, so "nothing reads it" is exact for
-    names this graph owns. Anything that was unused before the rewrite is not in these sets.
-    """
-    if not released and not vanished:
-        return
-    used = referenced_names(graph)
-    dead, gone = released - used, (vanished | released) - used
-    for items, doomed in ((graph.initializer, dead), (graph.value_info, gone)):
-        for i in reversed([i for i, item in enumerate(items) if item.name in doomed]):
-            del items[i]
-    constants = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and list(n.output) in ([d] for d in dead)]
-    for i in reversed(constants):
-        del graph.node[i]
-
-
 def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions) -> list[Decision]:
     """Rewrite ``model`` in place with ``rules``; return one decision per candidate node."""
     types = collect_types(model)
@@ -236,7 +218,7 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                     )
         if done:
             _splice(graph, scope, done, ctx.new_initializers)
-        _drop_dead(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
+        drop_unused(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
 
     visit(model.graph, (), None, "main")
     return decisions
