@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from converter.graph import GraphPath, NameAllocator, Scope, collect_types, subgraphs
+from converter.graph import GraphPath, NameAllocator, Scope, collect_types, drop_unused, subgraphs
 from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
