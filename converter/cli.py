@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="ONNX model to convert")
     p.add_argument("-o", "--output", help="where to write the result (default: <stem>_conv.onnx beside the input)")
     p.add_argument("--no-verify", action="store_true", help="skip running both models in onnxruntime")
+    p.add_argument(
+        "--no-fold-transposes", action="store_true", help="keep every Transpose the rewrite adds (skip the layout cleanup)"
+    )
     p.add_argument("--ep", choices=["cpu", "cuda"], default="cpu", help="execution provider for checks (default: cpu)")
     p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-2)")
     p.add_argument("--rtol", type=_tolerance, help="relative tolerance (default per dtype: fp32 1e-4, fp16 1e-2)")
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.input,
                 args.output,
                 verify_outputs=not args.no_verify,
+                fold_transposes=not args.no_fold_transposes,
                 providers=args.ep,
                 atol=args.atol,
                 rtol=args.rtol,
@@ -158,6 +162,12 @@ def print_report(console: Console, report: ConvertReport) -> None:
         ops.add_row(op, str(b), str(a) if a == b else f"[bold]{a}[/bold]")
     console.print(ops)
     console.print(f"Rewritten {rw.rewritten} of {rw.candidates} candidates", markup=False)
+    if rw.cleanup is not None:
+        console.print(
+            f"Transposes: {rw.ops_rewritten.get('Transpose', 0)} after the rewrite, "
+            f"{rw.ops_after.get('Transpose', 0)} after the layout cleanup",
+            markup=False,
+        )
     kept_bias = [d for d in rw.decisions if d.rewritten and d.notes.get("bias_reason")]
     if kept_bias:
         console.print(

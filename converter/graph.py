@@ -258,3 +258,27 @@ def drop_unused(graph: GraphProto, released: set[str], vanished: set[str]) -> No
     constants = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and list(n.output) in ([d] for d in dead)]
     for i in reversed(constants):
         del graph.node[i]
+
+
+def postorder_graphs(graph: GraphProto) -> Iterator[GraphProto]:
+    """Every graph, inner before outer, so that editing a graph never detaches one still to be visited."""
+    for node in graph.node:
+        for _, sub in subgraphs(node):
+            yield from postorder_graphs(sub)
+    yield graph
+
+
+def transpose_perm(node: NodeProto) -> list[int] | None:
+    """A Transpose's perm; None when it is left to the default (reverse), whose rank we may not know."""
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None
+
+
+def set_transpose_perm(node: NodeProto, perm: list[int]) -> None:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            attr.ints[:] = perm
+            return
+    node.attribute.append(onnx.helper.make_attribute("perm", perm))

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .cleanup import Pass, run_passes
+from .cleanup.cancel_transposes import CancelTransposes
+from .cleanup.sink_transposes import SinkTransposes
 from .errors import InputError
 from .graph import count_ops
 from .load import load
@@ -27,6 +30,10 @@ from .verify import verify
 
 RULES: tuple[Rule, ...] = (MatMulAddToConv(),)
 
+# After the rules: merging/cancelling runs first so that sinking sees the fewest Transposes, and
+# both repeat until nothing changes (sinking creates pairs that the next cancel removes).
+CLEANUP: tuple[Pass, ...] = (CancelTransposes(), SinkTransposes())
+
 
 @dataclass
 class RewriteResult:
@@ -34,18 +41,24 @@ class RewriteResult:
     report: RewriteReport
 
 
-def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu") -> RewriteResult:
+def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", fold_transposes: bool = True) -> RewriteResult:
     """Rewrite dense layers on 4D tensors into 1x1 Convs. The input model is not modified.
 
     ``providers`` are those the result is meant to run on: a dtype becomes Conv only where they
     have a Conv kernel for it (onnxruntime's CPU provider has none for float64).
+    ``fold_transposes`` runs the Transpose cleanup when anything was rewritten: a model with
+    nothing to rewrite comes out unchanged.
     """
     started = time.perf_counter()
     out = onnx.ModelProto()
     out.CopyFrom(model)
     before = count_ops(out.graph)
     decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)))
-    report = RewriteReport(decisions=decisions, ops_before=before, ops_after=count_ops(out.graph))
+    report = RewriteReport(decisions=decisions, ops_before=before)
+    report.ops_rewritten = count_ops(out.graph)
+    if fold_transposes and any(d.rewritten for d in decisions):
+        report.cleanup = run_passes(out, CLEANUP).to_dict()
+    report.ops_after = count_ops(out.graph)
     report.seconds = time.perf_counter() - started
     return RewriteResult(out, report)
 
@@ -60,6 +73,7 @@ def convert(
     output_path: str | os.PathLike[str] | None = None,
     *,
     verify_outputs: bool = True,
+    fold_transposes: bool = True,
     providers: str | Sequence[str] = "cpu",
     atol: float | None = None,
     rtol: float | None = None,
@@ -84,7 +98,7 @@ def convert(
     timings["load"] = time.perf_counter() - t
 
     step("rewriting")
-    result = rewrite(model, providers=chosen)
+    result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(input_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:

@@ -31,6 +31,9 @@ class RewriteReport:
     decisions: list[Decision] = field(default_factory=list)
     ops_before: dict[str, int] = field(default_factory=dict)
     ops_after: dict[str, int] = field(default_factory=dict)
+    # Op counts right after the rules, before the cleanup passes, and what the cleanup did.
+    ops_rewritten: dict[str, int] = field(default_factory=dict)
+    cleanup: dict[str, Any] | None = None
     seconds: float = 0.0
 
     @property
@@ -53,6 +56,8 @@ class RewriteReport:
             "skipped_by_reason": self.skipped_by_reason,
             "ops_before": self.ops_before,
             "ops_after": self.ops_after,
+            "ops_rewritten": self.ops_rewritten,
+            "cleanup": self.cleanup,
             "seconds": round(self.seconds, 4),
             "decisions": [asdict(d) for d in self.decisions],
         }

@@ -219,3 +219,21 @@ def test_progress_only_on_a_terminal_and_not_with_quiet(model_file: Path, tmp_pa
     assert rc == 0 and b"saving" in seen  # the spinner's last step, cleared when done
     rc, seen = _stderr_on_a_terminal(model_file, "-o", tmp_path / "b.onnx", "-q")
     assert rc == 0 and seen == b""
+
+
+def test_layout_cleanup_on_by_default_and_switchable(tmp_path: Path) -> None:
+    from tests.cleanup.test_transposes import convnext_block
+
+    path = tmp_path / "block.onnx"
+    onnx.save(convnext_block(layer_scale=True, residual=True), path)
+    r = run(path, "--report", tmp_path / "on.json", "-q")
+    assert r.returncode == 0, r.stderr
+    on = json.loads((tmp_path / "on.json").read_text())["rewrite"]
+    assert on["ops_rewritten"]["Transpose"] == 6 and "Transpose" not in on["ops_after"]
+    assert on["cleanup"]["transposes_after"] == 0
+    r = run(path, "--no-fold-transposes", "-o", tmp_path / "off.onnx", "--report", tmp_path / "off.json")
+    assert r.returncode == 0, r.stderr
+    assert "Transposes:" not in r.stdout
+    off = json.loads((tmp_path / "off.json").read_text())["rewrite"]
+    assert off["ops_after"]["Transpose"] == 6 and off["cleanup"] is None
+    assert [n.op_type for n in onnx.load(tmp_path / "off.onnx").graph.node].count("Transpose") == 6

@@ -42,7 +42,7 @@ def only_decision(result: converter.RewriteResult) -> converter.Decision:
 )
 def test_bias_folds_into_conv(options: Dense) -> None:
     model = dense_model(options)
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     extra = {"Identity": 1} if options.x_source == "inferred" else {}
     assert_rewritten(model, result, {**FOLDED, **extra})
     d = only_decision(result)
@@ -60,7 +60,7 @@ def test_bias_folds_into_conv(options: Dense) -> None:
 def test_weight_is_transposed_into_conv_layout() -> None:
     model = dense_model(bias=None)
     w = numpy_helper.to_array(model.graph.initializer[0])
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     conv_w = numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == "W_conv_weight"))
     np.testing.assert_array_equal(conv_w[:, :, 0, 0], w.T)
     assert [t.name for t in result.model.graph.initializer] == ["W_conv_weight"]  # the old W is dead and gone
@@ -81,7 +81,7 @@ def test_weight_is_transposed_into_conv_layout() -> None:
 )
 def test_add_stays_when_not_a_per_channel_bias(options: Dense, reason: str, extra_ops: dict[str, int]) -> None:
     model = dense_model(options)
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert_rewritten(model, result, {**KEPT_ADD, **extra_ops})
     d = only_decision(result)
     assert d.rewritten and d.notes == {"bias_folded": False, "bias_reason": reason}
@@ -91,7 +91,7 @@ def test_add_stays_when_not_a_per_channel_bias(options: Dense, reason: str, extr
 
 def test_without_add_only_matmul_is_rewritten() -> None:
     model = dense_model(bias=None)
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert_rewritten(model, result, FOLDED)
     assert only_decision(result).notes == {"bias_folded": False}
 
@@ -112,30 +112,35 @@ def test_without_add_only_matmul_is_rewritten() -> None:
 )
 def test_declines_with_reason(options: Dense, reason: str) -> None:
     model = dense_model(options)
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     d = only_decision(result)
     assert (d.rewritten, d.reason) == (False, reason)
     assert d.detail  # a sentence for the user, not only the code
     assert result.model.SerializeToString() == model.SerializeToString()  # nothing changed at all
     if reason != "rank_unknown":  # an input of unknown rank cannot be fed random data
         shapes = {"x": [2, H, W_, C]} if reason == "weight_batched" else None
-        assert_rewritten(model, result, dict(sorted(converter.rewrite(model).report.ops_before.items())), input_shapes=shapes)
+        assert_rewritten(
+            model,
+            result,
+            dict(sorted(converter.rewrite(model, fold_transposes=False).report.ops_before.items())),
+            input_shapes=shapes,
+        )
 
 
 def test_float64_reason_names_the_provider() -> None:
-    d = only_decision(converter.rewrite(dense_model(dtype=TensorProto.DOUBLE)))
+    d = only_decision(converter.rewrite(dense_model(dtype=TensorProto.DOUBLE), fold_transposes=False))
     assert "CPUExecutionProvider" in d.detail and "double" in d.detail
 
 
 def test_channel_mismatch_declines() -> None:
     model = dense_model(x_shape=("N", H, W_, C + 1))
-    assert only_decision(converter.rewrite(model)).reason == "shape_mismatch"
+    assert only_decision(converter.rewrite(model, fold_transposes=False)).reason == "shape_mismatch"
 
 
 def test_input_model_is_not_modified() -> None:
     model = dense_model()
     before = model.SerializeToString()
-    converter.rewrite(model)
+    converter.rewrite(model, fold_transposes=False)
     assert model.SerializeToString() == before
 
 
@@ -152,7 +157,7 @@ def test_shared_weight_becomes_one_conv_weight() -> None:
         [w],
     )
     model = with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert_rewritten(model, result, {"Conv": 2, "Transpose": 4})
     assert [t.name for t in result.model.graph.initializer] == ["W_conv_weight"]
 
@@ -170,7 +175,7 @@ def test_weight_kept_while_a_skipped_node_still_reads_it() -> None:
         [w],
     )
     model = with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert_rewritten(model, result, {"Conv": 1, "MatMul": 1, "Transpose": 2})
     assert [t.name for t in result.model.graph.initializer] == ["W", "W_conv_weight"]
     assert result.report.skipped_by_reason == {"rank_not_4": 1}
@@ -181,7 +186,7 @@ def test_new_names_are_unique_and_derived_from_originals() -> None:
     # Occupy the names the rule would pick first.
     model.graph.node.append(helper.make_node("Relu", ["x"], ["dense_nchw"], name="dense_conv"))
     model.graph.output.append(helper.make_tensor_value_info("dense_nchw", TensorProto.FLOAT, ["N", H, W_, C]))
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert_rewritten(model, result, {**FOLDED, "Relu": 1})
     names = [n.name for n in result.model.graph.node]
     assert len(set(names)) == len(names)
@@ -192,7 +197,8 @@ def test_new_names_are_unique_and_derived_from_originals() -> None:
 
 @pytest.mark.parametrize("ir_version", [8, 10])
 def test_new_nodes_carry_provenance(ir_version: int) -> None:
-    result = converter.rewrite(dense_model(ir_version=ir_version, opset=21 if ir_version >= 10 else 17))
+    model = dense_model(ir_version=ir_version, opset=21 if ir_version >= 10 else 17)
+    result = converter.rewrite(model, fold_transposes=False)
     for node in result.model.graph.node:
         if ir_version >= 10:
             assert {p.key: p.value for p in node.metadata_props} == {PROVENANCE_KEY: "matmul_add_to_conv from dense"}
@@ -240,7 +246,7 @@ def _if_model() -> onnx.ModelProto:
 
 def test_rewrites_inside_if_branches() -> None:
     model = _if_model()
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     onnx.checker.check_model(result.model, full_check=True)
     assert result.report.rewritten == 2
     assert {d.graph for d in result.report.decisions} == {"main/branch.then_branch", "main/branch.else_branch"}
@@ -283,7 +289,7 @@ def test_rewrites_inside_loop_body() -> None:
         [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert result.report.rewritten == 1
     onnx.checker.check_model(result.model, full_check=True)
     x = rng.standard_normal((1, H, W_, C)).astype(np.float32)
@@ -326,7 +332,7 @@ def test_dead_weight_removal_stays_in_its_own_graph() -> None:
     )
     model = with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    result = converter.rewrite(model)
+    result = converter.rewrite(model, fold_transposes=False)
     assert result.report.rewritten == 1
     branches = {a.name: a.g for a in result.model.graph.node[0].attribute}
     then_b, else_b = branches["then_branch"], branches["else_branch"]
