@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.graph import count_ops
+from models.graphs import with_output_shapes
 
 settings.register_profile("ci", max_examples=int(os.environ.get("CONVERTER_HYPOTHESIS_EXAMPLES", "200")), deadline=None)
 settings.load_profile("ci")
@@ -97,19 +98,6 @@ def dense_model(o: Dense | None = None, **kw) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", o.opset)], producer_name="tests")
     model.ir_version = o.ir_version
     return with_output_shapes(model)
-
-
-def with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Declare graph output types as shape inference finds them (the checker wants them), then check."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
-    for out in model.graph.output:
-        if not out.type.tensor_type.HasField("shape") and out.name in known:
-            out.CopyFrom(known[out.name])
-        if not out.type.tensor_type.HasField("shape"):  # inference gave up (an invalid model on purpose)
-            out.CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type, [None] * 4))
-    onnx.checker.check_model(model)
-    return model
 
 
 def concrete_shapes(model: onnx.ModelProto, n: int = N) -> dict[str, list[int]]:

@@ -222,7 +222,7 @@ def test_progress_only_on_a_terminal_and_not_with_quiet(model_file: Path, tmp_pa
 
 
 def test_layout_cleanup_on_by_default_and_switchable(tmp_path: Path) -> None:
-    from tests.cleanup.test_transposes import convnext_block
+    from models.graphs import convnext_block
 
     path = tmp_path / "block.onnx"
     onnx.save(convnext_block(layer_scale=True, residual=True), path)

@@ -7,59 +7,15 @@ import onnx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import converter
 from converter.cleanup import run_passes
 from converter.cleanup.cancel_transposes import CancelTransposes
 from converter.graph import count_ops
-from tests.conftest import with_output_shapes
+from models.graphs import F32, Builder, convnext_block
 
 H, W = 5, 7  # H != W
-F32 = TensorProto.FLOAT
-
-
-class Builder:
-    """A tiny graph writer: each call adds a node and returns its output name."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.n = 0
-
-    def _name(self, op: str) -> str:
-        self.n += 1
-        return f"{op.lower()}{self.n}"
-
-    def const(self, value: np.ndarray) -> str:
-        name = self._name("c")
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, **attrs) -> str:
-        out = self._name(op_type)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out + "_node", **attrs))
-        return out
-
-    def dense(self, x: str, c: int, k: int, bias: bool = True) -> str:
-        y = self.op("MatMul", x, self.const(self.rng.standard_normal((c, k)) / np.sqrt(c)))
-        return self.op("Add", y, self.const(self.rng.standard_normal(k))) if bias else y
-
-    def gelu(self, x: str) -> str:
-        """GELU the way torch.onnx writes it before opset 20: x * 0.5 * (1 + erf(x / sqrt 2))."""
-        e = self.op("Erf", self.op("Div", x, self.const(np.array(np.sqrt(2.0)))))
-        return self.op("Mul", self.op("Mul", x, self.op("Add", e, self.const(np.array(1.0)))), self.const(np.array(0.5)))
-
-    def model(self, inputs, outputs, opset: int = 17) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes,
-            "g",
-            [helper.make_tensor_value_info(n, F32, s) for n, s in inputs],
-            [helper.make_tensor_value_info(n, F32, None) for n in outputs],
-            self.inits,
-        )
-        return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 def transposes(model: onnx.ModelProto) -> int:
@@ -91,22 +47,6 @@ def test_three_dense_layers_keep_one_transpose_in_and_one_out(act: str) -> None:
     assert result.report.ops_after["Transpose"] == 2 and result.report.ops_after["Conv"] == 3
     first, last = (n for n in result.model.graph.node if n.op_type == "Transpose")
     assert first.input[0] == "x" and last.output[0] == x  # in from the graph input, out to the graph output
-
-
-def convnext_block(layer_scale: bool, residual: bool, act: str = "gelu") -> onnx.ModelProto:
-    """The PyTorch ConvNeXt block's pointwise part as torch.onnx exports it (NCHW in and out)."""
-    b = Builder(1)
-    c = 8
-    t = b.op("Transpose", "x", perm=[0, 2, 3, 1])
-    y = b.dense(t, c, 4 * c)
-    y = b.gelu(y) if act == "gelu" else b.op(act, y)
-    y = b.dense(y, 4 * c, c)
-    if layer_scale:
-        y = b.op("Mul", y, b.const(b.rng.standard_normal(c)))
-    y = b.op("Transpose", y, perm=[0, 3, 1, 2])
-    if residual:
-        y = b.op("Add", "x", y)
-    return b.model([("x", ["N", c, H, W])], [y])
 
 
 @pytest.mark.parametrize(("layer_scale", "residual"), [(False, False), (True, False), (True, True)])

@@ -1,0 +1,146 @@
+"""ONNX graphs in the shapes exporters write them, built with onnx.helper and random weights.
+
+Shared by the tests, the benchmarks and the model zoo. The rewrite's correctness does not depend
+on weight values, so seeded random weights stand in for trained ones (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+F32 = TensorProto.FLOAT
+
+
+class Builder:
+    """A small graph writer: each call adds a node and returns its output name."""
+
+    def __init__(self, seed: int = 0, prefix: str = "") -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.prefix = prefix
+        self.n = 0
+
+    def _name(self, op: str) -> str:
+        self.n += 1
+        return f"{self.prefix}{op.lower()}{self.n}"
+
+    def const(self, value: np.ndarray, dtype: type = np.float32) -> str:
+        name = self._name("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        out = self._name(op_type)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out + "_node", **attrs))
+        return out
+
+    def dense(self, x: str, c: int, k: int, bias: bool = True) -> str:
+        """A Linear / Dense layer as exporters write it: MatMul by a [C, K] weight, then Add."""
+        y = self.op("MatMul", x, self.const(self.rng.standard_normal((c, k)) / np.sqrt(c)))
+        return self.op("Add", y, self.const(self.rng.standard_normal(k) * 0.1)) if bias else y
+
+    def gelu(self, x: str) -> str:
+        """GELU the way torch.onnx writes it before opset 20: x * 0.5 * (1 + erf(x / sqrt 2))."""
+        e = self.op("Erf", self.op("Div", x, self.const(np.array(np.sqrt(2.0)))))
+        return self.op("Mul", self.op("Mul", x, self.op("Add", e, self.const(np.array(1.0)))), self.const(np.array(0.5)))
+
+    def depthwise(self, x: str, c: int, k: int = 7) -> str:
+        w = self.const(self.rng.standard_normal((c, 1, k, k)) / k)
+        return self.op("Conv", x, w, self.const(np.zeros(c)), group=c, kernel_shape=[k, k], pads=[k // 2] * 4)
+
+    def layernorm(self, x: str, c: int) -> str:
+        return self.op("LayerNormalization", x, self.const(np.ones(c)), self.const(np.zeros(c)), axis=-1, epsilon=1e-6)
+
+    def model(
+        self, inputs: Sequence[tuple[str, Sequence[int | str]]], outputs: Sequence[str], opset: int = 17, name: str = "g"
+    ) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            [helper.make_tensor_value_info(n, F32, s) for n, s in inputs],
+            [helper.make_tensor_value_info(n, F32, None) for n in outputs],
+            self.inits,
+        )
+        return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def with_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Declare graph output types as shape inference finds them (the checker wants a shape), then check."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in known:
+            out.CopyFrom(known[out.name])
+        if not out.type.tensor_type.HasField("shape"):  # inference gave up (an invalid model on purpose)
+            out.CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type, [None] * 4))
+    onnx.checker.check_model(model)
+    return model
+
+
+def convnext_pointwise(b: Builder, x: str, c: int, layer_scale: bool = True, act: str = "gelu") -> str:
+    """PyTorch ConvNeXt block minus depthwise conv and norm: permute, Linear, GELU, Linear, scale, permute."""
+    t = b.op("Transpose", x, perm=[0, 2, 3, 1])
+    y = b.dense(t, c, 4 * c)
+    y = b.gelu(y) if act == "gelu" else b.op(act, y)
+    y = b.dense(y, 4 * c, c)
+    if layer_scale:
+        y = b.op("Mul", y, b.const(b.rng.standard_normal(c) * 0.1))
+    return b.op("Transpose", y, perm=[0, 3, 1, 2])
+
+
+def convnext_block(layer_scale: bool = True, residual: bool = True, act: str = "gelu", c: int = 8, h: int = 5, w: int = 7):
+    """The PyTorch ConvNeXt block's pointwise part as torch.onnx exports it (NCHW in and out)."""
+    b = Builder(1)
+    y = convnext_pointwise(b, "x", c, layer_scale, act)
+    if residual:
+        y = b.op("Add", "x", y)
+    return b.model([("x", ["N", c, h, w])], [y])
+
+
+def convnext_stage(c: int, h: int, w: int, blocks: int = 3, layernorm: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A ConvNeXt stage as PyTorch exports it: per block a depthwise 7x7 Conv, (LayerNorm,) two pointwise
+    Linears with GELU between, layer scale, the permutes around them, and the residual."""
+    b = Builder(seed)
+    x = "x"
+    for _ in range(blocks):
+        y = b.depthwise(x, c)
+        if layernorm:
+            t = b.layernorm(b.op("Transpose", y, perm=[0, 2, 3, 1]), c)
+            y = b.dense(t, c, 4 * c)
+            y = b.dense(b.gelu(y), 4 * c, c)
+            y = b.op("Transpose", b.op("Mul", y, b.const(b.rng.standard_normal(c) * 0.1)), perm=[0, 3, 1, 2])
+        else:
+            y = convnext_pointwise(b, y, c)
+        x = b.op("Add", x, y)
+    return b.model([("x", [1, c, h, w])], [x], name=f"convnext_c{c}_{h}x{w}")
+
+
+def dense_chain(blocks: int, c: int = 16, h: int = 4, w: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """``blocks`` dense layers with ReLU on an NHWC tensor: 3 nodes per block (for size scaling)."""
+    b = Builder(seed)
+    x = "x"
+    for _ in range(blocks):
+        x = b.op("Relu", b.dense(x, c, c))
+    return b.model([("x", [1, h, w, c])], [x], name=f"dense_chain_{blocks}")
+
+
+def big_dense(layers: int, c: int, h: int = 2, w: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """``layers`` wide dense layers: 4 * c * c * layers bytes of weights (c=4096, 12 layers: ~805 MB)."""
+    b = Builder(seed)
+    x = "x"
+    for _ in range(layers):
+        y = b.op("MatMul", x, b.const(b.rng.standard_normal((c, c), dtype=np.float32) * np.float32(1 / np.sqrt(c))))
+        x = b.op("Relu", b.op("Add", y, b.const(np.zeros(c))))
+    graph = helper.make_graph(
+        b.nodes,
+        f"big_dense_{layers}x{c}",
+        [helper.make_tensor_value_info("x", F32, [1, h, w, c])],
+        [helper.make_tensor_value_info(x, F32, [1, h, w, c])],
+        b.inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
