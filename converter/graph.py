@@ -34,14 +34,22 @@ class TensorType:
         return None if self.shape is None else len(self.shape)
 
 
-def subgraphs(node: NodeProto) -> Iterator[tuple[str, GraphProto]]:
+# Standard ops that hold graphs; ops of other domains may hold them too.
+_GRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+def subgraphs(node: NodeProto) -> list[tuple[str, GraphProto]]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    # The hot path of every index and walk: answer for ordinary nodes without looking at attributes.
+    if not node.attribute or (node.op_type not in _GRAPH_OPS and node.domain in ("", "ai.onnx")):
+        return []
+    found = []
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
-            yield attr.name, attr.g
+            found.append((attr.name, attr.g))
         elif attr.type == AttributeProto.GRAPHS:
-            for i, g in enumerate(attr.graphs):
-                yield f"{attr.name}[{i}]", g
+            found.extend((f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs))
+    return found
 
 
 def iter_graphs(graph: GraphProto, path: GraphPath = ()) -> Iterator[tuple[GraphPath, GraphProto]]:
@@ -163,9 +171,12 @@ class Scope:
             for out in node.output:
                 if out:
                     self.producers[out] = node
-            read = {n for n in node.input if n}
-            for _, sub in subgraphs(node):
-                read |= referenced_names(sub)
+            inner = [referenced_names(sub) for _, sub in subgraphs(node)]
+            if not inner and len(node.input) <= 1:
+                if node.input and node.input[0]:
+                    self.uses[node.input[0]].append(node)
+                continue
+            read = {n for n in node.input if n}.union(*inner)
             for name in read:
                 self.uses[name].append(node)
 

@@ -7,9 +7,11 @@ one rule; the TensorFlow front end (Reshape/MatMul/Reshape) and Gemm sandwiches 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +54,29 @@ def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", f
     started = time.perf_counter()
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    before = count_ops(out.graph)
-    decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)))
-    report = RewriteReport(decisions=decisions, ops_before=before)
-    report.ops_rewritten = count_ops(out.graph)
-    if fold_transposes and any(d.rewritten for d in decisions):
-        report.cleanup = run_passes(out, CLEANUP).to_dict()
-    report.ops_after = count_ops(out.graph)
+    with _no_cyclic_gc():
+        before = count_ops(out.graph)
+        decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)))
+        report = RewriteReport(decisions=decisions, ops_before=before)
+        report.ops_rewritten = count_ops(out.graph)
+        if fold_transposes and any(d.rewritten for d in decisions):
+            report.cleanup = run_passes(out, CLEANUP).to_dict()
+        report.ops_after = count_ops(out.graph)
     report.seconds = time.perf_counter() - started
     return RewriteResult(out, report)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic collector: the rewrite allocates many small objects and frees them by
+    reference counting; the collector's full passes over a growing heap made big graphs superlinear."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def default_output(input_path: str | os.PathLike[str]) -> Path:
