@@ -51,9 +51,13 @@ def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", f
     ``fold_transposes`` runs the Transpose cleanup when anything was rewritten: a model with
     nothing to rewrite comes out unchanged.
     """
-    started = time.perf_counter()
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    return RewriteResult(out, _rewrite_in_place(out, providers, fold_transposes))
+
+
+def _rewrite_in_place(out: onnx.ModelProto, providers: str | Sequence[str], fold_transposes: bool) -> RewriteReport:
+    started = time.perf_counter()
     with _no_cyclic_gc():
         before = count_ops(out.graph)
         decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)))
@@ -63,7 +67,7 @@ def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", f
             report.cleanup = run_passes(out, CLEANUP).to_dict()
         report.ops_after = count_ops(out.graph)
     report.seconds = time.perf_counter() - started
-    return RewriteResult(out, report)
+    return report
 
 
 @contextlib.contextmanager
@@ -114,7 +118,10 @@ def convert(
     timings["load"] = time.perf_counter() - t
 
     step("rewriting")
-    result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
+    if verify_outputs:
+        result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
+    else:  # nothing needs the original afterwards: spare a copy of every weight
+        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes))
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(input_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:

@@ -35,12 +35,12 @@ def resolve_providers(ep: str | Sequence[str]) -> tuple[str, ...]:
     return providers
 
 
-def make_session(model_bytes: bytes, providers: Sequence[str]) -> ort.InferenceSession:
+def make_session(model: bytes | str, providers: Sequence[str]) -> ort.InferenceSession:
     """A session that runs the graph as written (no ORT graph rewrites) on exactly the providers asked for."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=list(providers))
+    session = ort.InferenceSession(model, options, providers=list(providers))
     # onnxruntime silently drops a provider whose libraries fail to load; we never fall back silently.
     if providers[0] not in session.get_providers():
         raise ProviderUnavailable(

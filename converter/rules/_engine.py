@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
+from onnx import GraphProto, NodeProto
 
-from converter.graph import GraphPath, NameAllocator, Scope, collect_types, drop_unused, subgraphs
+from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, subgraphs
 from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
@@ -82,14 +82,17 @@ class Context:
         self.opset = opset
         self.ir_version = ir_version
         self._derived = derived
-        self.new_initializers: list[TensorProto] = []
 
     def derived_initializer(self, key: str, source: str, make: Callable[[], np.ndarray]) -> str:
-        """A constant computed from ``source``, created once per graph however many nodes share it."""
+        """A constant computed from ``source``, created once per graph however many nodes share it.
+
+        It is written straight into the graph (one copy of the data, not three: a weight can be
+        hundreds of MB); names are fresh, so the scope's view of the graph stays valid.
+        """
         cache_key = (self.scope.path, key, source)
         if cache_key not in self._derived:
             name = self.names.fresh(f"{source}_{key}")
-            self.new_initializers.append(numpy_helper.from_array(np.ascontiguousarray(make()), name))
+            add_initializer(self.scope.graph, name, make())
             self._derived[cache_key] = name
         return self._derived[cache_key]
 
@@ -136,7 +139,7 @@ def _check_safe(plan: Plan, scope: Scope, claimed: set[int]) -> None:
                 raise Decline("matched_nodes_have_other_uses", f"{out!r} is used by a node outside the match")
 
 
-def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]], new_inits: list[TensorProto]) -> None:
+def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]]) -> None:
     anchors = {id(plan.removed[0]): rep for plan, rep in done}
     removed = {id(n) for plan, _ in done for n in plan.removed}
     nodes: list[NodeProto] = []
@@ -147,7 +150,6 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
             nodes.append(node)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    graph.initializer.extend(new_inits)
 
 
 def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions) -> list[Decision]:
@@ -217,7 +219,7 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                         )
                     )
         if done:
-            _splice(graph, scope, done, ctx.new_initializers)
+            _splice(graph, scope, done)
         drop_unused(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
 
     visit(model.graph, (), None, "main")

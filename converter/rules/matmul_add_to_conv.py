@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import NodeProto
 
+from converter.graph import transpose_2d
+
 from ._checks import require_constant, require_conv_dtype, require_rank
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
 
@@ -106,7 +108,7 @@ class MatMulAddToConv(Rule):
         w = plan.weight
         c, k = w.shape
         base = plan.removed[0].name or plan.removed[0].output[0]
-        weight = ctx.derived_initializer("conv_weight", plan.weight_name, lambda: w.T.reshape(k, c, 1, 1))
+        weight = ctx.derived_initializer("conv_weight", plan.weight_name, lambda: transpose_2d(w).reshape(k, c, 1, 1))
         inputs = [ctx.names.fresh(f"{base}_nchw"), weight]
         released = [plan.weight_name]
         vanished: list[str] = []
