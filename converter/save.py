@@ -118,6 +118,10 @@ def _temporary(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
     """A temporary file beside ``target``; removed again unless the caller renamed it."""
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(name)
+    # mkstemp makes the file private (0600); a model file gets the permissions any new file would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(fd, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f, tmp

@@ -69,3 +69,14 @@ def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> No
         save(dense_model(), target)
     assert target.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        save(dense_model(), tmp_path / "m.onnx")
+        save(dense_model(), tmp_path / "e.onnx", external_data=True, size_threshold=0)
+    finally:
+        os.umask(old)
+    for name in ("m.onnx", "e.onnx", "e.onnx.data"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
