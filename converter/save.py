@@ -68,18 +68,12 @@ def save(
             nonlocal offset
             into = graph.initializer.add()
             for field, value in tensor.ListFields():
-                if field.name not in (
-                    "raw_data",
-                    "float_data",
-                    "int32_data",
-                    "int64_data",
-                    "double_data",
-                    "uint64_data",
-                    "string_data",
-                    "data_location",
-                    "external_data",
-                ):
-                    getattr(into, field.name).extend(value) if field.is_repeated else setattr(into, field.name, value)
+                if field.name in _DATA_FIELDS:
+                    continue
+                if field.is_repeated:
+                    getattr(into, field.name).extend(value)
+                else:
+                    setattr(into, field.name, value)
             data = onnx.numpy_helper.to_array(tensor).tobytes() if not tensor.HasField("raw_data") else tensor.raw_data
             pad = -offset % _ALIGN
             data_file.write(b"\0" * pad)
