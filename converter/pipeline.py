@@ -1,8 +1,8 @@
 """The one ordered list of rules, and the load -> rewrite -> verify -> save flow built on it.
 
-Order of RULES: larger patterns must come before the smaller ones they contain, so that a
-MatMul inside a bigger recognised shape is claimed by the bigger rule first. Today there is
-one rule; the TensorFlow front end (Reshape/MatMul/Reshape) and Gemm sandwiches come later.
+Order of RULES: larger patterns come before the smaller ones they contain, so that a MatMul
+inside a Reshape sandwich is claimed by the sandwich rule first (the plain rule would only see a
+rank-2 MatMul and decline it with ``rank_not_4``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from .errors import InputError
 from .graph import count_ops
 from .load import load
 from .report import ConvertReport, RewriteReport
-from .rules import MatMulAddToConv, RewriteOptions, Rule, apply_rules
+from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
 from .runtime import resolve_providers
 from .save import save
 from .verify import verify
 
-RULES: tuple[Rule, ...] = (MatMulAddToConv(),)
+RULES: tuple[Rule, ...] = (TensordotToConv(), GemmSandwichToConv(), MatMulAddToConv())
 
 # After the rules: merging/cancelling runs first so that sinking sees the fewest Transposes, and
 # both repeat until nothing changes (sinking creates pairs that the next cancel removes).

@@ -144,3 +144,77 @@ def big_dense(layers: int, c: int, h: int = 2, w: int = 3, seed: int = 0) -> onn
         b.inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def reshape_sandwich(
+    core: str = "MatMul",
+    target: str = "runtime",
+    c: int = 6,
+    k: int = 5,
+    h: int = 3,
+    w: int = 4,
+    batch: int | str = "N",
+    bias: str | None = "add",
+    trans_b: int = 0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    share_shape: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A dense layer on [N, H, W, C] written as Reshape -> MatMul/Gemm -> Reshape.
+
+    ``target`` is how the second Reshape gets [N, H, W, K]: "runtime" (tf2onnx's
+    Shape -> Cast -> Gather -> Concat -> Cast), "slice" (Shape -> Slice -> Concat), "static"
+    (a constant), "static_minus_one" (a constant with -1 for the batch), or a wrong one for
+    negative tests: "swapped" ([N, W, H, K]) or "flat" ([N, H*W, K]).
+    ``bias``: "add" (Add after the sandwich), "gemm" (Gemm's C input), None.
+    ``share_shape``: the Shape output also feeds a graph output, so the shape nodes must stay.
+    """
+    b = Builder(seed)
+    x = "x"
+    n_static = batch if isinstance(batch, int) else None
+    rows_first = -1 if n_static is None else n_static * h * w
+    rows = b.op("Reshape", x, b.const(np.array([rows_first, c]), np.int64))
+    weight = b.rng.standard_normal((k, c) if trans_b else (c, k)) / np.sqrt(c)
+    if core == "MatMul":
+        flat = b.op("MatMul", rows, b.const(weight))
+    else:
+        inputs = [rows, b.const(weight)] + ([b.const(b.rng.standard_normal(k))] if bias == "gemm" else [])
+        flat = b.op("Gemm", *inputs, transB=trans_b, alpha=alpha, beta=beta)
+    extra_outputs = []
+    if target in ("runtime", "slice"):
+        shape = b.op("Shape", x)
+        if share_shape:
+            extra_outputs.append(shape)
+        if target == "runtime":
+            head = b.op(
+                "Cast",
+                b.op("Gather", b.op("Cast", shape, to=TensorProto.INT32), b.const(np.array([0, 1, 2]), np.int64), axis=0),
+                to=TensorProto.INT64,
+            )
+        else:
+            head = b.op("Slice", shape, b.const(np.array([0]), np.int64), b.const(np.array([3]), np.int64))
+        new_shape = b.op("Cast", b.op("Concat", head, b.const(np.array([k]), np.int64), axis=0), to=TensorProto.INT64)
+    else:
+        n = n_static if n_static is not None else 2
+        values = {"static": [n, h, w, k], "static_minus_one": [-1, h, w, k], "swapped": [n, w, h, k], "flat": [n, h * w, k]}[target]
+        new_shape = b.const(np.array(values), np.int64)
+    y = b.op("Reshape", flat, new_shape)
+    if bias == "add":
+        y = b.op("Add", y, b.const(b.rng.standard_normal(k) * 0.1))
+    inputs = [("x", [batch, h, w, c])]
+    graph = helper.make_graph(
+        b.nodes,
+        "sandwich",
+        [helper.make_tensor_value_info(n, F32, s) for n, s in inputs],
+        [
+            helper.make_tensor_value_info(y, F32, [batch, h, w, k])
+            if target not in ("flat",)
+            else helper.make_tensor_value_info(y, F32, [batch, h * w, k])
+        ]
+        + [helper.make_tensor_value_info(o, TensorProto.INT64, [4]) for o in extra_outputs],
+        b.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

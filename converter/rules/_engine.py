@@ -33,7 +33,13 @@ _NODE_METADATA_IR = 10
 
 
 class Decline(Exception):
-    """A rule (or a check deep inside one) refusing a node, with a stable code and a sentence."""
+    """A rule (or a check deep inside one) refusing a node, with a stable code and a sentence.
+
+    ``NO_PATTERN`` means the rule's shape is simply not there: the engine then reports another
+    rule's reason for the node (a real reason from any rule beats "not my pattern").
+    """
+
+    NO_PATTERN = "no_pattern"
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
@@ -179,12 +185,14 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
             if node.domain not in ("", "ai.onnx"):
                 continue
             first_decline: Decline | None = None
+            declined_by = ""
             for rule in by_op.get(node.op_type, []):
                 try:
                     plan = rule.check(node, ctx)
                     _check_safe(plan, scope, claimed)
                 except Decline as d:
-                    first_decline = first_decline or d
+                    if first_decline is None or first_decline.code == Decline.NO_PATTERN:
+                        first_decline, declined_by = d, rule.name
                     continue
                 rep = rule.rewrite(plan, ctx)
                 claimed.update(id(n) for n in plan.removed)
@@ -206,13 +214,13 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
                 )
                 break
             else:
-                if first_decline is not None:
+                if first_decline is not None and first_decline.code != Decline.NO_PATTERN:
                     decisions.append(
                         Decision(
                             label,
                             node_label(node),
                             node.op_type,
-                            by_op[node.op_type][0].name,
+                            declined_by,
                             False,
                             reason=first_decline.code,
                             detail=first_decline.detail,

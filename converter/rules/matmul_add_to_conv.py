@@ -29,15 +29,9 @@ from onnx import NodeProto
 
 from converter.graph import transpose_2d
 
-from ._checks import require_constant, require_conv_dtype, require_rank
+from ._checks import Bias, find_bias, require_constant, require_conv_dtype, require_rank
+from ._conv import conv_bias, conv_nodes
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
-
-
-@dataclass
-class _Bias:
-    add: NodeProto
-    name: str
-    value: np.ndarray  # shape [K]
 
 
 @dataclass
@@ -45,7 +39,7 @@ class MatMulPlan(Plan):
     x: str = ""
     weight_name: str = ""
     weight: np.ndarray | None = None  # [C, K]
-    bias: _Bias | None = None
+    bias: Bias | None = None
     origin: str = ""
 
 
@@ -55,32 +49,6 @@ def _as_matrix(w: np.ndarray, name: str) -> np.ndarray:
     if any(d != 1 for d in w.shape[:-2]):
         raise Decline("weight_batched", f"weight {name!r} of shape {list(w.shape)} varies over batch dims")
     return w.reshape(w.shape[-2:])
-
-
-def _find_bias(node: NodeProto, ctx: Context, dtype: np.dtype, k: int) -> tuple[_Bias | None, str | None]:
-    """The foldable bias after ``node``, or None with the reason it cannot be folded."""
-    y = node.output[0]
-    consumers = ctx.scope.consumers(y)
-    adds = [c for c in consumers if c.op_type == "Add" and c.domain in ("", "ai.onnx")]
-    if not adds:
-        return None, None
-    if len(consumers) > 1:
-        return None, "matmul_output_fanout"
-    if y in ctx.scope.output_names:
-        return None, "matmul_output_is_graph_output"
-    add = adds[0]
-    others = [n for n in add.input if n != y]
-    if len(others) != 1:
-        return None, "bias_not_constant"
-    try:
-        b = require_constant(ctx, others[0], "bias")
-    except Decline as d:
-        return None, d.code
-    if b.dtype != dtype:
-        return None, "bias_dtype_mismatch"
-    if b.ndim > 4 or any(d != 1 for d in b.shape[:-1]) or (b.ndim and b.shape[-1] not in (1, k)):
-        return None, "bias_not_per_channel"
-    return _Bias(add, others[0], np.broadcast_to(b.reshape(-1), (k,))), None
 
 
 class MatMulAddToConv(Rule):
@@ -95,7 +63,7 @@ class MatMulAddToConv(Rule):
         if isinstance(xt.shape[3], int) and xt.shape[3] != c:
             raise Decline("shape_mismatch", f"{x!r} has {xt.shape[3]} channels but the weight expects {c}")
         require_conv_dtype(ctx, xt.elem_type)
-        bias, bias_reason = _find_bias(node, ctx, w.dtype, k)
+        bias, bias_reason = find_bias(ctx, node.output[0], w.dtype, k)
         removed = [node] if bias is None else [node, bias.add]
         out = node.output[0] if bias is None else bias.add.output[0]
         notes = {"bias_folded": bias is not None}
@@ -109,21 +77,11 @@ class MatMulAddToConv(Rule):
         c, k = w.shape
         base = plan.removed[0].name or plan.removed[0].output[0]
         weight = ctx.derived_initializer("conv_weight", plan.weight_name, lambda: transpose_2d(w).reshape(k, c, 1, 1))
-        inputs = [ctx.names.fresh(f"{base}_nchw"), weight]
-        released = [plan.weight_name]
-        vanished: list[str] = []
+        released, vanished = [plan.weight_name], []
+        bias = None
         if plan.bias is not None:
-            b = plan.bias
-            src = ctx.scope.source(b.name)
-            reusable = src.kind == "initializer" and list(src.owner.initializers[b.name].dims) == [k]  # type: ignore[union-attr]
-            inputs.append(b.name if reusable else ctx.derived_initializer("conv_bias", b.name, lambda: b.value))
-            released.append(b.name)
+            bias = conv_bias(ctx, plan.bias, k)
+            released.append(plan.bias.name)
             vanished.append(plan.removed[0].output[0])
-        conv_out = ctx.names.fresh(f"{base}_conv_nchw")
-        make = lambda *a, **kw: ctx.node(self.name, plan.origin, *a, **kw)  # noqa: E731
-        nodes = [
-            make("Transpose", [plan.x], [inputs[0]], f"{base}_to_nchw", perm=[0, 3, 1, 2]),
-            make("Conv", inputs, [conv_out], f"{base}_conv", kernel_shape=[1, 1]),
-            make("Transpose", [conv_out], [plan.outputs[0]], f"{base}_to_nhwc", perm=[0, 2, 3, 1]),
-        ]
+        nodes = conv_nodes(ctx, self.name, plan.origin, base, plan.x, weight, bias, plan.outputs[0])
         return Replacement(nodes, released=released, vanished=vanished)

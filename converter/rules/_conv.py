@@ -1,0 +1,31 @@
+"""The replacement every dense-to-conv rule emits: Transpose to NCHW, 1x1 Conv, Transpose back."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from ._checks import Bias
+from ._engine import Context
+
+
+def conv_bias(ctx: Context, bias: Bias, k: int) -> str:
+    """Conv's bias input: the original initializer when it already is a [K] vector, else a new one."""
+    src = ctx.scope.source(bias.name)
+    dims = list(src.owner.initializers[bias.name].dims) if src.kind == "initializer" else None  # type: ignore[union-attr]
+    if not bias.transform and dims == [k]:
+        return bias.name
+    value = bias.value
+    return ctx.derived_initializer(f"conv_bias{bias.transform}", bias.name, lambda: np.ascontiguousarray(value))
+
+
+def conv_nodes(ctx: Context, rule: str, origin: str, base: str, x: str, weight: str, bias: str | None, out: str) -> list[NodeProto]:
+    """``out = Transpose(Conv(Transpose(x)))``; the last node writes the original tensor name."""
+    nchw = ctx.names.fresh(f"{base}_nchw")
+    conv_out = ctx.names.fresh(f"{base}_conv_nchw")
+    inputs = [nchw, weight] + ([bias] if bias is not None else [])
+    return [
+        ctx.node(rule, origin, "Transpose", [x], [nchw], f"{base}_to_nchw", perm=[0, 3, 1, 2]),
+        ctx.node(rule, origin, "Conv", inputs, [conv_out], f"{base}_conv", kernel_shape=[1, 1]),
+        ctx.node(rule, origin, "Transpose", [conv_out], [out], f"{base}_to_nhwc", perm=[0, 2, 3, 1]),
+    ]

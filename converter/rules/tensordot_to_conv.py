@@ -1,0 +1,87 @@
+"""TensorFlow's Tensordot: a Keras Dense on a 4D tensor, as tf2onnx writes it, becomes a 1x1 Conv.
+
+Before::
+
+    rows = Reshape(x, [-1, C])                       x: [N, H, W, C]
+    y    = Reshape(MatMul(rows, W), [N, H, W, K])    target constant, or Concat(Shape(x)[0:3], [K])
+    z    = Add(y, b)                                 optional per-channel bias
+
+After::
+
+    z = Transpose(Conv(Transpose(x, [0, 3, 1, 2]), W^T as [K, C, 1, 1], b), [0, 2, 3, 1])
+
+See ``_sandwich.py`` for what proves the Reshapes keep every position's channels together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import NodeProto
+
+from converter.graph import transpose_2d
+
+from ._checks import Bias, find_bias, require_constant, require_conv_dtype
+from ._conv import conv_bias, conv_nodes
+from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
+from ._sandwich import Sandwich, as_rows, match_sandwich
+
+
+@dataclass
+class SandwichPlan(Plan):
+    sandwich: Sandwich | None = None
+    weight_key: str = "conv_weight"
+    weight_name: str = ""
+    weight: np.ndarray | None = None  # [C, K] as the layer uses it
+    bias: Bias | None = None
+    origin: str = ""
+
+
+def plan_sandwich(
+    rule: Rule, core: NodeProto, ctx: Context, weight_name: str, w: np.ndarray, key: str, core_bias: Bias | None
+) -> SandwichPlan:
+    """The plan shared by the MatMul and Gemm sandwiches once the core's weight is known."""
+    c, k = w.shape
+    s = match_sandwich(core, ctx, k)
+    if s.channels != c:
+        raise Decline("shape_mismatch", f"{s.x!r} has {s.channels} channels but the weight expects {c}")
+    require_conv_dtype(ctx, s.x_type.elem_type)
+    bias, bias_reason = core_bias, None
+    if bias is None:
+        bias, bias_reason = find_bias(ctx, s.last.output[0], w.dtype, k)
+    removed = [core, s.first, s.last, *s.shape_nodes] + ([bias.add] if bias is not None and bias is not core_bias else [])
+    out = bias.add.output[0] if bias is not None and bias is not core_bias else s.last.output[0]
+    notes: dict[str, object] = {"bias_folded": bias is not None}
+    if bias_reason:
+        notes["bias_reason"] = bias_reason
+    return SandwichPlan(
+        removed, [out], notes, sandwich=s, weight_key=key, weight_name=weight_name, weight=w, bias=bias, origin=node_label(core)
+    )
+
+
+def rewrite_sandwich(rule: Rule, plan: SandwichPlan, ctx: Context) -> Replacement:
+    s, w = plan.sandwich, plan.weight
+    assert s is not None and w is not None
+    c, k = w.shape
+    core = plan.removed[0]
+    weight = ctx.derived_initializer(plan.weight_key, plan.weight_name, lambda: transpose_2d(w).reshape(k, c, 1, 1))
+    bias = conv_bias(ctx, plan.bias, k) if plan.bias is not None else None
+    released = [plan.weight_name, *s.constants] + ([plan.bias.name] if plan.bias is not None else [])
+    vanished = [o for n in plan.removed for o in n.output if o != plan.outputs[0]]
+    nodes = conv_nodes(ctx, rule.name, plan.origin, core.name or core.output[0], s.x, weight, bias, plan.outputs[0])
+    return Replacement(nodes, released=released, vanished=vanished)
+
+
+class TensordotToConv(Rule):
+    name = "tensordot_to_conv"
+    op_type = "MatMul"
+
+    def check(self, node: NodeProto, ctx: Context) -> SandwichPlan:
+        if ctx.scope.producers.get(node.input[0]) is None or ctx.scope.producers[node.input[0]].op_type != "Reshape":
+            raise Decline(Decline.NO_PATTERN, "the input is not a Reshape")
+        w = as_rows(require_constant(ctx, node.input[1], "weight"))
+        return plan_sandwich(self, node, ctx, node.input[1], w, "conv_weight", None)
+
+    def rewrite(self, plan: SandwichPlan, ctx: Context) -> Replacement:
+        return rewrite_sandwich(self, plan, ctx)
