@@ -208,9 +208,9 @@ def reshape_sandwich(
         "sandwich",
         [helper.make_tensor_value_info(n, F32, s) for n, s in inputs],
         [
-            helper.make_tensor_value_info(y, F32, [batch, h, w, k])
-            if target not in ("flat",)
-            else helper.make_tensor_value_info(y, F32, [batch, h * w, k])
+            helper.make_tensor_value_info(
+                y, F32, {"flat": [batch, h * w, k], "swapped": [batch, w, h, k]}.get(target, [batch, h, w, k])
+            )
         ]
         + [helper.make_tensor_value_info(o, TensorProto.INT64, [4]) for o in extra_outputs],
         b.inits,
