@@ -23,7 +23,6 @@ from onnx import NodeProto, helper
 
 from converter.graph import TensorType
 
-from ._checks import require_rank
 from ._engine import Context, Decline
 
 _DEFAULT = ("", "ai.onnx")
@@ -59,6 +58,11 @@ def _attr(node: NodeProto, name: str, default: object) -> object:
     return default
 
 
+# A shape element as the evaluator sees it: coef * product of x's dims (indices, sorted); dims=()
+# for a plain constant (coef -1 is Reshape's "infer this one").
+Expr = tuple[int, tuple[int, ...]]
+
+
 def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
     """The Reshapes around ``core`` (MatMul or Gemm) if they make it a per-position dense layer."""
     scope = ctx.scope
@@ -71,90 +75,151 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
         raise _no("the output does not go to a single Reshape")
     if core.output[0] in scope.output_names:
         raise _no("the flat output is a graph output")
+    x = first.input[0]
+    xt = scope.type_of(x)
+    if xt is None or xt.rank != 4:
+        raise _no("the flattened tensor is not known to be rank 4")
     if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
         raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
-
-    rows = _constant_ints(ctx, first.input[1])
-    if rows is None or len(rows) != 2:
-        raise _no("the first Reshape does not flatten to a constant [rows, C]")
-    x = first.input[0]
-    xt = require_rank(ctx, x, 4)
-    c = xt.shape[3] if isinstance(xt.shape[3], int) else None  # type: ignore[index]
-    if c is None:
-        raise Decline("channels_unknown", f"the channel count of {x!r} is not known, so rows may mix positions")
-    static = [d for d in xt.shape[:3] if isinstance(d, int)]  # type: ignore[index]
-    full_rows = math.prod(static) if len(static) == 3 else None
-    if rows[1] != c or rows[0] not in (-1, full_rows):
-        raise Decline("not_per_position", f"the first Reshape's target {rows} is not [-1, {c}]")
     if _attr(first, "allowzero", 0) or _attr(last, "allowzero", 0):
         raise Decline("not_per_position", "Reshape with allowzero")
-
-    sandwich = Sandwich(x, xt, first, last, c, constants=[first.input[1]])
-    target = _constant_ints(ctx, last.input[1])
-    if target is not None:
-        _check_static_target(target, xt, k)
-        sandwich.constants.append(last.input[1])
-    else:
-        sandwich.shape_nodes, consts = _trace_runtime_target(ctx, last.input[1], x, k)
-        sandwich.constants += consts
-        sandwich.shape_nodes = _only_ours(ctx, sandwich.shape_nodes, last)
+    dims = list(xt.shape or ())
+    evaluator = _ShapeEvaluator(ctx, x, dims)
+    rows = evaluator.eval(first.input[1])
+    if rows is None or len(rows) != 2:
+        raise _no("the first Reshape does not flatten to [rows, C]")
+    if not (_is_dim(rows[1], 3, dims) and (rows[0] == (-1, ()) or _is_product(rows[0], dims))):
+        raise Decline("not_per_position", "the first Reshape does not flatten x to [N*H*W, C]")
+    target = evaluator.eval(last.input[1])
+    if target is None or len(target) != 4 or target[3] != (k, ()) or target.count((-1, ())) > 1:
+        raise Decline("not_per_position", f"the second Reshape's target is not [N, H, W, {k}] of the input")
+    for i in range(3):
+        if not (_is_dim(target[i], i, dims) or (target[i] == (-1, ()) and _others_known(target, i, dims))):
+            raise Decline("not_per_position", f"the second Reshape's target is not [N, H, W, {k}] of the input")
+    c = dims[3] if isinstance(dims[3], int) else None
+    sandwich = Sandwich(x, xt, first, last, c if c is not None else -1)
+    nodes = [n for n in evaluator.nodes if n.op_type != "Constant"]
+    sandwich.shape_nodes = _only_ours(ctx, nodes, [first, last])
+    sandwich.constants = [*evaluator.constants, *(n.output[0] for n in evaluator.nodes if n.op_type == "Constant")]
     return sandwich
 
 
-def _check_static_target(target: list[int], xt: TensorType, k: int) -> None:
-    dims = xt.shape or ()
-    ok = len(target) == 4 and target[3] == k and target.count(-1) <= 1
-    for t, d in zip(target[:3], dims[:3], strict=False):
-        ok = ok and (t == d or (t == -1 and all(isinstance(o, int) for o in dims[:3] if o is not d)))
-    if not ok:
-        raise Decline("not_per_position", f"the second Reshape's target {target} is not [N, H, W, {k}] of the input")
+def _is_dim(e: Expr, i: int, dims: list) -> bool:
+    return e == (1, (i,)) or (not e[1] and isinstance(dims[i], int) and e[0] == dims[i])
 
 
-def _through_casts(ctx: Context, name: str, seen: list[NodeProto]) -> NodeProto | None:
-    node = ctx.scope.producers.get(name)
-    while node is not None and node.op_type == "Cast" and node.domain in _DEFAULT:
-        seen.append(node)
-        node = ctx.scope.producers.get(node.input[0])
-    if node is not None:
-        seen.append(node)
-    return node
+def _is_product(e: Expr, dims: list) -> bool:
+    if e == (1, (0, 1, 2)):
+        return True
+    known = [d for d in dims[:3] if isinstance(d, int)]
+    return not e[1] and len(known) == 3 and e[0] == math.prod(known)
 
 
-def _trace_runtime_target(ctx: Context, name: str, x: str, k: int) -> tuple[list[NodeProto], list[str]]:
-    """Prove ``name`` computes ``concat(shape(x)[0:3], [K])``; return the nodes and constants used."""
-    nodes: list[NodeProto] = []
-    fail = Decline("not_per_position", "the second Reshape's run-time target is not [N, H, W, K] of the input")
-    concat = _through_casts(ctx, name, nodes)
-    if concat is None or concat.op_type != "Concat" or len(concat.input) != 2 or _attr(concat, "axis", None) != 0:
-        raise fail
-    if _constant_ints(ctx, concat.input[1]) != [k]:
-        raise fail
-    head = _through_casts(ctx, concat.input[0], nodes)
-    consts = [concat.input[1]]
-    if head is None:
-        raise fail
-    if head.op_type == "Gather" and _constant_ints(ctx, head.input[1]) == [0, 1, 2] and _attr(head, "axis", 0) == 0:
-        consts.append(head.input[1])
-    elif head.op_type == "Slice" and len(head.input) >= 3:
-        starts, ends = _constant_ints(ctx, head.input[1]), _constant_ints(ctx, head.input[2])
-        axes = _constant_ints(ctx, head.input[3]) if len(head.input) > 3 and head.input[3] else [0]
-        steps = _constant_ints(ctx, head.input[4]) if len(head.input) > 4 and head.input[4] else [1]
-        if (starts, ends, axes, steps) != ([0], [3], [0], [1]):
-            raise fail
-        consts += [n for n in head.input[1:] if n]
-    else:
-        raise fail
-    shape = _through_casts(ctx, head.input[0], nodes)
-    if shape is None or shape.op_type != "Shape" or shape.input[0] != x:
-        raise fail
-    if _attr(shape, "start", 0) != 0 or _attr(shape, "end", None) not in (None, 4):
-        raise fail
-    return nodes, consts
+def _others_known(target: list[Expr], i: int, dims: list) -> bool:
+    return all(_is_dim(target[j], j, dims) for j in range(3) if j != i) and all(
+        isinstance(dims[j], int) for j in range(3) if j != i
+    )
 
 
-def _only_ours(ctx: Context, nodes: list[NodeProto], last: NodeProto) -> list[NodeProto]:
+class _ShapeEvaluator:
+    """Evaluates small int64 shape computations in terms of x's dims, remembering what it read."""
+
+    def __init__(self, ctx: Context, x: str, dims: list) -> None:
+        self.ctx, self.x, self.dims = ctx, x, dims
+        self.nodes: list[NodeProto] = []
+        self.constants: list[str] = []
+
+    def eval(self, name: str, depth: int = 0) -> list[Expr] | None:
+        if depth > 16:
+            return None
+        src = self.ctx.scope.source(name)
+        if src.kind == "initializer":
+            ints = _constant_ints(self.ctx, name)
+            if ints is None:
+                return None
+            self.constants.append(name)
+            return [(v, ()) for v in ints]
+        node = self.ctx.scope.producers.get(name)
+        if node is None or node.domain not in _DEFAULT:
+            return None
+        self.nodes.append(node)
+        op, ins = node.op_type, node.input
+        sub = lambda i: self.eval(ins[i], depth + 1) if len(ins) > i and ins[i] else None  # noqa: E731
+        if op == "Constant":
+            ints = _constant_ints(self.ctx, name)
+            return None if ints is None else [(v, ()) for v in ints]
+        if op == "Shape":
+            return self._shape(node)
+        if op in ("Cast", "Identity"):
+            return sub(0)
+        if op in ("Gather", "Slice", "ReduceProd", "Unsqueeze", "Squeeze"):
+            vec = sub(0)
+            if vec is None:
+                return None
+            return self._select(node, vec, sub)
+        if op == "Concat":
+            parts = [self.eval(i, depth + 1) for i in ins]
+            return None if any(p is None for p in parts) else [e for p in parts for e in p]  # type: ignore[union-attr]
+        if op == "Mul" and len(ins) == 2:
+            a, b = sub(0), sub(1)
+            if a is None or b is None or len(a) != len(b) or any(e[0] < 0 for e in a + b):
+                return None
+            return [(p[0] * q[0], tuple(sorted(p[1] + q[1]))) for p, q in zip(a, b, strict=True)]
+        return None
+
+    def _shape(self, node: NodeProto) -> list[Expr] | None:
+        start, end = _attr(node, "start", 0), _attr(node, "end", None)
+        full = None
+        if node.input[0] == self.x:
+            full = [(1, (i,)) for i in range(4)]
+        else:  # Shape of the tensor that x is a Transpose of (tf2onnx reads the NCHW side)
+            producer = self.ctx.scope.producers.get(self.x)
+            if producer is not None and producer.op_type == "Transpose" and producer.input[0] == node.input[0]:
+                perm = _attr(producer, "perm", None)
+                if perm is not None and len(perm) == 4:  # type: ignore[arg-type]
+                    inverse = [0] * 4
+                    for i, p in enumerate(perm):  # type: ignore[arg-type]
+                        inverse[p] = i
+                    full = [(1, (inverse[j],)) for j in range(4)]
+        if full is None:
+            return None
+        return full[start:end]  # type: ignore[misc]
+
+    def _select(self, node: NodeProto, vec: list[Expr], sub) -> list[Expr] | None:  # noqa: ANN001
+        op = node.op_type
+        if op == "Gather":
+            idx = sub(1)
+            if idx is None or any(e[1] for e in idx) or _attr(node, "axis", 0) != 0:
+                return None
+            try:
+                return [vec[e[0]] for e in idx]
+            except IndexError:
+                return None
+        if op == "Slice":
+            starts, ends = sub(1), sub(2)
+            axes = sub(3) if len(node.input) > 3 and node.input[3] else [(0, ())]
+            steps = sub(4) if len(node.input) > 4 and node.input[4] else [(1, ())]
+            if None in (starts, ends, axes, steps) or axes != [(0, ())] or steps != [(1, ())]:
+                return None
+            return vec[starts[0][0] : ends[0][0]]  # type: ignore[index]
+        if op == "ReduceProd":
+            axes = _attr(node, "axes", None)
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                found = sub(1)
+                axes = None if found is None else [e[0] for e in found]
+            if axes not in (None, [0], [-1]) or any(e[0] < 0 for e in vec):
+                return None
+            coef = math.prod(e[0] for e in vec)
+            return [(coef, tuple(sorted(d for e in vec for d in e[1])))]
+        # Unsqueeze / Squeeze of a one-element vector to / from a scalar: the same values
+        return vec if len(vec) == 1 else None
+
+
+def _only_ours(ctx: Context, nodes: list[NodeProto], readers: list[NodeProto]) -> list[NodeProto]:
     """The shape nodes whose outputs feed only the match: those can go, the others must stay."""
-    ours = {id(n) for n in nodes} | {id(last)}
+    unique = {id(n): n for n in nodes}
+    nodes = list(unique.values())
+    ours = set(unique) | {id(r) for r in readers}
     changed = True
     while changed:
         changed = False

@@ -44,7 +44,7 @@ def plan_sandwich(
     """The plan shared by the MatMul and Gemm sandwiches once the core's weight is known."""
     c, k = w.shape
     s = match_sandwich(core, ctx, k)
-    if s.channels != c:
+    if s.channels not in (c, -1):
         raise Decline("shape_mismatch", f"{s.x!r} has {s.channels} channels but the weight expects {c}")
     require_conv_dtype(ctx, s.x_type.elem_type)
     bias, bias_reason = core_bias, None
