@@ -7,11 +7,10 @@ report = converter.convert("model.onnx", "out.onnx")   # load -> rewrite -> veri
 """
 
 from .errors import ConverterError, InputError, ProviderUnavailable
-from .load import load
-from .pipeline import RULES, RewriteResult, convert, rewrite
+from .pipeline import RULES, RewriteResult, convert, load, rewrite
 from .report import ConvertReport, Decision, OutputCheck, RewriteReport, VerifyReport
 from .save import save
-from .verify import verify
+from .verify import verify, verify_reference
 
 __all__ = [
     "RULES",
@@ -29,4 +28,5 @@ __all__ = [
     "rewrite",
     "save",
     "verify",
+    "verify_reference",
 ]

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from .errors import ConverterError, InputError
 from .pipeline import convert
-from .report import ConvertReport
+from .report import ConvertReport, VerifyReport
 from .save import write_atomic
 
 PROG = "convert"
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Rewrite dense layers (MatMul + Add) on 4D tensors into 1x1 Convs and verify the result in onnxruntime.",
     )
-    p.add_argument("input", help="ONNX model to convert")
+    p.add_argument("input", help="ONNX model, TensorFlow SavedModel folder, or Keras .keras file")
     p.add_argument("-o", "--output", help="where to write the result (default: <stem>_conv.onnx beside the input)")
     p.add_argument("--no-verify", action="store_true", help="skip running both models in onnxruntime")
     p.add_argument(
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--dry-run", action="store_true", help="list every candidate with its decision; write nothing")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs (default: 0)")
+    tf = p.add_argument_group("TensorFlow input")
+    tf.add_argument("--signature", default="serving_default", help="SavedModel signature (default: serving_default)")
+    tf.add_argument("--tag", default="serve", help="SavedModel tag (default: serve)")
+    tf.add_argument("--opset", type=int, default=17, help="ONNX opset tf2onnx converts to (default: 17)")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="print only the final verdict line")
     noise.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for errors")
@@ -112,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 input_shapes=shapes,
                 inputs=inputs,
                 dry_run=args.dry_run,
+                signature=args.signature,
+                tag=args.tag,
+                opset=args.opset,
                 on_step=on_step,
             )
         if args.report:
@@ -178,11 +185,13 @@ def print_report(console: Console, report: ConvertReport) -> None:
         console.print(f"  skipped {n} x {reason}: e.g. {example.node} ({example.detail})", markup=False)
     if report.dry_run:
         console.print(_decisions_table(report))
-    if report.verify is not None:
-        console.print(_verify_table(report))
-        for line in report.verify.assumptions:
+    for check, against in ((report.verify, "original"), (report.verify_reference, "")):
+        if check is None:
+            continue
+        console.print(_verify_table(check, against or check.providers[0]))
+        for line in check.assumptions:
             console.print(f"  assumed: {line}", markup=False)
-        for line in report.verify.interface_problems:
+        for line in check.interface_problems:
             console.print(f"  interface: {line}", markup=False)
     console.print("Timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()), markup=False)
 
@@ -200,12 +209,11 @@ def _decisions_table(report: ConvertReport) -> Table:
     return t
 
 
-def _verify_table(report: ConvertReport) -> Table:
-    v = report.verify
-    assert v is not None
+def _verify_table(v: VerifyReport, against: str) -> Table:
     feeds = "; ".join(f"{i.name} {i.dtype} {_dims(i.shape)} {i.source}" for i in v.inputs)
+    where = "onnxruntime " + ", ".join(v.providers) if against == "original" else against
     t = Table(
-        title=f"Verification on {', '.join(v.providers)} (seed {v.seed})",
+        title=f"Verification: rewritten vs {'original on ' + where if against == 'original' else where} (seed {v.seed})",
         title_justify="left",
         caption=f"inputs: {feeds}",
         caption_justify="left",

@@ -23,12 +23,12 @@ from .cleanup.cancel_transposes import CancelTransposes
 from .cleanup.sink_transposes import SinkTransposes
 from .errors import InputError
 from .graph import count_ops
-from .load import load
+from .load import load as load_onnx
 from .report import ConvertReport, RewriteReport
 from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
 from .runtime import resolve_providers
 from .save import save
-from .verify import verify
+from .verify import verify, verify_reference
 
 RULES: tuple[Rule, ...] = (TensordotToConv(), GemmSandwichToConv(), MatMulAddToConv())
 
@@ -88,6 +88,19 @@ def default_output(input_path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{p.stem}_conv.onnx")
 
 
+def load(path: str | os.PathLike[str], *, signature: str = "serving_default", tag: str = "serve", opset: int = 17):
+    """An ONNX model from an ONNX file, a SavedModel folder or a ``.keras`` file (through tf2onnx)."""
+    if is_tensorflow_input(Path(path)):
+        from .frontends.savedmodel import load_tensorflow
+
+        return load_tensorflow(path, signature=signature, tag=tag, opset=opset)
+    return load_onnx(path)
+
+
+def is_tensorflow_input(path: Path) -> bool:
+    return path.is_dir() or path.suffix in (".keras", ".h5")
+
+
 def convert(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None = None,
@@ -100,40 +113,103 @@ def convert(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
     dry_run: bool = False,
+    signature: str = "serving_default",
+    tag: str = "serve",
+    opset: int = 17,
     on_step: Callable[[str], None] | None = None,
 ) -> ConvertReport:
     """Load, rewrite, verify and save. Nothing is written when verification fails or on a dry run.
 
+    TensorFlow inputs (a SavedModel folder or a ``.keras`` file) are converted by tf2onnx first and
+    verified twice: the tf2onnx model against the rewritten one, and TensorFlow itself against it.
     Check ``report.ok`` (False means a verification mismatch) and ``report.written``.
     """
     step = on_step or (lambda _msg: None)
+    source_path = Path(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
-    _refuse_overwriting_input(Path(input_path), output)
+    _refuse_overwriting_input(source_path, output)
     chosen = resolve_providers(providers)
-    timings: dict[str, float] = {}
+    if is_tensorflow_input(source_path):
+        from .frontends.savedmodel import open_tensorflow, run_tensorflow
 
-    t = time.perf_counter()
+        step(f"converting {input_path} with tf2onnx")
+        started = time.perf_counter()
+        with open_tensorflow(source_path, signature=signature, tag=tag, opset=opset) as source:
+            loaded = time.perf_counter() - started
+            return _convert_model(
+                source.model,
+                source_path,
+                output,
+                loaded,
+                verify_outputs,
+                fold_transposes,
+                chosen,
+                atol,
+                rtol,
+                input_shapes,
+                inputs,
+                dry_run,
+                step,
+                reference=("TensorFlow", lambda feeds: run_tensorflow(source, feeds)),
+            )
+    started = time.perf_counter()
     step(f"loading {input_path}")
-    model = load(input_path)
-    timings["load"] = time.perf_counter() - t
+    model = load_onnx(input_path)
+    return _convert_model(
+        model,
+        source_path,
+        output,
+        time.perf_counter() - started,
+        verify_outputs,
+        fold_transposes,
+        chosen,
+        atol,
+        rtol,
+        input_shapes,
+        inputs,
+        dry_run,
+        step,
+    )
 
+
+def _convert_model(
+    model: onnx.ModelProto,
+    source_path: Path,
+    output: Path,
+    load_seconds: float,
+    verify_outputs: bool,
+    fold_transposes: bool,
+    chosen: tuple[str, ...],
+    atol: float | None,
+    rtol: float | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    inputs: Mapping[str, np.ndarray] | None,
+    dry_run: bool,
+    step: Callable[[str], None],
+    reference: tuple[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
+) -> ConvertReport:
+    timings = {"load": load_seconds}
     step("rewriting")
     if verify_outputs:
         result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
     else:  # nothing needs the original afterwards: spare a copy of every weight
         result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes))
     timings["rewrite"] = result.report.seconds
-    report = ConvertReport(str(input_path), str(output), result.report, dry_run=dry_run, timings=timings)
+    report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:
         report.output = None
         return report
 
     if verify_outputs:
-        report.verify = verify(
-            model, result.model, providers=chosen, inputs=inputs, input_shapes=input_shapes, atol=atol, rtol=rtol, on_step=step
-        )
+        checks = {"providers": chosen, "inputs": inputs, "input_shapes": input_shapes, "atol": atol, "rtol": rtol}
+        report.verify = verify(model, result.model, on_step=step, **checks)  # type: ignore[arg-type]
         timings["verify"] = report.verify.seconds
-        if not report.verify.passed:
+        if reference is not None:
+            name, run = reference
+            step(f"running {name}")
+            report.verify_reference = verify_reference(run, name, model, result.model, **checks)  # type: ignore[arg-type]
+            timings["verify_reference"] = report.verify_reference.seconds
+        if not report.ok:
             return report
 
     t = time.perf_counter()

@@ -114,14 +114,16 @@ class ConvertReport:
     output: str | None
     rewrite: RewriteReport
     verify: VerifyReport | None = None
+    # TensorFlow inputs: the SavedModel's own signature run against the rewritten model.
+    verify_reference: VerifyReport | None = None
     written: bool = False
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """True unless verification ran and found a mismatch."""
-        return self.verify is None or self.verify.passed
+        """True unless a verification ran and found a mismatch."""
+        return all(v is None or v.passed for v in (self.verify, self.verify_reference))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,5 +134,6 @@ class ConvertReport:
             "ok": self.ok,
             "rewrite": self.rewrite.to_dict(),
             "verify": None if self.verify is None else self.verify.to_dict(),
+            "verify_reference": None if self.verify_reference is None else self.verify_reference.to_dict(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }

@@ -72,16 +72,67 @@ def verify(
     step("running the original model")
     expected = _run(original, feeds, chosen, "original")
     step("running the rewritten model")
+    failure = ""
     try:
         actual = _run(rewritten, feeds, chosen, "rewritten")
     except InputError as e:
         actual = None
         failure = str(e)
 
-    out_types = {o.name: o.type.tensor_type.elem_type for o in original.graph.output}
+    _compare_outputs(original, expected, actual, failure if actual is None else "", atol, rtol, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def verify_reference(
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    name: str,
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    *,
+    providers: str | Sequence[str] = "cpu",
+    inputs: Mapping[str, np.ndarray] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+) -> VerifyReport:
+    """Compare the rewritten model with another implementation of the original (e.g. TensorFlow).
+
+    ``reference`` takes the feeds (keyed by the ONNX input names) and returns outputs keyed by the
+    ONNX output names; inputs are built from ``original`` exactly as in verify().
+    """
+    started = time.perf_counter()
+    chosen = resolve_providers(providers)
+    report = VerifyReport(providers=[name], seed=seed)
+    feeds = build_inputs(original, inputs or {}, input_shapes or {}, seed, report)
+    outputs = reference(feeds)
+    missing = [o.name for o in original.graph.output if o.name not in outputs]
+    if missing:
+        report.interface_problems.append(f"{name} gave no output named {', '.join(missing)}")
+        return report
+    expected = [outputs[o.name] for o in original.graph.output]
+    try:
+        actual, failure = _run(rewritten, feeds, chosen, "rewritten"), ""
+    except InputError as e:
+        actual, failure = None, str(e)
+    _compare_outputs(original, expected, actual, failure, atol, rtol, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _compare_outputs(
+    original: onnx.ModelProto,
+    expected: list[np.ndarray],
+    actual: list[np.ndarray] | None,
+    failure: str,
+    atol: float | None,
+    rtol: float | None,
+    report: VerifyReport,
+) -> None:
     for i, out in enumerate(original.graph.output):
-        ref = expected[i]
-        a_tol, r_tol = default_tolerances(out_types[out.name])
+        ref = np.asarray(expected[i])
+        a_tol, r_tol = default_tolerances(out.type.tensor_type.elem_type)
         a_tol = a_tol * _scale(ref) if atol is None else atol
         r_tol = r_tol if rtol is None else rtol
         if actual is None:
@@ -90,8 +141,6 @@ def verify(
             report.outputs.append(_failed(out.name, ref, a_tol, r_tol, "missing from the rewritten model"))
         else:
             report.outputs.append(compare(out.name, actual[i], ref, a_tol, r_tol))
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _scale(ref: np.ndarray) -> float:

@@ -143,7 +143,7 @@ def test_inputs_npz(model_file: Path, tmp_path: Path) -> None:
         (["{model}", "--ep", "tpu"], "invalid choice"),
         (["{empty}"], "file is empty"),
         (["{garbage}"], "not a readable ONNX model"),
-        (["{tmp}"], "is a folder"),
+        (["{tmp}"], "not a SavedModel folder (no saved_model.pb)"),
         (["{nograph}"], "no graph"),
     ],
 )

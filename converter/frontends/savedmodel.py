@@ -43,10 +43,6 @@ class TensorFlowSource:
     model: onnx.ModelProto
 
 
-def is_tensorflow_input(path: Path) -> bool:
-    return path.is_dir() or path.suffix in (".keras", ".h5")
-
-
 def _quiet_tensorflow() -> None:
     # TensorFlow's C++ logging reads this once, at import; only set it when the user has not.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -105,7 +101,8 @@ def _convert(saved: Path, signature: str, tag: str, opset: int, shown_as: Path) 
     except Exception as e:  # noqa: BLE001 - TensorFlow raises many types for unreadable SavedModels
         raise InputError(f"{shown_as}: cannot load the SavedModel signature {signature!r} ({_first_line(e)})") from e
     if _clear_no_inline(graph_def):
-        graph_def = tf_loader.tf_optimize(inputs, outputs, graph_def)  # grappler's function inliner
+        with tf.Graph().as_default():  # grappler runs on a meta graph, which needs graph mode
+            graph_def = tf_loader.tf_optimize(inputs, outputs, graph_def)  # its function inliner
     try:
         model, _ = tf2onnx.convert.from_graph_def(
             graph_def,

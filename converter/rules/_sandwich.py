@@ -212,7 +212,11 @@ class _ShapeEvaluator:
             coef = math.prod(e[0] for e in vec)
             return [(coef, tuple(sorted(d for e in vec for d in e[1])))]
         # Unsqueeze / Squeeze of a one-element vector to / from a scalar: the same values
-        return vec if len(vec) == 1 else None
+        axes = _attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            found = sub(1)  # also records the axes constant, which goes away with the match
+            axes = None if found is None else [e[0] for e in found]
+        return vec if len(vec) == 1 and axes in (None, [0], [-1]) else None
 
 
 def _only_ours(ctx: Context, nodes: list[NodeProto], readers: list[NodeProto]) -> list[NodeProto]:
