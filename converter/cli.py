@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -100,7 +101,9 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    # Our own stream to the terminal: the TensorFlow front end silences file descriptor 2 while
+    # TensorFlow's native code runs, and our progress and errors must not go with it.
+    err = Console(file=os.fdopen(os.dup(2), "w"), highlight=False, soft_wrap=True)
     try:
         shapes = dict(args.input_shape)
         inputs = _load_npz(args.inputs) if args.inputs else None
@@ -119,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signature=args.signature,
                 tag=args.tag,
                 opset=args.opset,
+                native_logs=args.verbose,
                 on_step=on_step,
             )
         if args.report:

@@ -116,6 +116,7 @@ def convert(
     signature: str = "serving_default",
     tag: str = "serve",
     opset: int = 17,
+    native_logs: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> ConvertReport:
     """Load, rewrite, verify and save. Nothing is written when verification fails or on a dry run.
@@ -134,7 +135,7 @@ def convert(
 
         step(f"converting {input_path} with tf2onnx")
         started = time.perf_counter()
-        with open_tensorflow(source_path, signature=signature, tag=tag, opset=opset) as source:
+        with open_tensorflow(source_path, signature=signature, tag=tag, opset=opset, native_logs=native_logs) as source:
             loaded = time.perf_counter() - started
             return _convert_model(
                 source.model,

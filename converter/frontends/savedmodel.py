@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class TensorFlowSource:
     signature: str
     tag: str
     model: onnx.ModelProto
+    native_logs: bool = False
 
 
 def _quiet_tensorflow() -> None:
@@ -49,10 +51,40 @@ def _quiet_tensorflow() -> None:
 
 
 @contextlib.contextmanager
+def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the duration.
+
+    TensorFlow 2.21 logs from C++ (absl) at import and on first use, whatever TF_CPP_MIN_LOG_LEVEL
+    says; a user asked for one clear line. Python's own stderr object is flushed around it.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def open_tensorflow(
-    path: str | os.PathLike[str], *, signature: str = "serving_default", tag: str = "serve", opset: int = 17
+    path: str | os.PathLike[str],
+    *,
+    signature: str = "serving_default",
+    tag: str = "serve",
+    opset: int = 17,
+    native_logs: bool = False,
 ) -> Iterator[TensorFlowSource]:
-    """Convert a SavedModel folder or ``.keras`` file; the SavedModel stays available inside the block."""
+    """Convert a SavedModel folder or ``.keras`` file; the SavedModel stays available inside the block.
+
+    TensorFlow's native logging is silenced unless ``native_logs``.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -64,9 +96,10 @@ def open_tensorflow(
         raise InputError(f"{p}: not a SavedModel folder (no saved_model.pb)")
     _quiet_tensorflow()
     with tempfile.TemporaryDirectory(prefix="converter-keras-") as tmp:
-        saved = _export_keras(p, Path(tmp)) if p.suffix == ".keras" else p
-        model = _convert(saved, signature, tag, opset, shown_as=p)
-        yield TensorFlowSource(saved, signature, tag, model)
+        with native_stderr_silenced(not native_logs):
+            saved = _export_keras(p, Path(tmp)) if p.suffix == ".keras" else p
+            model = _convert(saved, signature, tag, opset, shown_as=p)
+        yield TensorFlowSource(saved, signature, tag, model, native_logs)
 
 
 def load_tensorflow(path: str | os.PathLike[str], **options: object) -> onnx.ModelProto:
@@ -93,7 +126,7 @@ def _convert(saved: Path, signature: str, tag: str, opset: int, shown_as: Path) 
     from tf2onnx import tf_loader
 
     tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # its errors become ours, as one line
     try:
         graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
             str(saved), None, None, tag, [signature], return_tensors_to_rename=True
@@ -183,10 +216,11 @@ def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray]) -> di
     """Run the SavedModel's signature on ``feeds`` (keyed by ONNX input names, the signature's names)."""
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(source.saved_model), tags=[source.tag])
-    fn = loaded.signatures[source.signature]
-    outputs = fn(**{k: tf.constant(v) for k, v in feeds.items()})
-    return {k: v.numpy() for k, v in outputs.items()}
+    with native_stderr_silenced(not source.native_logs):
+        loaded = tf.saved_model.load(str(source.saved_model), tags=[source.tag])
+        fn = loaded.signatures[source.signature]
+        outputs = fn(**{k: tf.constant(v) for k, v in feeds.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
 
 
 def _first_line(e: BaseException) -> str:
