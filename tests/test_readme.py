@@ -48,3 +48,14 @@ def test_bundled_example_is_what_its_script_builds(tmp_path: Path) -> None:
     assert (tmp_path / "s.onnx").read_bytes() == (ROOT / "models" / "seed_dense.onnx").read_bytes()
     shape = [d.dim_value for d in onnx.load(tmp_path / "s.onnx").graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 2, 2, 1]
+
+
+def test_seed_notebook_example_runs_as_written(tmp_path: Path) -> None:
+    """The README's TensorFlow example, run exactly as printed (in a scratch folder)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## TensorFlow and Keras input.*?```python\n(.*?)```", text, re.S)
+    assert block, "README has no TensorFlow example"
+    r = subprocess.run([sys.executable, "-c", block.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ops = [n.op_type for n in onnx.load(tmp_path / "seed.onnx").graph.node]
+    assert "Conv" in ops and "MatMul" not in ops
