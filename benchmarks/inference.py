@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 import converter
+from converter.report import VerifyReport
+from converter.verify import build_inputs
 from models.graphs import convnext_stage, dense_chain
 
 CASES: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -45,18 +47,22 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    out = {}
-    for vi in model.graph.input:
-        shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
-        out[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
+def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for a latency run, built the way verification builds them."""
+    return build_inputs(model, {}, shapes or {}, 0, VerifyReport(providers=[]))
 
 
-def compare(original: onnx.ModelProto, converted: onnx.ModelProto, runs: int, threads: int) -> tuple[float, float]:
+def compare(
+    original: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    runs: int,
+    threads: int,
+    shapes: dict[str, list[int]] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+) -> tuple[float, float]:
+    """Median latency in ms of (original, converted), runs interleaved with alternating order."""
     sessions = {"original": session(original, threads), "converted": session(converted, threads)}
-    feeds = feeds_for(original)
+    feeds = feeds if feeds is not None else feeds_for(original, shapes)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for s in sessions.values():
         for _ in range(5):

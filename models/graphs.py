@@ -218,3 +218,93 @@ def reshape_sandwich(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def mixer_block(h: int = 6, w: int = 8, c: int = 12, seed: int = 3) -> onnx.ModelProto:
+    """An MLP-Mixer-style block on an NHWC tensor: token mixing along W (transposed to the last axis),
+    then channel mixing, each a two-layer MLP with GELU, LayerNorm before and a residual after."""
+    b = Builder(seed)
+    t = b.op("Transpose", b.layernorm("x", c), perm=[0, 1, 3, 2])  # [N, H, C, W]
+    t = b.dense(b.gelu(b.dense(t, w, 2 * w)), 2 * w, w)
+    x = b.op("Add", "x", b.op("Transpose", t, perm=[0, 1, 3, 2]))
+    y = b.dense(b.gelu(b.dense(b.layernorm(x, c), c, 2 * c)), 2 * c, c)
+    return b.model([("x", ["N", h, w, c])], [b.op("Add", x, y)], name="mixer_block")
+
+
+def dense_in_if(h: int = 3, w: int = 5, c: int = 4, k: int = 6, seed: int = 3) -> onnx.ModelProto:
+    """Dense layers inside both branches of an If, reading an outer input and an outer weight."""
+    rng = np.random.default_rng(seed)
+    outer = [numpy_helper.from_array(rng.standard_normal((c, k)).astype(np.float32), "W_outer")]
+
+    def branch(tag: str, bias: bool) -> onnx.GraphProto:
+        nodes = [helper.make_node("MatMul", ["x", "W_outer"], [f"mm_{tag}"], name=f"dense_{tag}")]
+        inits = []
+        if bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(k).astype(np.float32), f"b_{tag}"))
+            nodes.append(helper.make_node("Add", [f"mm_{tag}", f"b_{tag}"], [f"y_{tag}"], name=f"add_{tag}"))
+        else:
+            nodes.append(helper.make_node("Relu", [f"mm_{tag}"], [f"y_{tag}"], name=f"relu_{tag}"))
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"y_{tag}", F32, None)], inits)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["cond"], ["y"], name="branch", then_branch=branch("then", True), else_branch=branch("else", False)
+            )
+        ],
+        "dense_in_if",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("x", F32, ["N", h, w, c])],
+        [helper.make_tensor_value_info("y", F32, ["N", h, w, k])],
+        outer,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def vgg_style(h: int = 32, w: int = 24, seed: int = 4, ir_version: int | None = None) -> onnx.ModelProto:
+    """Conv/ReLU/MaxPool twice, Flatten, Gemm head: nothing here is a dense layer on a 4D tensor.
+
+    ``ir_version=3`` writes it the old way, every initializer also listed as a graph input."""
+    b = Builder(seed)
+    x = "x"
+    for cin, cout in ((3, 8), (8, 16)):
+        w_ = b.const(b.rng.standard_normal((cout, cin, 3, 3)) * 0.2)
+        x = b.op(
+            "MaxPool",
+            b.op("Relu", b.op("Conv", x, w_, b.const(np.zeros(cout)), pads=[1, 1, 1, 1])),
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+        )
+    flat = b.op("Flatten", x)
+    y = b.op("Gemm", flat, b.const(b.rng.standard_normal((16 * (h // 4) * (w // 4), 10)) * 0.05), b.const(np.zeros(10)))
+    model = b.model([("x", [1, 3, h, w])], [y], opset=17 if ir_version is None else 8, name="vgg_style")
+    if ir_version is not None:
+        model.ir_version = ir_version
+        for t in model.graph.initializer:
+            model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        onnx.checker.check_model(model)
+    return model
+
+
+def resnet_style(h: int = 20, w: int = 28, c: int = 8, seed: int = 5) -> onnx.ModelProto:
+    """Conv + BatchNormalization + ReLU with a residual Add, global pooling and a Gemm head."""
+    b = Builder(seed)
+
+    def conv_bn(x: str, cin: int, cout: int, relu: bool = True) -> str:
+        y = b.op("Conv", x, b.const(b.rng.standard_normal((cout, cin, 3, 3)) * 0.2), pads=[1, 1, 1, 1])
+        y = b.op(
+            "BatchNormalization",
+            y,
+            b.const(np.ones(cout)),
+            b.const(np.zeros(cout)),
+            b.const(b.rng.standard_normal(cout) * 0.1),
+            b.const(np.ones(cout)),
+        )
+        return b.op("Relu", y) if relu else y
+
+    stem = conv_bn("x", 3, c)
+    out = b.op("Relu", b.op("Add", stem, conv_bn(conv_bn(stem, c, c), c, c, relu=False)))
+    pooled = b.op("Flatten", b.op("GlobalAveragePool", out))
+    y = b.op("Gemm", pooled, b.const(b.rng.standard_normal((c, 10)) * 0.2), b.const(np.zeros(10)))
+    return b.model([("x", ["N", 3, h, w])], [y], name="resnet_style")
