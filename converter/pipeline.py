@@ -24,6 +24,7 @@ from .cleanup.sink_transposes import SinkTransposes
 from .errors import InputError
 from .graph import count_ops
 from .load import load as load_onnx
+from .load import load_with_sources
 from .report import ConvertReport, RewriteReport
 from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
 from .runtime import resolve_providers
@@ -155,7 +156,10 @@ def convert(
             )
     started = time.perf_counter()
     step(f"loading {input_path}")
-    model = load_onnx(input_path)
+    model, sources = load_with_sources(input_path)
+    for src in sources[1:]:  # nor may the output (or its data file) replace a file the input reads
+        _refuse_overwriting_input(src, output)
+        _refuse_overwriting_input(src, output.with_name(output.name + ".data"))
     return _convert_model(
         model,
         source_path,
