@@ -58,11 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", metavar="FILE.npz", help="feed these arrays (keyed by input name) instead of random data")
     p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     p.add_argument("--dry-run", action="store_true", help="list every candidate with its decision; write nothing")
+    p.add_argument("--force", action="store_true", help="write the result even when verification finds a mismatch")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs (default: 0)")
     tf = p.add_argument_group("TensorFlow input")
     tf.add_argument("--signature", default="serving_default", help="SavedModel signature (default: serving_default)")
     tf.add_argument("--tag", default="serve", help="SavedModel tag (default: serve)")
     tf.add_argument("--opset", type=int, default=17, help="ONNX opset tf2onnx converts to (default: 17)")
+    tf.add_argument("--allow-h5", action="store_true", help="load a legacy Keras .h5 file (runs its Lambda layers' code)")
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="print only the final verdict line")
     noise.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for errors")
@@ -123,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tag=args.tag,
                 opset=args.opset,
                 native_logs=args.verbose,
+                force=args.force,
+                allow_h5=args.allow_h5,
                 on_step=on_step,
             )
         if args.report:
@@ -135,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print(f"{PROG}: interrupted; nothing was written", markup=False)
         return 130
+    for warning in report.warnings:
+        err.print(f"{PROG}: warning: {warning}", markup=False)
     if not args.quiet:
         print_report(out, report)
     out.print(verdict(report), markup=False)
@@ -155,6 +161,8 @@ def verdict(report: ConvertReport) -> str:
     what = f"rewrote {rw.rewritten} of {rw.candidates} candidates"
     if report.dry_run:
         return f"DRY RUN: {rw.rewritten} of {rw.candidates} candidates would be rewritten; nothing written"
+    if not report.ok and report.forced:
+        return f"FAILED: verification found mismatches; wrote {report.output} anyway (--force)"
     if not report.ok:
         return f"FAILED: verification found mismatches; {report.output} was not written"
     checked = "verified" if report.verify is not None else "not verified (--no-verify)"

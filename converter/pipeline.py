@@ -118,67 +118,65 @@ def convert(
     tag: str = "serve",
     opset: int = 17,
     native_logs: bool = False,
+    force: bool = False,
+    allow_h5: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> ConvertReport:
     """Load, rewrite, verify and save. Nothing is written when verification fails or on a dry run.
 
     TensorFlow inputs (a SavedModel folder or a ``.keras`` file) are converted by tf2onnx first and
     verified twice: the tf2onnx model against the rewritten one, and TensorFlow itself against it.
-    Check ``report.ok`` (False means a verification mismatch) and ``report.written``.
+    Check ``report.ok`` (False means a verification mismatch) and ``report.written``. ``force``
+    writes the result even after a mismatch (``report.forced`` says so). ``allow_h5`` loads legacy
+    Keras .h5 files, which runs the Python code of their Lambda layers.
     """
     step = on_step or (lambda _msg: None)
     source_path = Path(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
     _refuse_overwriting_input(source_path, output)
     chosen = resolve_providers(providers)
+    common = {
+        "source_path": source_path,
+        "output": output,
+        "verify_outputs": verify_outputs,
+        "fold_transposes": fold_transposes,
+        "chosen": chosen,
+        "atol": atol,
+        "rtol": rtol,
+        "input_shapes": input_shapes,
+        "inputs": inputs,
+        "dry_run": dry_run,
+        "force": force,
+        "step": step,
+    }
     if is_tensorflow_input(source_path):
         from .frontends.savedmodel import open_tensorflow, run_tensorflow
 
         step(f"converting {input_path} with tf2onnx")
         started = time.perf_counter()
-        with open_tensorflow(source_path, signature=signature, tag=tag, opset=opset, native_logs=native_logs) as source:
-            loaded = time.perf_counter() - started
-            return _convert_model(
+        with open_tensorflow(
+            source_path, signature=signature, tag=tag, opset=opset, native_logs=native_logs, allow_h5=allow_h5
+        ) as source:
+            report = _convert_model(
                 source.model,
-                source_path,
-                output,
-                loaded,
-                verify_outputs,
-                fold_transposes,
-                chosen,
-                atol,
-                rtol,
-                input_shapes,
-                inputs,
-                dry_run,
-                step,
+                load_seconds=time.perf_counter() - started,
+                **common,
                 reference=("TensorFlow", lambda feeds: run_tensorflow(source, feeds)),
             )
+            report.warnings.extend(source.warnings)
+            return report
     started = time.perf_counter()
     step(f"loading {input_path}")
     model, sources = load_with_sources(input_path)
     for src in sources[1:]:  # nor may the output (or its data file) replace a file the input reads
         _refuse_overwriting_input(src, output)
         _refuse_overwriting_input(src, output.with_name(output.name + ".data"))
-    return _convert_model(
-        model,
-        source_path,
-        output,
-        time.perf_counter() - started,
-        verify_outputs,
-        fold_transposes,
-        chosen,
-        atol,
-        rtol,
-        input_shapes,
-        inputs,
-        dry_run,
-        step,
-    )
+    return _convert_model(model, load_seconds=time.perf_counter() - started, **common)
 
 
 def _convert_model(
     model: onnx.ModelProto,
+    *,
     source_path: Path,
     output: Path,
     load_seconds: float,
@@ -190,6 +188,7 @@ def _convert_model(
     input_shapes: Mapping[str, Sequence[int]] | None,
     inputs: Mapping[str, np.ndarray] | None,
     dry_run: bool,
+    force: bool,
     step: Callable[[str], None],
     reference: tuple[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
 ) -> ConvertReport:
@@ -215,7 +214,9 @@ def _convert_model(
             report.verify_reference = verify_reference(run, name, model, result.model, **checks)  # type: ignore[arg-type]
             timings["verify_reference"] = report.verify_reference.seconds
         if not report.ok:
-            return report
+            if not force:
+                return report
+            report.forced = True
 
     t = time.perf_counter()
     step(f"saving {output}")

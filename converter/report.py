@@ -118,6 +118,8 @@ class ConvertReport:
     verify_reference: VerifyReport | None = None
     written: bool = False
     dry_run: bool = False
+    forced: bool = False  # written despite a verification mismatch (--force)
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -131,6 +133,8 @@ class ConvertReport:
             "output": self.output,
             "written": self.written,
             "dry_run": self.dry_run,
+            "forced": self.forced,
+            "warnings": self.warnings,
             "ok": self.ok,
             "rewrite": self.rewrite.to_dict(),
             "verify": None if self.verify is None else self.verify.to_dict(),

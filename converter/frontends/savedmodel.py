@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class TensorFlowSource:
     tag: str
     model: onnx.ModelProto
     native_logs: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 def _quiet_tensorflow() -> None:
@@ -80,6 +81,7 @@ def open_tensorflow(
     tag: str = "serve",
     opset: int = 17,
     native_logs: bool = False,
+    allow_h5: bool = False,
 ) -> Iterator[TensorFlowSource]:
     """Convert a SavedModel folder or ``.keras`` file; the SavedModel stays available inside the block.
 
@@ -88,18 +90,22 @@ def open_tensorflow(
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    warnings = []
     if p.suffix == ".h5":
-        raise InputError(
-            f"{p}: legacy .h5 Keras files run their Lambda layers' code when loaded; export a .keras file or a SavedModel"
-        )
+        if not allow_h5:
+            raise InputError(
+                f"{p}: legacy .h5 Keras files run their Lambda layers' code when loaded; "
+                "pass --allow-h5 if you trust it, or export a .keras file or a SavedModel"
+            )
+        warnings.append(f"{p}: loaded a legacy .h5 file with --allow-h5: any Lambda layer code in it has run")
     if p.is_dir() and not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
         raise InputError(f"{p}: not a SavedModel folder (no saved_model.pb)")
     _quiet_tensorflow()
     with tempfile.TemporaryDirectory(prefix="converter-keras-") as tmp:
         with native_stderr_silenced(not native_logs):
-            saved = _export_keras(p, Path(tmp)) if p.suffix == ".keras" else p
+            saved = _export_keras(p, Path(tmp)) if p.suffix in (".keras", ".h5") else p
             model = _convert(saved, signature, tag, opset, shown_as=p)
-        yield TensorFlowSource(saved, signature, tag, model, native_logs)
+        yield TensorFlowSource(saved, signature, tag, model, native_logs, warnings)
 
 
 def load_tensorflow(path: str | os.PathLike[str], **options: object) -> onnx.ModelProto:
@@ -112,7 +118,8 @@ def _export_keras(path: Path, folder: Path) -> Path:
     import keras
 
     try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        # .keras: safe mode refuses to deserialize code; .h5 has no safe mode (the caller opted in).
+        model = keras.saving.load_model(path, safe_mode=path.suffix == ".keras", compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for unreadable files
         raise InputError(f"{path}: cannot load the Keras model ({_first_line(e)})") from e
     target = folder / "saved_model"
