@@ -27,7 +27,7 @@ from onnx import TensorProto, helper
 from .errors import ConverterError, InputError
 from .graph import weight_bytes
 from .report import InputSpec, OutputCheck, VerifyReport
-from .runtime import dtype_name, make_session, resolve_providers
+from .runtime import dtype_name, make_session, resolve_providers, run
 from .save import EXTERNAL_DATA_ABOVE, save
 
 # (atol, rtol) by output dtype. fp32 differences between MatMul and a 1x1 Conv come from the
@@ -164,12 +164,12 @@ def interface_differences(original: onnx.ModelProto, rewritten: onnx.ModelProto)
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: Sequence[str], which: str) -> list[np.ndarray]:
     try:
         if weight_bytes(model) < EXTERNAL_DATA_ABOVE:
-            return make_session(model.SerializeToString(), providers).run(None, feeds)
+            return run(make_session(model.SerializeToString(), providers), feeds)
         # Past protobuf's limit a model cannot be handed over as bytes: onnxruntime reads it from disk.
         with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
             path = Path(folder) / f"{which}.onnx"
             save(model, path, external_data=True)
-            return make_session(str(path), providers).run(None, feeds)
+            return run(make_session(str(path), providers), feeds)
     except ConverterError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types

@@ -198,3 +198,20 @@ def test_keras_files_load_in_safe_mode(saved: dict[str, Path]) -> None:
     with pytest.raises(converter.InputError, match="cannot load the Keras model"):
         converter.load(path)
     assert os.path.exists(path)
+
+
+def test_legacy_h5_needs_the_opt_in_and_warns(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 5, 4))
+    model = keras.Model(inp, keras.layers.Dense(6, bias_initializer="random_normal")(inp))
+    path = tmp_path / "dense.h5"
+    model.save(path)
+    refused = subprocess.run([CONVERT, str(path)], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--allow-h5" in refused.stderr
+    assert not (tmp_path / "dense_conv.onnx").exists()
+    r = subprocess.run([CONVERT, str(path), "--allow-h5"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"convert: warning: {path}: loaded a legacy .h5 file with --allow-h5: any Lambda layer code in it has run"
+    ]
+    assert "Rewritten 1 of 1 candidates" in r.stdout and (tmp_path / "dense_conv.onnx").exists()

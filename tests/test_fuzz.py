@@ -1,0 +1,70 @@
+"""Mutated model bytes (flips, truncations, splices): the CLI ends with exit 0, 1 or 2 and a clean message.
+
+More mutations: CONVERTER_FUZZ_CASES=2000 pytest tests/test_fuzz.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.cli import main
+from models.graphs import convnext_block, reshape_sandwich
+from tests.conftest import dense_model
+
+CASES = int(os.environ.get("CONVERTER_FUZZ_CASES", "150"))
+SEEDS = [dense_model().SerializeToString(), convnext_block().SerializeToString(), reshape_sandwich().SerializeToString()]
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    b = bytearray(data)
+    kind = rng.integers(3)
+    if kind == 0:  # flip a few bytes
+        for _ in range(int(rng.integers(1, 8))):
+            b[int(rng.integers(len(b)))] ^= int(rng.integers(1, 256))
+    elif kind == 1:  # truncate
+        del b[int(rng.integers(1, len(b))) :]
+    else:  # splice: copy a chunk somewhere else
+        start = int(rng.integers(len(b)))
+        chunk = b[start : start + int(rng.integers(1, 64))]
+        at = int(rng.integers(len(b)))
+        b[at:at] = chunk
+    return bytes(b)
+
+
+def test_mutated_models_never_crash(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(1234)
+    outcomes: dict[int, int] = {}
+    for i in range(CASES):
+        path = tmp_path / "m.onnx"
+        path.write_bytes(mutate(SEEDS[i % len(SEEDS)], rng))
+        out = tmp_path / "out.onnx"
+        rc = main([str(path), "-o", str(out), "-q"])  # an exception here is a crash: the test fails
+        captured = capfd.readouterr()
+        assert rc in (0, 1, 2), (i, rc)
+        outcomes[rc] = outcomes.get(rc, 0) + 1
+        if rc == 2:
+            lines = captured.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("convert: error:"), (i, captured.err)
+            assert not out.exists()
+        if rc == 1:
+            assert not out.exists()
+        out.unlink(missing_ok=True)
+    assert outcomes.get(2, 0) > 0  # the mutations do produce bad input
+
+
+def test_mutated_models_never_hang_in_the_real_command(tmp_path: Path) -> None:
+    rng = np.random.default_rng(99)
+    convert = str(Path(sys.executable).parent / "convert")
+    for i in range(6):
+        path = tmp_path / f"m{i}.onnx"
+        path.write_bytes(mutate(SEEDS[i % len(SEEDS)], rng))
+        r = subprocess.run(
+            [convert, str(path), "-o", str(tmp_path / f"o{i}.onnx"), "-q"], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode in (0, 1, 2) and "Traceback" not in r.stderr, r.stderr
