@@ -7,10 +7,11 @@ CONVERTER_HYPOTHESIS_EXAMPLES=500 pytest tests/test_properties.py
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 import converter
 from tests.conftest import Dense, dense_model
@@ -51,16 +52,44 @@ def expected(o: Dense) -> tuple[bool, bool]:
     return rewritten, folded
 
 
+def inside_if(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph run inside both branches of an If; weights stay outside (outer-scope constants)."""
+    outer = onnx.ModelProto()
+    outer.CopyFrom(model)
+    g = outer.graph
+    branches = []
+    for tag in ("then", "else"):
+        branch = helper.make_graph(list(g.node), tag, [], list(g.output))
+        branches.append(branch)
+    outs = [f"{o.name}_if" for o in g.output]
+    node = helper.make_node("If", ["cond"], outs, name="branch", then_branch=branches[0], else_branch=branches[1])
+    new_outputs = []
+    for o in g.output:
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(o)
+        vi.name = f"{o.name}_if"
+        new_outputs.append(vi)
+    g.ClearField("node")
+    g.node.append(node)
+    g.ClearField("output")
+    g.output.extend(new_outputs)
+    g.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    onnx.checker.check_model(outer)
+    return outer
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(dense_graphs())
-def test_rewrite_matches_rules_and_onnxruntime(o: Dense) -> None:
-    model = dense_model(o)
+@given(dense_graphs(), st.booleans())
+def test_rewrite_matches_rules_and_onnxruntime(o: Dense, in_if: bool) -> None:
+    model = inside_if(dense_model(o)) if in_if else dense_model(o)
     result = converter.rewrite(model)
-    (decision,) = result.report.decisions
+    decisions = result.report.decisions
+    assert len(decisions) == (2 if in_if else 1)
+    copies = len(decisions)
     rewritten, folded = expected(o)
-    assert decision.rewritten == rewritten, decision
+    assert all(d.rewritten == rewritten for d in decisions), decisions
     if rewritten:
-        assert decision.notes["bias_folded"] == folded, decision
+        assert all(d.notes["bias_folded"] == folded for d in decisions), decisions
     else:
         assert result.model.SerializeToString() == model.SerializeToString()
 
@@ -68,13 +97,26 @@ def test_rewrite_matches_rules_and_onnxruntime(o: Dense) -> None:
     assert list(result.model.graph.input) == list(model.graph.input)
     assert list(result.model.graph.output) == list(model.graph.output)
     ops = result.report.ops_after
-    assert ops.get("MatMul", 0) == (0 if rewritten else 1)
-    assert ops.get("Add", 0) == (0 if folded or o.bias is None else 1)
+    assert ops.get("MatMul", 0) == (0 if rewritten else copies)
+    assert ops.get("Add", 0) == (0 if folded or o.bias is None else copies)
 
     batch = 2 if o.x_shape[0] == "N" else o.x_shape[0]
     shapes = {"x": [batch, o.extra["h"], o.extra["w"], o.x_shape[3]]}
     for name in ("W", "b"):
         if any(i.name == name for i in model.graph.input) and (name == "b" and o.bias == "runtime"):
             shapes[name] = list(o.bias_shape)
+    if in_if:
+        for cond in (True, False):
+            feeds = {name: _feed(model, name, shape, o.seed) for name, shape in shapes.items()}
+            feeds["cond"] = np.array(cond)
+            check = converter.verify(model, result.model, inputs=feeds, seed=o.seed)
+            assert check.passed, check.to_dict()
+        return
     check = converter.verify(model, result.model, input_shapes=shapes, seed=o.seed)
     assert check.passed, check.to_dict()
+
+
+def _feed(model: onnx.ModelProto, name: str, shape: list[int], seed: int) -> np.ndarray:
+    vi = next(i for i in model.graph.input if i.name == name)
+    dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
