@@ -11,9 +11,7 @@ whether the converter's time grows linearly with the graph.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +24,7 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._results import publish
 from converter.save import save
 from models.graphs import big_dense, dense_chain
 
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     console.print(table)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    console.print(f"machine: {machine}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    publish(console, args.json, rows)
     return 0
 
 

@@ -10,9 +10,6 @@ after a warm-up, and the table reports medians and the ratio converted / origina
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 import converter
+from benchmarks._results import publish
 from converter.report import VerifyReport
 from converter.verify import build_inputs
 from models.graphs import convnext_stage, dense_chain
@@ -115,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['ratio']:.3f}",
         )
     console.print(table)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    console.print(f"machine: {machine}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "threads": args.threads, "runs": args.runs, "rows": rows}, indent=2))
+    publish(console, args.json, rows, threads=args.threads, runs=args.runs)
     return 0
 
 

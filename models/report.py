@@ -11,9 +11,6 @@ interleaved runs, fixed thread count, default graph optimizations).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import converter
+from benchmarks._results import publish
 from benchmarks.inference import compare
 from models.zoo import DEFAULT_CACHE, ZOO, build
 
@@ -93,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['latency_ratio']:.3f}",
         )
     console.print(table)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    console.print(f"machine: {machine}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    publish(console, args.json, rows, threads=args.threads, runs=args.runs)
     return 0 if all(r["verified"] for r in rows) else 1
 
 
