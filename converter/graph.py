@@ -61,17 +61,6 @@ def iter_graphs(graph: GraphProto, path: GraphPath = ()) -> Iterator[tuple[Graph
             yield from iter_graphs(sub, (*path, (i, attr_name)))
 
 
-def describe_path(graph: GraphProto, path: GraphPath) -> str:
-    """Human-readable location: ``main`` or ``main/If_0.then_branch``."""
-    parts = ["main"]
-    g = graph
-    for index, attr_name in path:
-        node = g.node[index]
-        parts.append(f"{node.name or f'{node.op_type}#{index}'}.{attr_name}")
-        g = dict(subgraphs(node))[attr_name]
-    return "/".join(parts)
-
-
 def referenced_names(graph: GraphProto) -> set[str]:
     """Every tensor name read by a node or returned as an output, in the graph and all its subgraphs.
 
