@@ -72,16 +72,7 @@ def verify(
     step("running the original model")
     expected = _run(original, feeds, chosen, "original")
     step("running the rewritten model")
-    failure = ""
-    try:
-        actual = _run(rewritten, feeds, chosen, "rewritten")
-    except InputError as e:
-        actual = None
-        failure = str(e)
-
-    _compare_outputs(original, expected, actual, failure if actual is None else "", atol, rtol, report)
-    report.seconds = time.perf_counter() - started
-    return report
+    return _check_rewritten(original, rewritten, feeds, chosen, expected, atol, rtol, report, started)
 
 
 def verify_reference(
@@ -112,8 +103,23 @@ def verify_reference(
         report.interface_problems.append(f"{name} gave no output named {', '.join(missing)}")
         return report
     expected = [outputs[o.name] for o in original.graph.output]
+    return _check_rewritten(original, rewritten, feeds, chosen, expected, atol, rtol, report, started)
+
+
+def _check_rewritten(
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    providers: Sequence[str],
+    expected: list[np.ndarray],
+    atol: float | None,
+    rtol: float | None,
+    report: VerifyReport,
+    started: float,
+) -> VerifyReport:
+    """Run the rewritten model on ``feeds`` and compare with ``expected``; a model that fails to run fails every output."""
     try:
-        actual, failure = _run(rewritten, feeds, chosen, "rewritten"), ""
+        actual, failure = _run(rewritten, feeds, providers, "rewritten"), ""
     except InputError as e:
         actual, failure = None, str(e)
     _compare_outputs(original, expected, actual, failure, atol, rtol, report)

@@ -87,8 +87,7 @@ class SinkTransposes:
 
 
 def _unique(nodes: list[NodeProto]) -> list[NodeProto]:
-    seen: set[int] = set()
-    return [n for n in nodes if not (id(n) in seen or seen.add(id(n)))]  # type: ignore[func-returns-value]
+    return list({id(n): n for n in nodes}.values())  # a node reading a tensor twice is one consumer
 
 
 def _subgraph_reads(node: NodeProto) -> set[str]:

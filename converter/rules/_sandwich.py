@@ -51,7 +51,7 @@ def _constant_ints(ctx: Context, name: str) -> list[int] | None:
     return [int(v) for v in value.reshape(-1)] if value.dtype.kind in "iu" else None
 
 
-def _attr(node: NodeProto, name: str, default: object) -> object:
+def attr_value(node: NodeProto, name: str, default: object) -> object:
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -81,7 +81,7 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
         raise _no("the flattened tensor is not known to be rank 4")
     if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
         raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
-    if _attr(first, "allowzero", 0) or _attr(last, "allowzero", 0):
+    if attr_value(first, "allowzero", 0) or attr_value(last, "allowzero", 0):
         raise Decline("not_per_position", "Reshape with allowzero")
     dims = list(xt.shape or ())
     evaluator = _ShapeEvaluator(ctx, x, dims)
@@ -168,14 +168,14 @@ class _ShapeEvaluator:
         return None
 
     def _shape(self, node: NodeProto) -> list[Expr] | None:
-        start, end = _attr(node, "start", 0), _attr(node, "end", None)
+        start, end = attr_value(node, "start", 0), attr_value(node, "end", None)
         full = None
         if node.input[0] == self.x:
             full = [(1, (i,)) for i in range(4)]
         else:  # Shape of the tensor that x is a Transpose of (tf2onnx reads the NCHW side)
             producer = self.ctx.scope.producers.get(self.x)
             if producer is not None and producer.op_type == "Transpose" and producer.input[0] == node.input[0]:
-                perm = _attr(producer, "perm", None)
+                perm = attr_value(producer, "perm", None)
                 if perm is not None and len(perm) == 4:  # type: ignore[arg-type]
                     inverse = [0] * 4
                     for i, p in enumerate(perm):  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ class _ShapeEvaluator:
         op = node.op_type
         if op == "Gather":
             idx = sub(1)
-            if idx is None or any(e[1] for e in idx) or _attr(node, "axis", 0) != 0:
+            if idx is None or any(e[1] for e in idx) or attr_value(node, "axis", 0) != 0:
                 return None
             try:
                 return [vec[e[0]] for e in idx]
@@ -203,7 +203,7 @@ class _ShapeEvaluator:
                 return None
             return vec[starts[0][0] : ends[0][0]]  # type: ignore[index]
         if op == "ReduceProd":
-            axes = _attr(node, "axes", None)
+            axes = attr_value(node, "axes", None)
             if axes is None and len(node.input) > 1 and node.input[1]:
                 found = sub(1)
                 axes = None if found is None else [e[0] for e in found]
@@ -212,7 +212,7 @@ class _ShapeEvaluator:
             coef = math.prod(e[0] for e in vec)
             return [(coef, tuple(sorted(d for e in vec for d in e[1])))]
         # Unsqueeze / Squeeze of a one-element vector to / from a scalar: the same values
-        axes = _attr(node, "axes", None)
+        axes = attr_value(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1]:
             found = sub(1)  # also records the axes constant, which goes away with the match
             axes = None if found is None else [e[0] for e in found]

@@ -20,7 +20,7 @@ from onnx import NodeProto
 
 from ._checks import Bias, require_constant
 from ._engine import Context, Decline, Replacement, Rule
-from ._sandwich import _attr, as_rows
+from ._sandwich import as_rows, attr_value
 from .tensordot_to_conv import SandwichPlan, plan_sandwich, rewrite_sandwich
 
 
@@ -32,10 +32,10 @@ class GemmSandwichToConv(Rule):
         producer = ctx.scope.producers.get(node.input[0])
         if producer is None or producer.op_type != "Reshape":
             raise Decline(Decline.NO_PATTERN, "the input is not a Reshape")
-        if _attr(node, "transA", 0):
+        if attr_value(node, "transA", 0):
             raise Decline("gemm_trans_a", "Gemm with transA=1 multiplies the transposed activation")
-        alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))  # type: ignore[arg-type]
-        trans_b = bool(_attr(node, "transB", 0))
+        alpha, beta = float(attr_value(node, "alpha", 1.0)), float(attr_value(node, "beta", 1.0))  # type: ignore[arg-type]
+        trans_b = bool(attr_value(node, "transB", 0))
         b = as_rows(require_constant(ctx, node.input[1], "weight"))
         w = b.T if trans_b else b
         if alpha != 1.0:
