@@ -322,7 +322,7 @@ def copy_model(
         if field.name == "graph":
             _copy_graph(value, out.graph, large, large_above)
         else:
-            _copy_field(out, field, value)
+            copy_field(out, field, value)
     return out
 
 
@@ -362,10 +362,10 @@ def _copy_graph(src: GraphProto, dst: GraphProto, large: Callable[[onnx.TensorPr
                         for g in attr_src.graphs:
                             _copy_graph(g, attr_dst.graphs.add(), large, above)
         else:
-            _copy_field(dst, field, value)
+            copy_field(dst, field, value)
 
 
-def _copy_field(dst: object, field: object, value: object) -> None:
+def copy_field(dst: object, field: object, value: object) -> None:
     if field.is_repeated:  # type: ignore[attr-defined]
         getattr(dst, field.name).extend(value)  # type: ignore[attr-defined]
     elif field.message_type is not None:  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto
 
+from . import wire
 from .errors import InputError
 from .graph import iter_graphs, skeleton, tensor_nbytes
 
@@ -37,18 +38,26 @@ def load_with_sources(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, li
         raise InputError(f"{p}: is a folder, not an ONNX file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
+    fmt = onnx.serialization.registry.get_format_from_file_extension(p.suffix) or "protobuf"
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        data = p.read_bytes()
+        model = onnx.load_model_from_string(data, format=fmt)
     except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: not a readable ONNX model ({_message(e)})") from e
     if not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{p}: not an ONNX model (it has no graph with outputs)")
+    raw_sizes = _raw_sizes(data, model) if fmt == "protobuf" else None
+    del data
     data_files = _load_external_data(model, p)
-    check_model(model, str(p))
+    check_model(model, str(p), raw_sizes)
     return model, [p, *data_files]
 
 
-def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+def check_model(model: onnx.ModelProto, where: str = "model", raw_sizes: list[int | None] | None = None) -> None:
+    """Refuse a model onnx's checker refuses, or whose tensors hold less or more data than their dims say.
+
+    ``raw_sizes`` are the main graph's raw_data lengths as the file has them (see ``_raw_sizes``).
+    """
     # protobuf parses many byte strings (an empty one included) into a model without a graph.
     if not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{where}: not an ONNX model (it has no graph with outputs)")
@@ -60,15 +69,18 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
         raise InputError(f"{where}: invalid ONNX model ({_message(e)})") from e
-    _check_tensor_sizes(model, where)
+    _check_tensor_sizes(model, where, raw_sizes)
 
 
-def _check_tensor_sizes(model: onnx.ModelProto, where: str) -> None:
+def _check_tensor_sizes(model: onnx.ModelProto, where: str, raw_sizes: list[int | None] | None) -> None:
     """The checker runs on a skeleton without weight bytes, so check here that raw data fits its dims."""
-    for _, graph in iter_graphs(model.graph):
-        for t in graph.initializer:
+    for path, graph in iter_graphs(model.graph):
+        known = raw_sizes if not path and raw_sizes is not None and len(raw_sizes) == len(graph.initializer) else None
+        for i, t in enumerate(graph.initializer):
             if not t.HasField("raw_data") or t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
                 continue
+            if known is not None and known[i] is None:
+                continue  # its data came from an external file, whose length was checked as it was read
             try:
                 bits = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * 8
             except (KeyError, TypeError):
@@ -76,11 +88,29 @@ def _check_tensor_sizes(model: onnx.ModelProto, where: str) -> None:
             if t.data_type in (TensorProto.INT4, TensorProto.UINT4, TensorProto.FLOAT4E2M1):
                 bits = 4
             expected = (math.prod(t.dims) * bits + 7) // 8
-            if len(t.raw_data) != expected:
+            size = known[i] if known is not None else len(t.raw_data)
+            if size != expected:
                 raise InputError(
-                    f"{where}: invalid ONNX model (tensor {t.name!r} of shape {list(t.dims)} holds "
-                    f"{len(t.raw_data)} bytes, expected {expected})"
+                    f"{where}: invalid ONNX model (tensor {t.name!r} of shape {list(t.dims)} "
+                    f"holds {size} bytes, expected {expected})"
                 )
+
+
+def _raw_sizes(data: bytes, model: onnx.ModelProto) -> list[int | None] | None:
+    """The main graph's raw_data lengths read from the file's bytes, when a large weight makes that worth it.
+
+    Asking the parsed model would copy each tensor's data (upb copies even for ``len``); walking
+    the bytes costs a little per node, so graphs of only small tensors skip it.
+    """
+    if not any(tensor_nbytes(t) > _WALK_ABOVE for t in model.graph.initializer):
+        return None
+    try:
+        return wire.initializer_raw_sizes(data)
+    except (ValueError, IndexError):
+        return None
+
+
+_WALK_ABOVE = 1 << 16
 
 
 def _tensors_in_attribute(attr: AttributeProto) -> Iterator[TensorProto]:

@@ -21,6 +21,7 @@ import onnx
 from .cleanup import Pass, run_passes
 from .cleanup.cancel_transposes import CancelTransposes
 from .cleanup.sink_transposes import SinkTransposes
+from .detached import DetachedWeights
 from .errors import InputError
 from .graph import count_ops
 from .load import load as load_onnx
@@ -54,14 +55,20 @@ def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", f
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    return RewriteResult(out, _rewrite_in_place(out, providers, fold_transposes))
+    # Detached and attached at the end, as `convert --no-verify` saves them: both give the same file.
+    detached = DetachedWeights()
+    report = _rewrite_in_place(out, providers, fold_transposes, detached)
+    detached.attach(out)
+    return RewriteResult(out, report)
 
 
-def _rewrite_in_place(out: onnx.ModelProto, providers: str | Sequence[str], fold_transposes: bool) -> RewriteReport:
+def _rewrite_in_place(
+    out: onnx.ModelProto, providers: str | Sequence[str], fold_transposes: bool, detached: DetachedWeights | None = None
+) -> RewriteReport:
     started = time.perf_counter()
     with _no_cyclic_gc():
         before = count_ops(out.graph)
-        decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)))
+        decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)), detached)
         report = RewriteReport(decisions=decisions, ops_before=before)
         report.ops_rewritten = count_ops(out.graph)
         if fold_transposes and any(d.rewritten for d in decisions):
@@ -194,10 +201,14 @@ def _convert_model(
 ) -> ConvertReport:
     timings = {"load": load_seconds}
     step("rewriting")
+    detached = None
     if verify_outputs:
         result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
-    else:  # nothing needs the original afterwards: spare a copy of every weight
-        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes))
+    else:
+        # Nothing needs the original afterwards: rewrite it in place, sparing a copy of every
+        # weight, and write the new weights from their arrays (detached.py says why).
+        detached = DetachedWeights()
+        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached))
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:
@@ -220,7 +231,7 @@ def _convert_model(
 
     t = time.perf_counter()
     step(f"saving {output}")
-    save(result.model, output)
+    save(result.model, output, detached=detached)
     timings["save"] = time.perf_counter() - t
     report.written = True
     return report

@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import onnx
 
+from . import wire
+from .detached import DetachedWeights
 from .errors import InputError
-from .graph import copy_model, weight_bytes
+from .graph import copy_field, copy_model, weight_bytes
+
+M = TypeVar("M", onnx.ModelProto, onnx.GraphProto)
 
 # protobuf cannot serialize a message of 2 GiB or more; leave room for everything but the weights.
 EXTERNAL_DATA_ABOVE = 2**31 - 2**27
@@ -44,12 +48,14 @@ def save(
     *,
     external_data: bool | None = None,
     size_threshold: int = 1024,
+    detached: DetachedWeights | None = None,
 ) -> list[Path]:
     """Write ``model`` to ``path``; returns the files written (the model, then its data file if any).
 
     ``external_data`` None decides by size: models whose weights approach 2 GB get a
     ``<name>.data`` file beside them, holding every tensor over ``size_threshold`` bytes.
-    The model passed in is not modified.
+    ``detached`` holds the data of the model's placeholder weights (see detached.py); they are
+    written from their arrays, never copied into the model. The model passed in is not modified.
     """
     target = Path(path)
     folder = target.parent
@@ -58,23 +64,14 @@ def save(
     if external_data is None:
         external_data = weight_bytes(model) >= EXTERNAL_DATA_ABOVE
     if not external_data:
-        write_atomic(target, model.SerializeToString())
+        write_atomic(target, _serialized(model, detached))
         return [target]
     data_path = target.with_name(target.name + ".data")
     with _temporary(data_path) as (data_file, data_tmp):
         offset = 0
 
-        def to_file(tensor: onnx.TensorProto, graph: onnx.GraphProto) -> None:
+        def write_data(into: onnx.TensorProto, data: bytes | memoryview) -> None:
             nonlocal offset
-            into = graph.initializer.add()
-            for field, value in tensor.ListFields():
-                if field.name in _DATA_FIELDS:
-                    continue
-                if field.is_repeated:
-                    getattr(into, field.name).extend(value)
-                else:
-                    setattr(into, field.name, value)
-            data = onnx.numpy_helper.to_array(tensor).tobytes() if not tensor.HasField("raw_data") else tensor.raw_data
             pad = -offset % _ALIGN
             data_file.write(b"\0" * pad)
             offset += pad
@@ -84,21 +81,99 @@ def save(
                 into.external_data.add(key=key, value=value)
             offset += len(data)
 
+        def to_file(tensor: onnx.TensorProto, graph: onnx.GraphProto) -> None:
+            into = graph.initializer.add()
+            for field, value in tensor.ListFields():
+                if field.name in _DATA_FIELDS:
+                    continue
+                if field.is_repeated:
+                    getattr(into, field.name).extend(value)
+                else:
+                    setattr(into, field.name, value)
+            data = onnx.numpy_helper.to_array(tensor).tobytes() if not tensor.HasField("raw_data") else tensor.raw_data
+            write_data(into, data)
+
         small = copy_model(model, to_file, size_threshold)
+        # Placeholders were copied as they are; their data goes from the arrays to the file.
+        for t in small.graph.initializer if detached else ():
+            if detached.is_placeholder(t):  # type: ignore[union-attr]
+                data = detached.data(t.name)  # type: ignore[union-attr]
+                del t.external_data[:]
+                t.ClearField("data_location")
+                if len(data) > size_threshold:
+                    write_data(t, data)
+                else:
+                    t.raw_data = data.tobytes()
         data_file.flush()
         os.fsync(data_file.fileno())
         write_atomic(target, small.SerializeToString(), then_replace=(data_tmp, data_path))
     return [target, data_path]
 
 
-def write_atomic(target: Path, data: bytes, then_replace: tuple[Path, Path] | None = None) -> None:
-    """Write ``data`` to ``target`` via a temporary file; ``then_replace`` renames a finished companion
+_MODEL_GRAPH = wire.tag(wire.MODEL_GRAPH)
+_GRAPH_INITIALIZER = wire.tag(wire.GRAPH_INITIALIZER)
+_TENSOR_RAW_DATA = wire.tag(wire.TENSOR_RAW_DATA)
+
+
+def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> list[bytes | memoryview]:
+    """The model's serialization as pieces, detached weights written from their arrays.
+
+    Protobuf writes a message's fields in field-number order, so the main graph's initializers
+    (field 5) come after its nodes and name and before everything else. The model is serialized
+    without its placeholders; the real tensors go in where the initializers end, and the graph's
+    length prefix is rewritten. The result is byte for byte what serializing the attached model gives.
+    """
+    if not detached:
+        return [model.SerializeToString()]
+    graph = model.graph
+    placeholders = detached.take_placeholders(graph)
+    try:
+        body = model.SerializeToString()
+        head = _fields(onnx.ModelProto(), model, lambda n: n < wire.MODEL_GRAPH).SerializeToString()
+        tail = _fields(onnx.GraphProto(), graph, lambda n: n > wire.GRAPH_INITIALIZER).SerializeToString()
+    finally:
+        graph.initializer.extend(placeholders)
+    at = len(head)
+    if body[:at] != head or body[at : at + 1] != _MODEL_GRAPH:
+        return _attached(model, detached)
+    graph_len, graph_start = wire.read_varint(body, at + 1)
+    graph_end = graph_start + graph_len
+    insert = graph_end - len(tail)
+    if insert < graph_start or body[insert:graph_end] != tail:  # fields this onnx does not know: take the slow way
+        return _attached(model, detached)
+    pieces: list[bytes | memoryview] = []
+    added = 0
+    for t in placeholders:
+        data = detached.data(t.name)
+        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(len(data))
+        entry = _GRAPH_INITIALIZER + wire.varint(len(start) + len(data)) + start
+        pieces += [entry, data]
+        added += len(entry) + len(data)
+    view = memoryview(body)
+    return [view[:at], _MODEL_GRAPH + wire.varint(graph_len + added), view[graph_start:insert], *pieces, view[insert:]]
+
+
+def _attached(model: onnx.ModelProto, detached: DetachedWeights) -> list[bytes | memoryview]:
+    detached.attach(model)
+    return [model.SerializeToString()]
+
+
+def _fields(into: M, source: M, keep: Callable[[int], bool]) -> M:
+    for field, value in source.ListFields():
+        if keep(field.number):
+            copy_field(into, field, value)
+    return into
+
+
+def write_atomic(target: Path, data: bytes | Sequence[bytes | memoryview], then_replace: tuple[Path, Path] | None = None) -> None:
+    """Write ``data`` (bytes, or pieces of it) to ``target`` via a temporary file; ``then_replace`` renames a finished companion
     file (the model's data) into place just before the model itself."""
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{target}: folder {folder} does not exist")
     with _temporary(target) as (f, tmp):
-        f.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            f.write(piece)
         f.flush()
         os.fsync(f.fileno())
         f.close()

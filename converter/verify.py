@@ -262,7 +262,7 @@ def random_array(rng: np.random.Generator, dtype: np.dtype, shape: Sequence[int]
     if kind in "iu":
         return rng.integers(0, 4, size=shape).astype(dtype)
     if kind == "b":
-        return rng.random(shape) < 0.5
+        return np.asarray(rng.random(shape) < 0.5)  # a comparison of 0-d arrays gives a numpy scalar, not an array
     if kind in "OUS":
         return np.full(shape, "a", dtype=object)
     raise InputError(f"cannot generate random data of type {dtype}; pass --inputs")

@@ -49,6 +49,15 @@ def add_w(*inits: TensorProto) -> onnx.ModelProto:
     return tiny([helper.make_node("Add", ["x", "w"], ["y"])], inits)
 
 
+def raw(n: int, nbytes: int, name: str = "w") -> TensorProto:
+    """A float tensor of ``n`` elements whose raw data holds ``nbytes`` (4 * n would be right)."""
+    return TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[n], raw_data=bytes(nbytes))
+
+
+def with_unused(t: TensorProto) -> onnx.ModelProto:
+    return add_w(numpy_helper.from_array(np.ones([1, 2], np.float32), "w"), t)
+
+
 def sparse_with(location: str) -> onnx.ModelProto:
     values = external(location, length=8, name="w_values")
     values.dims[:] = [2]
@@ -82,6 +91,10 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto | bytes], str]] = {
     "unknown operator": (lambda: tiny([helper.make_node("Frobnicate", ["x"], ["y"])]), "No Op registered for Frobnicate"),
     "opset too new": (lambda: tiny([helper.make_node("Relu", ["x"], ["y"])], opset=99), "opset 99 is newer"),
     "IR too new": (lambda: tiny([helper.make_node("Relu", ["x"], ["y"])], ir=99), "ir_version 99"),
+    "raw data too short": (lambda: with_unused(raw(2, 7, "small")), "raw_data size (7 bytes) is too small"),
+    # Above 64 KB the size is learned without reading the data; both directions must still be caught.
+    "large raw data too short": (lambda: with_unused(raw(40000, 159996, "big")), "holds 159996 bytes, expected 160000"),
+    "large raw data too long": (lambda: with_unused(raw(40000, 160004, "big")), "holds 160004 bytes, expected 160000"),
     "external missing": (lambda: add_w(external("nope.bin")), "external data file 'nope.bin' is missing"),
     "external too short": (lambda: add_w(external("short.bin")), "is too short"),
     "external length lies": (lambda: add_w(external("w.bin", length=4)), "does not match its shape"),

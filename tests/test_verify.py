@@ -138,6 +138,21 @@ def test_dtype_aware_random_inputs() -> None:
     assert bools.dtype == bool and 300 < bools.sum() < 700
 
 
+def test_scalar_inputs_of_every_kind_are_arrays_onnxruntime_accepts() -> None:
+    """An If's condition is a 0-d bool: a comparison of 0-d arrays gives a numpy scalar, which onnxruntime refuses."""
+    from converter.verify import random_array
+
+    for dtype in (np.float32, np.int64, np.bool_):
+        value = random_array(np.random.default_rng(0), np.dtype(dtype), [])
+        assert isinstance(value, np.ndarray) and value.shape == () and value.dtype == dtype
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    graph = helper.make_graph(
+        [helper.make_node("Not", ["cond"], ["y"])], "g", [cond], [helper.make_tensor_value_info("y", TensorProto.BOOL, [])]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert converter.verify(model, model).passed
+
+
 def test_inputs_are_seeded() -> None:
     model, rewritten = correct_rewrite()
     a = converter.verify(model, rewritten, seed=7)

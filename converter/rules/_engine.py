@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto
 
+from converter.detached import DetachedWeights
 from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, subgraphs
 from converter.report import Decision
 
@@ -81,6 +82,7 @@ class Context:
         opset: int,
         ir_version: int,
         derived: dict[tuple[Any, ...], str],
+        detached: DetachedWeights | None = None,
     ) -> None:
         self.scope = scope
         self.names = names
@@ -88,17 +90,23 @@ class Context:
         self.opset = opset
         self.ir_version = ir_version
         self._derived = derived
+        self._detached = detached
 
     def derived_initializer(self, key: str, source: str, make: Callable[[], np.ndarray]) -> str:
         """A constant computed from ``source``, created once per graph however many nodes share it.
 
-        It is written straight into the graph (one copy of the data, not three: a weight can be
-        hundreds of MB); names are fresh, so the scope's view of the graph stays valid.
+        In the main graph it is detached when the caller asked for that (kept as an array until
+        save, see detached.py), else written straight into the graph (one copy of the data, not
+        three: a weight can be hundreds of MB). Names are fresh, so the scope's view of the graph
+        stays valid.
         """
         cache_key = (self.scope.path, key, source)
         if cache_key not in self._derived:
             name = self.names.fresh(f"{source}_{key}")
-            add_initializer(self.scope.graph, name, make())
+            if self._detached is not None and not self.scope.path:
+                self._detached.add(self.scope.graph, name, make())
+            else:
+                add_initializer(self.scope.graph, name, make())
             self._derived[cache_key] = name
         return self._derived[cache_key]
 
@@ -158,8 +166,13 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
     graph.node.extend(nodes)
 
 
-def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions) -> list[Decision]:
-    """Rewrite ``model`` in place with ``rules``; return one decision per candidate node."""
+def apply_rules(
+    model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions, detached: DetachedWeights | None = None
+) -> list[Decision]:
+    """Rewrite ``model`` in place with ``rules``; return one decision per candidate node.
+
+    With ``detached``, the main graph's new weights stay arrays there (the caller saves or attaches them).
+    """
     types = collect_types(model)
     names = NameAllocator(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -178,7 +191,7 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteO
         for i, node in enumerate(scope.nodes):
             for attr_name, sub in subgraphs(node):
                 visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}")
-        ctx = Context(scope, names, options, opset, model.ir_version, derived)
+        ctx = Context(scope, names, options, opset, model.ir_version, derived, detached)
         claimed: set[int] = set()
         done: list[tuple[Plan, Replacement]] = []
         for node in scope.nodes:

@@ -1,0 +1,105 @@
+"""Detached weights: written from their arrays, and the file is the same bytes as if they had been in the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+import converter
+from converter import wire
+from converter.detached import DetachedWeights
+from converter.save import save
+from models.graphs import convnext_stage, dense_in_if
+from tests.test_preservation import rich_model
+
+RNG = np.random.default_rng(11)
+
+
+def with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, DetachedWeights]:
+    """``model`` plus three detached weights, one of them followed by an ordinary initializer."""
+    detached = DetachedWeights()
+    detached.add(model.graph, "new_a", RNG.standard_normal((6, 4, 1, 1)).astype(np.float32))
+    detached.add(model.graph, "new_empty", np.zeros((0, 3), np.float16))
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(5, dtype=np.int64), "appended_later"))
+    detached.add(model.graph, "new_b", RNG.standard_normal(300).astype(np.float64))
+    return model, detached
+
+
+def attached_bytes(model: onnx.ModelProto, detached: DetachedWeights) -> bytes:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    arrays = {name: detached.array(name) for name in ("new_a", "new_empty", "new_b")}
+    twin = DetachedWeights()
+    twin._arrays.update(arrays)  # the same data, attached to the copy
+    twin.attach(copy)
+    return copy.SerializeToString()
+
+
+@pytest.mark.parametrize("maker", [rich_model, lambda: convnext_stage(8, 5, 7, blocks=1)], ids=["rich", "convnext"])
+def test_saved_bytes_equal_saving_the_attached_model(tmp_path: Path, maker) -> None:
+    model, detached = with_placeholders(maker())
+    expected = attached_bytes(model, detached)
+    save(model, tmp_path / "m.onnx", detached=detached)
+    assert (tmp_path / "m.onnx").read_bytes() == expected
+    loaded = onnx.load(tmp_path / "m.onnx")
+    values = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    np.testing.assert_array_equal(values["new_a"], detached.array("new_a"))
+    assert values["new_empty"].shape == (0, 3) and values["new_b"].dtype == np.float64
+    assert [t.name for t in loaded.graph.initializer][-3:] == ["new_a", "new_empty", "new_b"]
+
+
+def test_unknown_graph_fields_take_the_slow_way_and_keep_them(tmp_path: Path) -> None:
+    model = rich_model()
+    # Field 99 is not in onnx.proto: a newer writer's extra, which protobuf keeps at the end of the graph.
+    model.graph.ParseFromString(model.graph.SerializeToString() + wire.varint(99 << 3) + wire.varint(7))
+    model, detached = with_placeholders(model)
+    expected = attached_bytes(model, detached)
+    save(model, tmp_path / "m.onnx", detached=detached)
+    assert (tmp_path / "m.onnx").read_bytes() == expected
+    assert wire.varint(99 << 3) + wire.varint(7) in expected
+
+
+@pytest.mark.parametrize("threshold", [0, 10**6], ids=["to-data-file", "inline"])
+def test_external_data_save_writes_detached_weights(tmp_path: Path, threshold: int) -> None:
+    model, detached = with_placeholders(rich_model())
+    save(model, tmp_path / "m.onnx", external_data=True, size_threshold=threshold, detached=detached)
+    loaded = onnx.load(tmp_path / "m.onnx")
+    values = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    for name in ("new_a", "new_empty", "new_b"):
+        np.testing.assert_array_equal(values[name], detached.array(name))
+    assert not any(
+        DetachedWeights.is_placeholder(t) for t in onnx.load(tmp_path / "m.onnx", load_external_data=False).graph.initializer
+    )
+
+
+def test_a_placeholder_cannot_be_read_as_if_it_were_data() -> None:
+    model, _ = with_placeholders(rich_model())
+    placeholder = next(t for t in model.graph.initializer if t.name == "new_a")
+    assert DetachedWeights.is_placeholder(placeholder) and list(placeholder.dims) == [6, 4, 1, 1]
+    with pytest.raises(Exception):  # noqa: B017 - which error onnx raises is its business; that it raises is ours
+        numpy_helper.to_array(placeholder)
+
+
+def test_raw_sizes_read_from_the_bytes_match_the_parsed_model() -> None:
+    model = rich_model()
+    model.graph.initializer.append(TensorProto(name="listed", data_type=TensorProto.FLOAT, dims=[2], float_data=[1, 2]))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(70000, np.float32), "big"))
+    sizes = wire.initializer_raw_sizes(model.SerializeToString())
+    assert sizes == [len(t.raw_data) if t.HasField("raw_data") else None for t in model.graph.initializer]
+    assert sizes[-2:] == [None, 280000]
+
+
+@pytest.mark.parametrize(
+    "maker", [rich_model, dense_in_if, lambda: convnext_stage(8, 5, 7, blocks=2)], ids=["rich", "if", "convnext"]
+)
+def test_no_verify_writes_the_same_file_as_a_verified_run(tmp_path: Path, maker) -> None:
+    """--no-verify rewrites in place with detached weights; the verified run copies and attaches."""
+    onnx.save(maker(), tmp_path / "in.onnx")
+    fast = converter.convert(tmp_path / "in.onnx", tmp_path / "fast.onnx", verify_outputs=False)
+    checked = converter.convert(tmp_path / "in.onnx", tmp_path / "checked.onnx", input_shapes=None)
+    assert fast.written and checked.ok and checked.rewrite.rewritten > 0
+    assert (tmp_path / "fast.onnx").read_bytes() == (tmp_path / "checked.onnx").read_bytes()
