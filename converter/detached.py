@@ -13,6 +13,9 @@ new weights are detached; save.py writes them, ``attach`` turns them into ordina
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import GraphProto, TensorProto
@@ -23,33 +26,62 @@ _MARK = "<dense2conv: detached weight, data not in the model>"
 
 
 class DetachedWeights:
-    """Name -> array of the placeholder initializers in one model's main graph."""
+    """The data of the placeholder initializers in one model's main graph: arrays, or how to make them."""
 
     def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
+        self._values: dict[str, np.ndarray | Callable[[], np.ndarray]] = {}
+        self._declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
 
     def __len__(self) -> int:
-        return len(self._arrays)
+        return len(self._values)
 
     def add(self, graph: GraphProto, name: str, value: np.ndarray) -> TensorProto:
         """Append a placeholder for ``value`` to ``graph`` (the main graph) and keep the array."""
         value = np.ascontiguousarray(value)
-        assert value.dtype.kind in "biufc", f"only numeric weights are detached, not {value.dtype}"
-        assert name not in self._arrays, f"{name} is detached twice"
-        tensor = graph.initializer.add(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
-        tensor.dims.extend(value.shape)
+        return self._add(graph, name, value, value.shape, value.dtype)
+
+    def add_lazy(
+        self, graph: GraphProto, name: str, make: Callable[[], np.ndarray], shape: tuple[int, ...], dtype: np.dtype
+    ) -> TensorProto:
+        """A placeholder whose data ``make`` computes each time it is needed (when it is written).
+
+        Nothing of it is held in between: ``make`` reads its source (a weight the rewrite removed
+        from the graph, still alive in memory) and the result is dropped once written.
+        """
+        return self._add(graph, name, make, tuple(shape), np.dtype(dtype))
+
+    @staticmethod
+    def accepts(dtype: np.dtype) -> bool:
+        """Plain numeric dtypes only; others (strings, bfloat16 and friends) go into the graph as usual."""
+        return np.dtype(dtype).kind in "biufc"
+
+    def _add(self, graph: GraphProto, name: str, value, shape: tuple[int, ...], dtype: np.dtype) -> TensorProto:
+        assert self.accepts(dtype), f"only numeric weights are detached, not {dtype}"
+        assert name not in self._values, f"{name} is detached twice"
+        tensor = graph.initializer.add(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype))
+        tensor.dims.extend(shape)
         tensor.data_location = TensorProto.EXTERNAL
         tensor.external_data.add(key="location", value=_MARK)
-        self._arrays[name] = value
+        self._values[name] = value
+        self._declared[name] = (tuple(shape), dtype)
         return tensor
 
     def array(self, name: str) -> np.ndarray:
-        return self._arrays[name]
+        value = self._values[name]
+        if callable(value):
+            value = np.ascontiguousarray(value())
+        shape, dtype = self._declared[name]
+        assert value.shape == shape and value.dtype == dtype, f"{name}: made {value.dtype}{value.shape}, declared {dtype}{shape}"
+        return value
+
+    def nbytes(self, name: str) -> int:
+        shape, dtype = self._declared[name]
+        return math.prod(shape) * dtype.itemsize
 
     def data(self, name: str) -> memoryview:
-        """The bytes of a detached weight as ONNX raw data stores them (little-endian), without a copy."""
-        value = self._arrays[name]
-        if value.dtype.byteorder == ">" or (value.dtype.byteorder == "=" and not _LITTLE):
+        """The bytes of a detached weight as ONNX raw data stores them (little-endian)."""
+        value = self.array(name)
+        if value.dtype.byteorder == ">" or (value.dtype.byteorder == "=" and not np.little_endian):
             value = value.astype(value.dtype.newbyteorder("<"))
         return memoryview(value).cast("B") if value.size else memoryview(b"")
 
@@ -77,7 +109,6 @@ class DetachedWeights:
             real = graph.initializer.add(name=t.name, data_type=t.data_type)
             real.dims.extend(t.dims)
             real.raw_data = self.data(t.name).tobytes()
-        self._arrays.clear()
 
     def take_placeholders(self, graph: GraphProto) -> list[TensorProto]:
         """Remove the placeholders from ``graph`` and return copies of them, in their order."""
@@ -89,9 +120,6 @@ class DetachedWeights:
             taken.append(copy)
         for i in reversed(at):
             del graph.initializer[i]
-        unknown = [t.name for t in taken if t.name not in self._arrays]
+        unknown = [t.name for t in taken if t.name not in self._values]
         assert not unknown, f"placeholders without data: {unknown}"
         return taken
-
-
-_LITTLE = np.little_endian

@@ -13,7 +13,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -196,13 +196,21 @@ class Scope:
 
     def constant_value(self, name: str) -> np.ndarray:
         """The value of a tensor whose ``source(name).is_constant``."""
+        return numpy_helper.to_array(self.constant_tensor(name))
+
+    def constant_tensor(self, name: str) -> onnx.TensorProto:
+        """The TensorProto holding a constant's value, for reading it later (or never): reading copies it.
+
+        It stays readable after a rewrite removes it from the graph (protobuf keeps a removed message
+        alive while it is referenced), which lets a new weight be computed only when it is written.
+        """
         src = self.source(name)
         assert src.owner is not None and src.is_constant, f"{name} is not a constant"
         if src.kind == "initializer":
-            return numpy_helper.to_array(src.owner.initializers[name])
+            return src.owner.initializers[name]
         attr = _constant_attr(src.owner.producers[name])
         assert attr is not None
-        return numpy_helper.to_array(attr.t)
+        return attr.t
 
     def consumers(self, name: str) -> list[NodeProto]:
         return self.uses.get(name, [])
@@ -267,6 +275,24 @@ def postorder_graphs(graph: GraphProto) -> Iterator[GraphProto]:
         for _, sub in subgraphs(node):
             yield from postorder_graphs(sub)
     yield graph
+
+
+def new_node(op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> NodeProto:
+    """``onnx.helper.make_node`` (same bytes), at half its cost for the int-list attributes rewrites set.
+
+    Tens of thousands of nodes are made on big graphs; the helper's generic attribute inference
+    was a tenth of the rewrite time.
+    """
+    node = NodeProto(op_type=op_type, input=inputs, output=outputs)
+    if name:
+        node.name = name
+    for key in sorted(attrs):
+        value = attrs[key]
+        if isinstance(value, list) and value and all(type(v) is int for v in value):
+            node.attribute.add(name=key, type=AttributeProto.INTS, ints=value)
+        elif value is not None:
+            node.attribute.append(onnx.helper.make_attribute(key, value))
+    return node
 
 
 def transpose_perm(node: NodeProto) -> list[int] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -115,7 +115,7 @@ _GRAPH_INITIALIZER = wire.tag(wire.GRAPH_INITIALIZER)
 _TENSOR_RAW_DATA = wire.tag(wire.TENSOR_RAW_DATA)
 
 
-def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> list[bytes | memoryview]:
+def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> Iterator[bytes | memoryview]:
     """The model's serialization as pieces, detached weights written from their arrays.
 
     Protobuf writes a message's fields in field-number order, so the main graph's initializers
@@ -124,7 +124,8 @@ def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> lis
     length prefix is rewritten. The result is byte for byte what serializing the attached model gives.
     """
     if not detached:
-        return [model.SerializeToString()]
+        yield model.SerializeToString()
+        return
     graph = model.graph
     placeholders = detached.take_placeholders(graph)
     try:
@@ -135,22 +136,29 @@ def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> lis
         graph.initializer.extend(placeholders)
     at = len(head)
     if body[:at] != head or body[at : at + 1] != _MODEL_GRAPH:
-        return _attached(model, detached)
+        yield from _attached(model, detached)
+        return
     graph_len, graph_start = wire.read_varint(body, at + 1)
     graph_end = graph_start + graph_len
     insert = graph_end - len(tail)
     if insert < graph_start or body[insert:graph_end] != tail:  # fields this onnx does not know: take the slow way
-        return _attached(model, detached)
-    pieces: list[bytes | memoryview] = []
+        yield from _attached(model, detached)
+        return
     added = 0
     for t in placeholders:
-        data = detached.data(t.name)
-        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(len(data))
-        entry = _GRAPH_INITIALIZER + wire.varint(len(start) + len(data)) + start
-        pieces += [entry, data]
-        added += len(entry) + len(data)
+        size = detached.nbytes(t.name)
+        start = len(detached.header(t)) + len(_TENSOR_RAW_DATA) + len(wire.varint(size))
+        added += len(_GRAPH_INITIALIZER) + len(wire.varint(start + size)) + start + size
     view = memoryview(body)
-    return [view[:at], _MODEL_GRAPH + wire.varint(graph_len + added), view[graph_start:insert], *pieces, view[insert:]]
+    yield from (view[:at], _MODEL_GRAPH + wire.varint(graph_len + added), view[graph_start:insert])
+    for t in placeholders:  # each weight is made (if lazy) just before it is written, and dropped after
+        data = detached.data(t.name)
+        assert len(data) == detached.nbytes(t.name)
+        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(len(data))
+        yield _GRAPH_INITIALIZER + wire.varint(len(start) + len(data)) + start
+        yield data
+        del data
+    yield view[insert:]
 
 
 def _attached(model: onnx.ModelProto, detached: DetachedWeights) -> list[bytes | memoryview]:
@@ -165,7 +173,7 @@ def _fields(into: M, source: M, keep: Callable[[int], bool]) -> M:
     return into
 
 
-def write_atomic(target: Path, data: bytes | Sequence[bytes | memoryview], then_replace: tuple[Path, Path] | None = None) -> None:
+def write_atomic(target: Path, data: bytes | Iterable[bytes | memoryview], then_replace: tuple[Path, Path] | None = None) -> None:
     """Write ``data`` (bytes, or pieces of it) to ``target`` via a temporary file; ``then_replace`` renames a finished companion
     file (the model's data) into place just before the model itself."""
     folder = target.parent if str(target.parent) else Path(".")

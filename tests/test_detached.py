@@ -13,7 +13,8 @@ import converter
 from converter import wire
 from converter.detached import DetachedWeights
 from converter.save import save
-from models.graphs import convnext_stage, dense_in_if
+from models.graphs import convnext_stage, dense_in_if, reshape_sandwich
+from tests.conftest import dense_model
 from tests.test_preservation import rich_model
 
 RNG = np.random.default_rng(11)
@@ -32,10 +33,7 @@ def with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Detached
 def attached_bytes(model: onnx.ModelProto, detached: DetachedWeights) -> bytes:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    arrays = {name: detached.array(name) for name in ("new_a", "new_empty", "new_b")}
-    twin = DetachedWeights()
-    twin._arrays.update(arrays)  # the same data, attached to the copy
-    twin.attach(copy)
+    detached.attach(copy)
     return copy.SerializeToString()
 
 
@@ -76,6 +74,33 @@ def test_external_data_save_writes_detached_weights(tmp_path: Path, threshold: i
     )
 
 
+def test_a_lazy_weight_is_made_only_when_written_and_each_time(tmp_path: Path) -> None:
+    calls = []
+    value = RNG.standard_normal((3, 4, 1, 1)).astype(np.float32)
+
+    def make() -> np.ndarray:
+        calls.append(1)
+        return value
+
+    model, detached = rich_model(), DetachedWeights()
+    placeholder = detached.add_lazy(model.graph, "lazy", make, (3, 4, 1, 1), np.dtype(np.float32))
+    assert calls == [] and list(placeholder.dims) == [3, 4, 1, 1] and placeholder.data_type == TensorProto.FLOAT
+    save(model, tmp_path / "a.onnx", detached=detached)
+    save(model, tmp_path / "b.onnx", detached=detached, external_data=True, size_threshold=0)
+    assert len(calls) == 2  # nothing is kept between writes
+    for name in ("a.onnx", "b.onnx"):
+        loaded = {t.name: t for t in onnx.load(tmp_path / name).graph.initializer}
+        np.testing.assert_array_equal(numpy_helper.to_array(loaded["lazy"]), value)
+
+
+def test_a_lazy_weight_that_comes_out_other_than_declared_is_a_bug_not_a_file(tmp_path: Path) -> None:
+    model, detached = rich_model(), DetachedWeights()
+    detached.add_lazy(model.graph, "lazy", lambda: np.zeros((3, 4), np.float32), (4, 3), np.dtype(np.float32))
+    with pytest.raises(AssertionError, match="declared"):
+        save(model, tmp_path / "m.onnx", detached=detached)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_placeholder_cannot_be_read_as_if_it_were_data() -> None:
     model, _ = with_placeholders(rich_model())
     placeholder = next(t for t in model.graph.initializer if t.name == "new_a")
@@ -94,7 +119,15 @@ def test_raw_sizes_read_from_the_bytes_match_the_parsed_model() -> None:
 
 
 @pytest.mark.parametrize(
-    "maker", [rich_model, dense_in_if, lambda: convnext_stage(8, 5, 7, blocks=2)], ids=["rich", "if", "convnext"]
+    "maker",
+    [
+        rich_model,
+        lambda: dense_model(weight="constant_node", bias="constant_node"),
+        dense_in_if,
+        lambda: convnext_stage(8, 5, 7, blocks=2),
+        lambda: reshape_sandwich(core="Gemm", trans_b=1, alpha=0.5),
+    ],
+    ids=["rich", "constant-nodes", "if", "convnext", "gemm-transB-alpha"],
 )
 def test_no_verify_writes_the_same_file_as_a_verified_run(tmp_path: Path, maker) -> None:
     """--no-verify rewrites in place with detached weights; the verified run copies and attaches."""

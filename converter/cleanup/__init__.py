@@ -16,7 +16,7 @@ from typing import Protocol
 import onnx
 from onnx import GraphProto, NodeProto
 
-from converter.graph import NameAllocator, drop_unused, postorder_graphs
+from converter.graph import NameAllocator, Scope, drop_unused, postorder_graphs
 
 PASS_KEY = "converter.pass"
 
@@ -39,6 +39,16 @@ class PassContext:
         # that the pass appends to the graph it is editing.
         self.derived: dict[tuple[object, ...], str] = {}
         self.pending_initializers: list[onnx.TensorProto] = []
+        self._scope: Scope | None = None
+
+    def scope(self, graph: GraphProto) -> Scope:
+        """The graph's index, built again only after a pass changed the graph (building it is most of a pass's cost)."""
+        if self._scope is None or self._scope.graph is not graph:
+            self._scope = Scope(graph, (), {})
+        return self._scope
+
+    def graph_changed(self) -> None:
+        self._scope = None
 
     def tag(self, node: NodeProto, pass_name: str) -> NodeProto:
         if self.ir_version >= 10:
@@ -90,11 +100,14 @@ def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], max_rounds: int =
             modified = False
             for p in passes:
                 result = p.run(graph, ctx)
+                if result.modified:
+                    ctx.graph_changed()
                 local[p.name] += result.changes
                 modified |= result.modified
             report.rounds = max(report.rounds, round_no)
             if not modified:
                 break
+        ctx.graph_changed()
         if _transposes(graph) > before:
             # Worse than the rewrite alone: put the graph back exactly as it was.
             graph.ClearField("node")

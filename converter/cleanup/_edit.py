@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from onnx import GraphProto, NodeProto, helper
+from onnx import GraphProto, NodeProto
 
-from converter.graph import Scope
+from converter.graph import Scope, new_node
 
 
 def inverse(perm: list[int]) -> list[int]:
@@ -72,4 +72,4 @@ def rebuild(graph: GraphProto, scope: Scope, removed: set[int], after: dict[int,
 
 
 def make_transpose(inp: str, out: str, perm: list[int], name: str) -> NodeProto:
-    return helper.make_node("Transpose", [inp], [out], name=name, perm=perm)
+    return new_node("Transpose", [inp], [out], name, perm=perm)

@@ -13,14 +13,14 @@ from onnx import GraphProto
 
 from converter.cleanup import PassContext, PassResult
 from converter.cleanup._edit import bypass, compose, is_identity, rebuild
-from converter.graph import Scope, set_transpose_perm, transpose_perm
+from converter.graph import set_transpose_perm, transpose_perm
 
 
 class CancelTransposes:
     name = "cancel_transposes"
 
     def run(self, graph: GraphProto, ctx: PassContext) -> PassResult:
-        scope = Scope(graph, (), {})
+        scope = ctx.scope(graph)
         removed: set[int] = set()
         changes = 0
         for node in scope.nodes:

@@ -38,7 +38,7 @@ class SinkTransposes:
     name = "sink_transposes"
 
     def run(self, graph: GraphProto, ctx: PassContext) -> PassResult:
-        scope = Scope(graph, (), {})
+        scope = ctx.scope(graph)
         position = {id(n): i for i, n in enumerate(scope.nodes)}
         # (tensor, perm) -> output of an existing Transpose of that tensor by that perm
         transposed: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = {}

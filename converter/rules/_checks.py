@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import NodeProto
+import onnx
+from onnx import NodeProto, TensorProto, numpy_helper
 
-from converter.graph import TensorType
+from converter.graph import TensorType, transpose_2d
 from converter.runtime import dtype_name, opset_allows_conv, provider_runs_conv
 
 from ._engine import Context, Decline
@@ -25,6 +26,11 @@ def require_rank(ctx: Context, name: str, rank: int) -> TensorType:
 
 def require_constant(ctx: Context, name: str, role: str) -> np.ndarray:
     """The value of a tensor that cannot change at run time (caller-overridable inputs do not count)."""
+    return numpy_helper.to_array(require_constant_tensor(ctx, name, role))
+
+
+def require_constant_tensor(ctx: Context, name: str, role: str) -> TensorProto:
+    """As require_constant, but the TensorProto: its dims and dtype, without reading (copying) its data."""
     src = ctx.scope.source(name)
     if src.kind == "initializer_graph_input":
         raise Decline(
@@ -33,7 +39,54 @@ def require_constant(ctx: Context, name: str, role: str) -> np.ndarray:
         )
     if not src.is_constant:
         raise Decline(f"{role}_not_constant", f"{role} {name!r} is computed at run time, not a constant")
-    return ctx.scope.constant_value(name)
+    return ctx.scope.constant_tensor(name)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A dense layer's constant weight, ``[C, K]`` as the layer uses it, read only when the Conv weight is made.
+
+    Rules decide from dims and dtype alone; the data (which can be hundreds of MB) is read once,
+    by ``conv()``, when the new weight is written (see detached.py).
+    """
+
+    tensor: TensorProto
+    c: int
+    k: int
+    dtype: np.dtype
+    stored_kc: bool = False  # the tensor holds [K, C] (Gemm transB=1): Conv's layout already
+    alpha: float = 1.0  # Gemm's alpha, folded into the weight
+
+    @property
+    def conv_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.c, 1, 1)
+
+    def conv(self) -> np.ndarray:
+        """The Conv weight ``W^T`` as ``[K, C, 1, 1]``."""
+        m = numpy_helper.to_array(self.tensor)
+        kc = m.reshape(self.k, self.c) if self.stored_kc else transpose_2d(m.reshape(self.c, self.k))
+        if self.alpha != 1.0:
+            kc = (kc * np.asarray(self.alpha, dtype=self.dtype)).astype(self.dtype)
+        return kc.reshape(self.conv_shape)
+
+
+def require_weight(
+    ctx: Context, name: str, *, ranks: tuple[int, ...] = (2,), transposed: bool = False, alpha: float = 1.0
+) -> Weight:
+    """A constant weight matrix; ranks above 2 are accepted only when their leading dims are all 1."""
+    t = require_constant_tensor(ctx, name, "weight")
+    dims = list(t.dims)
+    if len(dims) not in ranks:
+        raise Decline("weight_rank", f"weight {name!r} has rank {len(dims)}; a dense layer needs [C, K]")
+    if any(d != 1 for d in dims[:-2]):
+        raise Decline("weight_batched", f"weight {name!r} of shape {dims} varies over batch dims")
+    rows, cols = dims[-2:]
+    c, k = (cols, rows) if transposed else (rows, cols)
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError, ValueError) as e:
+        raise Decline("dtype_unsupported", f"weight {name!r} has no numpy dtype ({e})") from e
+    return Weight(t, c, k, dtype, stored_kc=transposed, alpha=alpha)
 
 
 def require_conv_dtype(ctx: Context, elem_type: int) -> None:

@@ -25,7 +25,7 @@ import onnx
 from onnx import GraphProto, NodeProto
 
 from converter.detached import DetachedWeights
-from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, subgraphs
+from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, new_node, subgraphs
 from converter.report import Decision
 
 PROVENANCE_KEY = "converter.rule"
@@ -92,21 +92,32 @@ class Context:
         self._derived = derived
         self._detached = detached
 
-    def derived_initializer(self, key: str, source: str, make: Callable[[], np.ndarray]) -> str:
+    def derived_initializer(
+        self,
+        key: str,
+        source: str,
+        make: Callable[[], np.ndarray],
+        like: tuple[tuple[int, ...], np.dtype] | None = None,
+    ) -> str:
         """A constant computed from ``source``, created once per graph however many nodes share it.
 
-        In the main graph it is detached when the caller asked for that (kept as an array until
-        save, see detached.py), else written straight into the graph (one copy of the data, not
-        three: a weight can be hundreds of MB). Names are fresh, so the scope's view of the graph
-        stays valid.
+        In the main graph it is detached when the caller asked for that (detached.py says why);
+        with ``like`` (its shape and dtype) even ``make`` waits until the weight is written, so
+        the new weights never all exist at once. Elsewhere it goes straight into the graph (one
+        copy of the data, not three). Names are fresh, so the scope's view of the graph stays valid.
         """
         cache_key = (self.scope.path, key, source)
         if cache_key not in self._derived:
             name = self.names.fresh(f"{source}_{key}")
-            if self._detached is not None and not self.scope.path:
-                self._detached.add(self.scope.graph, name, make())
+            detached = self._detached if not self.scope.path else None
+            if detached is not None and like is not None and detached.accepts(like[1]):
+                detached.add_lazy(self.scope.graph, name, make, *like)
             else:
-                add_initializer(self.scope.graph, name, make())
+                value = make()
+                if detached is not None and detached.accepts(value.dtype):
+                    detached.add(self.scope.graph, name, value)
+                else:
+                    add_initializer(self.scope.graph, name, value)
             self._derived[cache_key] = name
         return self._derived[cache_key]
 
@@ -114,7 +125,7 @@ class Context:
         self, rule: str, origin: str, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any
     ) -> NodeProto:
         """A new node with a unique name and a tag saying which rule made it from which node."""
-        node = onnx.helper.make_node(op_type, inputs, outputs, name=self.names.fresh(name), **attrs)
+        node = new_node(op_type, inputs, outputs, self.names.fresh(name), **attrs)
         if self.ir_version >= _NODE_METADATA_IR:
             node.metadata_props.add(key=PROVENANCE_KEY, value=f"{rule} from {origin}")
         else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 from onnx import NodeProto, helper
 
 from converter.graph import TensorType
@@ -236,10 +235,3 @@ def _only_ours(ctx: Context, nodes: list[NodeProto], readers: list[NodeProto]) -
                     changed = True
                     break
     return [n for n in nodes if id(n) in ours]
-
-
-def as_rows(value: np.ndarray) -> np.ndarray:
-    """A constant operand as a 2D matrix (rank-2 weights only: batched ones are not a dense layer)."""
-    if value.ndim != 2:
-        raise Decline("weight_rank", f"the weight has rank {value.ndim}; a dense layer needs a matrix")
-    return value

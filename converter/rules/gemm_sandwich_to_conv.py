@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from ._checks import Bias, require_constant
+from ._checks import Bias, require_constant, require_weight
 from ._engine import Context, Decline, Replacement, Rule
-from ._sandwich import as_rows, attr_value
+from ._sandwich import attr_value
 from .tensordot_to_conv import SandwichPlan, plan_sandwich, rewrite_sandwich
 
 
@@ -36,11 +36,8 @@ class GemmSandwichToConv(Rule):
             raise Decline("gemm_trans_a", "Gemm with transA=1 multiplies the transposed activation")
         alpha, beta = float(attr_value(node, "alpha", 1.0)), float(attr_value(node, "beta", 1.0))  # type: ignore[arg-type]
         trans_b = bool(attr_value(node, "transB", 0))
-        b = as_rows(require_constant(ctx, node.input[1], "weight"))
-        w = b.T if trans_b else b
-        if alpha != 1.0:
-            w = (w * np.asarray(alpha, dtype=w.dtype)).astype(w.dtype)
-        k = w.shape[1]
+        w = require_weight(ctx, node.input[1], transposed=trans_b, alpha=alpha)
+        k = w.k
         bias = None
         if len(node.input) > 2 and node.input[2]:
             value = require_constant(ctx, node.input[2], "bias")

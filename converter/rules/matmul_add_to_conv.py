@@ -24,12 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from onnx import NodeProto
 
-from converter.graph import transpose_2d
-
-from ._checks import Bias, find_bias, require_constant, require_conv_dtype, require_rank
+from ._checks import Bias, Weight, find_bias, require_conv_dtype, require_rank, require_weight
 from ._conv import conv_bias, conv_nodes
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
 
@@ -38,17 +35,9 @@ from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
 class MatMulPlan(Plan):
     x: str = ""
     weight_name: str = ""
-    weight: np.ndarray | None = None  # [C, K]
+    weight: Weight | None = None
     bias: Bias | None = None
     origin: str = ""
-
-
-def _as_matrix(w: np.ndarray, name: str) -> np.ndarray:
-    if not 2 <= w.ndim <= 4:
-        raise Decline("weight_rank", f"weight {name!r} has rank {w.ndim}; a dense layer needs [C, K]")
-    if any(d != 1 for d in w.shape[:-2]):
-        raise Decline("weight_batched", f"weight {name!r} of shape {list(w.shape)} varies over batch dims")
-    return w.reshape(w.shape[-2:])
 
 
 class MatMulAddToConv(Rule):
@@ -58,12 +47,11 @@ class MatMulAddToConv(Rule):
     def check(self, node: NodeProto, ctx: Context) -> MatMulPlan:
         x, w_name = node.input[0], node.input[1]
         xt = require_rank(ctx, x, 4)
-        w = _as_matrix(require_constant(ctx, w_name, "weight"), w_name)
-        c, k = w.shape
-        if isinstance(xt.shape[3], int) and xt.shape[3] != c:
-            raise Decline("shape_mismatch", f"{x!r} has {xt.shape[3]} channels but the weight expects {c}")
+        w = require_weight(ctx, w_name, ranks=(2, 3, 4))
+        if isinstance(xt.shape[3], int) and xt.shape[3] != w.c:
+            raise Decline("shape_mismatch", f"{x!r} has {xt.shape[3]} channels but the weight expects {w.c}")
         require_conv_dtype(ctx, xt.elem_type)
-        bias, bias_reason = find_bias(ctx, node.output[0], w.dtype, k)
+        bias, bias_reason = find_bias(ctx, node.output[0], w.dtype, w.k)
         removed = [node] if bias is None else [node, bias.add]
         out = node.output[0] if bias is None else bias.add.output[0]
         notes = {"bias_folded": bias is not None}
@@ -72,15 +60,14 @@ class MatMulAddToConv(Rule):
         return MatMulPlan(removed, [out], notes, x=x, weight_name=w_name, weight=w, bias=bias, origin=node_label(node))
 
     def rewrite(self, plan: MatMulPlan, ctx: Context) -> Replacement:
-        assert plan.weight is not None
         w = plan.weight
-        c, k = w.shape
+        assert w is not None
         base = plan.removed[0].name or plan.removed[0].output[0]
-        weight = ctx.derived_initializer("conv_weight", plan.weight_name, lambda: transpose_2d(w).reshape(k, c, 1, 1))
+        weight = ctx.derived_initializer("conv_weight", plan.weight_name, w.conv, like=(w.conv_shape, w.dtype))
         released, vanished = [plan.weight_name], []
         bias = None
         if plan.bias is not None:
-            bias = conv_bias(ctx, plan.bias, k)
+            bias = conv_bias(ctx, plan.bias, w.k)
             released.append(plan.bias.name)
             vanished.append(plan.removed[0].output[0])
         nodes = conv_nodes(ctx, self.name, plan.origin, base, plan.x, weight, bias, plan.outputs[0])

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from onnx import NodeProto
 
-from converter.graph import transpose_2d
-
-from ._checks import Bias, find_bias, require_constant, require_conv_dtype
+from ._checks import Bias, Weight, find_bias, require_conv_dtype, require_weight
 from ._conv import conv_bias, conv_nodes
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
-from ._sandwich import Sandwich, as_rows, match_sandwich
+from ._sandwich import Sandwich, match_sandwich
 
 
 @dataclass
@@ -33,16 +30,16 @@ class SandwichPlan(Plan):
     sandwich: Sandwich | None = None
     weight_key: str = "conv_weight"
     weight_name: str = ""
-    weight: np.ndarray | None = None  # [C, K] as the layer uses it
+    weight: Weight | None = None
     bias: Bias | None = None
     origin: str = ""
 
 
 def plan_sandwich(
-    rule: Rule, core: NodeProto, ctx: Context, weight_name: str, w: np.ndarray, key: str, core_bias: Bias | None
+    rule: Rule, core: NodeProto, ctx: Context, weight_name: str, w: Weight, key: str, core_bias: Bias | None
 ) -> SandwichPlan:
     """The plan shared by the MatMul and Gemm sandwiches once the core's weight is known."""
-    c, k = w.shape
+    c, k = w.c, w.k
     s = match_sandwich(core, ctx, k)
     if s.channels not in (c, -1):
         raise Decline("shape_mismatch", f"{s.x!r} has {s.channels} channels but the weight expects {c}")
@@ -63,10 +60,9 @@ def plan_sandwich(
 def rewrite_sandwich(rule: Rule, plan: SandwichPlan, ctx: Context) -> Replacement:
     s, w = plan.sandwich, plan.weight
     assert s is not None and w is not None
-    c, k = w.shape
     core = plan.removed[0]
-    weight = ctx.derived_initializer(plan.weight_key, plan.weight_name, lambda: transpose_2d(w).reshape(k, c, 1, 1))
-    bias = conv_bias(ctx, plan.bias, k) if plan.bias is not None else None
+    weight = ctx.derived_initializer(plan.weight_key, plan.weight_name, w.conv, like=(w.conv_shape, w.dtype))
+    bias = conv_bias(ctx, plan.bias, w.k) if plan.bias is not None else None
     released = [plan.weight_name, *s.constants] + ([plan.bias.name] if plan.bias is not None else [])
     vanished = [o for n in plan.removed for o in n.output if o != plan.outputs[0]]
     nodes = conv_nodes(ctx, rule.name, plan.origin, core.name or core.output[0], s.x, weight, bias, plan.outputs[0])
@@ -80,7 +76,7 @@ class TensordotToConv(Rule):
     def check(self, node: NodeProto, ctx: Context) -> SandwichPlan:
         if ctx.scope.producers.get(node.input[0]) is None or ctx.scope.producers[node.input[0]].op_type != "Reshape":
             raise Decline(Decline.NO_PATTERN, "the input is not a Reshape")
-        w = as_rows(require_constant(ctx, node.input[1], "weight"))
+        w = require_weight(ctx, node.input[1])
         return plan_sandwich(self, node, ctx, node.input[1], w, "conv_weight", None)
 
     def rewrite(self, plan: SandwichPlan, ctx: Context) -> Replacement:
