@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
 from rich.console import Console
 from rich.table import Table
 
@@ -48,7 +47,7 @@ def measure(cmd: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024
 
 
-def bench(name: str, path: Path, work: Path, repeats: int) -> dict[str, object]:
+def bench(name: str, path: Path, nodes: int, work: Path, repeats: int) -> dict[str, object]:
     floor_t, floor_m, conv_t, conv_m = [], [], [], []
     floor = FLOOR_EXTERNAL if path.with_name(path.name + ".data").exists() else FLOOR
     for i in range(repeats):
@@ -62,10 +61,9 @@ def bench(name: str, path: Path, work: Path, repeats: int) -> dict[str, object]:
                 conv_t.append(t), conv_m.append(m)
             for f in work.glob(f"{which}_{i}.onnx*"):
                 f.unlink()
-    model = onnx.load(str(path), load_external_data=False)
     row = {
         "model": name,
-        "nodes": len(model.graph.node),
+        "nodes": nodes,
         "file_mb": round(sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 2**20, 1),
         "floor_s": round(statistics.median(floor_t), 3),
         "convert_s": round(statistics.median(conv_t), 3),
@@ -77,27 +75,47 @@ def bench(name: str, path: Path, work: Path, repeats: int) -> dict[str, object]:
     return row
 
 
+CASES = {
+    "dense chain, 7,000 nodes": lambda: dense_chain(2333),
+    "dense chain, 70,000 nodes": lambda: dense_chain(23333),
+    "12 x 4096^2 dense, ~805 MB": lambda: big_dense(12, 4096),
+    "36 x 4096^2 dense, ~2.4 GB": lambda: big_dense(36, 4096),
+}
+
+
+def build(case: str, path: str) -> int:
+    model = CASES[case]()
+    save(model, path)
+    print(len(model.graph.node))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--big", action="store_true", help="also the ~800 MB weights model")
     p.add_argument("--huge", action="store_true", help="also a model over 2 GB (external data)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/conversion.json"))
+    p.add_argument("--build", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.build:
+        return build(*args.build)
     console = Console()
-    cases = [("dense chain, 7,000 nodes", lambda: dense_chain(2333)), ("dense chain, 70,000 nodes", lambda: dense_chain(23333))]
-    if args.big:
-        cases.append(("12 x 4096^2 dense, ~805 MB", lambda: big_dense(12, 4096)))
-    if args.huge:
-        cases.append(("36 x 4096^2 dense, ~2.4 GB", lambda: big_dense(36, 4096)))
+    cases = ["dense chain, 7,000 nodes", "dense chain, 70,000 nodes"]
+    cases += ["12 x 4096^2 dense, ~805 MB"] if args.big else []
+    cases += ["36 x 4096^2 dense, ~2.4 GB"] if args.huge else []
     rows = []
     work = Path(tempfile.mkdtemp(prefix="convbench-"))
     try:
-        for name, build in cases:
+        for name in cases:
             path = work / "model.onnx"
-            save(build(), path)
+            # Built in a child: Linux keeps a process's peak RSS across fork + exec, so a measured
+            # command would inherit this process's peak if the model had been built here.
+            made = subprocess.run(
+                [sys.executable, "-m", "benchmarks.conversion", "--build", name, str(path)], check=True, capture_output=True
+            )
             console.print(f"measuring {name} ...", style="dim")
-            rows.append(bench(name, path, work, args.repeats))
+            rows.append(bench(name, path, int(made.stdout), work, args.repeats))
             for f in work.glob("model.onnx*"):
                 f.unlink()
     finally:
