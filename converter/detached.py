@@ -89,7 +89,8 @@ class DetachedWeights:
     def is_placeholder(t: TensorProto) -> bool:
         return t.data_location == TensorProto.EXTERNAL and any(e.value == _MARK for e in t.external_data if e.key == "location")
 
-    def header(self, t: TensorProto) -> bytes:
+    @staticmethod
+    def header(t: TensorProto) -> bytes:
         """A placeholder's own fields as the written tensor has them, everything but the data.
 
         Serialized alone, this is the start of the tensor's serialization: its fields (dims,

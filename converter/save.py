@@ -55,7 +55,8 @@ def save(
     ``external_data`` None decides by size: models whose weights approach 2 GB get a
     ``<name>.data`` file beside them, holding every tensor over ``size_threshold`` bytes.
     ``detached`` holds the data of the model's placeholder weights (see detached.py); they are
-    written from their arrays, never copied into the model. The model passed in is not modified.
+    written from their arrays, never copied into the model. The model passed in is not modified
+    (except that its placeholders move to the end of the main graph's initializers, where they are written).
     """
     target = Path(path)
     folder = target.parent
