@@ -145,18 +145,19 @@ def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> Ite
     if insert < graph_start or body[insert:graph_end] != tail:  # fields this onnx does not know: take the slow way
         yield from _attached(model, detached)
         return
-    added = 0
+    # Each tensor's bytes up to its data; the data's size is known from dims before it is made.
+    entries = []
     for t in placeholders:
         size = detached.nbytes(t.name)
-        start = len(detached.header(t)) + len(_TENSOR_RAW_DATA) + len(wire.varint(size))
-        added += len(_GRAPH_INITIALIZER) + len(wire.varint(start + size)) + start + size
+        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(size)
+        entries.append((_GRAPH_INITIALIZER + wire.varint(len(start) + size) + start, t.name, size))
+    added = sum(len(entry) + size for entry, _, size in entries)
     view = memoryview(body)
     yield from (view[:at], _MODEL_GRAPH + wire.varint(graph_len + added), view[graph_start:insert])
-    for t in placeholders:  # each weight is made (if lazy) just before it is written, and dropped after
-        data = detached.data(t.name)
-        assert len(data) == detached.nbytes(t.name)
-        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(len(data))
-        yield _GRAPH_INITIALIZER + wire.varint(len(start) + len(data)) + start
+    for entry, name, size in entries:  # each weight is made (if lazy) just before it is written, and dropped after
+        data = detached.data(name)
+        assert len(data) == size
+        yield entry
         yield data
         del data
     yield view[insert:]
