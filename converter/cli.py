@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--tag", default="serve", help="SavedModel tag (default: serve)")
     tf.add_argument("--opset", type=int, default=17, help="ONNX opset tf2onnx converts to (default: 17)")
     tf.add_argument("--allow-h5", action="store_true", help="load a legacy Keras .h5 file (runs its Lambda layers' code)")
+    tf.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="run a SavedModel even if it uses ops outside the audited allowlist (file or network I/O, Python calls, ...)",
+    )
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="print only the final verdict line")
     noise.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for errors")
@@ -127,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 native_logs=args.verbose,
                 force=args.force,
                 allow_h5=args.allow_h5,
+                trust_model=args.trust_model,
                 on_step=on_step,
             )
         if args.report:

@@ -96,12 +96,19 @@ def default_output(input_path: str | os.PathLike[str]) -> Path:
     return p.with_name(f"{p.stem}_conv.onnx")
 
 
-def load(path: str | os.PathLike[str], *, signature: str = "serving_default", tag: str = "serve", opset: int = 17):
+def load(
+    path: str | os.PathLike[str],
+    *,
+    signature: str = "serving_default",
+    tag: str = "serve",
+    opset: int = 17,
+    trust_model: bool = False,
+):
     """An ONNX model from an ONNX file, a SavedModel folder or a ``.keras`` file (through tf2onnx)."""
     if is_tensorflow_input(Path(path)):
         from .frontends.savedmodel import load_tensorflow
 
-        return load_tensorflow(path, signature=signature, tag=tag, opset=opset)
+        return load_tensorflow(path, signature=signature, tag=tag, opset=opset, trust_model=trust_model)
     return load_onnx(path)
 
 
@@ -127,6 +134,11 @@ def convert(
     native_logs: bool = False,
     force: bool = False,
     allow_h5: bool = False,
+    trust_model: bool = False,
+    seed: int = 0,
+    trials: int | None = None,
+    max_memory: int | None = None,
+    timeout: float | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> ConvertReport:
     """Load, rewrite, verify and save. Nothing is written when verification fails or on a dry run.
@@ -135,7 +147,8 @@ def convert(
     verified twice: the tf2onnx model against the rewritten one, and TensorFlow itself against it.
     Check ``report.ok`` (False means a verification mismatch) and ``report.written``. ``force``
     writes the result even after a mismatch (``report.forced`` says so). ``allow_h5`` loads legacy
-    Keras .h5 files, which runs the Python code of their Lambda layers.
+    Keras .h5 files, which runs the Python code of their Lambda layers. ``trust_model`` skips the
+    static audit of a SavedModel's ops (see frontends/) and runs whatever the model holds.
     """
     step = on_step or (lambda _msg: None)
     source_path = Path(input_path)
@@ -162,7 +175,13 @@ def convert(
         step(f"converting {input_path} with tf2onnx")
         started = time.perf_counter()
         with open_tensorflow(
-            source_path, signature=signature, tag=tag, opset=opset, native_logs=native_logs, allow_h5=allow_h5
+            source_path,
+            signature=signature,
+            tag=tag,
+            opset=opset,
+            native_logs=native_logs,
+            allow_h5=allow_h5,
+            trust_model=trust_model,
         ) as source:
             report = _convert_model(
                 source.model,

@@ -82,6 +82,7 @@ def open_tensorflow(
     opset: int = 17,
     native_logs: bool = False,
     allow_h5: bool = False,
+    trust_model: bool = False,
 ) -> Iterator[TensorFlowSource]:
     """Convert a SavedModel folder or ``.keras`` file; the SavedModel stays available inside the block.
 
