@@ -24,8 +24,7 @@ from rich.table import Table
 
 import converter
 from benchmarks._results import publish
-from converter.report import VerifyReport
-from converter.verify import build_inputs
+from converter import feeds as feeding
 from models.graphs import convnext_stage, dense_chain
 
 CASES: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -47,7 +46,11 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
 
 def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Seeded inputs for a latency run, built the way verification builds them."""
-    return build_inputs(model, {}, shapes or {}, 0, VerifyReport(providers=[]))
+    declared = feeding.declared_inputs(model)
+    given = shapes or {}
+    fixed = feeding.fixed_symbols(declared, given)
+    symbols, _ = next(feeding.candidates(model, declared, fixed))
+    return feeding.make_feeds(declared, feeding.shapes_for(declared, {**fixed, **symbols}, given), 0, 0)
 
 
 def compare(
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, build in CASES.items():
         model = build()
         result = converter.rewrite(model)
-        check = converter.verify(model, result.model)
+        check = converter.verify(model, result)
         assert check.passed, check.to_dict()
         orig_ms, conv_ms = compare(model, result.model, args.runs, args.threads)
         rows.append(

@@ -29,6 +29,7 @@ Shape = tuple[int | str | None, ...]
 class TensorType:
     elem_type: int
     shape: Shape | None  # None: rank unknown
+    conflict: bool = False  # the model declares another rank than shape inference finds
 
     @property
     def rank(self) -> int | None:
@@ -97,15 +98,22 @@ def _type_of(value_info: onnx.ValueInfoProto) -> TensorType | None:
 
 
 def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorType]]:
-    """Declared and inferred tensor types of every graph, keyed by graph path.
+    """Tensor types of every graph, keyed by graph path: what shape inference finds, declared types where it finds nothing.
 
-    Shape inference runs on a copy; the caller's model is not changed, so the output only
-    keeps the value_info it had. Inference failures fall back to the declared types.
+    Inference runs on a copy without the model's own value_info, so that a declaration cannot
+    override what the graph computes; a declared rank that contradicts the inferred one makes
+    the tensor's rank unknown (``conflict``), and rules decline it. The caller's model is not
+    changed. When inference fails altogether, the declared types are used.
     """
+    skel = skeleton(model)
+    declared: dict[GraphPath, list[onnx.ValueInfoProto]] = {}
+    for path, g in iter_graphs(skel.graph):
+        declared[path] = list(g.value_info)
+        g.ClearField("value_info")
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - a model inference cannot handle still has declared shapes
-        inferred = skeleton(model)
+        inferred = skel
     types: dict[GraphPath, dict[str, TensorType]] = {}
     for path, g in iter_graphs(inferred.graph):
         table: dict[str, TensorType] = {}
@@ -115,6 +123,15 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
             found = _type_of(vi)
             if found is not None and (found.shape is not None or vi.name not in table):
                 table[vi.name] = found
+        for vi in declared.get(path, []):
+            claim = _type_of(vi)
+            if claim is None:
+                continue
+            known = table.get(vi.name)
+            if known is None or known.shape is None:
+                table[vi.name] = claim if known is None or claim.shape is not None else known
+            elif claim.shape is not None and len(claim.shape) != len(known.shape):
+                table[vi.name] = TensorType(known.elem_type, None, conflict=True)
         types[path] = table
     return types
 

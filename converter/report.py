@@ -11,6 +11,23 @@ from typing import Any
 
 
 @dataclass
+class RewrittenLayer:
+    """What one rewrite claims, for the verifier to check: the Conv named ``conv`` computes, laid out
+    NCHW, the original tensor ``output`` from the original activation ``input`` (NHWC).
+
+    ``anchor`` is the output of the original MatMul/Gemm. ``graph`` locates the graph both models
+    hold the layer in: () for the main graph, else one (holder node's first output, attribute)
+    step per nesting level (stable across the rewrite, unlike node indices).
+    """
+
+    graph: tuple[tuple[str, str], ...]
+    anchor: str
+    input: str
+    output: str
+    conv: str
+
+
+@dataclass
 class Decision:
     """What the rewrite did with one candidate node."""
 
@@ -24,6 +41,7 @@ class Decision:
     new_nodes: list[str] = field(default_factory=list)
     # Sub-decisions of a rewrite that went ahead, e.g. {"bias_folded": False, "bias_reason": "..."}.
     notes: dict[str, Any] = field(default_factory=dict)
+    layer: RewrittenLayer | None = None
 
 
 @dataclass
@@ -43,6 +61,10 @@ class RewriteReport:
     @property
     def rewritten(self) -> int:
         return sum(d.rewritten for d in self.decisions)
+
+    @property
+    def layers(self) -> list[RewrittenLayer]:
+        return [d.layer for d in self.decisions if d.layer is not None]
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -85,6 +107,46 @@ class OutputCheck:
     rtol: float
     passed: bool
     problem: str = ""  # set when the outputs could not be compared at all (shape or dtype differ)
+    worst_index: list[int] | None = None  # where the first failing element is
+    degenerate: str = ""  # why this output proves nothing (all NaN, constant, the same for every input)
+    trials: int = 1
+
+
+@dataclass
+class DimChoice:
+    """The value verification gave one symbolic input dim, and why."""
+
+    name: str
+    value: int
+    why: str
+
+
+@dataclass
+class LayerCheck:
+    """The evidence for one rewritten layer: the structural certificate, and numbers from the runs."""
+
+    conv: str  # the Conv node's name in the rewritten model
+    anchor: str  # the original MatMul/Gemm's output
+    graph: str  # "main", or where the subgraph is
+    structure: str  # proved | refuted | unproved
+    structure_detail: str = ""
+    numbers: str = "not exercised"  # passed | failed | not exercised
+    numbers_detail: str = ""
+    where: str = "model"  # "model", or "subgraph model" when its graph was run on its own
+    trials: int = 0  # trials in which its input held usable data
+    shape: list[int] = field(default_factory=list)  # the NHWC shape it saw
+    input_rel_error: float = 0.0
+    output_max_error: float = 0.0
+    output_bound_ratio: float = 0.0  # largest |error| / bound; above 1 fails
+    weak_shape: bool = False  # N, H or W was 1 or H == W: numbers alone could miss a layout bug
+
+    @property
+    def verified(self) -> bool:
+        return self.structure == "proved" and self.numbers == "passed"
+
+    @property
+    def failed(self) -> bool:
+        return self.structure == "refuted" or self.numbers == "failed"
 
 
 @dataclass
@@ -96,14 +158,37 @@ class VerifyReport:
     interface_problems: list[str] = field(default_factory=list)
     seed: int = 0
     seconds: float = 0.0
+    trials: int = 1
+    dims: list[DimChoice] = field(default_factory=list)
+    layers: list[LayerCheck] = field(default_factory=list)
+    # The structural certificate's findings beyond single layers (None: not checked, e.g. against TensorFlow).
+    structure: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """passed, failed (a mismatch was found) or incomplete (nothing failed, but not everything was proved)."""
+        structure = self.structure or {}
+        if (
+            self.interface_problems
+            or not self.outputs
+            or any(not o.passed for o in self.outputs)
+            or any(layer.failed for layer in self.layers)
+            or structure.get("problems")
+        ):
+            return "failed"
+        if any(not layer.verified for layer in self.layers) or structure.get("unproved"):
+            return "incomplete"
+        return "passed"
 
     @property
     def passed(self) -> bool:
-        return not self.interface_problems and bool(self.outputs) and all(o.passed for o in self.outputs)
+        return self.verdict == "passed"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
+        d["verdict"] = self.verdict
         d["seconds"] = round(self.seconds, 4)
         return d
 
@@ -123,9 +208,20 @@ class ConvertReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def status(self) -> str:
+        """passed | failed | incomplete (verification ran), not verified (--no-verify), or dry run."""
+        if self.dry_run:
+            return "dry run"
+        checks = [v for v in (self.verify, self.verify_reference) if v is not None]
+        if not checks:
+            return "not verified"
+        verdicts = {v.verdict for v in checks}
+        return "failed" if "failed" in verdicts else "incomplete" if "incomplete" in verdicts else "passed"
+
+    @property
     def ok(self) -> bool:
-        """True unless a verification ran and found a mismatch."""
-        return all(v is None or v.passed for v in (self.verify, self.verify_reference))
+        """True unless a verification ran and did not pass (a mismatch, or evidence missing)."""
+        return self.status not in ("failed", "incomplete")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +232,7 @@ class ConvertReport:
             "forced": self.forced,
             "warnings": self.warnings,
             "ok": self.ok,
+            "status": self.status,
             "rewrite": self.rewrite.to_dict(),
             "verify": None if self.verify is None else self.verify.to_dict(),
             "verify_reference": None if self.verify_reference is None else self.verify_reference.to_dict(),

@@ -1,78 +1,129 @@
-"""Proving a rewrite: run the original and the rewritten model in onnxruntime and compare every output.
+"""Proving a rewrite: a structural certificate, layer-level numbers and the end-to-end outputs, one verdict.
 
-What is compared, exactly:
-- both models run with onnxruntime's graph optimizations off, so each graph runs as written;
-- the same inputs go to both: the user's (``inputs``) or seeded random ones built from the
-  original's declared input types; symbolic dims take values from ``input_shapes`` or 1, and the
-  report lists every such assumption;
-- the interfaces must be identical (input and output names, order, dtypes and shapes);
-- an element fails when ``|rewritten - original| > atol + rtol * |original|`` (numpy's allclose
-  rule), NaNs must sit in the same places, and non-float outputs must be equal exactly;
-- the default atol is scaled by the output's magnitude, ``atol * max(1, rms(original))``: a
-  dot product's rounding error grows with its terms, so a wide layer (C = 768, outputs around 14)
-  legitimately differs by ~3e-5 on outputs near zero. An atol the user gives is used as is.
+What is checked, exactly:
+
+1. Structure (certify.py): from the two graphs alone, every rewritten layer's Conv holds the
+   original weight transposed and the original bias bit for bit, reads the original activation in
+   NCHW, and every other node and every graph output corresponds to the original's.
+2. Numbers, per layer (layers.py): both models run in onnxruntime (graph optimizations off, so each
+   graph runs as written) with each rewritten layer's tensors exposed: the Conv's input must be the
+   original activation in NCHW, and its output ``X @ W + b`` within a bound from the layer's own
+   arithmetic. Layers inside If/Loop/Scan bodies are checked by running their graph as a model of
+   its own, so an If branch that the inputs never take is still checked.
+3. Numbers, end to end (compare.py): every graph output over every trial, ``|rewritten - original|
+   <= atol + rtol * |original|``; NaNs in the same places, non-float outputs equal exactly. An
+   output that is all NaN/Inf, constant, or the same for every input is reported as proving nothing.
+
+Inputs (feeds.py): symbolic dims get distinct values > 1 that the original model accepts (batch 2,
+H != W, multiples of the model's stride); ``trials`` seeded input sets (default 2; scalar booleans
+take both values, so both branches of an If fed by one run); a layer whose input was all NaN or one
+repeated value gets one more trial with positive inputs.
+
+The verdict is ``passed`` only when every rewritten layer is proved by structure and passed by
+numbers and every output matches; ``failed`` when anything disagrees; ``incomplete`` when nothing
+disagrees but some layer lacks one kind of evidence. Every run has a deadline (``timeout``) and the
+inputs and outputs kept must fit ``max_memory``.
 """
 
 from __future__ import annotations
 
-import tempfile
+import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import ConverterError, InputError
-from .graph import weight_bytes
-from .report import InputSpec, OutputCheck, VerifyReport
-from .runtime import dtype_name, make_session, resolve_providers, run
-from .save import EXTERNAL_DATA_ABOVE, save
+from . import feeds as feeding
+from .certify import Certificate, certify, find_graphs
+from .compare import compare, default_tolerances, degenerate, end_to_end_atol, failed
+from .errors import InputError
+from .layers import LayerNumbers, check_layer
+from .report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
+from .runtime import dtype_name, resolve_providers
+from .sessions import Runner, VerificationTimeout
 
-# (atol, rtol) by output dtype. fp32 differences between MatMul and a 1x1 Conv come from the
-# summation order only; fp16 keeps about 3 significant digits.
-DEFAULT_TOLERANCES: dict[int, tuple[float, float]] = {
-    TensorProto.FLOAT: (1e-5, 1e-4),
-    TensorProto.DOUBLE: (1e-10, 1e-8),
-    TensorProto.FLOAT16: (1e-2, 1e-2),
-    TensorProto.BFLOAT16: (5e-2, 2e-2),
-}
+__all__ = ["DEFAULT_TOLERANCES", "compare", "default_tolerances", "interface_differences", "verify", "verify_reference"]
+from .compare import DEFAULT_TOLERANCES  # noqa: E402  (re-exported: part of the verify module's surface)
 
-
-def default_tolerances(elem_type: int) -> tuple[float, float]:
-    """Float outputs get the table above; everything else must match exactly."""
-    return DEFAULT_TOLERANCES.get(elem_type, (0.0, 0.0))
+DEFAULT_TRIALS = 2
+DEFAULT_TIMEOUT = 600.0  # seconds for the whole verification
+DEFAULT_MAX_MEMORY = 4 << 30  # bytes of inputs and outputs verification may hold
+_MAX_SHAPE_TRIES = 5
 
 
 def verify(
     original: onnx.ModelProto,
     rewritten: onnx.ModelProto,
     *,
+    layers: Sequence[RewrittenLayer] | None = None,
     providers: str | Sequence[str] = "cpu",
     inputs: Mapping[str, np.ndarray] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    trials: int | None = None,
+    max_memory: int | None = None,
+    timeout: float | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> VerifyReport:
-    """Compare the two models' outputs on the same inputs. ``report.passed`` is the verdict.
+    """Check ``rewritten`` against ``original``; ``report.verdict`` is passed, failed or incomplete.
 
-    Raises InputError when the inputs or shapes given do not fit the model, or when onnxruntime
-    cannot run the original model at all; ProviderUnavailable when the providers cannot run here.
+    ``rewritten`` may be a ``RewriteResult`` (its report supplies ``layers``, the claims to check).
+    Without layers, only the structure and the end-to-end outputs are compared, and a rewritten
+    Conv the certificate cannot explain leaves the verdict incomplete or failed.
+
+    Raises InputError when the given inputs or shapes do not fit the model, when onnxruntime cannot
+    run the original model at any shape tried, when the data would exceed ``max_memory`` or the
+    runs ``timeout`` (VerificationTimeout); ProviderUnavailable when the providers cannot run here.
     """
+    if hasattr(rewritten, "report") and hasattr(rewritten, "model"):  # a RewriteResult
+        layers = rewritten.report.layers if layers is None else layers  # type: ignore[attr-defined]
+        rewritten = rewritten.model  # type: ignore[attr-defined]
     started = time.perf_counter()
+    deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
     step = on_step or (lambda _msg: None)
     chosen = resolve_providers(providers)
+    claims = list(layers or [])
     report = VerifyReport(providers=list(chosen), seed=seed)
     report.interface_problems = interface_differences(original, rewritten)
 
-    feeds = build_inputs(original, inputs or {}, input_shapes or {}, seed, report)
+    step("checking the structure")
+    cert = certify(original, rewritten, claims)
+    report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
+    checks = _layer_checks(claims, cert)
+
+    options = _Options(chosen, atol, rtol, seed, trials, DEFAULT_MAX_MEMORY if max_memory is None else max_memory, deadline, step)
+    main = [c for c in claims if not c.graph]
+    pair = _Pair(original, rewritten, main, cert)
     step("running the original model")
-    expected = _run(original, feeds, chosen, "original")
-    step("running the rewritten model")
-    return _check_rewritten(original, rewritten, feeds, chosen, expected, atol, rtol, report, started)
+    outcome = _run_pair(pair, options, dict(inputs or {}), dict(input_shapes or {}))
+    report.inputs, report.dims, report.assumptions, report.trials = (
+        outcome.inputs,
+        outcome.dims,
+        outcome.assumptions,
+        outcome.trials,
+    )
+    report.outputs = outcome.outputs
+    report.notes.extend(outcome.notes)
+    for conv, numbers in outcome.layers.items():
+        _record(checks[conv], numbers, "model")
+
+    by_graph: dict[tuple, list[RewrittenLayer]] = defaultdict(list)
+    for c in claims:
+        if c.graph:
+            by_graph[tuple(tuple(s) for s in c.graph)].append(c)
+    for key, group in by_graph.items():
+        step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
+        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert)
+
+    report.layers = list(checks.values())
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def verify_reference(
@@ -87,74 +138,50 @@ def verify_reference(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    timeout: float | None = None,
 ) -> VerifyReport:
-    """Compare the rewritten model with another implementation of the original (e.g. TensorFlow).
+    """Compare the rewritten model's outputs with another implementation of the original (e.g. TensorFlow).
 
     ``reference`` takes the feeds (keyed by the ONNX input names) and returns outputs keyed by the
-    ONNX output names; inputs are built from ``original`` exactly as in verify().
+    ONNX output names. One trial, at ``input_shapes`` (give the shapes verify() chose).
     """
     started = time.perf_counter()
     chosen = resolve_providers(providers)
     report = VerifyReport(providers=[name], seed=seed)
-    feeds = build_inputs(original, inputs or {}, input_shapes or {}, seed, report)
+    declared = feeding.declared_inputs(original)
+    given = _checked_arrays(original, declared, dict(inputs or {}))
+    shapes_given = {**dict(input_shapes or {}), **{n: list(a.shape) for n, a in given.items()}}
+    fixed = feeding.fixed_symbols(declared, shapes_given)
+    symbols, why = next(feeding.candidates(original, declared, fixed))
+    shapes = feeding.shapes_for(declared, {**fixed, **symbols}, shapes_given)
+    feeds = {**feeding.make_feeds([d for d in declared if d.name not in given], shapes, seed, 0), **given}
+    report.dims = why
+    report.inputs = [
+        InputSpec(d.name, dtype_name(d.elem_type), list(feeds[d.name].shape), "file" if d.name in given else "random")
+        for d in declared
+    ]
     outputs = reference(feeds)
     missing = [o.name for o in original.graph.output if o.name not in outputs]
     if missing:
         report.interface_problems.append(f"{name} gave no output named {', '.join(missing)}")
         return report
-    expected = [outputs[o.name] for o in original.graph.output]
-    return _check_rewritten(original, rewritten, feeds, chosen, expected, atol, rtol, report, started)
-
-
-def _check_rewritten(
-    original: onnx.ModelProto,
-    rewritten: onnx.ModelProto,
-    feeds: dict[str, np.ndarray],
-    providers: Sequence[str],
-    expected: list[np.ndarray],
-    atol: float | None,
-    rtol: float | None,
-    report: VerifyReport,
-    started: float,
-) -> VerifyReport:
-    """Run the rewritten model on ``feeds`` and compare with ``expected``; a model that fails to run fails every output."""
+    deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
     try:
-        actual, failure = _run(rewritten, feeds, providers, "rewritten"), ""
+        actual = Runner(rewritten, chosen, (), "rewritten").run(feeds, deadline)
+        problem = ""
+    except VerificationTimeout:
+        raise
     except InputError as e:
-        actual, failure = None, str(e)
-    _compare_outputs(original, expected, actual, failure, atol, rtol, report)
+        actual, problem = None, str(e)
+    for out in original.graph.output:
+        ref = np.asarray(outputs[out.name])
+        a_tol, r_tol = _tolerances(out.type.tensor_type.elem_type, ref, atol, rtol, 0.0)
+        if actual is None:
+            report.outputs.append(failed(out.name, ref, a_tol, r_tol, problem))
+        else:
+            report.outputs.append(compare(out.name, actual[out.name], ref, a_tol, r_tol))
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _compare_outputs(
-    original: onnx.ModelProto,
-    expected: list[np.ndarray],
-    actual: list[np.ndarray] | None,
-    failure: str,
-    atol: float | None,
-    rtol: float | None,
-    report: VerifyReport,
-) -> None:
-    for i, out in enumerate(original.graph.output):
-        ref = np.asarray(expected[i])
-        a_tol, r_tol = default_tolerances(out.type.tensor_type.elem_type)
-        a_tol = a_tol * _scale(ref) if atol is None else atol
-        r_tol = r_tol if rtol is None else rtol
-        if actual is None:
-            report.outputs.append(_failed(out.name, ref, a_tol, r_tol, failure))
-        elif i >= len(actual):
-            report.outputs.append(_failed(out.name, ref, a_tol, r_tol, "missing from the rewritten model"))
-        else:
-            report.outputs.append(compare(out.name, actual[i], ref, a_tol, r_tol))
-
-
-def _scale(ref: np.ndarray) -> float:
-    r = np.asarray(ref)
-    if r.dtype.kind != "f" or not r.size:
-        return 1.0
-    finite = r[np.isfinite(r)].astype(np.float64)
-    return max(1.0, float(np.sqrt(np.mean(finite**2)))) if finite.size else 1.0
 
 
 def interface_differences(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[str]:
@@ -167,146 +194,483 @@ def interface_differences(original: onnx.ModelProto, rewritten: onnx.ModelProto)
     return problems
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: Sequence[str], which: str) -> list[np.ndarray]:
-    try:
-        if weight_bytes(model) < EXTERNAL_DATA_ABOVE:
-            return run(make_session(model.SerializeToString(), providers), feeds)
-        # Past protobuf's limit a model cannot be handed over as bytes: onnxruntime reads it from disk.
-        with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
-            path = Path(folder) / f"{which}.onnx"
-            save(model, path, external_data=True)
-            return run(make_session(str(path), providers), feeds)
-    except ConverterError:
-        raise
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types
-        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise InputError(f"onnxruntime cannot run the {which} model: {first}") from e
+# --- internals ---------------------------------------------------------------------------------
 
 
-def _declared(vi: onnx.ValueInfoProto) -> tuple[int, list[int | str | None]]:
-    tt = vi.type.tensor_type
-    if vi.type.WhichOneof("value") != "tensor_type":
-        raise InputError(f"input {vi.name!r} is not a tensor; only tensor inputs can be verified")
-    dims: list[int | str | None] = []
-    for d in tt.shape.dim:
-        which = d.WhichOneof("value")
-        dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
-    return tt.elem_type, dims
+@dataclass
+class _Options:
+    providers: tuple[str, ...]
+    atol: float | None
+    rtol: float | None
+    seed: int
+    trials: int | None
+    budget: int
+    deadline: float
+    step: Callable[[str], None]
 
 
-def _fits(given: Sequence[int], dims: list[int | str | None]) -> bool:
-    return len(given) == len(dims) and all(not isinstance(d, int) or d == g for d, g in zip(dims, given, strict=True))
+@dataclass
+class _Pair:
+    original: onnx.ModelProto
+    rewritten: onnx.ModelProto
+    layers: list[RewrittenLayer]  # those in the main graph of these two models
+    cert: Certificate  # knows each layer's original weight and bias
 
 
-def build_inputs(
-    model: onnx.ModelProto,
-    given: Mapping[str, np.ndarray],
-    shapes: Mapping[str, Sequence[int]],
-    seed: int,
-    report: VerifyReport,
+@dataclass
+class _Outcome:
+    inputs: list[InputSpec] = field(default_factory=list)
+    dims: list = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    outputs: list[OutputCheck] = field(default_factory=list)
+    layers: dict[str, list[LayerNumbers]] = field(default_factory=dict)  # by Conv name, one entry per trial
+    notes: list[str] = field(default_factory=list)
+    symbols: dict[str, int] = field(default_factory=dict)
+    trials: int = 0
+
+
+def _layer_checks(claims: Sequence[RewrittenLayer], cert: Certificate) -> dict[str, LayerCheck]:
+    checks = {}
+    for c in claims:
+        proof = cert.layers.get(c.conv)
+        where = "main" if not c.graph else "/".join(f"{h}.{a}" for h, a in c.graph)
+        checks[c.conv] = LayerCheck(
+            c.conv, c.anchor, where, proof.status if proof else "unproved", proof.detail if proof else "not reached"
+        )
+    return checks
+
+
+def _record(check: LayerCheck, numbers: list[LayerNumbers], where: str) -> None:
+    check.where = where
+    exercised = [n for n in numbers if n.exercised]
+    check.trials = len(exercised)
+    bad = [n for n in numbers if n.problem or (n.exercised and not n.passed)]
+    if exercised:
+        check.shape = list(exercised[0].shape)
+        check.input_rel_error = max(n.input_rel_error for n in exercised)
+        check.output_max_error = max(n.output_max_error for n in exercised)
+        check.output_bound_ratio = max(n.output_ratio for n in exercised)
+        n_, h, w, _ = exercised[0].shape
+        check.weak_shape = min(n_, h, w) < 2 or h == w
+    if bad:
+        check.numbers = "failed"
+        first = bad[0]
+        if first.problem:
+            check.numbers_detail = first.problem
+        elif not first.input_ok:
+            check.numbers_detail = f"its input is not the original activation in NCHW (relative error {first.input_rel_error:.3g})"
+        else:
+            check.numbers_detail = (
+                f"{first.output_bad} output elements exceed the rounding bound (worst {first.output_ratio:.3g}x the bound)"
+            )
+    elif exercised:
+        check.numbers = "passed"
+        widened = max(n.widened for n in exercised)
+        if widened > 1:
+            check.numbers_detail = f"bound widened {widened:.3g}x to fit the original MatMul's own rounding"
+    else:
+        check.numbers = "not exercised"
+        check.numbers_detail = next((n.why_not for n in numbers if n.why_not), "no run reached it")
+
+
+def _checked_arrays(
+    model: onnx.ModelProto, declared: list[feeding.Declared], given: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Feeds for every graph input that has no initializer, and checks on what the user gave."""
-    with_default = {t.name for t in model.graph.initializer}
-    declared = {vi.name: vi for vi in model.graph.input}
-    for name in [*given, *shapes]:
-        if name not in declared:
-            raise InputError(f"the model has no input named {name!r}; inputs: {', '.join(declared)}")
-    rng = np.random.default_rng(seed)
+    by_name = {d.name: d for d in declared}
+    for name, array in given.items():
+        if name not in by_name:
+            raise InputError(f"the model has no input named {name!r} to feed; inputs: {', '.join(by_name) or '(none)'}")
+        d = by_name[name]
+        array = np.asarray(array)
+        if array.dtype != d.dtype:
+            raise InputError(f"input {name!r} must be {dtype_name(d.elem_type)}, the file has {array.dtype}")
+        if not feeding.fits(array.shape, d.dims):
+            raise InputError(f"shape {list(array.shape)} does not fit input {name!r} declared as {d.dims}")
+        given[name] = array
+    return given
+
+
+def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_given: dict[str, Sequence[int]]) -> _Outcome:
+    """Run both models on the same trials and compare outputs and layer tensors."""
+    out = _Outcome()
+    declared = feeding.declared_inputs(pair.original)
+    for name in shapes_given:
+        if name not in {d.name for d in declared}:
+            raise InputError(f"the model has no input named {name!r}; inputs: {', '.join(d.name for d in declared) or '(none)'}")
+    given = _checked_arrays(pair.original, declared, given)
+    fixed_shapes = {**{k: list(v) for k, v in shapes_given.items()}, **{n: list(a.shape) for n, a in given.items()}}
+    fixed = feeding.fixed_symbols(declared, fixed_shapes)
+    random_inputs = [d for d in declared if d.name not in given]
+
+    # Exposed tensors: each layer's activation and output in the original, its Conv's in the rewritten.
+    convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
+    orig_expose = [t for c in pair.layers for t in (c.input, c.output)]
+    original = Runner(pair.original, o.providers, orig_expose, "original")
+
+    # Shapes: the first candidate the original accepts whose layers see distinct N, H, W.
+    best: tuple[int, dict[str, int], list, dict[str, list[int]], dict[str, np.ndarray]] | None = None
+    first_error = ""
+    for attempt, (symbols, why) in enumerate(feeding.candidates(pair.original, random_inputs, fixed)):
+        if attempt >= _MAX_SHAPE_TRIES and best is not None:
+            break
+        shapes = feeding.shapes_for(declared, {**fixed, **symbols}, fixed_shapes)
+        _check_budget(pair.original, declared, shapes, o.budget)
+        feeds = {**feeding.make_feeds(random_inputs, shapes, o.seed, 0), **given}
+        try:
+            result = original.run(feeds, o.deadline)
+        except VerificationTimeout:
+            raise
+        except InputError as e:
+            first_error = first_error or str(e)
+            continue
+        strong = sum(_strong(_tensor(c.input, result, feeds)) for c in pair.layers)
+        if best is None or strong > best[0]:
+            best = (strong, symbols, why, shapes, result)
+        if strong == len(pair.layers):
+            break
+    if best is None:
+        raise InputError(
+            f"{first_error or 'onnxruntime cannot run the original model'} (tried the symbolic dims at several sizes; "
+            "give --input-shape NAME:DIMS)"
+        )
+    _, symbols, why, shapes, first = best
+    out.symbols = {**fixed, **symbols}
+    out.dims = why
+    if any(v == 1 for v in symbols.values()):
+        out.assumptions.append("no larger value of the symbolic dims ran; layout bugs on them cannot be excluded by numbers")
+    fed = {d.name: d for d in declared}
+    for vi in pair.original.graph.input:
+        if vi.name in fed:
+            d = fed[vi.name]
+            out.inputs.append(
+                InputSpec(d.name, dtype_name(d.elem_type), list(shapes[d.name]), "file" if d.name in given else "random")
+            )
+        else:  # backed by an initializer: onnxruntime uses its value
+            out.inputs.append(InputSpec(vi.name, dtype_name(vi.type.tensor_type.elem_type), [], "initializer default"))
+
+    # Trials on the original: keep what the comparison needs (outputs, layer tensors).
+    n_trials = 1 if not random_inputs else max(1, o.trials or DEFAULT_TRIALS)
+    plans: list[tuple[int, str]] = [(t, "normal") for t in range(n_trials)]
+    kept: list[dict[str, np.ndarray]] = [first]
+    for t, dist in plans[1:]:
+        o.step(f"running the original model (trial {t + 1} of {n_trials})")
+        kept.append(original.run({**feeding.make_feeds(random_inputs, shapes, o.seed, t, dist), **given}, o.deadline))
+    if random_inputs and _needs_positive(pair, kept, plans, random_inputs, shapes, o.seed, given):
+        t = len(plans)
+        plans.append((t, "positive"))
+        out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held no usable values")
+        kept.append(original.run({**feeding.make_feeds(random_inputs, shapes, o.seed, t, "positive"), **given}, o.deadline))
+    out.trials = len(plans)
+    del original
+
+    # The rewritten model on the same trials.
+    o.step("running the rewritten model")
+    expose = [t for c in pair.layers if c.conv in convs for t in (convs[c.conv].input[0], convs[c.conv].output[0])]
+    depth = math.sqrt(sum(_channels(pair.original, c) for c in pair.layers)) / 32
+    per_output: dict[str, list[OutputCheck]] = defaultdict(list)
+    refs: dict[str, list[np.ndarray]] = defaultdict(list)
+    dense_cache: dict[str, tuple[np.ndarray, np.ndarray | None] | str] = {}
+    try:
+        rewritten = Runner(pair.rewritten, o.providers, expose, "rewritten")
+        failure = ""
+    except VerificationTimeout:
+        raise
+    except InputError as e:
+        rewritten, failure = None, str(e)
+    for (t, dist), orig_out in zip(plans, kept, strict=True):
+        feeds = {**feeding.make_feeds(random_inputs, shapes, o.seed, t, dist), **given}
+        got = None
+        if rewritten is not None:
+            try:
+                got = rewritten.run(feeds, o.deadline)
+            except VerificationTimeout:
+                raise
+            except InputError as e:
+                failure = str(e)
+        for c in pair.layers:
+            numbers = out.layers.setdefault(c.conv, [])
+            if got is None or c.conv not in convs:
+                problem = failure or f"the rewritten model has no node named {c.conv!r}"
+                numbers.append(LayerNumbers(False, problem=problem))
+                continue
+            if c.conv not in dense_cache:
+                try:
+                    dense_cache[c.conv] = pair.cert.original_dense(c.conv)
+                except ValueError as e:
+                    dense_cache[c.conv] = str(e)
+            dense = dense_cache[c.conv]
+            if isinstance(dense, str):
+                numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {dense}"))
+                continue
+            node = convs[c.conv]
+            numbers.append(
+                check_layer(
+                    _tensor(node.input[0], got, feeds),
+                    _tensor(node.output[0], got, feeds),
+                    dense[0],
+                    dense[1],
+                    _tensor(c.input, orig_out, feeds),
+                    _tensor(c.output, orig_out, feeds),
+                    calibrate=not any(n.exercised for n in numbers),
+                )
+            )
+        for vi in pair.original.graph.output:
+            ref = orig_out[vi.name]
+            refs[vi.name].append(ref)
+            noise = sum(out.layers[c.conv][-1].noise for c in pair.layers if out.layers.get(c.conv))
+            a_tol, r_tol = _tolerances(vi.type.tensor_type.elem_type, ref, o.atol, o.rtol, depth, noise)
+            if got is None:
+                per_output[vi.name].append(failed(vi.name, ref, a_tol, r_tol, failure or "the rewritten model did not run"))
+            else:
+                per_output[vi.name].append(compare(vi.name, got[vi.name], ref, a_tol, r_tol))
+        del got
+    for name, checks in per_output.items():
+        merged = _merge(checks)
+        why = degenerate(refs[name])
+        if why:
+            merged.degenerate = why
+            out.notes.append(f"output {name!r} is {why} over {len(plans)} trials: it proves nothing about the layers before it")
+        out.outputs.append(merged)
+    return out
+
+
+def _tensor(name: str, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return outputs[name] if name in outputs else feeds[name]
+
+
+def _strong(x: np.ndarray) -> bool:
+    """Whether an NHWC activation's N, H and W are all > 1 and H != W (a swapped axis then shows)."""
+    shape = np.shape(x)
+    return len(shape) == 4 and min(shape[:3]) >= 2 and shape[1] != shape[2]
+
+
+def _needs_positive(pair: _Pair, kept, plans, random_inputs, shapes, seed, given) -> bool:  # noqa: ANN001
+    """Whether some layer's input was unusable (no finite values, or one repeated value) in every trial:
+    then one more trial with positive inputs (Log and Sqrt stay finite)."""
+    for c in pair.layers:
+        usable = False
+        for (t, dist), result in zip(plans, kept, strict=True):
+            feeds = {**feeding.make_feeds(random_inputs, shapes, seed, t, dist), **given} if c.input not in result else {}
+            x = np.asarray(_tensor(c.input, result, feeds))
+            finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
+            if finite.size and (finite != finite.reshape(-1)[0]).any():
+                usable = True
+                break
+        if not usable:
+            return True
+    return False
+
+
+def _channels(model: onnx.ModelProto, layer: RewrittenLayer) -> int:
+    chain = find_graphs(model, layer.graph)
+    if chain is None:
+        return 0
+    for g in chain:
+        for vi in [*g.value_info, *g.input]:
+            if vi.name == layer.input and vi.type.tensor_type.shape.dim:
+                d = vi.type.tensor_type.shape.dim[-1]
+                return d.dim_value if d.HasField("dim_value") else 0
+    return 0
+
+
+def _tolerances(
+    elem_type: int, ref: np.ndarray, atol: float | None, rtol: float | None, depth: float, noise: float = 0.0
+) -> tuple[float, float]:
+    a_tol, r_tol = default_tolerances(elem_type)
+    if atol is None and a_tol:
+        a_tol = end_to_end_atol(a_tol, ref, depth, noise)
+    return (a_tol if atol is None else atol), (r_tol if rtol is None else rtol)
+
+
+def _merge(checks: list[OutputCheck]) -> OutputCheck:
+    """One output over several trials: the worst figures, the failing elements summed."""
+    first = checks[0]
+    worst = max(checks, key=lambda c: (not c.passed, c.max_abs_error))
+    return OutputCheck(
+        first.name,
+        first.dtype,
+        first.shape,
+        max(c.max_abs_error for c in checks),
+        max(c.max_rel_error for c in checks),
+        sum(c.mismatched for c in checks),
+        max(c.atol for c in checks),
+        first.rtol,
+        all(c.passed for c in checks),
+        problem=next((c.problem for c in checks if c.problem), ""),
+        worst_index=worst.worst_index,
+        trials=len(checks),
+    )
+
+
+def _check_budget(model: onnx.ModelProto, declared: list[feeding.Declared], shapes: dict[str, list[int]], budget: int) -> None:
+    """Refuse inputs (and declared outputs) that would not fit the memory budget, before allocating any."""
+    total = feeding.nbytes(declared, shapes)
     symbols: dict[str, int] = {}
-    # Values for symbolic dims come from the shapes the user gave, so related inputs agree.
-    for name, shape in [*shapes.items(), *((n, a.shape) for n, a in given.items())]:
-        _, dims = _declared(declared[name])
-        if not _fits(shape, dims):
-            raise InputError(f"shape {list(shape)} does not fit input {name!r} declared as {dims}")
-        for d, g in zip(dims, shape, strict=True):
-            if isinstance(d, str) and d:
-                symbols.setdefault(d, int(g))
-
-    feeds: dict[str, np.ndarray] = {}
-    for vi in model.graph.input:
-        elem_type, dims = _declared(vi)
-        np_dtype = helper.tensor_dtype_to_np_dtype(elem_type)
-        if vi.name in given:
-            array = np.asarray(given[vi.name])
-            if array.dtype != np_dtype:
-                raise InputError(f"input {vi.name!r} must be {dtype_name(elem_type)}, the file has {array.dtype}")
-            feeds[vi.name] = array
-            report.inputs.append(InputSpec(vi.name, dtype_name(elem_type), list(array.shape), "file"))
+    for d in declared:
+        for dim, v in zip(d.dims, shapes[d.name], strict=True):
+            if isinstance(dim, str):
+                symbols[dim] = v
+    for vi in model.graph.output:
+        tt = vi.type.tensor_type
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+        except (KeyError, TypeError, ValueError):
             continue
-        if vi.name in with_default:
-            report.inputs.append(InputSpec(vi.name, dtype_name(elem_type), [], "initializer default"))
+        dims = [d.dim_value if d.HasField("dim_value") else symbols.get(d.dim_param, 1) for d in tt.shape.dim]
+        total += math.prod(dims) * itemsize
+    # Both models' outputs are compared and a trial's worth of each is held: count the data twice.
+    if 2 * total > budget:
+        raise InputError(
+            f"verification would hold about {_size(2 * total)} of inputs and outputs at shapes "
+            f"{', '.join(f'{k} {v}' for k, v in shapes.items())}, over the {_size(budget)} budget "
+            "(give --max-memory, smaller --input-shape values, or --no-verify)"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+# --- layers inside subgraphs: their graph run as a model of its own --------------------------
+
+
+def _check_subgraph(
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    key: tuple,
+    group: list[RewrittenLayer],
+    o: _Options,
+    symbols: dict[str, int],
+    checks: dict[str, LayerCheck],
+    cert: Certificate,
+) -> None:
+    try:
+        orig_model = standalone(original, key, symbols)
+        rew_model = standalone(rewritten, key, symbols, like=orig_model)
+    except ValueError as e:
+        for c in group:
+            checks[c.conv].numbers_detail = f"its subgraph cannot be run on its own: {e}"
+        return
+    local = [RewrittenLayer((), c.anchor, c.input, c.output, c.conv) for c in group]
+    try:
+        outcome = _run_pair(_Pair(orig_model, rew_model, local, cert), o, {}, {})
+    except VerificationTimeout:
+        raise
+    except InputError as e:
+        for c in group:
+            checks[c.conv].numbers_detail = f"its subgraph did not run on its own: {e}"
+        return
+    mismatched = [x.name for x in outcome.outputs if not x.passed]
+    for c in group:
+        _record(checks[c.conv], outcome.layers.get(c.conv, []), "subgraph model")
+        if mismatched and checks[c.conv].numbers != "failed":
+            checks[c.conv].numbers = "failed"
+            checks[c.conv].numbers_detail = f"its subgraph's outputs differ when run on its own: {', '.join(mismatched)}"
+
+
+def standalone(
+    model: onnx.ModelProto, key: Sequence[Sequence[str]], symbols: dict[str, int], like: onnx.ModelProto | None = None
+) -> onnx.ModelProto:
+    """The subgraph ``key`` names as a model: its formal inputs, plus the outer tensors it reads.
+
+    Outer constants come along as initializers; other outer tensors become inputs, typed by shape
+    inference on ``model`` (symbolic dims as in ``symbols``). ``like`` (the original's standalone
+    model) fixes the inputs' order and types, so both models take the same feeds.
+    """
+    chain = find_graphs(model, key)
+    if chain is None:
+        raise ValueError("the graph is not in the model")
+    sub = chain[-1]
+    types = _outer_types(model, key)
+    free = _free_names(sub)
+    graph = onnx.GraphProto()
+    graph.CopyFrom(sub)
+    graph.name = f"{model.graph.name}_{'_'.join(a for _, a in key)}"
+    inputs = list(graph.input)
+    for name in sorted(free):
+        const = _outer_constant(chain[:-1], name)
+        if const is not None:
+            graph.initializer.append(const)
             continue
-        shape = list(shapes[vi.name]) if vi.name in shapes else [_dim(d, i, vi.name, symbols, report) for i, d in enumerate(dims)]
-        feeds[vi.name] = random_array(rng, np_dtype, shape)
-        report.inputs.append(InputSpec(vi.name, dtype_name(elem_type), shape, "random"))
-    return feeds
+        if like is not None:
+            vi = next((v for v in like.graph.input if v.name == name), None)
+            if vi is not None:
+                inputs.append(vi)
+                continue
+        t = types.get(name)
+        if t is None or not t.type.tensor_type.HasField("shape"):
+            raise ValueError(f"the subgraph reads {name!r}, whose shape is unknown")
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(t)
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                value = symbols.get(d.dim_param, 3) if d.dim_param else 3
+                d.Clear()
+                d.dim_value = value
+        inputs.append(vi)
+    graph.ClearField("input")
+    graph.input.extend(inputs)
+    for out in graph.output:
+        if not out.type.HasField("tensor_type"):
+            out.type.tensor_type.elem_type = TensorProto.UNDEFINED
+    standalone_model = helper.make_model(graph, opset_imports=list(model.opset_import))
+    standalone_model.ir_version = model.ir_version
+    return standalone_model
 
 
-def _dim(d: int | str | None, axis: int, name: str, symbols: dict[str, int], report: VerifyReport) -> int:
-    if isinstance(d, int):
-        return d
-    if d and d in symbols:
-        return symbols[d]
-    label = f"dim {d!r}" if d else f"unnamed dim {axis}"
-    report.assumptions.append(f"{label} of input {name!r} set to 1 (give --input-shape to choose)")
-    if d:
-        symbols[d] = 1
-    return 1
-
-
-def random_array(rng: np.random.Generator, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
-    """Seeded data that suits the dtype: normal floats, small non-negative integers, fair booleans."""
-    kind = np.dtype(dtype).kind
-    if kind == "f" or np.dtype(dtype).name == "bfloat16":
-        return rng.standard_normal(shape).astype(dtype)
-    if kind in "iu":
-        return rng.integers(0, 4, size=shape).astype(dtype)
-    if kind == "b":
-        return np.asarray(rng.random(shape) < 0.5)  # a comparison of 0-d arrays gives a numpy scalar, not an array
-    if kind in "OUS":
-        return np.full(shape, "a", dtype=object)
-    raise InputError(f"cannot generate random data of type {dtype}; pass --inputs")
-
-
-def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> OutputCheck:
-    actual, ref = np.asarray(actual), np.asarray(ref)
-    base = {"name": name, "dtype": str(ref.dtype), "shape": list(ref.shape), "atol": atol, "rtol": rtol}
-    if actual.shape != ref.shape or actual.dtype != ref.dtype:
-        problem = f"rewritten gives {actual.dtype}{list(actual.shape)}, original {ref.dtype}{list(ref.shape)}"
-        return OutputCheck(
-            **base, max_abs_error=float("inf"), max_rel_error=float("inf"), mismatched=int(ref.size), passed=False, problem=problem
-        )
-    if ref.dtype.kind not in "fc" and ref.dtype.name != "bfloat16":
-        equal = actual == ref
-        diff = np.abs(actual.astype(np.float64) - ref.astype(np.float64)) if ref.dtype.kind in "iub" else (~equal).astype(float)
-        mismatched = int(np.count_nonzero(~equal))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        return OutputCheck(
-            **base,
-            max_abs_error=max_abs,
-            max_rel_error=0.0 if not mismatched else float("inf"),
-            mismatched=mismatched,
-            passed=mismatched == 0,
-        )
-    a, r = actual.astype(np.float64), ref.astype(np.float64)
-    nan_a, nan_r = np.isnan(a), np.isnan(r)
-    same = (a == r) | (nan_a & nan_r)  # equal infinities and matching NaNs are fine
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.where(same, 0.0, np.abs(a - r))
-        diff = np.where(np.isnan(diff), np.inf, diff)
-        bad = diff > atol + rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
-        rel = np.where(r != 0, diff / np.abs(np.where(r != 0, r, 1.0)), np.where(diff > 0, np.inf, 0.0))
-    mismatched = int(np.count_nonzero(bad))
-    return OutputCheck(
-        **base,
-        max_abs_error=float(diff.max()) if diff.size else 0.0,
-        max_rel_error=float(rel.max()) if rel.size else 0.0,
-        mismatched=mismatched,
-        passed=mismatched == 0,
+def _free_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph (with its own subgraphs) reads but does not define."""
+    defined = (
+        {i.name for i in graph.input} | {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     )
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(n for n in node.input if n)
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+            for g in subs:
+                read |= _free_names(g)
+        defined.update(n for n in node.output if n)
+    read.update(o.name for o in graph.output)
+    return read - defined
 
 
-def _failed(name: str, ref: np.ndarray, atol: float, rtol: float, problem: str) -> OutputCheck:
-    return OutputCheck(
-        name, str(ref.dtype), list(np.shape(ref)), float("inf"), float("inf"), int(np.size(ref)), atol, rtol, False, problem
-    )
+def _outer_constant(outer: list[onnx.GraphProto], name: str) -> TensorProto | None:
+    for g in reversed(outer):
+        inputs = {i.name for i in g.input}
+        for t in g.initializer:
+            if t.name == name and name not in inputs:
+                return t
+        for n in g.node:
+            if name in n.output:
+                if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                    for a in n.attribute:
+                        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                            copy = TensorProto()
+                            copy.CopyFrom(a.t)
+                            copy.name = name
+                            return copy
+                return None
+        if name in inputs:
+            return None
+    return None
+
+
+def _outer_types(model: onnx.ModelProto, key: Sequence[Sequence[str]]) -> dict[str, onnx.ValueInfoProto]:
+    """Types of the tensors in the graphs around the subgraph ``key`` names, from shape inference on the model."""
+    from .graph import skeleton
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model inference cannot handle still has its declared types
+        inferred = model
+    chain = find_graphs(inferred, key) or [inferred.graph]
+    types: dict[str, onnx.ValueInfoProto] = {}
+    for g in chain[:-1]:
+        for vi in [*g.input, *g.value_info, *g.output]:
+            types[vi.name] = vi
+    return types

@@ -29,7 +29,7 @@ def measure(name: str, cache: Path, runs: int, threads: int) -> dict[str, object
     original = converter.load(build(name, cache))
     result = converter.rewrite(original)
     feeds = entry.inputs() if entry.inputs else None
-    checks = [converter.verify(original, result.model, input_shapes=entry.input_shapes or None, inputs=feeds)]
+    checks = [converter.verify(original, result, input_shapes=entry.input_shapes or None, inputs=feeds)]
     if entry.tensorflow:
         from converter.frontends.savedmodel import open_tensorflow, run_tensorflow
 

@@ -119,7 +119,7 @@ def test_old_ir_initializers_as_inputs_are_kept_and_not_rewritten() -> None:
     result = converter.rewrite(model)
     assert result.report.skipped_by_reason == {"weight_is_graph_input": 1}
     assert result.model.SerializeToString() == model.SerializeToString()
-    check = converter.verify(model, result.model, input_shapes={"x": [2, H, W_, C]})
+    check = converter.verify(model, result, input_shapes={"x": [2, H, W_, C]})
     assert check.passed
     assert {i.name: i.source for i in check.inputs} == {"x": "random", "W": "initializer default", "b": "initializer default"}
 

@@ -109,10 +109,10 @@ def test_rewrite_matches_rules_and_onnxruntime(o: Dense, in_if: bool) -> None:
         for cond in (True, False):
             feeds = {name: _feed(model, name, shape, o.seed) for name, shape in shapes.items()}
             feeds["cond"] = np.array(cond)
-            check = converter.verify(model, result.model, inputs=feeds, seed=o.seed)
+            check = converter.verify(model, result, inputs=feeds, seed=o.seed)
             assert check.passed, check.to_dict()
         return
-    check = converter.verify(model, result.model, input_shapes=shapes, seed=o.seed)
+    check = converter.verify(model, result, input_shapes=shapes, seed=o.seed)
     assert check.passed, check.to_dict()
 
 

@@ -17,10 +17,14 @@ from ._engine import Context, Decline
 def require_rank(ctx: Context, name: str, rank: int) -> TensorType:
     """The tensor's type, known to have ``rank`` dims (symbolic dims are fine)."""
     t = ctx.scope.type_of(name)
+    if t is not None and t.conflict:
+        raise Decline("rank_conflict", f"the model declares a rank for {name!r} that shape inference contradicts")
     if t is None or t.shape is None:
         raise Decline("rank_unknown", f"the rank of {name!r} is neither declared nor inferable")
     if t.rank != rank:
         raise Decline(f"rank_not_{rank}", f"{name!r} has rank {t.rank}, not {rank}")
+    if any(d == 0 for d in t.shape):
+        raise Decline("zero_size", f"{name!r} has a dim of size 0 ({list(t.shape)}); onnxruntime's Conv refuses empty tensors")
     return t
 
 
@@ -109,6 +113,7 @@ class Bias:
     # How ``value`` differs from the constant ``name`` ("" when it is that constant, broadcast):
     # part of the derived tensor's name, and the original is reused only when this is "".
     transform: str = ""
+    scale: float = 1.0  # the exact factor applied (Gemm's beta)
 
 
 def find_bias(ctx: Context, y: str, dtype: np.dtype, k: int) -> tuple[Bias | None, str | None]:

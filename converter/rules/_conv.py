@@ -16,11 +16,13 @@ def conv_bias(ctx: Context, bias: Bias, k: int) -> str:
     if not bias.transform and dims == [k]:
         return bias.name
     value = bias.value
-    return ctx.derived_initializer(f"conv_bias{bias.transform}", bias.name, lambda: np.ascontiguousarray(value))
+    return ctx.derived_initializer(
+        f"conv_bias{bias.transform}", bias.name, lambda: np.ascontiguousarray(value), exact=(k, bias.scale)
+    )
 
 
 def conv_nodes(ctx: Context, rule: str, origin: str, base: str, x: str, weight: str, bias: str | None, out: str) -> list[NodeProto]:
-    """``out = Transpose(Conv(Transpose(x)))``; the last node writes the original tensor name."""
+    """``out = Transpose(Conv(Transpose(x)))``; the last node writes the original tensor name. The Conv is second."""
     nchw = ctx.names.fresh(f"{base}_nchw")
     conv_out = ctx.names.fresh(f"{base}_conv_nchw")
     inputs = [nchw, weight] + ([bias] if bias is not None else [])

@@ -26,7 +26,7 @@ from onnx import GraphProto, NodeProto
 
 from converter.detached import DetachedWeights
 from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, new_node, subgraphs
-from converter.report import Decision
+from converter.report import Decision, RewrittenLayer
 
 PROVENANCE_KEY = "converter.rule"
 # Node metadata_props exist from IR version 10 on; older models get the tag in doc_string.
@@ -69,6 +69,8 @@ class Replacement:
     nodes: list[NodeProto]
     released: list[str] = field(default_factory=list)  # constants the removed nodes read
     vanished: list[str] = field(default_factory=list)  # tensors that no longer exist
+    # The claim the verifier checks: (activation read, original tensor produced, Conv node's name).
+    layer: tuple[str, str, str] | None = None
 
 
 class Context:
@@ -98,15 +100,21 @@ class Context:
         source: str,
         make: Callable[[], np.ndarray],
         like: tuple[tuple[int, ...], np.dtype] | None = None,
+        exact: tuple[Any, ...] = (),
     ) -> str:
         """A constant computed from ``source``, created once per graph however many nodes share it.
+
+        Two requests share the constant only when ``key``, ``exact`` (the transformation's exact
+        parameters) and ``like`` (shape and dtype) agree.
 
         In the main graph it is detached when the caller asked for that (detached.py says why);
         with ``like`` (its shape and dtype) even ``make`` waits until the weight is written, so
         the new weights never all exist at once. Elsewhere it goes straight into the graph (one
         copy of the data, not three). Names are fresh, so the scope's view of the graph stays valid.
         """
-        cache_key = (self.scope.path, key, source)
+        # The cache key holds everything the value depends on, exactly: its name is rounded for
+        # reading (``_a1`` for alpha 1.000001), and a broadcast bias takes its length from the layer.
+        cache_key = (self.scope.path, key, source, exact, like)
         if cache_key not in self._derived:
             name = self.names.fresh(f"{source}_{key}")
             detached = self._detached if not self.scope.path else None
@@ -196,12 +204,13 @@ def apply_rules(
     released: dict[int, set[str]] = defaultdict(set)
     vanished: dict[int, set[str]] = defaultdict(set)
 
-    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str) -> None:
+    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: tuple[tuple[str, str], ...]) -> None:
         scope = Scope(graph, path, types.get(path, {}), parent, label)
         # Inner graphs first: their paths index this graph's nodes as they are before splicing.
         for i, node in enumerate(scope.nodes):
             for attr_name, sub in subgraphs(node):
-                visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}")
+                inner_key = (*key, (holder_key(node), attr_name))
+                visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}", inner_key)
         ctx = Context(scope, names, options, opset, model.ir_version, derived, detached)
         claimed: set[int] = set()
         done: list[tuple[Plan, Replacement]] = []
@@ -219,6 +228,8 @@ def apply_rules(
                         first_decline, declined_by = d, rule.name
                     continue
                 rep = rule.rewrite(plan, ctx)
+                anchor = node.output[0] if node.output else ""
+                layer = None if rep.layer is None else RewrittenLayer(key, anchor, *rep.layer)
                 claimed.update(id(n) for n in plan.removed)
                 done.append((plan, rep))
                 for name in rep.released:
@@ -234,6 +245,7 @@ def apply_rules(
                         True,
                         new_nodes=[n.name for n in rep.nodes],
                         notes=plan.notes,
+                        layer=layer,
                     )
                 )
                 break
@@ -254,5 +266,11 @@ def apply_rules(
             _splice(graph, scope, done)
         drop_unused(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
 
-    visit(model.graph, (), None, "main")
+    visit(model.graph, (), None, "main", ())
     return decisions
+
+
+def holder_key(node: NodeProto) -> str:
+    """How a node that holds subgraphs is found again after a rewrite: its first output (names are
+    SSA and rules never replace such nodes), or its name when it has no output."""
+    return node.output[0] if node.output and node.output[0] else node.name

@@ -78,6 +78,8 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
     xt = scope.type_of(x)
     if xt is None or xt.rank != 4:
         raise _no("the flattened tensor is not known to be rank 4")
+    if any(d == 0 for d in xt.shape or ()):
+        raise Decline("zero_size", f"{x!r} has a dim of size 0; onnxruntime's Conv refuses empty tensors")
     if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
         raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
     if attr_value(first, "allowzero", 0) or attr_value(last, "allowzero", 0):

@@ -44,7 +44,7 @@ class GemmSandwichToConv(Rule):
             if value.size not in (1, k) or any(d != 1 for d in value.shape[:-1]):
                 raise Decline("bias_not_per_channel", f"Gemm bias of shape {list(value.shape)} is not per output")
             vector = np.broadcast_to(value.reshape(-1), (k,)) * np.asarray(beta, dtype=value.dtype)
-            bias = Bias(node, node.input[2], vector.astype(value.dtype), "" if beta == 1.0 else f"_b{beta:g}")
+            bias = Bias(node, node.input[2], vector.astype(value.dtype), "" if beta == 1.0 else f"_b{beta:g}", beta)
         key = f"conv_weight{'_t' if trans_b else ''}{'' if alpha == 1.0 else f'_a{alpha:g}'}"
         plan = plan_sandwich(self, node, ctx, node.input[1], w, key, bias)
         if bias is not None and beta != 1.0:

@@ -71,4 +71,4 @@ class MatMulAddToConv(Rule):
             released.append(plan.bias.name)
             vanished.append(plan.removed[0].output[0])
         nodes = conv_nodes(ctx, self.name, plan.origin, base, plan.x, weight, bias, plan.outputs[0])
-        return Replacement(nodes, released=released, vanished=vanished)
+        return Replacement(nodes, released=released, vanished=vanished, layer=(plan.x, plan.outputs[0], nodes[1].name))

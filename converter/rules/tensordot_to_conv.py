@@ -61,12 +61,14 @@ def rewrite_sandwich(rule: Rule, plan: SandwichPlan, ctx: Context) -> Replacemen
     s, w = plan.sandwich, plan.weight
     assert s is not None and w is not None
     core = plan.removed[0]
-    weight = ctx.derived_initializer(plan.weight_key, plan.weight_name, w.conv, like=(w.conv_shape, w.dtype))
+    weight = ctx.derived_initializer(
+        plan.weight_key, plan.weight_name, w.conv, like=(w.conv_shape, w.dtype), exact=(w.stored_kc, w.alpha)
+    )
     bias = conv_bias(ctx, plan.bias, w.k) if plan.bias is not None else None
     released = [plan.weight_name, *s.constants] + ([plan.bias.name] if plan.bias is not None else [])
     vanished = [o for n in plan.removed for o in n.output if o != plan.outputs[0]]
     nodes = conv_nodes(ctx, rule.name, plan.origin, core.name or core.output[0], s.x, weight, bias, plan.outputs[0])
-    return Replacement(nodes, released=released, vanished=vanished)
+    return Replacement(nodes, released=released, vanished=vanished, layer=(s.x, plan.outputs[0], nodes[1].name))
 
 
 class TensordotToConv(Rule):

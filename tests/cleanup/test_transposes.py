@@ -27,7 +27,7 @@ def check(model: onnx.ModelProto, **kw) -> converter.RewriteResult:
     onnx.checker.check_model(result.model, full_check=True)
     assert list(result.model.graph.input) == list(model.graph.input)
     assert list(result.model.graph.output) == list(model.graph.output)
-    verdict = converter.verify(model, result.model)
+    verdict = converter.verify(model, result)
     assert verdict.passed, verdict.to_dict()
     # Never more Transposes than the rewrite alone left.
     assert result.report.ops_after.get("Transpose", 0) <= result.report.ops_rewritten.get("Transpose", 0)
@@ -182,7 +182,7 @@ def test_cleanup_inside_an_if_branch() -> None:
     result = converter.rewrite(model)
     assert result.report.ops_rewritten["Transpose"] == 4 and result.report.ops_after["Transpose"] == 2
     x = np.random.default_rng(0).standard_normal((1, H, W, 4)).astype(np.float32)
-    assert converter.verify(model, result.model, inputs={"cond": np.array(True), "x": x}).passed
+    assert converter.verify(model, result, inputs={"cond": np.array(True), "x": x}).passed
 
 
 ELEMENTWISE = ["Relu", "Sigmoid", "Tanh", "gelu", "scale", "shift", "square", "softmax"]

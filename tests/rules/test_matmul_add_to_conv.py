@@ -255,7 +255,7 @@ def test_rewrites_inside_if_branches() -> None:
     assert [t.name for t in result.model.graph.initializer] == []
     x = np.random.default_rng(0).standard_normal((2, H, W_, C)).astype(np.float32)
     for cond in (True, False):
-        check = converter.verify(model, result.model, inputs={"cond": np.array(cond), "x": x})
+        check = converter.verify(model, result, inputs={"cond": np.array(cond), "x": x})
         assert check.passed, check.to_dict()
 
 
@@ -293,7 +293,7 @@ def test_rewrites_inside_loop_body() -> None:
     assert result.report.rewritten == 1
     onnx.checker.check_model(result.model, full_check=True)
     x = rng.standard_normal((1, H, W_, C)).astype(np.float32)
-    check = converter.verify(model, result.model, inputs={"trips": np.array(3, np.int64), "x": x})
+    check = converter.verify(model, result, inputs={"trips": np.array(3, np.int64), "x": x})
     assert check.passed, check.to_dict()
     assert result.report.ops_after == {"Conv": 1, "Identity": 1, "Loop": 1, "Transpose": 2}
 
@@ -338,3 +338,65 @@ def test_dead_weight_removal_stays_in_its_own_graph() -> None:
     then_b, else_b = branches["then_branch"], branches["else_branch"]
     assert [t.name for t in then_b.initializer] == ["W_local_conv_weight"]
     assert [t.name for t in else_b.initializer] == ["W_local", "starts", "ends", "axes"]
+
+
+def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:  # noqa: ANN001
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _loads(model: onnx.ModelProto) -> None:
+    import onnxruntime as ort
+
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_a_scalar_bias_shared_by_layers_of_different_widths_gets_one_vector_per_width() -> None:
+    """The derived bias's cache key must hold its length: [6] and [7] from one scalar."""
+    vi = helper.make_tensor_value_info
+    rng = np.random.default_rng(0)
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["m1"]),
+            helper.make_node("Add", ["m1", "b"], ["y1"]),
+            helper.make_node("MatMul", ["x", "W2"], ["m2"]),
+            helper.make_node("Add", ["m2", "b"], ["y2"]),
+        ],
+        [vi("x", TensorProto.FLOAT, [2, H, W_, C])],
+        [vi("y1", TensorProto.FLOAT, [2, H, W_, 6]), vi("y2", TensorProto.FLOAT, [2, H, W_, 7])],
+        [
+            numpy_helper.from_array(rng.standard_normal((C, 6)).astype(np.float32), "W1"),
+            numpy_helper.from_array(rng.standard_normal((C, 7)).astype(np.float32), "W2"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "b"),
+        ],
+    )
+    result = converter.rewrite(model)
+    biases = sorted(list(t.dims) for t in result.model.graph.initializer if t.name.startswith("b_conv_bias"))
+    assert biases == [[6], [7]]
+    _loads(result.model)
+    assert_rewritten(model, result, {"Conv": 2, "Transpose": 4})  # the input Transpose is shared, not merged
+
+
+def test_a_zero_size_dim_is_declined() -> None:
+    model = dense_model(x_shape=(2, 0, W_, C))
+    result = converter.rewrite(model)
+    assert only_decision(result).reason == "zero_size"
+    _loads(result.model)
+
+
+def test_a_declared_rank_that_inference_contradicts_is_not_trusted() -> None:
+    """value_info says t is [2, 3, 5, 4]; the Reshape makes it rank 3. Trusting the declaration would rewrite it."""
+    vi = helper.make_tensor_value_info
+    model = _model(
+        [helper.make_node("Reshape", ["x", "s"], ["t"]), helper.make_node("MatMul", ["t", "W"], ["y"])],
+        [vi("x", TensorProto.FLOAT, [2, 3, 5, 4])],
+        [vi("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([6, 5, 4], np.int64), "s"),
+            numpy_helper.from_array(np.ones((4, 6), np.float32), "W"),
+        ],
+    )
+    model.graph.value_info.append(vi("t", TensorProto.FLOAT, [2, 3, 5, 4]))
+    result = converter.rewrite(model)
+    assert only_decision(result).reason == "rank_conflict"
+    _loads(result.model)

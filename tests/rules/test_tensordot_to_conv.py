@@ -78,3 +78,32 @@ def test_gemm_outside_a_sandwich_is_not_a_candidate() -> None:
     model = b.model([("x", [2, 6])], [y])
     result = converter.rewrite(model)
     assert result.report.decisions == [] and result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_gemms_with_nearly_equal_alpha_get_their_own_weights() -> None:
+    """alpha 1.000001 and 1.000002 print alike (``:g``) but scale the weight differently."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    vi = helper.make_tensor_value_info
+    nodes, outputs = [], []
+    for i, alpha in enumerate([1.000001, 1.000002]):
+        nodes += [
+            helper.make_node("Reshape", ["x", "rows"], [f"r{i}"]),
+            helper.make_node("Gemm", [f"r{i}", "B"], [f"g{i}"], alpha=alpha),
+            helper.make_node("Reshape", [f"g{i}", "back"], [f"y{i}"]),
+        ]
+        outputs.append(vi(f"y{i}", TensorProto.FLOAT, [2, 3, 5, 6]))
+    inits = [
+        numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32), "B"),
+        numpy_helper.from_array(np.array([-1, 4], np.int64), "rows"),
+        numpy_helper.from_array(np.array([2, 3, 5, 6], np.int64), "back"),
+    ]
+    graph = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [2, 3, 5, 4])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = converter.rewrite(model)
+    weights = [n.input[1] for n in result.model.graph.node if n.op_type == "Conv"]
+    assert len(set(weights)) == 2
+    values = [numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == w)) for w in weights]
+    assert not np.array_equal(values[0], values[1])
+    assert converter.verify(model, result).passed

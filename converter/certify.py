@@ -1,0 +1,748 @@
+"""A structural certificate: proof, from the two graphs alone, that the rewritten model computes what the original does.
+
+This is translation validation: instead of trusting the rules and passes that produced the rewritten
+graph, it is checked after the fact, node by node, without sampled inputs. Every tensor of the
+rewritten graph gets a *fact* saying what it equals in the original:
+
+- ``Value(root, perm)``: it equals ``Transpose(root, perm)`` of original tensor ``root`` (``perm``
+  None: ``root`` itself). Original tensors are first put in a canonical form: the output of a
+  Transpose is its input under that perm, an Identity's output is its input.
+- ``Const``: a constant whose value is compared bit for bit wherever it is used.
+
+Facts come from the graph inputs and are carried forward through the rewritten graph:
+
+- a Transpose composes its perm onto its input's fact, an Identity passes it on;
+- a Conv that a rule made (named in a ``RewrittenLayer``) must be a plain 1x1 convolution whose
+  weight is, bit for bit, the original weight transposed to ``[K, C, 1, 1]`` (Gemm: ``alpha``
+  applied, ``transB`` honoured), whose bias is the original per-channel bias (Gemm: times ``beta``),
+  and whose input is the layer's original activation in NCHW; its output is then the layer's
+  original output in NCHW. What the layer is, is read from the original graph, not from the rule;
+- any other node must have a counterpart in the original graph: the same op and attributes, reading
+  the same original tensors under one common permutation ``P``, and the same constants laid out by
+  ``P`` (broadcast to full rank, then transposed). ``P`` other than the identity is accepted only
+  for elementwise ops, which commute with a layout change. Its outputs are then the counterpart's
+  outputs under ``P``. Subgraphs (If, Loop, Scan) are checked the same way, recursively;
+- every graph output must end up equal to the original's output of the same name, unpermuted.
+
+The result is exact up to floating-point reassociation inside the Conv (a dot product summed in
+another order): layout, weights, biases and every other op are proved, not sampled. Anything the
+walk cannot follow leaves the tensors after it unproved, and the certificate says where and why.
+
+This module deliberately shares no code with the rules and cleanup passes it checks (its own
+statement of which ops are elementwise, of what a dense layer's Conv weight is, of permutation
+algebra), so a bug there cannot hide by being repeated here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto, numpy_helper
+
+from .report import RewrittenLayer
+
+# Ops whose result at each position depends only on the inputs at that position (after
+# broadcasting), so that Op(Transpose(a, P), Transpose(b, P)) == Transpose(Op(a, b), P).
+ELEMENTWISE = frozenset(
+    (
+        "Abs Acos Acosh Asin Asinh Atan Atanh BitwiseNot Cast Ceil Celu Clip Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid "
+        "HardSwish IsInf IsNaN LeakyRelu Log Mish Neg Not Reciprocal Relu Round Selu Sigmoid Sign Sin Sinh Softplus "
+        "Softsign Sqrt Tan Tanh ThresholdedRelu "
+        "Add And BitwiseAnd BitwiseOr BitwiseXor Div Equal Greater GreaterOrEqual Less LessOrEqual Max Mean Min Mod "
+        "Mul Or Pow PRelu Sub Sum Where Xor"
+    ).split()
+)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_NCHW = (0, 3, 1, 2)  # Transpose(x_nhwc, _NCHW) is x in NCHW
+
+Perm = tuple[int, ...] | None
+GraphKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Value:
+    root: str
+    perm: Perm = None
+
+
+@dataclass(frozen=True)
+class Const:
+    key: tuple[int, str]  # (id of the owning graph's index, name): identifies the tensor
+    get: Callable[[], np.ndarray] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Unknown:
+    reason: str
+
+
+Fact = Value | Const | Unknown
+EMPTY = Value("")
+
+
+@dataclass
+class LayerProof:
+    """The certificate's word on one rewritten layer."""
+
+    status: str  # "proved" | "refuted" | "unproved"
+    detail: str = ""
+
+
+@dataclass
+class Certificate:
+    layers: dict[str, LayerProof] = field(default_factory=dict)  # by the Conv node's name
+    problems: list[str] = field(default_factory=list)  # definite disagreements
+    unproved: list[str] = field(default_factory=list)  # what the walk could not follow (and where)
+    # What each claimed layer is in the original (by Conv name), for the numeric checks to use.
+    originals: dict[str, _DenseLayer | str] = field(default_factory=dict)
+
+    def original_dense(self, conv: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The original layer's weight as [K, C] and bias as [K] (or None); ValueError when it is no dense layer."""
+        dense = self.originals.get(conv, "the walk never reached this layer's graph")
+        if isinstance(dense, str):
+            raise ValueError(dense)
+        try:
+            return dense.weight_kc(), None if dense.bias is None else dense.bias()
+        except _Mismatch as e:
+            raise ValueError(str(e)) from None
+
+    @property
+    def refuted(self) -> bool:
+        return bool(self.problems) or any(p.status == "refuted" for p in self.layers.values())
+
+    @property
+    def proved(self) -> bool:
+        return not self.refuted and not self.unproved and all(p.status == "proved" for p in self.layers.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "proved": self.proved,
+            "problems": self.problems,
+            "unproved": self.unproved,
+            "layers": {k: {"status": v.status, "detail": v.detail} for k, v in self.layers.items()},
+        }
+
+
+# --- permutation algebra (written out here on purpose; see the module docstring) ---------------
+
+
+def _then(first: Perm, then: Perm) -> Perm:
+    """The perm of Transpose(Transpose(x, first), then), None when that is the identity."""
+    if then is None:
+        return first
+    if first is None:
+        combined = tuple(then)
+    else:
+        if len(first) != len(then):
+            raise ValueError("rank mismatch")
+        combined = tuple(first[i] for i in then)
+    return None if combined == tuple(range(len(combined))) else combined
+
+
+def _inverse(perm: Perm) -> Perm:
+    if perm is None:
+        return None
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+def _perm_attr(node: NodeProto) -> Perm | bool:
+    """A Transpose's perm; False when it has none (the default reverses an axis order we may not know)."""
+    for a in node.attribute:
+        if a.name == "perm":
+            perm = tuple(a.ints)
+            if sorted(perm) != list(range(len(perm))):
+                return False
+            return None if perm == tuple(range(len(perm))) else perm
+    return False
+
+
+def _is_default(node: NodeProto) -> bool:
+    return node.domain in _DEFAULT_DOMAINS
+
+
+def _graphs_of(node: NodeProto) -> list[tuple[str, GraphProto]]:
+    found = []
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            found.append((a.name, a.g))
+        elif a.type == AttributeProto.GRAPHS:
+            found.extend((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
+    return found
+
+
+def _plain_attributes(node: NodeProto) -> list[tuple[str, bytes]]:
+    return sorted(
+        (a.name, a.SerializeToString(deterministic=True))
+        for a in node.attribute
+        if a.type not in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+    )
+
+
+def _holder_key(node: NodeProto) -> str:
+    return node.output[0] if node.output and node.output[0] else node.name
+
+
+# --- the original side: canonical forms -------------------------------------------------------
+
+
+class _Original:
+    """One original graph: producers, constants, and each tensor's canonical fact."""
+
+    def __init__(self, graph: GraphProto, parent: _Original | None, value_of: Callable[[TensorProto], np.ndarray]) -> None:
+        self.graph = graph
+        self.parent = parent
+        self.value_of = value_of
+        self.inputs = {i.name for i in graph.input}
+        self.initializers = {t.name: t for t in graph.initializer if t.name not in self.inputs}
+        self.sparse = {s.values.name for s in graph.sparse_initializer}
+        self.producers: dict[str, NodeProto] = {}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producers[out] = node
+        self._canon: dict[str, Fact] = {}
+        self._by_root: dict[str, list[tuple[NodeProto, int]]] | None = None
+
+    def owner(self, name: str) -> _Original | None:
+        scope: _Original | None = self
+        while scope is not None:
+            if name in scope.producers or name in scope.initializers or name in scope.inputs or name in scope.sparse:
+                return scope
+            scope = scope.parent
+        return None
+
+    def canon(self, name: str) -> Fact:
+        if not name:
+            return EMPTY
+        scope = self.owner(name)
+        if scope is None:
+            return Unknown(f"{name!r} is not defined in the original")
+        if scope is not self:
+            return scope.canon(name)
+        if name in self._canon:
+            return self._canon[name]
+        fact = self._compute(name)
+        self._canon[name] = fact
+        return fact
+
+    def _compute(self, name: str) -> Fact:
+        if name in self.initializers:
+            t = self.initializers[name]
+            return Const((id(self), name), lambda t=t: self.value_of(t))
+        node = self.producers.get(name)
+        if node is None:
+            return Value(name)  # a graph input or a sparse initializer
+        if _is_default(node) and node.op_type == "Constant":
+            return _constant_node_fact(node, (id(self), name))
+        if _is_default(node) and node.op_type == "Identity":
+            return self.canon(node.input[0])
+        if _is_default(node) and node.op_type == "Transpose":
+            perm = _perm_attr(node)
+            inner = self.canon(node.input[0])
+            if perm is not False and isinstance(inner, Value):
+                try:
+                    return Value(inner.root, _then(inner.perm, perm))  # type: ignore[arg-type]
+                except ValueError:
+                    return Value(name)
+        return Value(name)
+
+    def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
+        """Nodes of this graph that read a tensor whose canonical root is ``root``, with the input slot."""
+        if self._by_root is None:
+            index: dict[str, list[tuple[NodeProto, int]]] = defaultdict(list)
+            for node in self.graph.node:
+                for slot, inp in enumerate(node.input):
+                    fact = self.canon(inp)
+                    if isinstance(fact, Value) and fact.root:
+                        index[fact.root].append((node, slot))
+            self._by_root = index
+        return self._by_root.get(root, [])
+
+
+def _constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
+    for a in node.attribute:
+        if a.name == "value" and a.type == AttributeProto.TENSOR:
+            return Const(key, lambda t=a.t: numpy_helper.to_array(t))
+        if a.name in ("value_float", "value_int"):
+            v = a.f if a.name == "value_float" else a.i
+            return Const(key, lambda v=v, f=a.name == "value_float": np.array(v, np.float32 if f else np.int64))
+        if a.name in ("value_floats", "value_ints"):
+            vs = list(a.floats) if a.name == "value_floats" else list(a.ints)
+            return Const(key, lambda vs=vs, f=a.name == "value_floats": np.array(vs, np.float32 if f else np.int64))
+    return Value(node.output[0])  # string or sparse constants: compared like any computed tensor
+
+
+# --- the layer a rule claims to have replaced, read from the original graph ------------------
+
+
+@dataclass
+class _DenseLayer:
+    x: str
+    weight_kc: Callable[[], np.ndarray]  # the expected Conv weight as [K, C]
+    bias: Callable[[], np.ndarray] | None  # the expected Conv bias as [K], or None
+
+
+def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str:
+    """What the original graph computes from ``layer.input`` to ``layer.output``, or why it is not a dense layer."""
+    node = orig.producers.get(layer.output)
+    if node is None:
+        return f"the original has no node producing {layer.output!r}"
+    add_bias: Const | None = None
+    if _is_default(node) and node.op_type == "Add" and layer.output != layer.anchor:
+        a, b = (orig.canon(n) for n in node.input)
+        if isinstance(b, Const) and not isinstance(a, Const):
+            add_bias, inner = b, node.input[0]
+        elif isinstance(a, Const) and not isinstance(b, Const):
+            add_bias, inner = a, node.input[1]
+        else:
+            return f"{layer.output!r} is an Add without exactly one constant operand"
+        node = orig.producers.get(inner)
+        if node is None:
+            return f"nothing produces {inner!r}"
+    sandwich = False
+    if _is_default(node) and node.op_type == "Reshape" and node.output[0] != layer.anchor:
+        sandwich = True
+        node = orig.producers.get(node.input[0])
+        if node is None:
+            return "the Reshape's input has no producer"
+    if node.output[0] != layer.anchor or not _is_default(node) or node.op_type not in ("MatMul", "Gemm"):
+        return f"the chain from {layer.output!r} does not lead back to the MatMul/Gemm {layer.anchor!r}"
+    act = node.input[0]
+    if sandwich:
+        first = orig.producers.get(act)
+        if first is None or first.op_type != "Reshape" or not _is_default(first):
+            return "the sandwich's first Reshape is missing"
+        act = first.input[0]
+    if act != layer.input:
+        return f"the layer reads {act!r}, not {layer.input!r}"
+    weight = orig.canon(node.input[1])
+    if not isinstance(weight, Const):
+        return "the weight is not a constant in the original"
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "MatMul":
+        if attrs:
+            return "MatMul with attributes"
+
+        def weight_kc(w: Const = weight) -> np.ndarray:
+            v = w.get()
+            if v.ndim < 2 or any(d != 1 for d in v.shape[:-2]):
+                raise _Mismatch(f"the original weight has shape {list(v.shape)}, not [C, K]")
+            return np.ascontiguousarray(v.reshape(v.shape[-2:]).T)
+
+        bias = None if add_bias is None else _bias_vector(add_bias, weight, 1.0)
+        return _DenseLayer(act, weight_kc, bias)
+    # Gemm
+    if attrs.get("transA", 0):
+        return "Gemm with transA"
+    trans_b, alpha, beta = bool(attrs.get("transB", 0)), float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+
+    def gemm_kc(w: Const = weight) -> np.ndarray:
+        v = w.get()
+        if v.ndim != 2:
+            raise _Mismatch(f"the original Gemm weight has rank {v.ndim}")
+        kc = np.ascontiguousarray(v if trans_b else v.T)
+        return kc if alpha == 1.0 else (kc * np.asarray(alpha, dtype=kc.dtype)).astype(kc.dtype)
+
+    gemm_c = orig.canon(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if gemm_c is not None and not isinstance(gemm_c, Const):
+        return "the Gemm's bias is not a constant"
+    if gemm_c is not None and add_bias is not None:
+        return "both the Gemm's bias and an Add after it"
+    if gemm_c is not None:
+        return _DenseLayer(act, gemm_kc, _bias_vector(gemm_c, weight, beta, trans_b))
+    return _DenseLayer(act, gemm_kc, None if add_bias is None else _bias_vector(add_bias, weight, 1.0, trans_b))
+
+
+class _Mismatch(Exception):
+    """A definite disagreement found while computing an expected value."""
+
+
+def _bias_vector(bias: Const, weight: Const, scale: float, k_first: bool = False) -> Callable[[], np.ndarray]:
+    def make() -> np.ndarray:
+        b = bias.get()
+        w = weight.get()
+        k = w.shape[-2] if k_first else w.shape[-1]
+        if b.dtype != w.dtype:
+            raise _Mismatch(f"the original bias is {b.dtype}, the weight {w.dtype}")
+        if b.ndim > 4 or any(d != 1 for d in b.shape[:-1]) or (b.ndim and b.shape[-1] not in (1, k)):
+            raise _Mismatch(f"the original bias of shape {list(b.shape)} is not per output channel")
+        vec = np.broadcast_to(b.reshape(-1), (k,))
+        return vec if scale == 1.0 else (vec * np.asarray(scale, dtype=b.dtype)).astype(b.dtype)
+
+    return make
+
+
+# --- the rewritten side: the walk -------------------------------------------------------------
+
+
+class _Walk:
+    def __init__(
+        self,
+        orig: _Original,
+        graph: GraphProto,
+        key: GraphKey,
+        layers: dict[GraphKey, list[RewrittenLayer]],
+        value_of: Callable[[TensorProto], np.ndarray],
+        cert: Certificate,
+        parent: _Walk | None = None,
+    ) -> None:
+        self.orig = orig
+        self.graph = graph
+        self.key = key
+        self.layers = layers
+        self.value_of = value_of
+        self.cert = cert
+        self.parent = parent
+        self.facts: dict[str, Fact] = {}
+        self.convs = {layer.conv: layer for layer in layers.get(key, [])}
+        inputs = {i.name for i in graph.input}
+        for t in graph.initializer:
+            if t.name not in inputs:
+                self.facts[t.name] = Const((id(self), t.name), lambda t=t: value_of(t))
+        for s in graph.sparse_initializer:
+            self.facts[s.values.name] = Value(s.values.name)
+        self._compared: dict[tuple[object, ...], str | None] = {}
+
+    def fact(self, name: str) -> Fact:
+        if not name:
+            return EMPTY
+        walk: _Walk | None = self
+        while walk is not None:
+            if name in walk.facts:
+                return walk.facts[name]
+            walk = walk.parent
+        return Unknown(f"{name!r} is not defined in the rewritten graph")
+
+    def run(self, formal_inputs: Sequence[Fact] | None = None) -> None:
+        """Walk the graph; ``formal_inputs`` are the facts of a subgraph's own inputs (None: the main graph)."""
+        for i, vi in enumerate(self.graph.input):
+            if vi.name in self.facts:
+                continue  # an initializer listed as an input (older IR versions): overridable, so a plain value
+            self.facts[vi.name] = formal_inputs[i] if formal_inputs is not None and i < len(formal_inputs) else Value(vi.name)
+        for node in self.graph.node:
+            self._visit(node)
+
+    def _visit(self, node: NodeProto) -> None:
+        default = _is_default(node)
+        if default and node.op_type == "Transpose" and len(node.input) == 1:
+            perm = _perm_attr(node)
+            inner = self.fact(node.input[0])
+            if perm is False:
+                self._match(node)
+            elif isinstance(inner, Value):
+                try:
+                    self.facts[node.output[0]] = Value(inner.root, _then(inner.perm, perm))  # type: ignore[arg-type]
+                except ValueError:
+                    self._unknown(node, "a Transpose of the wrong rank")
+            elif isinstance(inner, Const):
+                self._match(node)  # a transposed constant: only an identical node in the original explains it
+            else:
+                self.facts[node.output[0]] = inner
+            return
+        if default and node.op_type == "Identity" and len(node.input) == 1:
+            self.facts[node.output[0]] = self.fact(node.input[0])
+            return
+        if default and node.op_type == "Constant":
+            fact = _constant_node_fact(node, (id(self), node.output[0]))
+            if isinstance(fact, Const):
+                self.facts[node.output[0]] = fact
+                return
+        if node.name in self.convs:
+            self._layer(node, self.convs[node.name])
+            return
+        self._match(node)
+
+    def _unknown(self, node: NodeProto, reason: str) -> None:
+        where = f"{node.op_type} {node.name or node.output[0]!r}: {reason}"
+        for out in node.output:
+            if out:
+                self.facts[out] = Unknown(where)
+
+    # A layer's Conv ---------------------------------------------------------------------------
+
+    def _layer(self, conv: NodeProto, layer: RewrittenLayer) -> None:
+        proof = self._prove_layer(conv, layer)
+        self.cert.layers[conv.name] = proof
+        if proof.status == "proved":
+            out = self.orig.canon(layer.output)
+            assert isinstance(out, Value)
+            self.facts[conv.output[0]] = Value(out.root, _then(out.perm, _NCHW))
+        else:
+            self._unknown(conv, f"layer {layer.anchor!r} is {proof.status}: {proof.detail}")
+
+    def _prove_layer(self, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
+        if conv.op_type != "Conv" or not _is_default(conv) or len(conv.output) != 1:
+            return LayerProof("refuted", f"{conv.name!r} is a {conv.op_type}, not a Conv")
+        dense = _original_layer(self.orig, layer)
+        self.cert.originals[conv.name] = dense
+        if isinstance(dense, str):
+            return LayerProof("refuted", dense)
+        problem = _plain_conv(conv)
+        if problem:
+            return LayerProof("refuted", problem)
+        x = self.fact(conv.input[0])
+        want = self.orig.canon(layer.input)
+        if isinstance(x, Unknown):
+            return LayerProof("unproved", f"its input is not known: {x.reason}")
+        if not isinstance(want, Value) or not isinstance(x, Value):
+            return LayerProof("refuted", "its input is a constant")
+        try:
+            expected_in = Value(want.root, _then(want.perm, _NCHW))
+        except ValueError:
+            return LayerProof("refuted", f"the original activation {layer.input!r} is not rank 4")
+        if x != expected_in:
+            return LayerProof("refuted", f"its input is {_show(x)}, not {layer.input!r} in NCHW ({_show(expected_in)})")
+        try:
+            kc = dense.weight_kc()
+            problem = self._same_const(conv.input[1], kc.reshape(*kc.shape, 1, 1), "weight")
+            if problem:
+                return LayerProof("refuted", problem)
+            has_bias = len(conv.input) > 2 and conv.input[2]
+            if dense.bias is None and has_bias:
+                return LayerProof("refuted", "the Conv has a bias the original layer does not")
+            if dense.bias is not None:
+                if not has_bias:
+                    return LayerProof("refuted", "the original layer's bias is missing from the Conv")
+                problem = self._same_const(conv.input[2], dense.bias(), "bias")
+                if problem:
+                    return LayerProof("refuted", problem)
+        except _Mismatch as e:
+            return LayerProof("refuted", str(e))
+        return LayerProof("proved")
+
+    def _same_const(self, name: str, expected: np.ndarray, role: str) -> str | None:
+        fact = self.fact(name)
+        if not isinstance(fact, Const):
+            return f"the Conv's {role} {name!r} is not a constant"
+        return _differs(fact.get(), expected, role)
+
+    # Any other node ---------------------------------------------------------------------------
+
+    def _match(self, node: NodeProto) -> None:
+        ins = [self.fact(n) for n in node.input]
+        unknown = next((f for f in ins if isinstance(f, Unknown)), None)
+        if unknown is not None:
+            for out in node.output:
+                if out:
+                    self.facts[out] = unknown
+            return
+        anchor = next((i for i, f in enumerate(ins) if isinstance(f, Value) and f.root), None)
+        if anchor is None:
+            candidates = self._same_output(node)
+        else:
+            root = ins[anchor].root  # type: ignore[union-attr]
+            scope = self.orig
+            candidates = []
+            while scope is not None:  # the counterpart may read it from an outer scope
+                candidates.extend(n for n, slot in scope.consumers_by_root(root) if slot == anchor)
+                if scope is self.orig and candidates:
+                    break
+                scope = scope.parent
+            # Try the node with the same first output first: unchanged nodes keep their names.
+            same = self._same_output(node)
+            candidates = same + [c for c in candidates if all(c is not s for s in same)]
+        reasons = []
+        for cand in candidates:
+            verdict = self._counterpart(node, ins, anchor, cand)
+            if verdict is None:
+                return
+            reasons.append(verdict)
+        why = reasons[0] if reasons else "no node of the original reads the same tensors"
+        self._unknown(node, f"no counterpart in the original ({why})")
+
+    def _same_output(self, node: NodeProto) -> list[NodeProto]:
+        if not node.output or not node.output[0]:
+            return []
+        cand = self.orig.producers.get(node.output[0])
+        return [cand] if cand is not None else []
+
+    def _counterpart(self, node: NodeProto, ins: list[Fact], anchor: int | None, cand: NodeProto) -> str | None:
+        """None when ``cand`` explains ``node`` (and its outputs' facts are set), else why not."""
+        same_domain = cand.domain == node.domain or (_is_default(cand) and _is_default(node))
+        if cand.op_type != node.op_type or not same_domain:
+            return f"the original's {cand.op_type} differs"
+        if len(cand.input) != len(node.input) or len(cand.output) != len(node.output):
+            return "a different number of inputs or outputs"
+        if _plain_attributes(cand) != _plain_attributes(node):
+            return "different attributes"
+        orig_ins = [self.orig.canon(n) for n in cand.input]
+        perm: Perm = None
+        if anchor is not None:
+            o = orig_ins[anchor]
+            r = ins[anchor]
+            if not isinstance(o, Value) or not isinstance(r, Value) or o.root != r.root:
+                return "it reads other tensors"
+            try:
+                perm = _then(_inverse(o.perm), r.perm)
+            except ValueError:
+                return "rank mismatch"
+        if perm is not None and not (_is_default(node) and node.op_type in ELEMENTWISE):
+            return f"{node.op_type} is read in another layout, which only elementwise ops allow"
+        for i, (r, o) in enumerate(zip(ins, orig_ins, strict=True)):
+            if isinstance(o, Unknown):
+                return o.reason
+            if isinstance(r, Const):
+                if not isinstance(o, Const):
+                    return f"input {i} is a constant here but computed in the original"
+                problem = self._same_laid_out(r, o, perm)
+                if problem:
+                    return problem
+                continue
+            if isinstance(o, Const) or not isinstance(r, Value):
+                return f"input {i} is computed here but a constant in the original"
+            try:
+                if r != Value(o.root, _then(o.perm, perm)):
+                    return f"input {i} is {_show(r)}, the original reads {_show(o)} (layout {perm})"
+            except ValueError:
+                return f"input {i} has another rank"
+        for name, sub in _graphs_of(node):
+            if perm is not None:
+                return "a subgraph read in another layout"
+            orig_sub = dict(_graphs_of(cand)).get(name)
+            if orig_sub is None:
+                return f"the original has no subgraph {name!r}"
+            problem = self._subgraph(cand, name, sub, orig_sub)
+            if problem:
+                return problem
+        for j, out in enumerate(node.output):
+            if out:
+                o = self.orig.canon(cand.output[j])
+                if isinstance(o, Value):
+                    self.facts[out] = Value(o.root, _then(o.perm, perm)) if o.root else EMPTY
+                else:
+                    self.facts[out] = o if perm is None else Unknown("a constant output read in another layout")
+        return None
+
+    def _same_laid_out(self, r: Const, o: Const, perm: Perm) -> str | None:
+        key = (r.key, o.key, perm)
+        if key not in self._compared:
+            expected = o.get()
+            if perm is not None and not (expected.size == 1 and expected.ndim <= 1):
+                if expected.ndim > len(perm):
+                    self._compared[key] = "a constant of higher rank than the layout"
+                    return self._compared[key]
+                expected = np.transpose(expected.reshape((1,) * (len(perm) - expected.ndim) + expected.shape), perm)
+            self._compared[key] = _differs(r.get(), expected, "constant")
+        return self._compared[key]
+
+    def _subgraph(self, holder: NodeProto, name: str, sub: GraphProto, orig_sub: GraphProto) -> str | None:
+        """Walk a subgraph of the rewritten node whose counterpart is ``holder`` (layers are keyed by the original's node)."""
+        if len(sub.input) != len(orig_sub.input) or len(sub.output) != len(orig_sub.output):
+            return f"subgraph {name!r} has another interface"
+        inner_orig = _Original(orig_sub, self.orig, self.value_of)
+        inner = _Walk(inner_orig, sub, (*self.key, (_holder_key(holder), name)), self.layers, self.value_of, self.cert, self)
+        inner.run([Value(i.name) for i in orig_sub.input])
+        problems = inner.finish(orig_sub)
+        definite = [p for p in problems if not p.endswith("is not proved")]
+        self.cert.problems.extend(f"in subgraph {name!r} of {_holder_key(holder)!r}: {p}" for p in definite)
+        return f"in subgraph {name!r}: {problems[0]}" if problems else None
+
+    def finish(self, orig_graph: GraphProto) -> list[str]:
+        """Each output must be the original's output of the same position, unpermuted."""
+        problems = []
+        for r_out, o_out in zip(self.graph.output, orig_graph.output, strict=False):
+            got, want = self.fact(r_out.name), self.orig.canon(o_out.name)
+            if got == want:
+                continue
+            if isinstance(got, Const) and isinstance(want, Const) and _differs(got.get(), want.get(), "output") is None:
+                continue
+            if isinstance(got, Unknown):
+                self.cert.unproved.append(f"output {r_out.name!r} depends on {got.reason}")
+                problems.append(f"output {r_out.name!r} is not proved")
+            else:
+                problems.append(f"output {r_out.name!r} is {_show(got)}, the original's is {_show(want)}")
+        return problems
+
+
+def _plain_conv(conv: NodeProto) -> str | None:
+    """Why ``conv`` is not a plain 1x1 convolution (stride 1, no padding or dilation, one group), or None."""
+    for a in conv.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        ok = {
+            "kernel_shape": lambda v: list(v) == [1, 1],
+            "strides": lambda v: all(s == 1 for s in v),
+            "dilations": lambda v: all(d == 1 for d in v),
+            "pads": lambda v: all(p == 0 for p in v),
+            "group": lambda v: v == 1,
+            "auto_pad": lambda v: v in (b"NOTSET", b"VALID", "NOTSET", "VALID"),
+        }.get(a.name)
+        if ok is None or not ok(v):
+            return f"the Conv has {a.name}={v!r}; a dense layer is a plain 1x1 convolution"
+    return None
+
+
+def _differs(actual: np.ndarray, expected: np.ndarray, role: str) -> str | None:
+    """Why ``actual`` is not bit for bit ``expected``, or None."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.dtype != expected.dtype:
+        return f"the {role} is {actual.dtype}, expected {expected.dtype}"
+    if actual.shape != expected.shape:
+        return f"the {role} has shape {list(actual.shape)}, expected {list(expected.shape)}"
+    if actual.dtype.kind == "O":
+        same = actual.tolist() == expected.tolist()
+    else:
+        same = np.array_equal(np.ascontiguousarray(actual).view(np.uint8), np.ascontiguousarray(expected).view(np.uint8))
+    if same:
+        return None
+    if actual.dtype.kind in "fc" and actual.size:
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        n = int(np.count_nonzero(actual != expected))
+        return (
+            f"the {role} differs from the original's in {n} of {actual.size} elements (max difference {float(np.nanmax(diff)):.3g})"
+        )
+    return f"the {role} differs from the original's"
+
+
+def _show(f: Fact) -> str:
+    if isinstance(f, Value):
+        return repr(f.root) if f.perm is None else f"Transpose({f.root!r}, {list(f.perm)})"
+    if isinstance(f, Const):
+        return "a constant"
+    return f"unknown ({f.reason})"
+
+
+def find_graphs(model: onnx.ModelProto, key: Sequence[Sequence[str]]) -> list[GraphProto] | None:
+    """The chain of graphs from the main graph to the one ``key`` names (see RewrittenLayer.graph), or None."""
+    chain = [model.graph]
+    for holder, attr in key:
+        node = next((n for n in chain[-1].node if _holder_key(n) == holder), None)
+        sub = None if node is None else dict(_graphs_of(node)).get(attr)
+        if sub is None:
+            return None
+        chain.append(sub)
+    return chain
+
+
+def certify(
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    layers: Iterable[RewrittenLayer],
+    value_of: Callable[[TensorProto], np.ndarray] = numpy_helper.to_array,
+) -> Certificate:
+    """Check that ``rewritten`` computes what ``original`` does, layer claims included (see the module docstring).
+
+    ``value_of`` reads a tensor's data (the default copies it out of the protobuf).
+    """
+    by_graph: dict[GraphKey, list[RewrittenLayer]] = defaultdict(list)
+    for layer in layers:
+        by_graph[tuple(tuple(step) for step in layer.graph)].append(layer)  # type: ignore[misc]
+    cert = Certificate()
+    orig = _Original(original.graph, None, value_of)
+    walk = _Walk(orig, rewritten.graph, (), by_graph, value_of, cert)
+    walk.run()
+    if [i.name for i in rewritten.graph.input] != [i.name for i in original.graph.input]:
+        cert.problems.append("the graph inputs differ")
+    if len(rewritten.graph.output) != len(original.graph.output):
+        cert.problems.append("the number of graph outputs differs")
+    cert.problems.extend(p for p in walk.finish(original.graph) if not p.endswith("is not proved"))
+    for layers_here in by_graph.values():
+        for layer in layers_here:
+            cert.layers.setdefault(layer.conv, LayerProof("unproved", "the walk never reached its Conv"))
+    return cert

@@ -1,0 +1,220 @@
+"""Numbers for one rewritten layer: does its Conv read the original activation, and compute the dense layer?
+
+Two checks per layer and trial, on the tensors the verifier exposes from both models:
+
+- Input layout: the Conv's input, read back as NHWC, must equal the original layer's activation up to
+  the rounding that earlier rewritten layers introduce (a relative error norm, ``INPUT_RTOL``). A
+  wrong Transpose moves values to other positions, which gives a relative error near 1.
+- Arithmetic: the Conv's output must equal ``X @ W + b`` computed in float64 from the Conv's own input
+  and the *original* weight and bias, within a bound from the layer's own arithmetic: per element
+
+      |y - ref| <= (LAMBDA * sqrt(C) * u_acc + 2 * u_out) * (|X| @ |W| + |b|) + C * tiny
+
+  ``u_acc`` is the unit roundoff of the accumulation, ``u_out`` of the output dtype; ``sqrt(C)``
+  rather than ``C`` is the probabilistic rounding-error bound for a C-term dot product (Higham and
+  Mary), with LAMBDA = 8 as the safety factor. Before trusting the bound, the same test is applied
+  to the original model's MatMul result (from the original's activation): if onnxruntime's own
+  kernel needs more room, the bound is widened by twice that factor and the report says so (past 100x it
+  is not rounding: the original does not compute what the layer claims, and the layer fails).
+
+The arithmetic is checked at up to ``SAMPLE_ROWS`` positions spread evenly over the tensor (a wrong
+weight or bias changes every position; the input check, which catches layout, covers all of them),
+so that a layer's cost does not grow with the image. An element whose input row holds NaN or Inf is
+not compared (its reference is undefined); a layer whose input has no finite element, or only one
+repeated value, was not exercised in that trial.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LAMBDA = 8.0
+INPUT_RTOL = {"float16": 3e-2, "bfloat16": 1e-1}
+_DEFAULT_INPUT_RTOL = 1e-2
+_ROWS = 1 << 16  # positions per chunk
+SAMPLE_ROWS = 4096
+_WIDEN_AT_MOST = 100.0
+
+_UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+@dataclass
+class LayerNumbers:
+    """One layer, one trial."""
+
+    exercised: bool
+    why_not: str = ""
+    input_rel_error: float = 0.0
+    input_ok: bool = True
+    output_max_error: float = 0.0
+    output_ratio: float = 0.0  # max over elements of |error| / bound
+    output_bad: int = 0
+    widened: float = 1.0  # how much the bound was widened to fit the original's own kernel
+    noise: float = 0.0  # rms over elements of the rounding bound: how much this layer may move what follows
+    shape: tuple[int, ...] = ()
+    problem: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.exercised and self.input_ok and self.output_bad == 0 and not self.problem
+
+
+def unit_roundoff(dtype: np.dtype) -> float:
+    return _UNIT_ROUNDOFF.get(np.dtype(dtype).name, 2.0**-24)
+
+
+def check_layer(
+    conv_in: np.ndarray,
+    conv_out: np.ndarray,
+    weight_kc: np.ndarray,
+    bias: np.ndarray | None,
+    orig_in: np.ndarray | None,
+    orig_out: np.ndarray | None,
+    calibrate: bool = True,
+) -> LayerNumbers:
+    """Check one layer on one trial; ``calibrate`` also measures the original's own rounding (see above).
+
+    ``conv_in``/``conv_out`` are NCHW from the rewritten model; ``weight_kc`` is the original weight as
+    [K, C]; ``orig_in``/``orig_out`` are the original layer's NHWC tensors.
+    """
+    conv_in, conv_out = np.asarray(conv_in), np.asarray(conv_out)
+    k, c = weight_kc.shape
+    if conv_in.ndim != 4 or conv_in.shape[1] != c:
+        return LayerNumbers(False, problem=f"the Conv's input has shape {list(conv_in.shape)}, expected [N, {c}, H, W]")
+    n, _, h, w = conv_in.shape
+    if conv_out.shape != (n, k, h, w):
+        return LayerNumbers(False, problem=f"the Conv's output has shape {list(conv_out.shape)}, expected {[n, k, h, w]}")
+    x_rows = np.moveaxis(conv_in, 1, -1).reshape(-1, c)  # a view when possible; chunks are copied below
+    result = LayerNumbers(True, shape=(n, h, w, c))
+    finite_rows, distinct = _exercise(x_rows)
+    if not finite_rows:
+        return LayerNumbers(False, "its input had no finite values", shape=(n, h, w, c))
+    if not distinct:
+        return LayerNumbers(False, "its input was one repeated value, which hides any layout", shape=(n, h, w, c))
+
+    if orig_in is not None:
+        orig_in = np.asarray(orig_in)
+        if orig_in.shape != (n, h, w, c):
+            result.input_ok = False
+            result.problem = f"the Conv reads a {list(conv_in.shape)} tensor, the original layer a {list(orig_in.shape)} one"
+            return result
+        result.input_rel_error, nan_mismatch = _relative_error(x_rows, orig_in.reshape(-1, c))
+        limit = INPUT_RTOL.get(conv_in.dtype.name, _DEFAULT_INPUT_RTOL)
+        result.input_ok = result.input_rel_error <= limit and not nan_mismatch
+        if nan_mismatch:
+            result.problem = "NaN/Inf sit in other places than in the original's activation"
+
+    w64 = weight_kc.astype(np.float64).T  # [C, K]
+    b64 = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)
+    # fp16 and bf16 kernels may round partial sums to their own type: assume the coarser of the two.
+    u_acc = max(unit_roundoff(np.float32), unit_roundoff(conv_in.dtype)) if conv_in.dtype.name != "float64" else 2.0**-53
+    u_out = unit_roundoff(conv_out.dtype)
+    scale = LAMBDA * math.sqrt(c) * u_acc + 2 * u_out
+    tiny = c * float(np.finfo(np.float32 if conv_out.dtype.itemsize < 8 else np.float64).tiny)
+    rows = _sample(x_rows.shape[0])
+    if calibrate and orig_in is not None and orig_out is not None and np.asarray(orig_out).shape == (n, h, w, k):
+        worst = _worst_ratio(orig_in.reshape(-1, c)[rows], np.asarray(orig_out).reshape(-1, k)[rows], w64, b64, scale, tiny)
+        if worst > _WIDEN_AT_MOST:
+            # Not rounding: the original's own tensors are not X @ W + b, so the claim about the layer is wrong.
+            result.problem = f"the original's layer output is not its input times the weight plus the bias ({worst:.3g}x the bound)"
+            return result
+        if worst > 1.0:
+            result.widened = worst * 2.0
+    y_rows = np.moveaxis(conv_out, 1, -1).reshape(-1, k)
+    errors = _errors(x_rows[rows], y_rows[rows], w64, b64, scale * result.widened, tiny)
+    result.output_max_error, result.output_ratio, result.output_bad, result.noise = errors
+    return result
+
+
+def _sample(count: int) -> np.ndarray | slice:
+    """Evenly spread row indices, first and last included (all rows when there are few)."""
+    if count <= SAMPLE_ROWS:
+        return slice(None)
+    return np.unique(np.linspace(0, count - 1, SAMPLE_ROWS).round().astype(np.int64))
+
+
+def _exercise(x_rows: np.ndarray) -> tuple[bool, bool]:
+    """(some row is all finite, the finite values are not all one number)."""
+    any_finite, first, distinct = False, None, False
+    for start in range(0, x_rows.shape[0], _ROWS):
+        part = x_rows[start : start + _ROWS].astype(np.float64)
+        ok = np.isfinite(part).all(axis=1)
+        if not ok.any():
+            continue
+        any_finite = True
+        vals = part[ok]
+        if first is None:
+            first = vals.flat[0]
+        if not distinct and (vals != first).any():
+            distinct = True
+        if distinct:
+            break
+    return any_finite, distinct
+
+
+def _relative_error(a_rows: np.ndarray, b_rows: np.ndarray) -> tuple[float, bool]:
+    """||a - b|| / ||b|| over rows finite in both, and whether the non-finite places differ."""
+    num = den = 0.0
+    nan_mismatch = False
+    for start in range(0, a_rows.shape[0], _ROWS):
+        a = a_rows[start : start + _ROWS].astype(np.float64)
+        b = b_rows[start : start + _ROWS].astype(np.float64)
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        if (fa != fb).any() or not np.array_equal(a[~fa], b[~fb], equal_nan=True):
+            nan_mismatch = True
+        both = fa & fb
+        d = np.where(both, a - b, 0.0)
+        num += float(np.sum(d * d))
+        den += float(np.sum(np.where(both, b, 0.0) ** 2))
+    if den == 0.0:
+        return (0.0 if num == 0.0 else math.inf), nan_mismatch
+    return math.sqrt(num / den), nan_mismatch
+
+
+def _reference(x: np.ndarray, w64: np.ndarray, b64: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    ref = x @ w64
+    # All terms are positive, so float32 sums them to ~1e-7 relative: plenty for a bound, and faster.
+    bound = (np.abs(x).astype(np.float32) @ np.abs(w64).astype(np.float32)).astype(np.float64)
+    if b64 is not None:
+        ref += b64
+        bound += np.abs(b64)
+    return ref, bound
+
+
+def _errors(
+    x_rows: np.ndarray, y_rows: np.ndarray, w64: np.ndarray, b64: np.ndarray | None, scale: float, tiny: float
+) -> tuple[float, float, int, float]:
+    """(max |error|, max |error| / bound, elements over the bound, rms of the bound)."""
+    max_err = max_ratio = 0.0
+    bad = 0
+    tol_sq, count = 0.0, 0
+    for start in range(0, x_rows.shape[0], _ROWS):
+        x = x_rows[start : start + _ROWS].astype(np.float64)
+        y = y_rows[start : start + _ROWS].astype(np.float64)
+        rows = np.isfinite(x).all(axis=1)
+        if not rows.any():
+            continue
+        x, y = x[rows], y[rows]
+        ref, bound = _reference(x, w64, b64)
+        tol = scale * bound + tiny
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(y - ref)
+            err = np.where(np.isnan(err) & ~np.isfinite(ref), 0.0, err)  # both undefined (inf - inf)
+            err = np.where(np.isnan(err), np.inf, err)
+            ratio = err / tol
+        bad += int(np.count_nonzero(ratio > 1.0))
+        max_err = max(max_err, float(err.max()))
+        max_ratio = max(max_ratio, float(ratio.max()))
+        finite_tol = tol[np.isfinite(tol)]
+        tol_sq += float(np.dot(finite_tol, finite_tol))
+        count += finite_tol.size
+    return max_err, max_ratio, bad, math.sqrt(tol_sq / count) if count else 0.0
+
+
+def _worst_ratio(
+    x_rows: np.ndarray, y_rows: np.ndarray, w64: np.ndarray, b64: np.ndarray | None, scale: float, tiny: float
+) -> float:
+    return _errors(x_rows, y_rows, w64, b64, scale, tiny)[1]
