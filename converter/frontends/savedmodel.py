@@ -1,24 +1,29 @@
-"""TensorFlow input: SavedModel folders and Keras ``.keras`` files, converted in-process by tf2onnx.
+"""TensorFlow input: SavedModel folders and Keras ``.keras`` files, audited here, converted in a child process.
 
-The only module that imports TensorFlow, Keras or tf2onnx, and only when a TensorFlow input
-arrives (``convert model.onnx`` never pays for it). Two things tf2onnx 1.17 cannot do alone,
-both needed for Keras 3's ConvNeXt:
+A SavedModel is a program: loading it runs its resource initializers, calling its signature runs
+the signature's ops, and either may write files or call Python. So, in this process:
 
-- Keras 3 wraps grouped and depthwise convolutions in functions marked ``_noinline`` and
-  ``_XlaMustCompile``; tf2onnx then leaves ``StatefulPartitionedCall`` nodes it cannot convert
-  (tensorflow-onnx issues 2347, 2099). We clear those marks and let grappler inline the calls.
-- Keras' exact GELU uses ``Erfc``, which tf2onnx has no handler for (issue 2412): we map it to
-  ``1 - Erf(x)``.
+1. ``saved_model.pb`` is read once and audited without TensorFlow (audit.py): a model that can
+   run an op outside the allowlist is refused unless the user passes ``trust_model``.
+2. The audited bytes are copied into a private temporary folder beside links to the model's other
+   files (variables, assets), so TensorFlow loads exactly what was audited.
+3. TensorFlow, Keras and tf2onnx run only in a child interpreter (worker.py), for the conversion
+   and for the reference run that verification compares against. A crash, an abort or the kernel's
+   out-of-memory killer ends the child, not us, and becomes one line; TensorFlow's native logs go
+   to a file there unless ``native_logs``. This process never imports TensorFlow.
 
-Anything else tf2onnx leaves unconverted (it logs it, still reports success, and returns a model
-that does not load) is an error naming the TensorFlow ops.
+A ``.keras`` file is loaded (in safe mode) and exported to a SavedModel by the child first, and
+that export is audited the same way before anything converts or runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import json
 import os
+import signal
+import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,48 +34,24 @@ import numpy as np
 import onnx
 
 from converter.errors import InputError
+from converter.frontends.audit import CorruptSavedModel, audit_saved_model, printable
 
-_NO_INLINE_ATTRS = ("_noinline", "_XlaMustCompile")
-_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "saved_model.cpb")
+_MAX_PB_BYTES = 2**31 - 1  # protobuf's limit on one message: TensorFlow cannot parse more
+_REPLY_LIMIT = 1 << 20
 
 
 @dataclass
 class TensorFlowSource:
     """Where a converted model came from, for running TensorFlow itself during verification."""
 
-    saved_model: Path
+    saved_model: Path  # the audited copy TensorFlow loads (inside open_tensorflow's private folder)
     signature: str
     tag: str
     model: onnx.ModelProto
     native_logs: bool = False
     warnings: list[str] = field(default_factory=list)
-
-
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ logging reads this once, at import; only set it when the user has not.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
-    """Send what native code writes to file descriptor 2 to /dev/null for the duration.
-
-    TensorFlow 2.21 logs from C++ (absl) at import and on first use, whatever TF_CPP_MIN_LOG_LEVEL
-    says; a user asked for one clear line. Python's own stderr object is flushed around it.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+    worker: TensorFlowWorker | None = field(default=None, repr=False)
 
 
 @contextlib.contextmanager
@@ -84,9 +65,12 @@ def open_tensorflow(
     allow_h5: bool = False,
     trust_model: bool = False,
 ) -> Iterator[TensorFlowSource]:
-    """Convert a SavedModel folder or ``.keras`` file; the SavedModel stays available inside the block.
+    """Audit and convert a SavedModel folder or ``.keras`` file; TensorFlow stays available inside the block.
 
-    TensorFlow's native logging is silenced unless ``native_logs``.
+    Raises InputError (one line) for a model the audit refuses (unless ``trust_model``, which turns
+    the refusal into a warning in ``source.warnings``), a corrupt one, one tf2onnx cannot convert,
+    a TensorFlow crash, or a missing TensorFlow. TensorFlow's native logging is silenced unless
+    ``native_logs``.
     """
     p = Path(path)
     if not p.exists():
@@ -99,14 +83,29 @@ def open_tensorflow(
                 "pass --allow-h5 if you trust it, or export a .keras file or a SavedModel"
             )
         warnings.append(f"{p}: loaded a legacy .h5 file with --allow-h5: any Lambda layer code in it has run")
-    if p.is_dir() and not (p / "saved_model.pb").is_file() and not (p / "saved_model.pbtxt").is_file():
+    if p.is_dir() and not any((p / name).is_file() for name in _SAVED_MODEL_FILES):
         raise InputError(f"{p}: not a SavedModel folder (no saved_model.pb)")
-    _quiet_tensorflow()
-    with tempfile.TemporaryDirectory(prefix="converter-keras-") as tmp:
-        with native_stderr_silenced(not native_logs):
-            saved = _export_keras(p, Path(tmp)) if p.suffix in (".keras", ".h5") else p
-            model = _convert(saved, signature, tag, opset, shown_as=p)
-        yield TensorFlowSource(saved, signature, tag, model, native_logs, warnings)
+    with tempfile.TemporaryDirectory(prefix="converter-tf-") as tmp, TensorFlowWorker(Path(tmp), native_logs, str(p)) as worker:
+        folder = Path(tmp)
+        if p.is_dir():
+            exported = p
+        else:
+            exported = folder / "exported"
+            worker.request("export", "loading it", path=str(p.resolve()), target=str(exported))
+        saved = _audited_copy(exported, folder / "saved_model", shown_as=p, trust_model=trust_model, warnings=warnings)
+        onnx_path = folder / "model.onnx"
+        worker.request(
+            "convert",
+            "converting it",
+            saved_model=str(saved),
+            signature=signature,
+            tag=tag,
+            opset=opset,
+            output=str(onnx_path),
+        )
+        model = onnx.load_model_from_string(onnx_path.read_bytes())
+        onnx_path.unlink()
+        yield TensorFlowSource(saved, signature, tag, model, native_logs, warnings, worker)
 
 
 def load_tensorflow(path: str | os.PathLike[str], **options: object) -> onnx.ModelProto:
@@ -115,122 +114,207 @@ def load_tensorflow(path: str | os.PathLike[str], **options: object) -> onnx.Mod
         return source.model
 
 
-def _export_keras(path: Path, folder: Path) -> Path:
-    import keras
+def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the SavedModel's signature on ``feeds`` (keyed by ONNX input names, the signature's names).
 
+    Only inside ``open_tensorflow``'s block: TensorFlow runs in its child process.
+    """
+    if source.worker is None:
+        raise ValueError("run_tensorflow needs a source from open_tensorflow, used inside its with block")
+    folder = source.worker.folder
+    names = list(feeds)
+    np.savez(folder / "feeds.npz", *(np.asarray(feeds[n]) for n in names))
+    reply = source.worker.request(
+        "run",
+        f"running its signature {source.signature!r}",
+        saved_model=str(source.saved_model),
+        signature=source.signature,
+        tag=source.tag,
+        names=names,
+        feeds=str(folder / "feeds.npz"),
+        outputs=str(folder / "outputs.npz"),
+    )
+    with np.load(folder / "outputs.npz", allow_pickle=False) as data:
+        return {name: data[f"arr_{i}"] for i, name in enumerate(reply["names"])}
+
+
+def _audited_copy(folder: Path, target: Path, *, shown_as: Path, trust_model: bool, warnings: list[str]) -> Path:
+    """Audit ``folder``'s saved_model.pb and lay out ``target`` for TensorFlow: the audited bytes, links to the rest.
+
+    With ``trust_model`` a refusal becomes a warning, and TensorFlow gets the folder as it is.
+    """
+    refusal = corrupt = None
+    data = _read_saved_model_pb(folder, shown_as)
     try:
-        # .keras: safe mode refuses to deserialize code; .h5 has no safe mode (the caller opted in).
-        model = keras.saving.load_model(path, safe_mode=path.suffix == ".keras", compile=False)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for unreadable files
-        raise InputError(f"{path}: cannot load the Keras model ({_first_line(e)})") from e
-    target = folder / "saved_model"
-    model.export(str(target), verbose=False)
+        audit = audit_saved_model(data) if data is not None else None
+    except CorruptSavedModel as e:
+        corrupt = f"saved_model.pb is not a valid SavedModel ({e})"
+    else:
+        if audit is None:
+            refusal = "a SavedModel without saved_model.pb (a .pbtxt or .cpb cannot be audited)"
+        elif audit.refused:
+            refusal = f"TensorFlow ops outside the audited allowlist: {audit.describe_refused()}"
+    if trust_model:
+        if refusal or corrupt:
+            warnings.append(f"{shown_as}: ran with --trust-model: {refusal or corrupt}")
+        return folder.resolve()
+    if corrupt:
+        raise InputError(f"{shown_as}: {corrupt}")
+    if refusal:
+        raise InputError(f"{shown_as}: refusing to run {refusal}; pass --trust-model if you trust this model")
+    target.mkdir()
+    (target / "saved_model.pb").write_bytes(data)  # type: ignore[arg-type] - None was refused above
+    for entry in folder.iterdir():
+        if entry.name not in _SAVED_MODEL_FILES:
+            (target / entry.name).symlink_to(entry.resolve())
     return target
 
 
-def _convert(saved: Path, signature: str, tag: str, opset: int, shown_as: Path) -> onnx.ModelProto:
-    import tensorflow as tf
-    import tf2onnx
-    from tf2onnx import tf_loader
+def _read_saved_model_pb(folder: Path, shown_as: Path) -> bytes | None:
+    """saved_model.pb's bytes, read once (None when there is only a .pbtxt or .cpb, which we cannot audit).
 
-    tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # its errors become ours, as one line
+    No FIFO, device or runaway size gets to block or exhaust us.
+    """
+    pb = folder / "saved_model.pb"
+    if not pb.exists() and not pb.is_symlink():
+        return None
     try:
-        graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
-            str(saved), None, None, tag, [signature], return_tensors_to_rename=True
-        )
-    except Exception as e:  # noqa: BLE001 - TensorFlow raises many types for unreadable SavedModels
-        raise InputError(f"{shown_as}: cannot load the SavedModel signature {signature!r} ({_first_line(e)})") from e
-    if _clear_no_inline(graph_def):
-        with tf.Graph().as_default():  # grappler runs on a meta graph, which needs graph mode
-            graph_def = tf_loader.tf_optimize(inputs, outputs, graph_def)  # its function inliner
+        fd = os.open(pb, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise InputError(f"{shown_as}: cannot read saved_model.pb ({e.strerror})") from e
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{shown_as}: saved_model.pb is not a regular file")
+        if info.st_size > _MAX_PB_BYTES:
+            raise InputError(f"{shown_as}: saved_model.pb is larger than protobuf's 2 GiB limit")
+        data = f.read(info.st_size + 1)
+    if len(data) != info.st_size:
+        raise InputError(f"{shown_as}: saved_model.pb changed while it was read")
+    return data
+
+
+class TensorFlowWorker:
+    """The child interpreter that runs TensorFlow (worker.py), started on the first request.
+
+    Files for it go in ``folder`` (private to us). Its stdout and stderr go to a log file there,
+    or to our stderr with ``native_logs``. A request it cannot serve is an InputError with its
+    one-line message; a child that dies (a signal, an exit) is an InputError saying so.
+    """
+
+    def __init__(self, folder: Path, native_logs: bool, shown_as: str) -> None:
+        self.folder = folder
+        self.native_logs = native_logs
+        self.shown_as = shown_as  # the model as the user named it, for messages
+        self._process: subprocess.Popen[bytes] | None = None
+        self._replies = None
+
+    def __enter__(self) -> TensorFlowWorker:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # After an error or Ctrl-C the child may be busy in TensorFlow (it ignores SIGINT): stop it now.
+        self.close(kill=exc_type is not None)
+
+    def request(self, op: str, doing: str, **fields: object) -> dict:
+        """Send one request and wait for its reply; ``doing`` ("converting it") names the request if the child dies."""
+        process = self._start()
+        line = b""
+        try:
+            assert process.stdin is not None
+            process.stdin.write(json.dumps({"op": op, "shown_as": self.shown_as, **fields}).encode() + b"\n")
+            process.stdin.flush()
+            line = self._replies.readline(_REPLY_LIMIT)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass
+        if not line.endswith(b"\n"):
+            raise InputError(self._death(doing))
+        reply = json.loads(line)
+        if "error" in reply:
+            # TensorFlow's messages name the audited copy (name the user's model instead) and may quote
+            # names the model chose (no control characters reach the terminal).
+            message = reply["error"].replace(str(self.folder / "saved_model"), self.shown_as)
+            raise InputError(printable(" ".join(message.split()), limit=1000))
+        return reply
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._process is not None:
+            return self._process
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ logging reads it at import
+        # worker.py runs by path: it needs nothing of our package (and none of our imports' time).
+        bootstrap = f"import runpy; runpy.run_path({str(Path(__file__).with_name('worker.py'))!r}, run_name='__main__')"
+        flags = ["-P"] if sys.version_info >= (3, 11) else []  # no script folder on sys.path ...
+        # Its output: a log file in our folder, or with native_logs the user's stderr (stdout is for our report).
+        log = None if self.native_logs else open(self.folder / "tensorflow.log", "wb")  # noqa: SIM115 - closed below
+        read_end, write_end = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, *flags, "-c", bootstrap, str(write_end)],
+                stdin=subprocess.PIPE,
+                stdout=log if log is not None else 2,
+                stderr=log,
+                pass_fds=(write_end,),
+                cwd=self.folder,  # ... and our private folder as the working directory
+                env=env,
+            )
+        finally:
+            os.close(write_end)
+            if log is not None:
+                log.close()
+        self._replies = os.fdopen(read_end, "rb")
+        return self._process
+
+    def _death(self, doing: str) -> str:
+        assert self._process is not None
+        try:
+            code = self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            code = self._process.wait()
+        if code < 0:
+            name = _signal_name(-code)
+            what = f"TensorFlow crashed (signal {name})"
+            if -code == signal.SIGKILL:
+                what = "TensorFlow was killed (signal SIGKILL; out of memory?)"
+        else:
+            what = f"TensorFlow exited with status {code}"
+            last = self._last_log_line()
+            if last:  # a Python-level death says why on its last line
+                what += f" ({last})"
+        hint = "" if self.native_logs else "; run with -v to see its log"
+        return f"{self.shown_as}: {what} while {doing}{hint}"
+
+    def _last_log_line(self) -> str:
+        log = self.folder / "tensorflow.log"
+        if self.native_logs or not log.is_file():
+            return ""
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return printable(lines[-1], 200) if lines else ""
+
+    def close(self, kill: bool = False) -> None:
+        """End the child: it exits when its stdin closes (``kill``: at once)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if kill:
+            process.kill()
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # type: ignore[union-attr]
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._replies is not None:
+            self._replies.close()
+            self._replies = None
+
+
+def _signal_name(number: int) -> str:
     try:
-        model, _ = tf2onnx.convert.from_graph_def(
-            graph_def,
-            input_names=inputs,
-            output_names=outputs,
-            opset=opset,
-            tensors_to_rename=renames,
-            custom_op_handlers={"Erfc": (_erfc, [])},
-        )
-    except Exception as e:  # noqa: BLE001 - tf2onnx raises many types
-        raise InputError(f"{shown_as}: tf2onnx could not convert the model ({_first_line(e)})") from e
-    unknown = sorted({n.op_type for n in _all_nodes(model.graph) if not _known_op(n, model)})
-    if unknown:
-        raise InputError(f"{shown_as}: TensorFlow ops that could not be converted to ONNX: {', '.join(unknown)}")
-    return model
-
-
-def _clear_no_inline(graph_def: object) -> bool:
-    """Drop the marks that stop grappler from inlining Keras 3's XLA-wrapped convolutions."""
-    changed = False
-    for fn in graph_def.library.function:  # type: ignore[attr-defined]
-        for key in _NO_INLINE_ATTRS:
-            if key in fn.attr:
-                del fn.attr[key]
-                changed = True
-        for node in fn.node_def:
-            changed |= _clear_node(node)
-    for node in graph_def.node:  # type: ignore[attr-defined]
-        changed |= _clear_node(node)
-    return changed
-
-
-def _clear_node(node: object) -> bool:
-    changed = False
-    if node.op in _CALL_OPS:  # type: ignore[attr-defined]
-        for key in _NO_INLINE_ATTRS:
-            if key in node.attr:  # type: ignore[attr-defined]
-                del node.attr[key]  # type: ignore[attr-defined]
-                changed = True
-    return changed
-
-
-def _erfc(ctx: object, node: object, name: str, args: list) -> None:
-    """tf2onnx custom handler: Erfc(x) = 1 - Erf(x)."""
-    from tf2onnx import utils
-
-    node.type = "Erf"  # type: ignore[attr-defined]
-    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))  # type: ignore[attr-defined]
-    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))  # type: ignore[attr-defined]
-    ctx.insert_new_node_on_output(
-        "Sub",
-        node.output[0],
-        name=utils.make_name(f"{name}_erfc"),  # type: ignore[attr-defined]
-        inputs=[one.output[0], node.output[0]],
-    )
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    from converter.graph import iter_graphs
-
-    for _, g in iter_graphs(graph):
-        yield from g.node
-
-
-def _known_op(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
-    domain = node.domain if node.domain not in ("ai.onnx",) else ""
-    version = next((o.version for o in model.opset_import if o.domain == domain), None)
-    if version is None:
-        return False
-    try:
-        onnx.defs.get_schema(node.op_type, version, domain)
-    except onnx.defs.SchemaError:
-        return domain not in ("", "ai.onnx.ml")  # custom domains (tf2onnx's contrib ops) are not ours to judge
-    return True
-
-
-def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the SavedModel's signature on ``feeds`` (keyed by ONNX input names, the signature's names)."""
-    import tensorflow as tf
-
-    with native_stderr_silenced(not source.native_logs):
-        loaded = tf.saved_model.load(str(source.saved_model), tags=[source.tag])
-        fn = loaded.signatures[source.signature]
-        outputs = fn(**{k: tf.constant(v) for k, v in feeds.items()})
-        return {k: v.numpy() for k, v in outputs.items()}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(e).__name__
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
