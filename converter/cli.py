@@ -1,7 +1,14 @@
 """The ``convert`` command: parsing, tables, progress and exit codes over ``converter.convert``.
 
 Exit status: 0 success (also when nothing needed rewriting), 1 verification mismatch (nothing
-written), 2 usage errors and bad input (one line on stderr; the traceback only with -v).
+written), 2 usage errors and bad input (one line on stderr; the traceback only with -v),
+130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (temporary files removed, one line).
+
+Everything printed is data: names from the model and paths from the command line are shown with
+control characters escaped (an ANSI escape or a newline in a tensor name never reaches the
+terminal raw) and never interpreted as rich markup. Unless -v is given, file descriptor 2 goes to
+/dev/null while the work runs, so that what libraries print (onnxruntime's native log, Python
+warnings) does not add to our one line; our own messages go to a copy of the real stderr.
 """
 
 from __future__ import annotations
@@ -9,20 +16,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
+import signal
+import sys
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import ConverterError, InputError
-from .pipeline import convert
+from .load import external_data_files, load_arrays
+from .paths import check_output, check_target, refuse_inside, refuse_overwriting
+from .pipeline import convert, default_output
 from .report import ConvertReport, VerifyReport
 from .save import write_atomic
+from .verify import DEFAULT_MAX_MEMORY
 
 PROG = "convert"
 
@@ -30,7 +45,7 @@ PROG = "convert"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the user asked for the exact problem.
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {shown(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="concrete shape for an input with symbolic dims, e.g. x:1,224,224,3 (repeatable)",
     )
     p.add_argument("--inputs", metavar="FILE.npz", help="feed these arrays (keyed by input name) instead of random data")
-    p.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    p.add_argument(
+        "--report", metavar="FILE.json", help="write the full report as JSON ('-': to stdout, which then holds only the JSON)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list every candidate with its decision; write nothing")
     p.add_argument("--force", action="store_true", help="write the result even when verification finds a mismatch")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs (default: 0)")
+    p.add_argument("--trials", type=_positive_int, metavar="N", help="verification runs with fresh random inputs")
+    p.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        metavar="SIZE",
+        help="most memory verification may use for inputs and outputs, e.g. 512M, 8G, 1.5G or bytes (default: 4G)",
+    )
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="stop verification after this long (default: 600)")
     tf = p.add_argument_group("TensorFlow input")
     tf.add_argument("--signature", default="serving_default", help="SavedModel signature (default: serving_default)")
     tf.add_argument("--tag", default="serve", help="SavedModel tag (default: serve)")
@@ -94,63 +119,290 @@ def _input_shape(text: str) -> tuple[str, list[int]]:
         shape = []
     if not sep or not name or not shape or any(d < 0 for d in shape):
         raise argparse.ArgumentTypeError(f"expected NAME:DIM,DIM,... with non-negative integers, got {text!r}")
+    if math.prod(shape) > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"shape {shape} of {name!r} is too large to exist (more than 2**63 elements)")
     return name, shape
 
 
-def _load_npz(path: str) -> dict[str, np.ndarray]:
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _memory_size(text: str) -> int:
+    """``512M``, ``8G``, ``1.5G``, ``64k`` or plain bytes; K, M, G and T are powers of 1024 (``GB``, ``GiB`` alike)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M, 8G, 1.5G or a number of bytes, got {text!r}")
+    value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: cannot read input arrays ({e})") from e
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Console(highlight=False, soft_wrap=True)
-    # Our own stream to the terminal: the TensorFlow front end silences file descriptor 2 while
-    # TensorFlow's native code runs, and our progress and errors must not go with it.
-    err = Console(file=os.fdopen(os.dup(2), "w"), highlight=False, soft_wrap=True)
+    out = Console(file=_tolerant(sys.stdout), highlight=False, soft_wrap=True, markup=False, emoji=False)
+    # Our own stream to the terminal: while the work runs, file descriptor 2 goes to /dev/null
+    # (unless -v), and the TensorFlow front end silences it too; our progress and errors must not go with it.
+    with _stderr_copy() as stderr:
+        err = Console(file=stderr, highlight=False, soft_wrap=True, markup=False, emoji=False)
+        return _run(args, out, err)
+
+
+def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    to_stdout = args.report == "-"
+    report: ConvertReport | None = None
+    watched: dict[Path, tuple[int, ...] | None] = {}
     try:
-        shapes = dict(args.input_shape)
-        inputs = _load_npz(args.inputs) if args.inputs else None
-        with _progress(err, enabled=not args.quiet and err.is_terminal) as on_step:
-            report = convert(
-                args.input,
-                args.output,
-                verify_outputs=not args.no_verify,
-                fold_transposes=not args.no_fold_transposes,
-                providers=args.ep,
-                atol=args.atol,
-                rtol=args.rtol,
-                input_shapes=shapes,
-                inputs=inputs,
-                dry_run=args.dry_run,
-                signature=args.signature,
-                tag=args.tag,
-                opset=args.opset,
-                native_logs=args.verbose,
-                force=args.force,
-                allow_h5=args.allow_h5,
-                trust_model=args.trust_model,
-                on_step=on_step,
-            )
-        if args.report:
-            write_atomic(Path(args.report), json.dumps(report.to_dict(), indent=2).encode() + b"\n")
+        with _signals_raise(), _quiet(enabled=not args.verbose):
+            watched = _check_paths(args)
+            inputs = load_arrays(args.inputs, args.max_memory or DEFAULT_MAX_MEMORY) if args.inputs else None
+            with _progress(err, enabled=not args.quiet and err.is_terminal) as on_step:
+                report = convert(
+                    args.input,
+                    args.output,
+                    verify_outputs=not args.no_verify,
+                    fold_transposes=not args.no_fold_transposes,
+                    providers=args.ep,
+                    atol=args.atol,
+                    rtol=args.rtol,
+                    input_shapes=dict(args.input_shape),
+                    inputs=inputs,
+                    dry_run=args.dry_run,
+                    signature=args.signature,
+                    tag=args.tag,
+                    opset=args.opset,
+                    native_logs=args.verbose,
+                    force=args.force,
+                    allow_h5=args.allow_h5,
+                    trust_model=args.trust_model,
+                    seed=args.seed,
+                    trials=args.trials,
+                    max_memory=args.max_memory,
+                    timeout=args.timeout,
+                    on_step=on_step,
+                )
+            if args.report is not None and not to_stdout:
+                _write_report(Path(args.report), report)
     except ConverterError as e:
         if args.verbose:
-            traceback.print_exc()
-        err.print(f"{PROG}: error: {e}", markup=False)
+            _say(err, *traceback.format_exc().splitlines())
+        _say(err, f"{PROG}: error: {shown(e)}")
         return e.exit_code
-    except KeyboardInterrupt:
-        err.print(f"{PROG}: interrupted; nothing was written", markup=False)
-        return 130
-    for warning in report.warnings:
-        err.print(f"{PROG}: warning: {warning}", markup=False)
-    if not args.quiet:
-        print_report(out, report)
-    out.print(verdict(report), markup=False)
+    except MemoryError:
+        if args.verbose:
+            _say(err, *traceback.format_exc().splitlines())
+        hint = "--max-memory, a smaller --input-shape or --no-verify may help"
+        _say(err, f"{PROG}: error: out of memory; {_what_was_written(watched)} ({hint})")
+        return 2
+    except (_Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
+        _say(err, f"{PROG}: {_STOP_WORDS.get(signum, 'stopped')}; {_what_was_written(watched)}")
+        return 128 + signum
+    try:
+        for warning in report.warnings:
+            err.print(f"{PROG}: warning: {shown(warning)}")
+        if to_stdout:
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+            sys.stdout.flush()
+            err.print(verdict(report))
+        else:
+            if not args.quiet:
+                print_report(out, report)
+            out.print(verdict(report))
+            out.file.flush()
+    except BrokenPipeError:
+        # The reader went away (``convert ... | head``): the work is done, its status stands.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if report.ok else 1
+
+
+def _check_paths(args: argparse.Namespace) -> dict[Path, tuple[int, ...] | None]:
+    """Every path this run writes, checked before any work; returns them with their state now.
+
+    ``-o`` is checked by ``convert`` itself (pipeline.py). Here: the report may not replace the
+    input, its external data, the output or its data file, or the --inputs file; nor may the
+    output replace the --inputs file.
+    """
+    source = Path(args.input)
+    output = default_output(args.input) if args.output is None else args.output
+    if args.dry_run:
+        output = Path(output)
+    else:
+        output = check_output(output, source)  # convert() checks it again; here it comes first, as it did
+    data = output.with_name(output.name + ".data") if output.name else output
+    inputs = [(Path(args.inputs), "the --inputs file")] if args.inputs else []
+    if not args.dry_run:
+        refuse_overwriting(output, inputs)
+        refuse_overwriting(data, inputs, "output's data file")
+    written = [] if args.dry_run else [output, data]
+    if args.report is not None and args.report != "-":
+        report = check_target(args.report, "report")
+        protected = [
+            (source, "the input model"),
+            (output, "the output model"),
+            (data, "the output's data file"),
+            *inputs,
+        ]
+        if source.is_dir():
+            refuse_inside(report, source, f"the input SavedModel {source}", "report")
+        elif report.exists() and report.resolve().is_relative_to(source.resolve().parent):
+            # Only a file beside the model can be its external data (load.py refuses any other).
+            protected += [(path, "the input's external data") for path in external_data_files(source)]
+        refuse_overwriting(report, protected, "report")
+        written.append(report)
+    return {path: _fingerprint(path) for path in written}
+
+
+def _write_report(path: Path, report: ConvertReport) -> None:
+    data = json.dumps(report.to_dict(), indent=2).encode() + b"\n"
+    try:
+        write_atomic(path, data, what="report")
+    except InputError as e:
+        if report.written:
+            raise InputError(f"{e}; the model was written to {report.output}") from e
+        raise
+
+
+def _what_was_written(watched: dict[Path, tuple[int, ...] | None]) -> str:
+    changed = [shown(path) for path, before in watched.items() if _fingerprint(path) != before]
+    if not changed:
+        return "nothing was written"
+    return f"{', '.join(changed)} {'was' if len(changed) == 1 else 'were'} written"
+
+
+def _fingerprint(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def shown(text: object) -> str:
+    """``text`` safe to print: control characters, bidi overrides and undecodable bytes become escapes."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+def _say(console: Console, *lines: str) -> None:
+    """Print lines (each shown as data); a stderr that is gone (a closed terminal) must not turn them into a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in lines:
+            console.print(shown(line))
+        console.file.flush()
+
+
+def _stderr_copy() -> TextIO:
+    """A stream on a copy of file descriptor 2, escaping what its encoding cannot hold."""
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    try:
+        return os.fdopen(os.dup(2), "w", encoding=encoding, errors="backslashreplace")
+    except OSError:  # no file descriptor 2 at all
+        return open(os.devnull, "w")
+
+
+def _tolerant(stream: TextIO) -> TextIO:
+    """stdout that escapes what its encoding cannot hold (an ASCII locale and a name in Greek), rather than raising."""
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        with contextlib.suppress(ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+    return stream
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null and ignore Python warnings while the work runs.
+
+    Libraries write to stderr on their own (onnxruntime's native log, e.g. a telemetry warning
+    when HOME is not writable; onnx's "experimental format" warning); the promise is one line.
+    Restored before any exception leaves, so a real bug's traceback is still seen.
+    """
+    if not enabled:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            yield
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP (or SIGINT) turned into an exception, like KeyboardInterrupt: every ``finally`` runs,
+    so temporary files are removed (save.py)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOPPING = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+_STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", getattr(signal, "SIGHUP", -1): "hung up"}
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    def stop(signum: int, _frame: Any) -> None:
+        # One is enough: a second signal must not cut the cleanup of the first short.
+        for s in _STOPPING:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, stop) for s in _STOPPING}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -159,59 +411,65 @@ def _progress(console: Console, enabled: bool) -> Iterator[object]:
         yield None
         return
     with console.status("starting") as status:
-        yield lambda message: status.update(message)
+        yield lambda message: status.update(shown(message))
 
 
 def verdict(report: ConvertReport) -> str:
     rw = report.rewrite
     what = f"rewrote {rw.rewritten} of {rw.candidates} candidates"
+    output = shown(report.output)
     if report.dry_run:
         return f"DRY RUN: {rw.rewritten} of {rw.candidates} candidates would be rewritten; nothing written"
+    why = "verification found mismatches" if report.status == "failed" else "verification could not prove the result (incomplete)"
     if not report.ok and report.forced:
-        return f"FAILED: verification found mismatches; wrote {report.output} anyway (--force)"
+        return f"FAILED: {why}; wrote {output} anyway (--force)"
     if not report.ok:
-        return f"FAILED: verification found mismatches; {report.output} was not written"
+        return f"FAILED: {why}; {output} was not written"
     checked = "verified" if report.verify is not None else "not verified (--no-verify)"
-    return f"PASSED: {what}, {checked}, wrote {report.output}"
+    return f"PASSED: {what}, {checked}, wrote {output}"
 
 
 def print_report(console: Console, report: ConvertReport) -> None:
+    """The human summary. Every name and path in it is shown as data (``shown``), never as markup."""
     rw = report.rewrite
-    console.print(f"{report.input} -> {report.output or '(dry run)'}", markup=False)
+    console.print(f"{shown(report.input)} -> {shown(report.output or '(dry run)')}")
     ops = Table(title="Ops", title_justify="left")
     ops.add_column("op")
     ops.add_column("before", justify="right")
     ops.add_column("after", justify="right")
     for op in sorted(set(rw.ops_before) | set(rw.ops_after)):
         b, a = rw.ops_before.get(op, 0), rw.ops_after.get(op, 0)
-        ops.add_row(op, str(b), str(a) if a == b else f"[bold]{a}[/bold]")
+        ops.add_row(shown(op), str(b), Text(str(a), style="" if a == b else "bold"))
     console.print(ops)
-    console.print(f"Rewritten {rw.rewritten} of {rw.candidates} candidates", markup=False)
+    console.print(f"Rewritten {rw.rewritten} of {rw.candidates} candidates")
     if rw.cleanup is not None:
         console.print(
             f"Transposes: {rw.ops_rewritten.get('Transpose', 0)} after the rewrite, "
-            f"{rw.ops_after.get('Transpose', 0)} after the layout cleanup",
-            markup=False,
+            f"{rw.ops_after.get('Transpose', 0)} after the layout cleanup"
         )
     kept_bias = [d for d in rw.decisions if d.rewritten and d.notes.get("bias_reason")]
     if kept_bias:
         console.print(
-            f"  {len(kept_bias)} kept their Add ({', '.join(sorted({d.notes['bias_reason'] for d in kept_bias}))})", markup=False
+            f"  {len(kept_bias)} kept their Add ({shown(', '.join(sorted({d.notes['bias_reason'] for d in kept_bias})))})"
         )
     for reason, n in rw.skipped_by_reason.items():
         example = next(d for d in rw.decisions if d.reason == reason)
-        console.print(f"  skipped {n} x {reason}: e.g. {example.node} ({example.detail})", markup=False)
+        console.print(f"  skipped {n} x {shown(reason)}: e.g. {shown(example.node)} ({shown(example.detail)})")
     if report.dry_run:
         console.print(_decisions_table(report))
     for check, against in ((report.verify, "original"), (report.verify_reference, "")):
         if check is None:
             continue
         console.print(_verify_table(check, against or check.providers[0]))
+        for dim in check.dims:
+            console.print(f"  dim {shown(repr(dim.name))} set to {dim.value} ({shown(dim.why)})")
         for line in check.assumptions:
-            console.print(f"  assumed: {line}", markup=False)
+            console.print(f"  assumed: {shown(line)}")
+        for line in check.notes:
+            console.print(f"  note: {shown(line)}")
         for line in check.interface_problems:
-            console.print(f"  interface: {line}", markup=False)
-    console.print("Timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()), markup=False)
+            console.print(f"  interface: {shown(line)}")
+    console.print("Timings: " + ", ".join(f"{shown(k)} {v:.3f}s" for k, v in report.timings.items()))
 
 
 def _decisions_table(report: ConvertReport) -> Table:
@@ -221,9 +479,9 @@ def _decisions_table(report: ConvertReport) -> Table:
     for d in report.rewrite.decisions:
         if d.rewritten:
             bias = "bias folded" if d.notes.get("bias_folded") else f"Add kept: {d.notes.get('bias_reason') or 'no Add'}"
-            t.add_row(d.graph, d.node, f"rewrite ({d.rule})", bias)
+            t.add_row(shown(d.graph), shown(d.node), shown(f"rewrite ({d.rule})"), shown(bias))
         else:
-            t.add_row(d.graph, d.node, "skip", f"{d.reason}: {d.detail}")
+            t.add_row(shown(d.graph), shown(d.node), "skip", shown(f"{d.reason}: {d.detail}"))
     return t
 
 
@@ -231,9 +489,9 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
     feeds = "; ".join(f"{i.name} {i.dtype} {_dims(i.shape)} {i.source}" for i in v.inputs)
     where = "onnxruntime " + ", ".join(v.providers) if against == "original" else against
     t = Table(
-        title=f"Verification: rewritten vs {'original on ' + where if against == 'original' else where} (seed {v.seed})",
+        title=shown(f"Verification: rewritten vs {'original on ' + where if against == 'original' else where} (seed {v.seed})"),
         title_justify="left",
-        caption=f"inputs: {feeds}",
+        caption=shown(f"inputs: {feeds}"),
         caption_justify="left",
     )
     for col, just in (
@@ -247,10 +505,14 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
     ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for o in v.outputs:
-        result = "[green]pass[/green]" if o.passed else f"[red]FAIL[/red] {o.problem or f'{o.mismatched} elements'}"
+        result = (
+            Text("pass", style="green")
+            if o.passed
+            else Text.assemble(("FAIL", "red"), f" {shown(o.problem or f'{o.mismatched} elements')}")
+        )
         t.add_row(
-            o.name,
-            o.dtype,
+            shown(o.name),
+            shown(o.dtype),
             _dims(o.shape),
             f"{o.max_abs_error:.2g}",
             f"{o.max_rel_error:.2g}",

@@ -153,6 +153,10 @@ def convert(
     step = on_step or (lambda _msg: None)
     source_path = Path(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
+    if not dry_run:  # every path we write is checked before any work (paths.py says what is refused)
+        from .paths import check_output
+
+        output = check_output(output_path if output_path is not None else output, source_path)
     _refuse_overwriting_input(source_path, output)
     chosen = resolve_providers(providers)
     common = {
@@ -168,6 +172,10 @@ def convert(
         "dry_run": dry_run,
         "force": force,
         "step": step,
+        "seed": seed,
+        "trials": trials,
+        "max_memory": max_memory,
+        "timeout": timeout,
     }
     if is_tensorflow_input(source_path):
         from .frontends.savedmodel import open_tensorflow, run_tensorflow
@@ -216,6 +224,10 @@ def _convert_model(
     dry_run: bool,
     force: bool,
     step: Callable[[str], None],
+    seed: int,
+    trials: int | None,
+    max_memory: int | None,
+    timeout: float | None,
     reference: tuple[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
 ) -> ConvertReport:
     timings = {"load": load_seconds}
@@ -235,13 +247,24 @@ def _convert_model(
         return report
 
     if verify_outputs:
-        checks = {"providers": chosen, "inputs": inputs, "input_shapes": input_shapes, "atol": atol, "rtol": rtol}
-        report.verify = verify(model, result.model, on_step=step, **checks)  # type: ignore[arg-type]
+        checks = {"providers": chosen, "inputs": inputs, "atol": atol, "rtol": rtol, "seed": seed, "timeout": timeout}
+        report.verify = verify(
+            model,
+            result.model,
+            layers=result.report.layers,
+            input_shapes=input_shapes,
+            trials=trials,
+            max_memory=max_memory,
+            on_step=step,
+            **checks,  # type: ignore[arg-type]
+        )
         timings["verify"] = report.verify.seconds
         if reference is not None:
             name, run = reference
             step(f"running {name}")
-            report.verify_reference = verify_reference(run, name, model, result.model, **checks)  # type: ignore[arg-type]
+            # The same inputs as the first trial above (the shapes it chose).
+            shapes = {i.name: i.shape for i in report.verify.inputs if i.source == "random"}
+            report.verify_reference = verify_reference(run, name, model, result.model, input_shapes=shapes, **checks)  # type: ignore[arg-type]
             timings["verify_reference"] = report.verify_reference.seconds
         if not report.ok:
             if not force:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -21,6 +23,7 @@ from . import wire
 from .detached import DetachedWeights
 from .errors import InputError
 from .graph import copy_field, copy_model, weight_bytes
+from .paths import TEMP_SUFFIX, check_target, temporary_prefix
 
 M = TypeVar("M", onnx.ModelProto, onnx.GraphProto)
 
@@ -58,17 +61,14 @@ def save(
     written from their arrays, never copied into the model. The model passed in is not modified
     (except that its placeholders move to the end of the main graph's initializers, where they are written).
     """
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise InputError(f"{target}: folder {folder} does not exist")
+    target = check_target(path)
     if external_data is None:
         external_data = weight_bytes(model) >= EXTERNAL_DATA_ABOVE
     if not external_data:
         write_atomic(target, _serialized(model, detached))
         return [target]
-    data_path = target.with_name(target.name + ".data")
-    with _temporary(data_path) as (data_file, data_tmp):
+    data_path = check_target(target.with_name(target.name + ".data"), "output's data file")
+    with _write_errors(data_path), _temporary(data_path) as (data_file, data_tmp):
         offset = 0
 
         def write_data(into: onnx.TensorProto, data: bytes | memoryview) -> None:
@@ -175,35 +175,88 @@ def _fields(into: M, source: M, keep: Callable[[int], bool]) -> M:
     return into
 
 
-def write_atomic(target: Path, data: bytes | Iterable[bytes | memoryview], then_replace: tuple[Path, Path] | None = None) -> None:
+def write_atomic(
+    target: str | os.PathLike[str],
+    data: bytes | Iterable[bytes | memoryview],
+    then_replace: tuple[Path, Path] | None = None,
+    what: str = "output",
+) -> None:
     """Write ``data`` (bytes, or pieces of it) to ``target`` via a temporary file; ``then_replace`` renames a finished companion
-    file (the model's data) into place just before the model itself."""
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{target}: folder {folder} does not exist")
-    with _temporary(target) as (f, tmp):
+    file (the model's data) into place just before the model itself.
+
+    The target is checked first (paths.check_target); a failing write (disk full, file size limit, ...)
+    is an InputError naming the target and the system's reason, and leaves no temporary file.
+    """
+    target = check_target(target, what)
+    with _write_errors(target), _temporary(target) as (f, tmp):
         for piece in [data] if isinstance(data, bytes) else data:
             f.write(piece)
         f.flush()
         os.fsync(f.fileno())
         f.close()
-        if then_replace is not None:
-            os.replace(*then_replace)
-        os.replace(tmp, target)
+        # A signal between the two renames would pair the old model with the new data file.
+        with _signals_held():
+            if then_replace is not None:
+                os.replace(*then_replace)
+            os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise InputError(f"{target}: cannot write ({reason})") from e
 
 
 @contextlib.contextmanager
 def _temporary(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
-    """A temporary file beside ``target``; removed again unless the caller renamed it."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(name)
-    # mkstemp makes the file private (0600); a model file gets the permissions any new file would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(fd, 0o666 & ~umask)
+    """A temporary file beside ``target``; removed again unless the caller renamed it.
+
+    Signals are held while it is created, so that a Ctrl-C or SIGTERM arrives only once the
+    ``finally`` below is sure to remove the file (cli.py turns both into exceptions).
+    """
+    tmp = None
     try:
+        with _signals_held():
+            fd, name = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
+            tmp = Path(name)
+        # mkstemp makes the file private (0600); a model file gets the permissions any new file would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+_HELD = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT, SIGTERM and SIGHUP across a few system calls that must not be split.
+
+    Their handlers are swapped for one that only takes note, and a signal that came meanwhile is
+    raised again once the real handlers are back. (Blocking with pthread_sigmask is not enough:
+    it holds the signal for this thread only, and numpy's or onnxruntime's threads take it.)
+    Python runs signal handlers in the main thread only, so elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {}
+    try:
+        for s in _HELD:
+            previous[s] = signal.signal(s, lambda signum, _frame: pending.append(signum))
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now its own handler runs (cli.py's raises, and cleanup follows)

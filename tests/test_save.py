@@ -80,3 +80,46 @@ def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
         os.umask(old)
     for name in ("m.onnx", "e.onnx", "e.onnx.data"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def _symlink(p: Path) -> None:
+    (p.parent / "elsewhere.onnx").write_bytes(b"the link's target")
+    p.symlink_to("elsewhere.onnx")
+
+
+def _read_only(p: Path) -> None:
+    p.write_bytes(b"read-only")
+    p.chmod(0o444)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_symlink, "symbolic link"),
+        (lambda p: os.mkfifo(p), "named pipe"),
+        (lambda p: p.mkdir(), "is a folder"),
+        (_read_only, "read-only"),
+    ],
+    ids=["symlink", "fifo", "folder", "read-only"],
+)
+@pytest.mark.parametrize("which", ["model", "data file"])
+def test_save_never_replaces_what_is_not_a_writable_file(tmp_path: Path, make, message: str, which: str) -> None:
+    target = tmp_path / "m.onnx"
+    make(target if which == "model" else tmp_path / "m.onnx.data")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(converter.InputError, match=message):
+        save(dense_model(), target, external_data=True, size_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("external_data", [False, True])
+def test_a_failing_write_is_one_input_error_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch, external_data: bool) -> None:
+    import errno
+
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(converter.InputError, match=r"m\.onnx(\.data)?: cannot write \(No space left on device\)"):
+        save(dense_model(), tmp_path / "m.onnx", external_data=external_data, size_threshold=0)
+    assert list(tmp_path.iterdir()) == []
