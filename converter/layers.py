@@ -129,6 +129,154 @@ def check_layer(
     return result
 
 
+@dataclass
+class LayerTensors:
+    """One layer's tensors in one trial, as check_layer takes them."""
+
+    conv_in: np.ndarray
+    conv_out: np.ndarray
+    weight_kc: np.ndarray
+    bias: np.ndarray | None
+    orig_in: np.ndarray | None
+    orig_out: np.ndarray | None
+    calibrate: bool = True
+
+
+_BATCH_ELEMENTS = 1 << 14  # a layer this small (positions x channels) is checked in a batch with its likes
+_BATCH_BYTES = 1 << 26
+
+
+def check_layers(items: list[LayerTensors]) -> list[LayerNumbers]:
+    """check_layer for many layers: small layers of one shape are checked together, in arrays stacked over layers.
+
+    Graphs of tens of thousands of small dense layers spent most of their verification time in
+    per-layer Python overhead; the stacked computation is the same arithmetic, per layer.
+    """
+    results: list[LayerNumbers | None] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        key = _batch_key(it)
+        if key is None:
+            results[i] = check_layer(it.conv_in, it.conv_out, it.weight_kc, it.bias, it.orig_in, it.orig_out, it.calibrate)
+        else:
+            groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        rows, c, k = key[0] * key[1] * key[2], key[3], key[4]
+        per_layer = 8 * rows * (3 * c + 4 * k)
+        step = max(1, _BATCH_BYTES // max(per_layer, 1))
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            for i, r in zip(chunk, _check_batch([items[i] for i in chunk]), strict=True):
+                results[i] = r
+    return results  # type: ignore[return-value]
+
+
+def _batch_key(it: LayerTensors) -> tuple | None:
+    x, y = np.asarray(it.conv_in), np.asarray(it.conv_out)
+    k, c = it.weight_kc.shape
+    if x.ndim != 4 or x.shape[1] != c or y.shape != (x.shape[0], k, x.shape[2], x.shape[3]):
+        return None  # check_layer says what is wrong
+    n, _, h, w = x.shape
+    if n * h * w * max(c, k) > _BATCH_ELEMENTS or it.orig_in is None or np.shape(it.orig_in) != (n, h, w, c):
+        return None
+    calibrate = it.calibrate and it.orig_out is not None and np.shape(it.orig_out) == (n, h, w, k)
+    return (n, h, w, c, k, x.dtype.name, y.dtype.name, it.bias is not None, calibrate)
+
+
+def _check_batch(items: list[LayerTensors]) -> list[LayerNumbers]:
+    first = items[0]
+    n, c, h, w = np.asarray(first.conv_in).shape
+    k = first.weight_kc.shape[0]
+    rows = n * h * w
+    x = np.stack([np.moveaxis(np.asarray(it.conv_in), 1, -1).reshape(rows, c) for it in items]).astype(np.float64)
+    y = np.stack([np.moveaxis(np.asarray(it.conv_out), 1, -1).reshape(rows, k) for it in items]).astype(np.float64)
+    xo = np.stack([np.asarray(it.orig_in).reshape(rows, c) for it in items]).astype(np.float64)
+    wt = np.stack([it.weight_kc.T for it in items]).astype(np.float64)  # [L, C, K]
+    b = None if first.bias is None else np.stack([np.asarray(it.bias).reshape(-1) for it in items]).astype(np.float64)
+    in_dtype, out_dtype = np.asarray(first.conv_in).dtype, np.asarray(first.conv_out).dtype
+    u_acc = max(unit_roundoff(np.float32), unit_roundoff(in_dtype)) if in_dtype.name != "float64" else 2.0**-53
+    scale = LAMBDA * math.sqrt(c) * u_acc + 2 * unit_roundoff(out_dtype)
+    tiny = c * float(np.finfo(np.float32 if out_dtype.itemsize < 8 else np.float64).tiny)
+    shape = (n, h, w, c)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        row_ok = np.isfinite(x).all(axis=2)  # [L, R]
+        masked = np.where(row_ok[..., None], x, np.nan)
+        any_finite = row_ok.any(axis=1)
+        lo = np.nanmin(np.where(any_finite[:, None, None], masked, 0.0), axis=(1, 2))
+        hi = np.nanmax(np.where(any_finite[:, None, None], masked, 0.0), axis=(1, 2))
+        # input layout: relative error over elements finite in both, and NaN/Inf in the same places
+        fa, fb = np.isfinite(x), np.isfinite(xo)
+        both = fa & fb
+        diff = np.where(both, x - xo, 0.0)
+        num = np.einsum("lrc,lrc->l", diff, diff)
+        den = np.einsum("lrc,lrc->l", np.where(both, xo, 0.0), np.where(both, xo, 0.0))
+        rel = np.where(den > 0, np.sqrt(num / np.where(den > 0, den, 1.0)), np.where(num > 0, np.inf, 0.0))
+        nan_mismatch = (fa != fb).any(axis=(1, 2)) | ((~fa) & (~fb) & ~((x == xo) | (np.isnan(x) & np.isnan(xo)))).any(axis=(1, 2))
+
+        def ratio(inp: np.ndarray, out: np.ndarray, widen: np.ndarray) -> tuple[np.ndarray, ...]:
+            ok = np.isfinite(inp).all(axis=2)
+            safe = np.where(ok[..., None], inp, 0.0)
+            ref = np.matmul(safe, wt)
+            bound = np.matmul(np.abs(safe).astype(np.float32), np.abs(wt).astype(np.float32)).astype(np.float64)
+            if b is not None:
+                ref += b[:, None, :]
+                bound += np.abs(b)[:, None, :]
+            tol = (scale * bound + tiny) * widen[:, None, None]
+            err = np.abs(out - ref)
+            err = np.where(np.isnan(err) & ~np.isfinite(ref), 0.0, err)
+            err = np.where(np.isnan(err), np.inf, err)
+            err = np.where(ok[..., None], err, 0.0)
+            r = err / tol
+            noise = np.sqrt(
+                np.einsum("lrk,lrk->l", np.where(ok[..., None], tol, 0.0), np.where(ok[..., None], tol, 0.0))
+                / np.maximum(ok.sum(axis=1) * k, 1)
+            )
+            return err.max(axis=(1, 2)), r.max(axis=(1, 2)), (r > 1.0).sum(axis=(1, 2)), noise
+
+        ones = np.ones(len(items))
+        widened = ones.copy()
+        problems = [""] * len(items)
+        if _batch_key(first)[-1]:  # type: ignore[index]
+            zo = np.stack([np.asarray(it.orig_out).reshape(rows, k) for it in items]).astype(np.float64)
+            _, worst, _, _ = ratio(xo, zo, ones)
+            for i, wv in enumerate(worst):
+                if wv > _WIDEN_AT_MOST:
+                    problems[i] = (
+                        f"the original's layer output is not its input times the weight plus the bias ({wv:.3g}x the bound)"
+                    )
+                elif wv > 1.0:
+                    widened[i] = wv * 2.0
+        max_err, max_ratio, bad, noise = ratio(x, y, widened)
+
+    limit = INPUT_RTOL.get(in_dtype.name, _DEFAULT_INPUT_RTOL)
+    out: list[LayerNumbers] = []
+    for i in range(len(items)):
+        if not any_finite[i]:
+            out.append(LayerNumbers(False, "its input had no finite values", shape=shape))
+            continue
+        if not hi[i] > lo[i]:
+            out.append(LayerNumbers(False, "its input was one repeated value, which hides any layout", shape=shape))
+            continue
+        r = LayerNumbers(True, shape=shape, input_rel_error=float(rel[i]))
+        r.input_ok = bool(rel[i] <= limit and not nan_mismatch[i])
+        if nan_mismatch[i]:
+            r.problem = "NaN/Inf sit in other places than in the original's activation"
+        if problems[i]:
+            r.problem = problems[i]
+            out.append(r)
+            continue
+        r.widened = float(widened[i])
+        r.output_max_error, r.output_ratio, r.output_bad, r.noise = (
+            float(max_err[i]),
+            float(max_ratio[i]),
+            int(bad[i]),
+            float(noise[i]),
+        )
+        out.append(r)
+    return out
+
+
 def _sample(count: int) -> np.ndarray | slice:
     """Evenly spread row indices, first and last included (all rows when there are few)."""
     if count <= SAMPLE_ROWS:

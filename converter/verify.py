@@ -41,7 +41,7 @@ from . import feeds as feeding
 from .certify import Certificate, certify, find_graphs
 from .compare import compare, default_tolerances, degenerate, end_to_end_atol, failed
 from .errors import InputError
-from .layers import LayerNumbers, check_layer
+from .layers import LayerNumbers, LayerTensors, check_layers
 from .report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
 from .runtime import dtype_name, resolve_providers
 from .sessions import Runner, VerificationTimeout
@@ -387,6 +387,7 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
                 raise
             except InputError as e:
                 failure = str(e)
+        pending: list[tuple[str, LayerTensors]] = []
         for c in pair.layers:
             numbers = out.layers.setdefault(c.conv, [])
             if got is None or c.conv not in convs:
@@ -403,17 +404,18 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
                 numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {dense}"))
                 continue
             node = convs[c.conv]
-            numbers.append(
-                check_layer(
-                    _tensor(node.input[0], got, feeds),
-                    _tensor(node.output[0], got, feeds),
-                    dense[0],
-                    dense[1],
-                    _tensor(c.input, orig_out, feeds),
-                    _tensor(c.output, orig_out, feeds),
-                    calibrate=not any(n.exercised for n in numbers),
-                )
+            tensors = LayerTensors(
+                _tensor(node.input[0], got, feeds),
+                _tensor(node.output[0], got, feeds),
+                dense[0],
+                dense[1],
+                _tensor(c.input, orig_out, feeds),
+                _tensor(c.output, orig_out, feeds),
+                calibrate=not any(n.exercised for n in numbers),
             )
+            pending.append((c.conv, tensors))
+        for (conv, _), numbers in zip(pending, check_layers([t for _, t in pending]), strict=True):
+            out.layers[conv].append(numbers)
         for vi in pair.original.graph.output:
             ref = orig_out[vi.name]
             refs[vi.name].append(ref)
