@@ -1,7 +1,9 @@
 """The ``convert`` command: parsing, tables, progress and exit codes over ``converter.convert``.
 
-Exit status: 0 success (also when nothing needed rewriting), 1 verification mismatch (nothing
-written), 2 usage errors and bad input (one line on stderr; the traceback only with -v),
+Exit status: 0 success (also when nothing needed rewriting, and with --no-verify), 1 verification
+found a mismatch, 3 verification incomplete (nothing disagreed, but some rewritten layer lacks its
+structural proof or its numeric check; see verify.py) -- after 1 and 3 nothing is written unless
+--force; 2 usage errors and bad input (one line on stderr; the traceback only with -v);
 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (temporary files removed, one line).
 
 Everything printed is data: names from the model and paths from the command line are shown with
@@ -227,14 +229,18 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
             err.print(verdict(report))
         else:
             if not args.quiet:
-                print_report(out, report)
+                print_report(out, report, verbose=args.verbose)
             out.print(verdict(report))
             out.file.flush()
     except BrokenPipeError:
         # The reader went away (``convert ... | head``): the work is done, its status stands.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if report.ok else 1
+    return EXIT_STATUS.get(report.status, 0)
+
+
+# passed, not verified and dry run end with 0.
+EXIT_STATUS = {"failed": 1, "incomplete": 3}
 
 
 def _check_paths(args: argparse.Namespace) -> dict[Path, tuple[int, ...] | None]:
@@ -415,22 +421,43 @@ def _progress(console: Console, enabled: bool) -> Iterator[object]:
 
 
 def verdict(report: ConvertReport) -> str:
+    """The last line: PASSED, FAILED, INCOMPLETE (nothing disagreed, but evidence is missing), DONE or DRY RUN."""
     rw = report.rewrite
     what = f"rewrote {rw.rewritten} of {rw.candidates} candidates"
     output = shown(report.output)
     if report.dry_run:
         return f"DRY RUN: {rw.rewritten} of {rw.candidates} candidates would be rewritten; nothing written"
-    why = "verification found mismatches" if report.status == "failed" else "verification could not prove the result (incomplete)"
-    if not report.ok and report.forced:
-        return f"FAILED: {why}; wrote {output} anyway (--force)"
-    if not report.ok:
-        return f"FAILED: {why}; {output} was not written"
-    checked = "verified" if report.verify is not None else "not verified (--no-verify)"
-    return f"PASSED: {what}, {checked}, wrote {output}"
+    written = f"wrote {output} anyway (--force)" if report.forced else f"{output} was not written"
+    if report.status == "failed":
+        return f"FAILED: verification found mismatches; {written}"
+    if report.status == "incomplete":
+        return f"INCOMPLETE: {_missing_evidence(report)}; {written}" + ("" if report.forced else " (--force writes it)")
+    if report.status == "not verified":
+        return f"DONE: {what}, not verified (--no-verify), wrote {output}"
+    layers = report.verify.layers if report.verify is not None else []
+    evidence = f"{len(layers)} layers proved by structure and checked by numbers" if layers else "outputs identical in structure"
+    return f"PASSED: {what}, verified ({evidence}), wrote {output}"
 
 
-def print_report(console: Console, report: ConvertReport) -> None:
-    """The human summary. Every name and path in it is shown as data (``shown``), never as markup."""
+def _missing_evidence(report: ConvertReport) -> str:
+    checks = [v for v in (report.verify, report.verify_reference) if v is not None]
+    layers = [layer for v in checks for layer in v.layers]
+    short = [layer for layer in layers if not layer.verified]
+    unproved = [u for v in checks for u in (v.structure or {}).get("unproved", [])]
+    if short:
+        first = short[0]
+        why = first.structure_detail if first.structure != "proved" else first.numbers_detail
+        return f"{len(short)} of {len(layers)} rewritten layers lack evidence ({shown(first.conv)}: {shown(why)})"
+    if unproved:
+        return f"the structure could not be proved ({shown(unproved[0])})"
+    return "verification could not prove the result"
+
+
+def print_report(console: Console, report: ConvertReport, verbose: bool = False) -> None:
+    """The human summary. Every name and path in it is shown as data (``shown``), never as markup.
+
+    ``verbose`` lists every rewritten layer's evidence; otherwise only the layers that lack some.
+    """
     rw = report.rewrite
     console.print(f"{shown(report.input)} -> {shown(report.output or '(dry run)')}")
     ops = Table(title="Ops", title_justify="left")
@@ -469,7 +496,51 @@ def print_report(console: Console, report: ConvertReport) -> None:
             console.print(f"  note: {shown(line)}")
         for line in check.interface_problems:
             console.print(f"  interface: {shown(line)}")
+        if check.structure is not None:
+            _print_evidence(console, check, verbose)
     console.print("Timings: " + ", ".join(f"{shown(k)} {v:.3f}s" for k, v in report.timings.items()))
+
+
+def _print_evidence(console: Console, check: VerifyReport, verbose: bool) -> None:
+    """One line for the layers and the structure, then the layers that lack evidence (all of them with -v)."""
+    layers = check.layers
+    structure = check.structure or {}
+    if layers:
+        proved = sum(layer.structure == "proved" for layer in layers)
+        passed = [layer for layer in layers if layer.numbers == "passed"]
+        worst = max((layer.output_bound_ratio for layer in passed), default=0.0)
+        worst_in = max((layer.input_rel_error for layer in passed), default=0.0)
+        console.print(
+            f"Layers: {len(layers)} rewritten; structure proved for {proved}; numbers passed for {len(passed)} "
+            f"(worst output error {worst:.2g} of its rounding bound, worst input deviation {worst_in:.2g})"
+        )
+        weak = sum(layer.weak_shape for layer in layers)
+        if weak:
+            console.print(f"  {weak} layers saw N, H or W of 1, or H == W: their layout rests on the structural proof")
+    for line in structure.get("problems", []):
+        console.print(f"  structure: {shown(line)}")
+    for line in structure.get("unproved", [])[:5]:
+        console.print(f"  not proved: {shown(line)}")
+    shown_layers = layers if verbose else [layer for layer in layers if not layer.verified]
+    if not shown_layers:
+        return
+    t = Table(title="Layers" if verbose else "Layers lacking evidence", title_justify="left")
+    for col in ("conv", "graph", "where", "structure", "numbers", "error / bound", "detail"):
+        t.add_column(col, justify="right" if col == "error / bound" else "left")
+    for layer in shown_layers[: None if verbose else 20]:
+        detail = layer.structure_detail if layer.structure != "proved" else layer.numbers_detail
+        t.add_row(
+            shown(layer.conv),
+            shown(layer.graph),
+            shown(layer.where),
+            Text(layer.structure, style="" if layer.structure == "proved" else "red"),
+            Text(layer.numbers, style="" if layer.numbers == "passed" else "red"),
+            f"{layer.output_bound_ratio:.2g}",
+            shown(detail),
+        )
+    console.print(t)
+    if not verbose and len(shown_layers) > 20:
+        console.print(f"  ... and {len(shown_layers) - 20} more (-v lists them all)")
 
 
 def _decisions_table(report: ConvertReport) -> Table:
@@ -489,7 +560,10 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
     feeds = "; ".join(f"{i.name} {i.dtype} {_dims(i.shape)} {i.source}" for i in v.inputs)
     where = "onnxruntime " + ", ".join(v.providers) if against == "original" else against
     t = Table(
-        title=shown(f"Verification: rewritten vs {'original on ' + where if against == 'original' else where} (seed {v.seed})"),
+        title=shown(
+            f"Verification: rewritten vs {'original on ' + where if against == 'original' else where} "
+            f"(seed {v.seed}, {v.trials} trial{'s' if v.trials != 1 else ''})"
+        ),
         title_justify="left",
         caption=shown(f"inputs: {feeds}"),
         caption_justify="left",
@@ -510,6 +584,8 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
             if o.passed
             else Text.assemble(("FAIL", "red"), f" {shown(o.problem or f'{o.mismatched} elements')}")
         )
+        if o.degenerate:
+            result.append(f" ({shown(o.degenerate)}: no evidence)", style="yellow")
         t.add_row(
             shown(o.name),
             shown(o.dtype),

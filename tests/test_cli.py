@@ -237,3 +237,51 @@ def test_layout_cleanup_on_by_default_and_switchable(tmp_path: Path) -> None:
     off = json.loads((tmp_path / "off.json").read_text())["rewrite"]
     assert off["ops_after"]["Transpose"] == 6 and off["cleanup"] is None
     assert [n.op_type for n in onnx.load(tmp_path / "off.onnx").graph.node].count("Transpose") == 6
+
+
+def test_incomplete_verification_exits_3_writes_nothing_and_says_why(tmp_path: Path) -> None:
+    """Every value NaN whatever the input: the layers cannot be checked by numbers, so no PASSED."""
+    from tests.test_verify import head_model
+
+    path = tmp_path / "nan.onnx"
+    onnx.save(head_model("nan"), path)
+    r = run(path, "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json")
+    assert r.returncode == 3, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("INCOMPLETE: 2 of 2 rewritten layers lack evidence") and "no finite values" in last
+    assert "(--force writes it)" in last and not (tmp_path / "out.onnx").exists()
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["status"] == "incomplete" and not data["ok"] and data["verify"]["verdict"] == "incomplete"
+    assert "Layers lacking evidence" in r.stdout
+    forced = run(path, "-o", tmp_path / "out.onnx", "--force")
+    assert forced.returncode == 3 and (tmp_path / "out.onnx").exists()
+    assert "wrote" in forced.stdout.strip().splitlines()[-1] and "anyway (--force)" in forced.stdout
+
+
+def test_no_verify_is_done_not_passed(model_file: Path, tmp_path: Path) -> None:
+    r = run(model_file, "-o", tmp_path / "o.onnx", "--no-verify")
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1].startswith("DONE: rewrote 1 of 1 candidates, not verified")
+    assert "PASSED" not in r.stdout
+
+
+def test_seed_and_trials_reach_verification(model_file: Path, tmp_path: Path) -> None:
+    reports = []
+    for seed in ("3", "4"):
+        r = run(
+            model_file, "-o", tmp_path / f"o{seed}.onnx", "--seed", seed, "--trials", "3", "--report", tmp_path / f"r{seed}.json"
+        )
+        assert r.returncode == 0, r.stderr
+        reports.append(json.loads((tmp_path / f"r{seed}.json").read_text())["verify"])
+    assert [v["seed"] for v in reports] == [3, 4] and all(v["trials"] == 3 for v in reports)
+    assert reports[0]["layers"][0]["output_bound_ratio"] != reports[1]["layers"][0]["output_bound_ratio"]
+
+
+def test_verbose_lists_the_evidence_for_every_layer(tmp_path: Path) -> None:
+    from models.graphs import convnext_block
+
+    onnx.save(convnext_block(), tmp_path / "b.onnx")
+    r = run(tmp_path / "b.onnx", "-o", tmp_path / "o.onnx", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "Layers: 2 rewritten; structure proved for 2; numbers passed for 2" in r.stdout
+    table = r.stdout[r.stdout.index("Layers\n") : r.stdout.index("Timings")]
+    assert table.count("│ proved") == 2 and table.count("│ passed") == 2
