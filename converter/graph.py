@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, numpy_helper
 
+from .detached import DetachedWeights
+
 # A path names a graph inside the model: () is the main graph, each step is (node index, attribute).
 GraphPath = tuple[tuple[int, str], ...]
 # Shape entries: int for a known dim, str for a symbolic one, None for an unknown one.
@@ -161,8 +163,11 @@ class Scope:
         types: dict[str, TensorType],
         parent: Scope | None = None,
         label: str = "main",
+        value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
     ) -> None:
         self.graph = graph
+        # Reads a constant's values: a detached store knows the placeholders' (see detached.py).
+        self.value_of = value_of or (parent.value_of if parent is not None else numpy_helper.to_array)
         self.path = path
         self.parent = parent
         self.label = label
@@ -213,7 +218,7 @@ class Scope:
 
     def constant_value(self, name: str) -> np.ndarray:
         """The value of a tensor whose ``source(name).is_constant``."""
-        return numpy_helper.to_array(self.constant_tensor(name))
+        return self.value_of(self.constant_tensor(name))
 
     def constant_tensor(self, name: str) -> onnx.TensorProto:
         """The TensorProto holding a constant's value, for reading it later (or never): reading copies it.
@@ -342,12 +347,23 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
     stripped: list[tuple[onnx.TensorProto, GraphProto]] = []
     skel = copy_model(model, lambda t, graph: stripped.append((t, graph)))
+    # Detached placeholders (their data is outside the model) go the same way as large tensors.
+    at = [i for i, t in enumerate(skel.graph.initializer) if DetachedWeights.is_placeholder(t)]
+    for i in at:
+        stripped.append((skel.graph.initializer[i], skel.graph))
+    stripped = [(_header_copy(t), g) for t, g in stripped]
+    for i in reversed(at):
+        del skel.graph.initializer[i]
     # A typed graph input carries all they need; the checker would reject a tensor without its
     # data. (load.py checks data sizes against dims on the real model.)
     for t, graph in stripped:
         if t.name not in {i.name for i in graph.input}:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return skel
+
+
+def _header_copy(t: onnx.TensorProto) -> onnx.TensorProto:
+    return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
 
 
 def copy_model(

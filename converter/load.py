@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, TensorProto
 
 from . import wire
+from .detached import DetachedWeights
 from .errors import InputError
 from .graph import iter_graphs, skeleton, subgraphs, tensor_nbytes
 from .paths import file_kind
@@ -58,15 +59,20 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return load_with_sources(path)[0]
 
 
-def load_with_sources(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, list[Path]]:
-    """The model and every file it was read from (the model file, then its external data files)."""
+def load_with_sources(path: str | os.PathLike[str], detached: DetachedWeights | None = None) -> tuple[onnx.ModelProto, list[Path]]:
+    """The model and every file it was read from (the model file, then its external data files).
+
+    With ``detached``, the main graph's large external tensors are read straight into arrays kept
+    there and left in the model as placeholders (detached.py says why): their data never enters
+    the protobuf model. Without it, every tensor holds its data as usual.
+    """
     p = Path(path)
     fmt = onnx.serialization.registry.get_format_from_file_extension(p.suffix) or "protobuf"
     model, raw_sizes = _read_model(p, fmt)
     if not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{p}: not an ONNX model (it has no graph with outputs)")
     _check_tensor_headers(model, str(p))
-    data_files = _load_external_data(model, p)
+    data_files = _load_external_data(model, p, detached)
     check_model(model, str(p), raw_sizes)
     return model, [p, *data_files]
 
@@ -476,13 +482,20 @@ def _tensors_beyond_the_graph(model: onnx.ModelProto) -> Iterator[TensorProto]:
         yield from _tensors_in_graph(info.algorithm)
 
 
-def _load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Check every external tensor (location, length, the file) before reading any, then read them."""
+def _load_external_data(model: onnx.ModelProto, path: Path, detached: DetachedWeights | None = None) -> list[Path]:
+    """Check every external tensor (location, length, the file) before reading any, then read them.
+
+    With ``detached``, the main graph's large numeric ones go into arrays there (see load_with_sources).
+    """
     folder = path.parent.resolve()
     files: dict[Path, int] = {}
     pending: list[tuple[TensorProto, Path, int, int, str]] = []
+    main = len(model.graph.initializer)  # all_tensors yields the main graph's initializers first
+    names = [t.name for t in model.graph.initializer]
+    unique = {n for n in names if names.count(n) == 1} if detached is not None else set()
+    to_arrays: set[int] = set()
     try:
-        for t in all_tensors(model):
+        for position, t in enumerate(all_tensors(model)):
             if t.data_location != TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in t.external_data}
@@ -503,18 +516,52 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
                     f"{where}: external data file {target.name!r} is too short ({size} bytes; "
                     f"the tensor needs {expected} bytes at offset {offset})"
                 )
+            if position < main and t.name in unique and expected > DETACH_ABOVE and _numeric(t.data_type):
+                to_arrays.add(len(pending))
             pending.append((t, target, offset, expected, where))
         total, memory = sum(p[3] for p in pending), _memory_size()
         if memory and total > memory:
             raise InputError(f"{path}: its external data holds {_size(total)}, more than this machine's memory ({_size(memory)})")
-        for t, target, offset, expected, where in pending:
+        for i, (t, target, offset, expected, where) in enumerate(pending):
+            if i in to_arrays:
+                buffer = np.empty(expected, np.uint8)
+                _read_into(files[target], target, offset, buffer, where)
+                dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+                value = buffer.view(dtype.newbyteorder("<")).reshape(tuple(t.dims))
+                detached.adopt(t, value if value.dtype == dtype else value.astype(dtype))  # type: ignore[union-attr]
+                continue
             t.raw_data = _read(files[target], target, offset, expected, where)
-            t.data_location = TensorProto.DEFAULT
+            t.ClearField("data_location")  # as if the data had always been inline
             del t.external_data[:]
     finally:
         for fd in files.values():
             os.close(fd)
     return list(files)
+
+
+# External tensors above this size are kept as arrays when the caller detaches (smaller ones, which
+# shape inference may read, stay in the model).
+DETACH_ABOVE = 1 << 16
+
+
+def _numeric(data_type: int) -> bool:
+    try:
+        return DetachedWeights.accepts(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _read_into(fd: int, target: Path, offset: int, buffer: np.ndarray, where: str) -> None:
+    """Fill ``buffer`` from the file at ``offset``, without another copy of the data."""
+    view, at = memoryview(buffer).cast("B"), 0
+    try:
+        while at < len(view):
+            got = os.preadv(fd, [view[at : at + (1 << 26)]], offset + at)
+            if not got:
+                raise InputError(f"{where}: external data file {target.name!r} ended early")
+            at += got
+    except OSError as e:
+        raise InputError(f"{where}: cannot read external data file {target.name!r} ({e.strerror})") from None
 
 
 def _safe_location(location: str, folder: Path, where: str) -> Path:

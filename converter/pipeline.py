@@ -30,7 +30,7 @@ from .report import ConvertReport, RewriteReport
 from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
 from .runtime import resolve_providers
 from .save import save
-from .verify import verify, verify_reference
+from .verify import DEFAULT_TIMEOUT, verify, verify_reference
 
 RULES: tuple[Rule, ...] = (TensordotToConv(), GemmSandwichToConv(), MatMulAddToConv())
 
@@ -55,7 +55,7 @@ def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", f
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    # Detached and attached at the end, as `convert --no-verify` saves them: both give the same file.
+    # New weights are detached, then attached where they sit, as `convert` saves them: the same file.
     detached = DetachedWeights()
     report = _rewrite_in_place(out, providers, fold_transposes, detached)
     detached.attach(out)
@@ -72,7 +72,7 @@ def _rewrite_in_place(
         report = RewriteReport(decisions=decisions, ops_before=before)
         report.ops_rewritten = count_ops(out.graph)
         if fold_transposes and any(d.rewritten for d in decisions):
-            report.cleanup = run_passes(out, CLEANUP).to_dict()
+            report.cleanup = run_passes(out, CLEANUP, value_of=detached.value if detached is not None else None).to_dict()
         report.ops_after = count_ops(out.graph)
     report.seconds = time.perf_counter() - started
     return report
@@ -195,17 +195,20 @@ def convert(
                 source.model,
                 load_seconds=time.perf_counter() - started,
                 **common,
-                reference=("TensorFlow", lambda feeds: run_tensorflow(source, feeds)),
+                reference=("TensorFlow", lambda feeds: run_tensorflow(source, feeds, timeout=timeout or DEFAULT_TIMEOUT)),
             )
             report.warnings.extend(source.warnings)
             return report
     started = time.perf_counter()
     step(f"loading {input_path}")
-    model, sources = load_with_sources(input_path)
+    # Large external weights go straight into arrays that the rewrite, both verification sessions
+    # and save share: one copy of the weights in memory, not four (detached.py says why).
+    store = DetachedWeights()
+    model, sources = load_with_sources(input_path, detached=store)
     for src in sources[1:]:  # nor may the output (or its data file) replace a file the input reads
         _refuse_overwriting_input(src, output)
         _refuse_overwriting_input(src, output.with_name(output.name + ".data"))
-    return _convert_model(model, load_seconds=time.perf_counter() - started, **common)
+    return _convert_model(model, load_seconds=time.perf_counter() - started, store=store, **common)
 
 
 def _convert_model(
@@ -229,16 +232,19 @@ def _convert_model(
     max_memory: int | None,
     timeout: float | None,
     reference: tuple[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None,
+    store: DetachedWeights | None = None,
 ) -> ConvertReport:
     timings = {"load": load_seconds}
     step("rewriting")
-    detached = None
+    detached = store if store is not None else DetachedWeights()
     if verify_outputs:
-        result = rewrite(model, providers=chosen, fold_transposes=fold_transposes)
+        # The rewritten copy shares the detached arrays with the original (copying it copies no weight
+        # that was detached); new weights are detached too, and written from their arrays.
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached))
     else:
-        # Nothing needs the original afterwards: rewrite it in place, sparing a copy of every
-        # weight, and write the new weights from their arrays (detached.py says why).
-        detached = DetachedWeights()
+        # Nothing needs the original afterwards: rewrite it in place.
         result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached))
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
@@ -256,6 +262,8 @@ def _convert_model(
             trials=trials,
             max_memory=max_memory,
             on_step=step,
+            values=detached,
+            release_original=True,  # from here on only the rewritten model is used
             **checks,  # type: ignore[arg-type]
         )
         timings["verify"] = report.verify.seconds
@@ -264,7 +272,15 @@ def _convert_model(
             step(f"running {name}")
             # The same inputs as the first trial above (the shapes it chose).
             shapes = {i.name: i.shape for i in report.verify.inputs if i.source == "random"}
-            report.verify_reference = verify_reference(run, name, model, result.model, input_shapes=shapes, **checks)  # type: ignore[arg-type]
+            report.verify_reference = verify_reference(
+                run,
+                name,
+                model,
+                result.model,
+                input_shapes=shapes,
+                values=detached,
+                **checks,  # type: ignore[arg-type]
+            )
             timings["verify_reference"] = report.verify_reference.seconds
         if not report.ok:
             if not force:

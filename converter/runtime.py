@@ -35,12 +35,22 @@ def resolve_providers(ep: str | Sequence[str]) -> tuple[str, ...]:
     return providers
 
 
-def make_session(model: bytes | str, providers: Sequence[str]) -> ort.InferenceSession:
-    """A session that runs the graph as written (no ORT graph rewrites) on exactly the providers asked for."""
+def make_session(
+    model: bytes | str, providers: Sequence[str], initializers: dict[str, ort.OrtValue] | None = None
+) -> ort.InferenceSession:
+    """A session that runs the graph as written (no ORT graph rewrites) on exactly the providers asked for.
+
+    ``initializers`` replace the model's initializers of those names with the caller's buffers,
+    used in place: they must outlive the session. Weight prepacking, which would copy them, is off then.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # onnxruntime's own error log would repeat, on stderr, the failure we report in one line.
     options.log_severity_level = 4
+    for name, value in (initializers or {}).items():
+        options.add_initializer(name, value)
+    if initializers:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(model, options, providers=list(providers))
     # onnxruntime silently drops a provider whose libraries fail to load; we never fall back silently.
     if providers[0] not in session.get_providers():

@@ -13,19 +13,17 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 import onnx
 
 from . import wire
 from .detached import DetachedWeights
 from .errors import InputError
-from .graph import copy_field, copy_model, weight_bytes
+from .graph import copy_model, weight_bytes
 from .paths import TEMP_SUFFIX, check_target, temporary_prefix
-
-M = TypeVar("M", onnx.ModelProto, onnx.GraphProto)
 
 # protobuf cannot serialize a message of 2 GiB or more; leave room for everything but the weights.
 EXTERNAL_DATA_ABOVE = 2**31 - 2**27
@@ -58,8 +56,8 @@ def save(
     ``external_data`` None decides by size: models whose weights approach 2 GB get a
     ``<name>.data`` file beside them, holding every tensor over ``size_threshold`` bytes.
     ``detached`` holds the data of the model's placeholder weights (see detached.py); they are
-    written from their arrays, never copied into the model. The model passed in is not modified
-    (except that its placeholders move to the end of the main graph's initializers, where they are written).
+    written from their arrays, where they sit, never copied into the model. The model passed in
+    is not modified.
     """
     target = check_target(path)
     if external_data is None:
@@ -117,62 +115,65 @@ _TENSOR_RAW_DATA = wire.tag(wire.TENSOR_RAW_DATA)
 
 
 def _serialized(model: onnx.ModelProto, detached: DetachedWeights | None) -> Iterator[bytes | memoryview]:
-    """The model's serialization as pieces, detached weights written from their arrays.
+    """The model's serialization as pieces, detached weights written from their arrays where they sit.
 
-    Protobuf writes a message's fields in field-number order, so the main graph's initializers
-    (field 5) come after its nodes and name and before everything else. The model is serialized
-    without its placeholders; the real tensors go in where the initializers end, and the graph's
-    length prefix is rewritten. The result is byte for byte what serializing the attached model gives.
+    The model is serialized with its placeholders (a few bytes each); then, walking the main graph's
+    fields, the k-th initializer field is the k-th initializer, and each placeholder's field is
+    replaced by the real tensor (its own fields around its data), the graph's length prefix
+    rewritten. The result is byte for byte what serializing the attached model gives.
     """
-    if not detached:
+    at = detached.placeholders(model.graph) if detached else []
+    if not at:
         yield model.SerializeToString()
         return
-    graph = model.graph
-    placeholders = detached.take_placeholders(graph)
-    try:
-        body = model.SerializeToString()
-        head = _fields(onnx.ModelProto(), model, lambda n: n < wire.MODEL_GRAPH).SerializeToString()
-        tail = _fields(onnx.GraphProto(), graph, lambda n: n > wire.GRAPH_INITIALIZER).SerializeToString()
-    finally:
-        graph.initializer.extend(placeholders)
-    at = len(head)
-    if body[:at] != head or body[at : at + 1] != _MODEL_GRAPH:
-        yield from _attached(model, detached)
+    body = model.SerializeToString()
+    graphs = [(first, start, end) for number, first, start, end in wire.spans(body, 0, len(body)) if number == wire.MODEL_GRAPH]
+    if len(graphs) != 1:  # a graph written in pieces (merged when parsed): take the slow way
+        yield from _attached(model, detached)  # type: ignore[arg-type]
         return
-    graph_len, graph_start = wire.read_varint(body, at + 1)
-    graph_end = graph_start + graph_len
-    insert = graph_end - len(tail)
-    if insert < graph_start or body[insert:graph_end] != tail:  # fields this onnx does not know: take the slow way
-        yield from _attached(model, detached)
+    g_first, g_start, g_end = graphs[0]
+    wanted = set(at)
+    replaced: list[tuple[int, int, bytes, bytes, str, int]] = []  # (field start, end, head, tail, name, size)
+    index = 0
+    for number, first, _, end in wire.spans(body, g_start, g_end):
+        if number != wire.GRAPH_INITIALIZER:
+            continue
+        if index in wanted:
+            t = model.graph.initializer[index]
+            size = detached.nbytes(t.name)  # type: ignore[union-attr]
+            before, after = DetachedWeights.around_data(t)
+            entry_len = len(before) + len(_TENSOR_RAW_DATA) + len(wire.varint(size)) + size + len(after)
+            head = _GRAPH_INITIALIZER + wire.varint(entry_len) + before + _TENSOR_RAW_DATA + wire.varint(size)
+            replaced.append((first, end, head, after, t.name, size))
+        index += 1
+    if index != len(model.graph.initializer):
+        yield from _attached(model, detached)  # type: ignore[arg-type]
         return
-    # Each tensor's bytes up to its data; the data's size is known from dims before it is made.
-    entries = []
-    for t in placeholders:
-        size = detached.nbytes(t.name)
-        start = detached.header(t) + _TENSOR_RAW_DATA + wire.varint(size)
-        entries.append((_GRAPH_INITIALIZER + wire.varint(len(start) + size) + start, t.name, size))
-    added = sum(len(entry) + size for entry, _, size in entries)
+    graph_len = (
+        g_end
+        - g_start
+        - sum(end - first for first, end, *_ in replaced)
+        + sum(len(h) + n + len(a) for _, _, h, a, _, n in replaced)
+    )
     view = memoryview(body)
-    yield from (view[:at], _MODEL_GRAPH + wire.varint(graph_len + added), view[graph_start:insert])
-    for entry, name, size in entries:  # each weight is made (if lazy) just before it is written, and dropped after
-        data = detached.data(name)
+    yield view[:g_first]
+    yield _MODEL_GRAPH + wire.varint(graph_len)
+    at_byte = g_start
+    for first, end, head, after, name, size in replaced:  # each weight is made (if lazy) just before it is written
+        yield view[at_byte:first]
+        data = detached.data(name)  # type: ignore[union-attr]
         assert len(data) == size
-        yield entry
+        yield head
         yield data
+        yield after
         del data
-    yield view[insert:]
+        at_byte = end
+    yield view[at_byte:]
 
 
 def _attached(model: onnx.ModelProto, detached: DetachedWeights) -> list[bytes | memoryview]:
     detached.attach(model)
     return [model.SerializeToString()]
-
-
-def _fields(into: M, source: M, keep: Callable[[int], bool]) -> M:
-    for field, value in source.ListFields():
-        if keep(field.number):
-            copy_field(into, field, value)
-    return into
 
 
 def write_atomic(

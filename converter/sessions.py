@@ -9,6 +9,7 @@ with ``VerificationTimeout``.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .detached import DetachedWeights
 from .errors import ConverterError, InputError
 from .graph import weight_bytes
 from .runtime import make_session
@@ -33,7 +35,12 @@ class Runner:
     """``model`` in onnxruntime, returning its graph outputs and the ``expose``d tensors by name."""
 
     def __init__(
-        self, model: onnx.ModelProto, providers: Sequence[str], expose: Sequence[str] = (), which: str = "original"
+        self,
+        model: onnx.ModelProto,
+        providers: Sequence[str],
+        expose: Sequence[str] = (),
+        which: str = "original",
+        values: DetachedWeights | None = None,
     ) -> None:
         self.which = which
         declared = [o.name for o in model.graph.output]
@@ -43,8 +50,10 @@ class Runner:
         added = len(extra)
         # The extra outputs are listed on the model only while it is serialized; the caller's model is unchanged.
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+        # The arrays onnxruntime computes with in place, held for as long as the session lives.
+        self._held: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
         try:
-            self.session = _session(model, providers, which)
+            self.session = _session(model, providers, which, values, self._held)
         finally:
             if added:
                 del model.graph.output[len(model.graph.output) - added :]
@@ -75,8 +84,22 @@ class Runner:
         return dict(zip(self.names, outputs, strict=True))
 
 
-def _session(model: onnx.ModelProto, providers: Sequence[str], which: str) -> ort.InferenceSession:
+def _session(
+    model: onnx.ModelProto,
+    providers: Sequence[str],
+    which: str,
+    values: DetachedWeights | None,
+    held: dict[str, tuple[np.ndarray, ort.OrtValue]],
+) -> ort.InferenceSession:
+    at = values.placeholders(model.graph) if values is not None else []
     try:
+        if at and shares_buffers():
+            return _shared_session(model, providers, which, values, at, held)  # type: ignore[arg-type]
+        if at:  # onnxruntime does not take our buffers: give it the data the ordinary way
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            values.attach(copy)  # type: ignore[union-attr]
+            model = copy
         if weight_bytes(model) < EXTERNAL_DATA_ABOVE:
             return make_session(model.SerializeToString(), providers)
         # Past protobuf's limit a model cannot be handed over as bytes: onnxruntime reads it from disk.
@@ -88,6 +111,81 @@ def _session(model: onnx.ModelProto, providers: Sequence[str], which: str) -> or
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types
         raise InputError(f"onnxruntime cannot load the {which} model: {_first_line(e)}") from e
+
+
+def _shared_session(
+    model: onnx.ModelProto,
+    providers: Sequence[str],
+    which: str,
+    values: DetachedWeights,
+    at: list[int],
+    held: dict[str, tuple[np.ndarray, ort.OrtValue]],
+) -> ort.InferenceSession:
+    """A session over ``model`` whose placeholders onnxruntime reads from ``values``' arrays, in place.
+
+    The arrays of unchanged weights are the same ones the other model's session uses: verifying
+    costs no copy of them. onnxruntime wants an initializer it replaces to be in the model, as
+    external data in an existing file; the placeholders point at an empty sparse file meanwhile.
+    """
+    graph = model.graph
+    saved = []
+    largest = 1
+    with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
+        for i in at:
+            t = graph.initializer[i]
+            size = values.nbytes(t.name)
+            largest = max(largest, size)
+            saved.append([(e.key, e.value) for e in t.external_data])
+            del t.external_data[:]
+            for key, value in (("location", _HOLE), ("offset", "0"), ("length", str(size))):
+                t.external_data.add(key=key, value=value)
+        try:
+            data = model.SerializeToString()
+        finally:
+            for i, entries in zip(at, saved, strict=True):
+                t = graph.initializer[i]
+                del t.external_data[:]
+                for key, value in entries:
+                    t.external_data.add(key=key, value=value)
+        with open(Path(folder) / _HOLE, "wb") as f:
+            f.truncate(largest)  # sparse: takes no space, and onnxruntime never reads it
+        path = Path(folder) / f"{which}.onnx"
+        path.write_bytes(data)
+        del data
+        for i in at:
+            name = graph.initializer[i].name
+            array = np.ascontiguousarray(values.array(name))
+            held[name] = (array, ort.OrtValue.ortvalue_from_numpy(array))
+        return make_session(str(path), providers, {name: v for name, (_, v) in held.items()})
+
+
+_HOLE = "placeholders.bin"
+
+
+@functools.lru_cache(maxsize=1)
+def shares_buffers() -> bool:
+    """Whether onnxruntime really computes with initializers given as buffers (checked once, on a tiny model).
+
+    If a release ever read the (empty) file instead, both models would run on zeros and agree;
+    this check makes verification fall back to handing over the data the ordinary way instead.
+    """
+    values = DetachedWeights()
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "w"], ["y"])],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64])],
+    )
+    weight = np.arange(64, dtype=np.float32) + 1
+    values.add(graph, "w", weight)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    held: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
+    try:
+        session = _shared_session(model, ["CPUExecutionProvider"], "probe", values, [0], held)
+        (out,) = session.run(None, {"x": np.zeros(64, np.float32)})
+    except Exception:  # noqa: BLE001 - any failure means "do it the ordinary way"
+        return False
+    return bool(np.array_equal(out, weight))
 
 
 def _first_line(e: BaseException) -> str:

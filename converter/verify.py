@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from . import feeds as feeding
 from .certify import Certificate, certify, find_graphs
 from .compare import compare, default_tolerances, degenerate, end_to_end_atol, failed
+from .detached import DetachedWeights
 from .errors import InputError
 from .layers import LayerNumbers, LayerTensors, check_layers
 from .report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
@@ -70,12 +71,19 @@ def verify(
     max_memory: int | None = None,
     timeout: float | None = None,
     on_step: Callable[[str], None] | None = None,
+    values: DetachedWeights | None = None,
+    release_original: bool = False,
 ) -> VerifyReport:
     """Check ``rewritten`` against ``original``; ``report.verdict`` is passed, failed or incomplete.
 
     ``rewritten`` may be a ``RewriteResult`` (its report supplies ``layers``, the claims to check).
     Without layers, only the structure and the end-to-end outputs are compared, and a rewritten
     Conv the certificate cannot explain leaves the verdict incomplete or failed.
+
+    ``values`` holds the data of both models' placeholder weights (detached.py); both onnxruntime
+    sessions use those arrays in place. With ``release_original`` it may forget what only the
+    original needs once the original has run (the caller keeps only the rewritten model), so that
+    memory holds about one copy of the weights throughout.
 
     Raises InputError when the given inputs or shapes do not fit the model, when onnxruntime cannot
     run the original model at any shape tried, when the data would exceed ``max_memory`` or the
@@ -93,15 +101,31 @@ def verify(
     report.interface_problems = interface_differences(original, rewritten)
 
     step("checking the structure")
-    cert = certify(original, rewritten, claims)
+    cert = certify(original, rewritten, claims, values.value if values is not None else numpy_helper.to_array)
     report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
     checks = _layer_checks(claims, cert)
 
-    options = _Options(chosen, atol, rtol, seed, trials, DEFAULT_MAX_MEMORY if max_memory is None else max_memory, deadline, step)
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
+    options = _Options(chosen, atol, rtol, seed, trials, budget, deadline, step, values)
     main = [c for c in claims if not c.graph]
     pair = _Pair(original, rewritten, main, cert)
     step("running the original model")
-    outcome = _run_pair(pair, options, dict(inputs or {}), dict(input_shapes or {}))
+    outcome = _Outcome()
+    originals = _run_original(pair, options, dict(inputs or {}), dict(input_shapes or {}), outcome)
+
+    # Layers inside subgraphs: their graphs run as models of their own (they may read the original's outer weights).
+    by_graph: dict[tuple, list[RewrittenLayer]] = defaultdict(list)
+    for c in claims:
+        if c.graph:
+            by_graph[tuple(tuple(s) for s in c.graph)].append(c)
+    for key, group in by_graph.items():
+        step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
+        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert)
+
+    if values is not None and release_original:
+        # Nothing reads the original's weights from here on: keep only the rewritten model's.
+        values.keep_only(t.name for t in rewritten.graph.initializer if values.is_placeholder(t))
+    _run_rewritten(pair, options, originals, outcome)
     report.inputs, report.dims, report.assumptions, report.trials = (
         outcome.inputs,
         outcome.dims,
@@ -112,15 +136,6 @@ def verify(
     report.notes.extend(outcome.notes)
     for conv, numbers in outcome.layers.items():
         _record(checks[conv], numbers, "model")
-
-    by_graph: dict[tuple, list[RewrittenLayer]] = defaultdict(list)
-    for c in claims:
-        if c.graph:
-            by_graph[tuple(tuple(s) for s in c.graph)].append(c)
-    for key, group in by_graph.items():
-        step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
-        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert)
-
     report.layers = list(checks.values())
     report.seconds = time.perf_counter() - started
     return report
@@ -139,6 +154,7 @@ def verify_reference(
     rtol: float | None = None,
     seed: int = 0,
     timeout: float | None = None,
+    values: DetachedWeights | None = None,
 ) -> VerifyReport:
     """Compare the rewritten model's outputs with another implementation of the original (e.g. TensorFlow).
 
@@ -167,7 +183,7 @@ def verify_reference(
         return report
     deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
     try:
-        actual = Runner(rewritten, chosen, (), "rewritten").run(feeds, deadline)
+        actual = Runner(rewritten, chosen, (), "rewritten", values).run(feeds, deadline)
         problem = ""
     except VerificationTimeout:
         raise
@@ -207,6 +223,7 @@ class _Options:
     budget: int
     deadline: float
     step: Callable[[str], None]
+    values: DetachedWeights | None = None
 
 
 @dataclass
@@ -290,9 +307,33 @@ def _checked_arrays(
     return given
 
 
+@dataclass
+class _Originals:
+    """What the original model's runs left for the comparison: the trials and their outputs."""
+
+    declared: list[feeding.Declared]
+    random_inputs: list[feeding.Declared]
+    given: dict[str, np.ndarray]
+    shapes: dict[str, list[int]]
+    plans: list[tuple[int, str]]
+    kept: list[dict[str, np.ndarray]]
+
+    def feeds(self, trial: int, distribution: str, seed: int) -> dict[str, np.ndarray]:
+        return {**feeding.make_feeds(self.random_inputs, self.shapes, seed, trial, distribution), **self.given}
+
+
 def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_given: dict[str, Sequence[int]]) -> _Outcome:
     """Run both models on the same trials and compare outputs and layer tensors."""
     out = _Outcome()
+    originals = _run_original(pair, o, given, shapes_given, out)
+    _run_rewritten(pair, o, originals, out)
+    return out
+
+
+def _run_original(
+    pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_given: dict[str, Sequence[int]], out: _Outcome
+) -> _Originals:
+    """Choose the shapes and run the original model on every trial, keeping what the comparison needs."""
     declared = feeding.declared_inputs(pair.original)
     for name in shapes_given:
         if name not in {d.name for d in declared}:
@@ -302,10 +343,9 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
     fixed = feeding.fixed_symbols(declared, fixed_shapes)
     random_inputs = [d for d in declared if d.name not in given]
 
-    # Exposed tensors: each layer's activation and output in the original, its Conv's in the rewritten.
-    convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
+    # Exposed tensors: each layer's activation and output in the original (its Conv's in the rewritten).
     orig_expose = [t for c in pair.layers for t in (c.input, c.output)]
-    original = Runner(pair.original, o.providers, orig_expose, "original")
+    original = Runner(pair.original, o.providers, orig_expose, "original", o.values)
 
     # Shapes: the first candidate the original accepts whose layers see distinct N, H, W.
     best: tuple[int, dict[str, int], list, dict[str, list[int]], dict[str, np.ndarray]] | None = None
@@ -348,37 +388,44 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
         else:  # backed by an initializer: onnxruntime uses its value
             out.inputs.append(InputSpec(vi.name, dtype_name(vi.type.tensor_type.elem_type), [], "initializer default"))
 
-    # Trials on the original: keep what the comparison needs (outputs, layer tensors).
     n_trials = 1 if not random_inputs else max(1, o.trials or DEFAULT_TRIALS)
     plans: list[tuple[int, str]] = [(t, "normal") for t in range(n_trials)]
-    kept: list[dict[str, np.ndarray]] = [first]
+    originals = _Originals(declared, random_inputs, given, shapes, plans, [first])
     for t, dist in plans[1:]:
         o.step(f"running the original model (trial {t + 1} of {n_trials})")
-        kept.append(original.run({**feeding.make_feeds(random_inputs, shapes, o.seed, t, dist), **given}, o.deadline))
-    if random_inputs and _needs_positive(pair, kept, plans, random_inputs, shapes, o.seed, given):
+        originals.kept.append(original.run(originals.feeds(t, dist, o.seed), o.deadline))
+    if random_inputs and _needs_positive(pair, originals, o.seed):
         t = len(plans)
         plans.append((t, "positive"))
         out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held no usable values")
-        kept.append(original.run({**feeding.make_feeds(random_inputs, shapes, o.seed, t, "positive"), **given}, o.deadline))
+        originals.kept.append(original.run(originals.feeds(t, "positive", o.seed), o.deadline))
     out.trials = len(plans)
-    del original
+    return originals
 
-    # The rewritten model on the same trials.
+
+def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcome) -> None:
+    """Run the rewritten model on the original's trials and compare, output by output and layer by layer.
+
+    Each layer's reference uses the original weight and bias; for a layer whose Conv the
+    certificate proved to hold them bit for bit, the Conv's own copy serves (the same numbers, and
+    the original's copy may already be gone, see verify()).
+    """
     o.step("running the rewritten model")
+    convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
     expose = [t for c in pair.layers if c.conv in convs for t in (convs[c.conv].input[0], convs[c.conv].output[0])]
     depth = math.sqrt(sum(_channels(pair.original, c) for c in pair.layers)) / 32
     per_output: dict[str, list[OutputCheck]] = defaultdict(list)
     refs: dict[str, list[np.ndarray]] = defaultdict(list)
-    dense_cache: dict[str, tuple[np.ndarray, np.ndarray | None] | str] = {}
+    dense = {c.conv: _dense(pair, c, convs, o.values) for c in pair.layers}
     try:
-        rewritten = Runner(pair.rewritten, o.providers, expose, "rewritten")
+        rewritten = Runner(pair.rewritten, o.providers, expose, "rewritten", o.values)
         failure = ""
     except VerificationTimeout:
         raise
     except InputError as e:
         rewritten, failure = None, str(e)
-    for (t, dist), orig_out in zip(plans, kept, strict=True):
-        feeds = {**feeding.make_feeds(random_inputs, shapes, o.seed, t, dist), **given}
+    for (t, dist), orig_out in zip(originals.plans, originals.kept, strict=True):
+        feeds = originals.feeds(t, dist, o.seed)
         got = None
         if rewritten is not None:
             try:
@@ -394,21 +441,16 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
                 problem = failure or f"the rewritten model has no node named {c.conv!r}"
                 numbers.append(LayerNumbers(False, problem=problem))
                 continue
-            if c.conv not in dense_cache:
-                try:
-                    dense_cache[c.conv] = pair.cert.original_dense(c.conv)
-                except ValueError as e:
-                    dense_cache[c.conv] = str(e)
-            dense = dense_cache[c.conv]
-            if isinstance(dense, str):
-                numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {dense}"))
+            layer = dense[c.conv]
+            if isinstance(layer, str):
+                numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {layer}"))
                 continue
             node = convs[c.conv]
             tensors = LayerTensors(
                 _tensor(node.input[0], got, feeds),
                 _tensor(node.output[0], got, feeds),
-                dense[0],
-                dense[1],
+                layer[0],
+                layer[1],
                 _tensor(c.input, orig_out, feeds),
                 _tensor(c.output, orig_out, feeds),
                 calibrate=not any(n.exercised for n in numbers),
@@ -431,9 +473,30 @@ def _run_pair(pair: _Pair, o: _Options, given: dict[str, np.ndarray], shapes_giv
         why = degenerate(refs[name])
         if why:
             merged.degenerate = why
-            out.notes.append(f"output {name!r} is {why} over {len(plans)} trials: it proves nothing about the layers before it")
+            out.notes.append(
+                f"output {name!r} is {why} over {len(originals.plans)} trials: it proves nothing about the layers before it"
+            )
         out.outputs.append(merged)
-    return out
+
+
+def _dense(
+    pair: _Pair, layer: RewrittenLayer, convs: dict[str, onnx.NodeProto], values: DetachedWeights | None
+) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """A layer's weight as [K, C] and bias: the Conv's when the certificate proved them the original's, else the original's."""
+    proof = pair.cert.layers.get(layer.conv)
+    node = convs.get(layer.conv)
+    if proof is not None and proof.status == "proved" and node is not None:
+        graph = pair.rewritten.graph
+        inits = {t.name: t for t in graph.initializer}
+        read = values.value if values is not None else numpy_helper.to_array
+        if node.input[1] in inits and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits):
+            w = read(inits[node.input[1]])
+            b = read(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+            return w.reshape(w.shape[0], w.shape[1]), b
+    try:
+        return pair.cert.original_dense(layer.conv)
+    except ValueError as e:
+        return str(e)
 
 
 def _tensor(name: str, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -446,13 +509,13 @@ def _strong(x: np.ndarray) -> bool:
     return len(shape) == 4 and min(shape[:3]) >= 2 and shape[1] != shape[2]
 
 
-def _needs_positive(pair: _Pair, kept, plans, random_inputs, shapes, seed, given) -> bool:  # noqa: ANN001
+def _needs_positive(pair: _Pair, originals: _Originals, seed: int) -> bool:
     """Whether some layer's input was unusable (no finite values, or one repeated value) in every trial:
     then one more trial with positive inputs (Log and Sqrt stay finite)."""
     for c in pair.layers:
         usable = False
-        for (t, dist), result in zip(plans, kept, strict=True):
-            feeds = {**feeding.make_feeds(random_inputs, shapes, seed, t, dist), **given} if c.input not in result else {}
+        for (t, dist), result in zip(originals.plans, originals.kept, strict=True):
+            feeds = originals.feeds(t, dist, seed) if c.input not in result else {}
             x = np.asarray(_tensor(c.input, result, feeds))
             finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
             if finite.size and (finite != finite.reshape(-1)[0]).any():

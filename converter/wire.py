@@ -64,6 +64,30 @@ def fields(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int,
             raise ValueError(f"wire type {wire} is not used by onnx.proto")
 
 
+def spans(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(number, field start, value start, value end) of each length-delimited field in ``buf[start:end]``.
+
+    The field start is where its tag begins: ``buf[field start:value end]`` is the whole field.
+    """
+    at = start
+    while at < end:
+        first = at
+        key, at = read_varint(buf, at)
+        wire = key & 7
+        if wire == _LENGTH_DELIMITED:
+            size, at = read_varint(buf, at)
+            if at + size > end:
+                raise ValueError("field runs past its message")
+            yield key >> 3, first, at, at + size
+            at += size
+        elif wire == 0:
+            _, at = read_varint(buf, at)
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire} is not used by onnx.proto")
+
+
 def initializer_raw_sizes(model: bytes | memoryview) -> list[int | None]:
     """For each initializer of the main graph, in order, the length of its raw_data (None: it has none)."""
     sizes: list[int | None] = []

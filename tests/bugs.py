@@ -3,11 +3,11 @@
 Each injection edits one rewritten layer (its Conv and what is around it) in place and returns
 False when it does not apply to that layer (e.g. a wrong ``group`` needs even channel counts).
 
-``patch_rewrite(name)`` makes ``converter.pipeline.rewrite`` inject the bug into every result, so
+``patch_rewrite(name)`` makes the pipeline's rewrite inject the bug into every result, so
 that the real ``convert`` command's own verification can be run on a broken rewrite:
 
-    python -c "import sys, tests.bugs as b; b.patch_rewrite(sys.argv.pop(1)); import converter.cli as c; sys.exit(c.main())" \
-        BUG model.onnx
+    python -c "import sys, tests.bugs as b; b.patch_rewrite(sys.argv.pop(1)); import converter.cli as c; \
+        rc = c.main(); sys.exit(rc if b.INJECTED else 99)" BUG model.onnx
 """
 
 from __future__ import annotations
@@ -186,16 +186,26 @@ def inject(model: onnx.ModelProto, layers: list[RewrittenLayer], bug: str, which
     return BUGS[bug](model, graph, graph.node[i])
 
 
+INJECTED: list[str] = []  # filled as bugs go in: a harness checks it, so a stale patch point cannot pass silently
+
+
 def patch_rewrite(bug: str) -> None:
-    """Make the pipeline's rewrite() inject ``bug`` into the first rewritten layer of every result."""
+    """Make the pipeline's rewrite inject ``bug`` into the first rewritten layer of every result.
+
+    The rewrite's new weights are attached first (the injections edit tensor data); everything
+    after the rewrite, verification and saving included, runs as in the real command.
+    """
     import converter.pipeline as pipeline
 
-    real = pipeline.rewrite
+    real = pipeline._rewrite_in_place
 
-    def broken(model, **kw):  # noqa: ANN001, ANN003
-        result = real(model, **kw)
-        if result.report.layers and not inject(result.model, result.report.layers, bug):
+    def broken(out, providers, fold_transposes, detached=None):  # noqa: ANN001, ANN202
+        report = real(out, providers, fold_transposes, detached)
+        if detached is not None:
+            detached.attach(out)
+        if report.layers and not inject(out, report.layers, bug):
             raise SystemExit(f"bug {bug} does not apply to this model")
-        return result
+        INJECTED.append(bug)
+        return report
 
-    pipeline.rewrite = broken
+    pipeline._rewrite_in_place = broken

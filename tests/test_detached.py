@@ -47,7 +47,8 @@ def test_saved_bytes_equal_saving_the_attached_model(tmp_path: Path, maker) -> N
     values = {t.name: numpy_helper.to_array(t) for t in loaded.graph.initializer}
     np.testing.assert_array_equal(values["new_a"], detached.array("new_a"))
     assert values["new_empty"].shape == (0, 3) and values["new_b"].dtype == np.float64
-    assert [t.name for t in loaded.graph.initializer][-3:] == ["new_a", "new_empty", "new_b"]
+    # written where they sit among the initializers
+    assert [t.name for t in loaded.graph.initializer][-4:] == ["new_a", "new_empty", "appended_later", "new_b"]
 
 
 def test_unknown_graph_fields_take_the_slow_way_and_keep_them(tmp_path: Path) -> None:
@@ -136,3 +137,76 @@ def test_no_verify_writes_the_same_file_as_a_verified_run(tmp_path: Path, maker)
     checked = converter.convert(tmp_path / "in.onnx", tmp_path / "checked.onnx", input_shapes=None)
     assert fast.written and checked.ok and checked.rewrite.rewritten > 0
     assert (tmp_path / "fast.onnx").read_bytes() == (tmp_path / "checked.onnx").read_bytes()
+
+
+def _external_copy(model: onnx.ModelProto, folder: Path) -> Path:
+    """``model`` saved with every tensor over 1 KB in ``<name>.data`` (loaded detached by convert)."""
+    path = folder / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=1024)
+    return path
+
+
+def test_external_weights_are_loaded_detached_and_the_output_is_the_same_file(tmp_path: Path) -> None:
+    """Loaded into arrays (not into the model), verified with shared buffers, written where they sat."""
+    from converter.load import DETACH_ABOVE, load_with_sources
+
+    model = convnext_stage(96, 5, 7, blocks=1)  # 96 x 384 weights: 144 KB, above the detach size
+    model.graph.initializer[0].doc_string = "kept"
+    inline = tmp_path / "inline.onnx"
+    onnx.save(model, inline)
+    external = _external_copy(model, tmp_path)
+    store = DetachedWeights()
+    loaded, _ = load_with_sources(external, detached=store)
+    big = [t for t in loaded.graph.initializer if DetachedWeights.is_placeholder(t)]
+    assert big and all(math_prod(t.dims) * 4 > DETACH_ABOVE for t in big) and not any(t.HasField("raw_data") for t in big)
+    a = converter.convert(inline, tmp_path / "a.onnx")
+    b = converter.convert(external, tmp_path / "b.onnx")
+    assert a.ok and b.ok and b.verify.structure["proved"]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert onnx.load(tmp_path / "b.onnx").graph.initializer[0].doc_string == "kept"
+
+
+def math_prod(dims) -> int:  # noqa: ANN001
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+def test_keep_only_makes_the_kept_lazy_weights_and_forgets_their_sources_as_it_goes() -> None:
+    model, store = rich_model(), DetachedWeights()
+    graph = model.graph
+    source = RNG.standard_normal((4, 3)).astype(np.float32)
+    store.add(graph, "src", source)
+    made = []
+
+    def from_src(scale: float):  # noqa: ANN202
+        def make() -> np.ndarray:
+            made.append(scale)
+            return (store.array("src").T * np.float32(scale)).copy()
+
+        return make
+
+    store.add_lazy(graph, "a", from_src(1.0), (3, 4), np.dtype(np.float32), source="src")
+    store.add_lazy(graph, "b", from_src(2.0), (3, 4), np.dtype(np.float32), source="src")
+    store.add(graph, "unused", np.ones(5, np.float32))
+    store.keep_only(["a", "b"])
+    assert made == [1.0, 2.0] and "src" not in store and "unused" not in store and len(store) == 2
+    np.testing.assert_array_equal(store.array("b"), source.T * 2)
+    store.array("a")
+    assert made == [1.0, 2.0]  # kept as arrays: not made again
+
+
+def test_verification_sessions_compute_with_the_stored_arrays_in_place() -> None:
+    from converter.sessions import Runner, shares_buffers
+
+    assert shares_buffers()
+    model, store = dense_model(x_shape=(2, 3, 5, 4), bias=None), DetachedWeights()
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    value = numpy_helper.to_array(w).copy()
+    store.adopt(w, value)
+    x = RNG.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    runner = Runner(model, ["CPUExecutionProvider"], values=store)
+    np.testing.assert_allclose(runner.run({"x": x})["mm"], x @ value, rtol=1e-5, atol=1e-6)
+    value[:] = 0  # the session reads this very buffer
+    assert not runner.run({"x": x})["mm"].any()

@@ -9,10 +9,11 @@ the cleanup may never make a graph worse than the rewrite alone left it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto
 
@@ -30,8 +31,9 @@ class PassResult:
 class PassContext:
     """What passes share over a whole run: unique names, provenance tags, constants they made dead."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None) -> None:
         self.names = NameAllocator(model)
+        self.value_of = value_of  # reads constants, detached ones too
         self.ir_version = model.ir_version
         self.released: set[str] = set()
         self.vanished: set[str] = set()
@@ -44,7 +46,7 @@ class PassContext:
     def scope(self, graph: GraphProto) -> Scope:
         """The graph's index, built again only after a pass changed the graph (building it is most of a pass's cost)."""
         if self._scope is None or self._scope.graph is not graph:
-            self._scope = Scope(graph, (), {})
+            self._scope = Scope(graph, (), {}, value_of=self.value_of)
         return self._scope
 
     def graph_changed(self) -> None:
@@ -80,9 +82,14 @@ def _transposes(graph: GraphProto) -> int:
     return sum(n.op_type == "Transpose" for n in graph.node)
 
 
-def run_passes(model: onnx.ModelProto, passes: Sequence[Pass], max_rounds: int = 64) -> CleanupReport:
-    """Run ``passes`` to a fixed point on every graph of ``model``, in place."""
-    ctx = PassContext(model)
+def run_passes(
+    model: onnx.ModelProto,
+    passes: Sequence[Pass],
+    max_rounds: int = 64,
+    value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+) -> CleanupReport:
+    """Run ``passes`` to a fixed point on every graph of ``model``, in place (``value_of`` reads constants)."""
+    ctx = PassContext(model, value_of)
     report = CleanupReport()
     changes: dict[str, int] = defaultdict(int)
     for graph in list(postorder_graphs(model.graph)):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -114,10 +115,11 @@ def load_tensorflow(path: str | os.PathLike[str], **options: object) -> onnx.Mod
         return source.model
 
 
-def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
     """Run the SavedModel's signature on ``feeds`` (keyed by ONNX input names, the signature's names).
 
-    Only inside ``open_tensorflow``'s block: TensorFlow runs in its child process.
+    Only inside ``open_tensorflow``'s block: TensorFlow runs in its child process, which is stopped
+    if it has not answered within ``timeout`` seconds.
     """
     if source.worker is None:
         raise ValueError("run_tensorflow needs a source from open_tensorflow, used inside its with block")
@@ -127,6 +129,7 @@ def run_tensorflow(source: TensorFlowSource, feeds: dict[str, np.ndarray]) -> di
     reply = source.worker.request(
         "run",
         f"running its signature {source.signature!r}",
+        timeout=timeout,
         saved_model=str(source.saved_model),
         signature=source.signature,
         tag=source.tag,
@@ -216,15 +219,25 @@ class TensorFlowWorker:
         # After an error or Ctrl-C the child may be busy in TensorFlow (it ignores SIGINT): stop it now.
         self.close(kill=exc_type is not None)
 
-    def request(self, op: str, doing: str, **fields: object) -> dict:
-        """Send one request and wait for its reply; ``doing`` ("converting it") names the request if the child dies."""
+    def request(self, op: str, doing: str, timeout: float | None = None, **fields: object) -> dict:
+        """Send one request and wait for its reply; ``doing`` ("converting it") names the request if the child dies.
+
+        With ``timeout`` (seconds), a child that has not replied by then is stopped: one InputError line.
+        """
         process = self._start()
         line = b""
         try:
-            assert process.stdin is not None
+            assert process.stdin is not None and self._replies is not None
             process.stdin.write(json.dumps({"op": op, "shown_as": self.shown_as, **fields}).encode() + b"\n")
             process.stdin.flush()
-            line = self._replies.readline(_REPLY_LIMIT)  # type: ignore[union-attr]
+            if timeout is not None and not select.select([self._replies], [], [], max(timeout, 0.0))[0]:
+                process.kill()
+                process.wait()
+                raise InputError(
+                    f"{self.shown_as}: TensorFlow did not finish {doing} within {timeout:.0f} s "
+                    "(an endless loop?); give --timeout SECONDS, or --no-verify"
+                )
+            line = self._replies.readline(_REPLY_LIMIT)
         except BrokenPipeError:
             pass
         if not line.endswith(b"\n"):

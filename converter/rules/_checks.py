@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ def require_rank(ctx: Context, name: str, rank: int) -> TensorType:
 
 def require_constant(ctx: Context, name: str, role: str) -> np.ndarray:
     """The value of a tensor that cannot change at run time (caller-overridable inputs do not count)."""
-    return numpy_helper.to_array(require_constant_tensor(ctx, name, role))
+    return ctx.scope.value_of(require_constant_tensor(ctx, name, role))
 
 
 def require_constant_tensor(ctx: Context, name: str, role: str) -> TensorProto:
@@ -60,6 +61,7 @@ class Weight:
     dtype: np.dtype
     stored_kc: bool = False  # the tensor holds [K, C] (Gemm transB=1): Conv's layout already
     alpha: float = 1.0  # Gemm's alpha, folded into the weight
+    read: Callable[[TensorProto], np.ndarray] = numpy_helper.to_array  # the tensor's values (detached ones too)
 
     @property
     def conv_shape(self) -> tuple[int, int, int, int]:
@@ -67,7 +69,7 @@ class Weight:
 
     def conv(self) -> np.ndarray:
         """The Conv weight ``W^T`` as ``[K, C, 1, 1]``."""
-        m = numpy_helper.to_array(self.tensor)
+        m = self.read(self.tensor)
         kc = m.reshape(self.k, self.c) if self.stored_kc else transpose_2d(m.reshape(self.c, self.k))
         if self.alpha != 1.0:
             kc = (kc * np.asarray(self.alpha, dtype=self.dtype)).astype(self.dtype)
@@ -90,7 +92,7 @@ def require_weight(
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
     except (KeyError, TypeError, ValueError) as e:
         raise Decline("dtype_unsupported", f"weight {name!r} has no numpy dtype ({e})") from e
-    return Weight(t, c, k, dtype, stored_kc=transposed, alpha=alpha)
+    return Weight(t, c, k, dtype, stored_kc=transposed, alpha=alpha, read=ctx.scope.value_of)
 
 
 def require_conv_dtype(ctx: Context, elem_type: int) -> None:

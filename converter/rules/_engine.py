@@ -119,7 +119,7 @@ class Context:
             name = self.names.fresh(f"{source}_{key}")
             detached = self._detached if not self.scope.path else None
             if detached is not None and like is not None and detached.accepts(like[1]):
-                detached.add_lazy(self.scope.graph, name, make, *like)
+                detached.add_lazy(self.scope.graph, name, make, *like, source=source)
             else:
                 value = make()
                 if detached is not None and detached.accepts(value.dtype):
@@ -205,7 +205,7 @@ def apply_rules(
     vanished: dict[int, set[str]] = defaultdict(set)
 
     def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: tuple[tuple[str, str], ...]) -> None:
-        scope = Scope(graph, path, types.get(path, {}), parent, label)
+        scope = Scope(graph, path, types.get(path, {}), parent, label, detached.value if detached is not None else None)
         # Inner graphs first: their paths index this graph's nodes as they are before splicing.
         for i, node in enumerate(scope.nodes):
             for attr_name, sub in subgraphs(node):

@@ -254,3 +254,21 @@ def test_mutated_saved_model_pb_in_the_real_command(models, tmp_path: Path) -> N
         outcomes[r.returncode] = outcomes.get(r.returncode, 0) + 1
     assert outcomes.get(2), outcomes
     assert left_behind(tmp_path / "tmp") == []
+
+
+def test_a_tensorflow_run_that_never_ends_is_stopped(tmp_path: Path) -> None:
+    """The reference run has the verification's deadline: an endless tf.while_loop ends in one line."""
+    from converter.errors import InputError
+    from converter.frontends.savedmodel import open_tensorflow, run_tensorflow
+
+    class Endless(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.float32)])
+        def __call__(self, x):
+            n = tf.while_loop(lambda i: tf.reduce_sum(x) > -1e30, lambda i: i + 1, [tf.constant(0)])
+            return {"y": x + tf.cast(n, tf.float32)}
+
+    module = Endless()
+    tf.saved_model.save(module, str(tmp_path / "endless"), signatures={"serving_default": module.__call__})
+    with open_tensorflow(tmp_path / "endless") as source:
+        with pytest.raises(InputError, match=r"TensorFlow did not finish running its signature .* within 2 s"):
+            run_tensorflow(source, {"x": np.ones(2, np.float32)}, timeout=2)
