@@ -50,6 +50,8 @@ _RAW_DATA_FIELD = 9  # TensorProto.raw_data
 class DetachedWeights:
     """The data of the placeholder initializers in one model's main graph: arrays, or how to make them."""
 
+    LOCATION = _MARK  # the external-data location every placeholder names
+
     def __init__(self) -> None:
         self._values: dict[str, np.ndarray | Callable[[], np.ndarray]] = {}
         self._declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}

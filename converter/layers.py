@@ -188,8 +188,9 @@ def _check_batch(items: list[LayerTensors]) -> list[LayerNumbers]:
     n, c, h, w = np.asarray(first.conv_in).shape
     k = first.weight_kc.shape[0]
     rows = n * h * w
-    x = np.stack([np.moveaxis(np.asarray(it.conv_in), 1, -1).reshape(rows, c) for it in items]).astype(np.float64)
-    y = np.stack([np.moveaxis(np.asarray(it.conv_out), 1, -1).reshape(rows, k) for it in items]).astype(np.float64)
+    # Stacked as [L, N, C, H, W], then NCHW -> rows of channels for all layers in one transpose.
+    x = np.stack([np.asarray(it.conv_in) for it in items]).transpose(0, 1, 3, 4, 2).reshape(len(items), rows, c).astype(np.float64)
+    y = np.stack([np.asarray(it.conv_out) for it in items]).transpose(0, 1, 3, 4, 2).reshape(len(items), rows, k).astype(np.float64)
     xo = np.stack([np.asarray(it.orig_in).reshape(rows, c) for it in items]).astype(np.float64)
     wt = np.stack([it.weight_kc.T for it in items]).astype(np.float64)  # [L, C, K]
     b = None if first.bias is None else np.stack([np.asarray(it.bias).reshape(-1) for it in items]).astype(np.float64)

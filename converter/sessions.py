@@ -1,10 +1,11 @@
 """One model in onnxruntime for verification: built once, run on several inputs, with inner tensors exposed.
 
 Verification compares tensors inside the graph (each rewritten layer's input and output), not only
-the graph outputs; onnxruntime only returns graph outputs, so the session is built from a copy of
-the model that lists those tensors as extra outputs. Every run has a deadline: a watchdog sets
-onnxruntime's terminate flag when it passes (a model can loop forever), and the run then ends
-with ``VerificationTimeout``.
+the graph outputs; onnxruntime only returns graph outputs, so the session is built from the model's
+serialization with those tensors added as extra outputs. Building a session never changes the
+model it is given (sessions are built in background threads while other code reads the models).
+Every run has a deadline: a watchdog sets onnxruntime's terminate flag when it passes (a model
+can loop forever), and the run then ends with ``VerificationTimeout``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import wire
 from .detached import DetachedWeights
 from .errors import ConverterError, InputError
 from .graph import weight_bytes
 from .runtime import make_session
 from .save import EXTERNAL_DATA_ABOVE, save
+
+_GRAPH_OUTPUT = 12  # GraphProto.output
 
 
 class VerificationTimeout(InputError):
@@ -47,16 +51,9 @@ class Runner:
         inputs = {i.name for i in model.graph.input}
         extra = [n for n in dict.fromkeys(expose) if n and n not in declared and n not in inputs]
         self.names = declared + extra
-        added = len(extra)
-        # The extra outputs are listed on the model only while it is serialized; the caller's model is unchanged.
-        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
         # The arrays onnxruntime computes with in place, held for as long as the session lives.
         self._held: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
-        try:
-            self.session = _session(model, providers, which, values, self._held)
-        finally:
-            if added:
-                del model.graph.output[len(model.graph.output) - added :]
+        self.session = _session(model, extra, providers, which, values, self._held)
 
     def run(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
         options = ort.RunOptions()
@@ -84,8 +81,28 @@ class Runner:
         return dict(zip(self.names, outputs, strict=True))
 
 
+def with_outputs(model: onnx.ModelProto, extra: Sequence[str]) -> bytes:
+    """``model`` serialized with ``extra`` tensors listed as graph outputs after its own (the model is not changed).
+
+    A repeated field's entries are read in the order they appear, so outputs appended at the end
+    of the graph's bytes come after the declared ones.
+    """
+    body = model.SerializeToString()
+    if not extra:
+        return body
+    graphs = [(first, start, end) for number, first, start, end in wire.spans(body, 0, len(body)) if number == wire.MODEL_GRAPH]
+    first, start, end = graphs[-1]
+    added = b"".join(
+        wire.tag(_GRAPH_OUTPUT) + wire.varint(len(b)) + b for b in (onnx.ValueInfoProto(name=n).SerializeToString() for n in extra)
+    )
+    return b"".join(
+        (body[:first], wire.tag(wire.MODEL_GRAPH), wire.varint(end - start + len(added)), body[start:end], added, body[end:])
+    )
+
+
 def _session(
     model: onnx.ModelProto,
+    extra: Sequence[str],
     providers: Sequence[str],
     which: str,
     values: DetachedWeights | None,
@@ -94,19 +111,23 @@ def _session(
     at = values.placeholders(model.graph) if values is not None else []
     try:
         if at and shares_buffers():
-            return _shared_session(model, providers, which, values, at, held)  # type: ignore[arg-type]
-        if at:  # onnxruntime does not take our buffers: give it the data the ordinary way
+            return _shared_session(model, extra, providers, which, values, at, held)  # type: ignore[arg-type]
+        if at or weight_bytes(model) >= EXTERNAL_DATA_ABOVE:
+            # The data goes in the ordinary way: attached to a copy (onnxruntime does not take our
+            # buffers), or, past protobuf's 2 GB, in external data that onnxruntime reads from disk.
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            values.attach(copy)  # type: ignore[union-attr]
-            model = copy
-        if weight_bytes(model) < EXTERNAL_DATA_ABOVE:
-            return make_session(model.SerializeToString(), providers)
-        # Past protobuf's limit a model cannot be handed over as bytes: onnxruntime reads it from disk.
-        with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
-            path = Path(folder) / f"{which}.onnx"
-            save(model, path, external_data=True)
-            return make_session(str(path), providers)
+            if at:
+                values.attach(copy)  # type: ignore[union-attr]
+            copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+            if weight_bytes(copy) < EXTERNAL_DATA_ABOVE:
+                return make_session(copy.SerializeToString(), providers)
+            with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
+                path = Path(folder) / f"{which}.onnx"
+                save(copy, path, external_data=True)
+                del copy
+                return make_session(str(path), providers)
+        return make_session(with_outputs(model, extra), providers)
     except ConverterError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types
@@ -115,6 +136,7 @@ def _session(
 
 def _shared_session(
     model: onnx.ModelProto,
+    extra: Sequence[str],
     providers: Sequence[str],
     which: str,
     values: DetachedWeights,
@@ -125,41 +147,21 @@ def _shared_session(
 
     The arrays of unchanged weights are the same ones the other model's session uses: verifying
     costs no copy of them. onnxruntime wants an initializer it replaces to be in the model, as
-    external data in an existing file; the placeholders point at an empty sparse file meanwhile.
+    external data in an existing file: the placeholders' own location names an empty sparse file
+    written beside the model for the purpose (onnxruntime never reads it).
     """
     graph = model.graph
-    saved = []
-    largest = 1
+    largest = max(values.nbytes(graph.initializer[i].name) for i in at)
     with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
-        for i in at:
-            t = graph.initializer[i]
-            size = values.nbytes(t.name)
-            largest = max(largest, size)
-            saved.append([(e.key, e.value) for e in t.external_data])
-            del t.external_data[:]
-            for key, value in (("location", _HOLE), ("offset", "0"), ("length", str(size))):
-                t.external_data.add(key=key, value=value)
-        try:
-            data = model.SerializeToString()
-        finally:
-            for i, entries in zip(at, saved, strict=True):
-                t = graph.initializer[i]
-                del t.external_data[:]
-                for key, value in entries:
-                    t.external_data.add(key=key, value=value)
-        with open(Path(folder) / _HOLE, "wb") as f:
-            f.truncate(largest)  # sparse: takes no space, and onnxruntime never reads it
+        with open(Path(folder) / DetachedWeights.LOCATION, "wb") as f:
+            f.truncate(max(largest, 1))  # sparse: it takes no space
         path = Path(folder) / f"{which}.onnx"
-        path.write_bytes(data)
-        del data
+        path.write_bytes(with_outputs(model, extra))
         for i in at:
             name = graph.initializer[i].name
             array = np.ascontiguousarray(values.array(name))
             held[name] = (array, ort.OrtValue.ortvalue_from_numpy(array))
         return make_session(str(path), providers, {name: v for name, (_, v) in held.items()})
-
-
-_HOLE = "placeholders.bin"
 
 
 @functools.lru_cache(maxsize=1)
@@ -181,7 +183,7 @@ def shares_buffers() -> bool:
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     held: dict[str, tuple[np.ndarray, ort.OrtValue]] = {}
     try:
-        session = _shared_session(model, ["CPUExecutionProvider"], "probe", values, [0], held)
+        session = _shared_session(model, [], ["CPUExecutionProvider"], "probe", values, [0], held)
         (out,) = session.run(None, {"x": np.zeros(64, np.float32)})
     except Exception:  # noqa: BLE001 - any failure means "do it the ordinary way"
         return False

@@ -31,6 +31,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ from .certify import Certificate, certify, find_graphs
 from .compare import compare, default_tolerances, degenerate, end_to_end_atol, failed
 from .detached import DetachedWeights
 from .errors import InputError
+from .graph import weight_bytes
 from .layers import LayerNumbers, LayerTensors, check_layers
 from .report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
 from .runtime import dtype_name, resolve_providers
@@ -100,18 +102,28 @@ def verify(
     report = VerifyReport(providers=list(chosen), seed=seed)
     report.interface_problems = interface_differences(original, rewritten)
 
-    step("checking the structure")
-    cert = certify(original, rewritten, claims, values.value if values is not None else numpy_helper.to_array)
-    report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
-    checks = _layer_checks(claims, cert)
-
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     options = _Options(chosen, atol, rtol, seed, trials, budget, deadline, step, values)
     main = [c for c in claims if not c.graph]
-    pair = _Pair(original, rewritten, main, cert)
-    step("running the original model")
-    outcome = _Outcome()
-    originals = _run_original(pair, options, dict(inputs or {}), dict(input_shapes or {}), outcome)
+    pair = _Pair(original, rewritten, main)
+    pool = None
+    if weight_bytes(rewritten) < PARALLEL_BELOW:
+        # Both sessions are built in the background while the structure is checked here.
+        pool = ThreadPoolExecutor(max_workers=2)
+        pair.early_original = pool.submit(_original_runner, pair, options)
+        pair.early = pool.submit(_rewritten_runner, pair, options)
+    try:
+        step("checking the structure")
+        pair.cert = cert = certify(original, rewritten, claims, values.value if values is not None else numpy_helper.to_array)
+        report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
+        checks = _layer_checks(claims, cert)
+        step("running the original model")
+        outcome = _Outcome()
+        originals = _run_original(pair, options, dict(inputs or {}), dict(input_shapes or {}), outcome)
+    except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        raise
 
     # Layers inside subgraphs: their graphs run as models of their own (they may read the original's outer weights).
     by_graph: dict[tuple, list[RewrittenLayer]] = defaultdict(list)
@@ -122,10 +134,14 @@ def verify(
         step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
         _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert)
 
-    if values is not None and release_original:
+    if values is not None and release_original and pool is None:  # (with small weights the sessions were built early)
         # Nothing reads the original's weights from here on: keep only the rewritten model's.
         values.keep_only(t.name for t in rewritten.graph.initializer if values.is_placeholder(t))
-    _run_rewritten(pair, options, originals, outcome)
+    try:
+        _run_rewritten(pair, options, originals, outcome)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     report.inputs, report.dims, report.assumptions, report.trials = (
         outcome.inputs,
         outcome.dims,
@@ -231,7 +247,10 @@ class _Pair:
     original: onnx.ModelProto
     rewritten: onnx.ModelProto
     layers: list[RewrittenLayer]  # those in the main graph of these two models
-    cert: Certificate  # knows each layer's original weight and bias
+    cert: Certificate = field(default_factory=Certificate)  # knows each layer's original weight and bias
+    # The models' sessions, when they are being built in the background meanwhile.
+    early_original: Future[Runner] | None = None
+    early: Future[Runner] | None = None
 
 
 @dataclass
@@ -343,9 +362,8 @@ def _run_original(
     fixed = feeding.fixed_symbols(declared, fixed_shapes)
     random_inputs = [d for d in declared if d.name not in given]
 
-    # Exposed tensors: each layer's activation and output in the original (its Conv's in the rewritten).
-    orig_expose = [t for c in pair.layers for t in (c.input, c.output)]
-    original = Runner(pair.original, o.providers, orig_expose, "original", o.values)
+    original = pair.early_original.result() if pair.early_original is not None else _original_runner(pair, o)
+    pair.early_original = None  # the session goes when this phase ends
 
     # Shapes: the first candidate the original accepts whose layers see distinct N, H, W.
     best: tuple[int, dict[str, int], list, dict[str, list[int]], dict[str, np.ndarray]] | None = None
@@ -412,13 +430,13 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
     """
     o.step("running the rewritten model")
     convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
-    expose = [t for c in pair.layers if c.conv in convs for t in (convs[c.conv].input[0], convs[c.conv].output[0])]
     depth = math.sqrt(sum(_channels(pair.original, c) for c in pair.layers)) / 32
     per_output: dict[str, list[OutputCheck]] = defaultdict(list)
     refs: dict[str, list[np.ndarray]] = defaultdict(list)
-    dense = {c.conv: _dense(pair, c, convs, o.values) for c in pair.layers}
+    inits = {t.name: t for t in pair.rewritten.graph.initializer}
+    dense = {c.conv: _dense(pair, c, convs, inits, o.values) for c in pair.layers}
     try:
-        rewritten = Runner(pair.rewritten, o.providers, expose, "rewritten", o.values)
+        rewritten = pair.early.result() if pair.early is not None else _rewritten_runner(pair, o)
         failure = ""
     except VerificationTimeout:
         raise
@@ -479,15 +497,35 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
         out.outputs.append(merged)
 
 
+def _original_runner(pair: _Pair, o: _Options) -> Runner:
+    # Exposed tensors: each layer's activation and output in the original (its Conv's in the rewritten).
+    expose = [t for c in pair.layers for t in (c.input, c.output)]
+    return Runner(pair.original, o.providers, expose, "original", o.values)
+
+
+def _rewritten_runner(pair: _Pair, o: _Options) -> Runner:
+    convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
+    expose = [t for c in pair.layers if c.conv in convs for t in (convs[c.conv].input[0], convs[c.conv].output[0])]
+    return Runner(pair.rewritten, o.providers, expose, "rewritten", o.values)
+
+
+# Below this much weight data the rewritten model's session is built while the original runs:
+# onnxruntime builds sessions without holding the GIL, and on graphs of many nodes building is
+# most of the cost. Above it, one session at a time keeps one copy of the weights in memory.
+PARALLEL_BELOW = 256 << 20
+
+
 def _dense(
-    pair: _Pair, layer: RewrittenLayer, convs: dict[str, onnx.NodeProto], values: DetachedWeights | None
+    pair: _Pair,
+    layer: RewrittenLayer,
+    convs: dict[str, onnx.NodeProto],
+    inits: dict[str, TensorProto],
+    values: DetachedWeights | None,
 ) -> tuple[np.ndarray, np.ndarray | None] | str:
     """A layer's weight as [K, C] and bias: the Conv's when the certificate proved them the original's, else the original's."""
     proof = pair.cert.layers.get(layer.conv)
     node = convs.get(layer.conv)
     if proof is not None and proof.status == "proved" and node is not None:
-        graph = pair.rewritten.graph
-        inits = {t.name: t for t in graph.initializer}
         read = values.value if values is not None else numpy_helper.to_array
         if node.input[1] in inits and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits):
             w = read(inits[node.input[1]])
