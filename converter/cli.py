@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", metavar="FILE.json", help="write the full report as JSON ('-': to stdout, which then holds only the JSON)"
     )
     p.add_argument("--dry-run", action="store_true", help="list every candidate with its decision; write nothing")
-    p.add_argument("--force", action="store_true", help="write the result even when verification finds a mismatch")
+    p.add_argument("--force", action="store_true", help="write the result even when verification fails or is incomplete")
     p.add_argument("--seed", type=int, default=0, help="seed for the random verification inputs (default: 0)")
-    p.add_argument("--trials", type=_positive_int, metavar="N", help="verification runs with fresh random inputs")
+    p.add_argument("--trials", type=_positive_int, metavar="N", help="random input sets verification runs on (default: 2)")
     p.add_argument(
         "--max-memory",
         type=_memory_size,
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     noise = p.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="print only the final verdict line")
-    noise.add_argument("-v", "--verbose", action="store_true", help="show tracebacks for errors")
+    noise.add_argument("-v", "--verbose", action="store_true", help="every layer's evidence, native logs, tracebacks for errors")
     return p
 
 

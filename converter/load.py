@@ -16,6 +16,7 @@ dtype, and a constant may only feed an operator input that accepts its type.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import io
@@ -491,8 +492,10 @@ def _load_external_data(model: onnx.ModelProto, path: Path, detached: DetachedWe
     files: dict[Path, int] = {}
     pending: list[tuple[TensorProto, Path, int, int, str]] = []
     main = len(model.graph.initializer)  # all_tensors yields the main graph's initializers first
-    names = [t.name for t in model.graph.initializer]
-    unique = {n for n in names if names.count(n) == 1} if detached is not None else set()
+    unique: set[str] = set()
+    if detached is not None and any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+        counts = collections.Counter(t.name for t in model.graph.initializer)
+        unique = {n for n, c in counts.items() if c == 1}
     to_arrays: set[int] = set()
     try:
         for position, t in enumerate(all_tensors(model)):
