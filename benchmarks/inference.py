@@ -45,12 +45,15 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
 
 
 def feeds_for(model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
-    """Seeded inputs for a latency run, built the way verification builds them."""
+    """Seeded inputs for a latency run: symbolic dims not given in ``shapes`` are 1 (batch 1).
+
+    (Verification gives them larger values to expose layout bugs; latency is measured at batch 1.)
+    """
     declared = feeding.declared_inputs(model)
     given = shapes or {}
     fixed = feeding.fixed_symbols(declared, given)
-    symbols, _ = next(feeding.candidates(model, declared, fixed))
-    return feeding.make_feeds(declared, feeding.shapes_for(declared, {**fixed, **symbols}, given), 0, 0)
+    *_, (ones, _) = feeding.candidates(model, declared, fixed)  # the last candidate: every free dim 1
+    return feeding.make_feeds(declared, feeding.shapes_for(declared, {**fixed, **ones}, given), 0, 0)
 
 
 def compare(

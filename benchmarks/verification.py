@@ -107,9 +107,16 @@ def measure(cmd: list[str]) -> tuple[float, int, int]:
     return time.perf_counter() - started, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
 
 
+def _activation_768() -> onnx.ModelProto:
+    from tests.conftest import dense_model
+
+    return dense_model(x_shape=(4, 256, 256, 768), weight_shape=(768, 768), bias_shape=(768,))
+
+
 COST_CASES = {
     "dense chain, 7,000 nodes": lambda: dense_chain(2333),
     "dense chain, 105,000 nodes": lambda: dense_chain(35000),
+    "768 MiB activation (dense 768 -> 768 on 4x256x256x768)": _activation_768,
     "34 x 4096^2 dense, 2.13 GiB (external data)": lambda: big_dense(34, 4096),
 }
 
@@ -126,7 +133,7 @@ def build(case: str, path: str) -> int:
 def cost(console: Console, huge: bool) -> list[dict]:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="verifybench-"))
-    names = list(COST_CASES)[:2] + (list(COST_CASES)[2:] if huge else [])
+    names = list(COST_CASES)[:3] + (list(COST_CASES)[3:] if huge else [])
     try:
         for name in names:
             path = work / "model.onnx"
@@ -152,6 +159,7 @@ def cost(console: Console, huge: bool) -> list[dict]:
                     "no_verify_peak_mb": round(plain[1] / 2**20),
                     "convert_peak_mb": round(verified[1] / 2**20),
                     "peak_per_weight_byte": round(verified[1] / max(weights, 1), 2) if weights > 2**26 else None,
+                    "status_code": verified[2],
                     "status": report.get("status"),
                 }
             )

@@ -120,19 +120,33 @@ def degenerate(values: list[np.ndarray]) -> str | None:
     """Why an output seen over several trials (different inputs) proves nothing, or None.
 
     All NaN/Inf, one constant value, or the same array whatever the input: then the rewritten
-    layers before it could compute anything and this output would still match.
+    layers before it could compute anything and this output would still match. Read in chunks.
     """
     if not values:
         return None
-    first = np.asarray(values[0])
+    arrays = [np.asarray(v).reshape(-1) for v in values]
+    first = arrays[0]
     if not first.size:
         return "empty"
     floaty = first.dtype.kind in "fc" or first.dtype.name == "bfloat16"
-    if floaty and not any(np.isfinite(v).any() for v in values):
+    any_finite, constant, same = not floaty, True, len(arrays) > 1
+    value = first[0]
+    for start in range(0, first.size, _CHUNK):
+        parts = [a[start : start + _CHUNK] for a in arrays]
+        if floaty and not any_finite:
+            any_finite = any(bool(np.isfinite(p).any()) for p in parts)
+        if constant:
+            constant = all(
+                bool((p == value).all()) or (floaty and bool(np.isnan(value)) and bool(np.isnan(p).all())) for p in parts
+            )
+        if same:
+            same = all(p.shape == parts[0].shape and np.array_equal(p, parts[0], equal_nan=floaty) for p in parts[1:])
+        if any_finite and not constant and not same:
+            return None
+    if floaty and not any_finite:
         return "all NaN/Inf"
-    flat = [np.asarray(v).reshape(-1) for v in values]
-    if all(v.size and (v == v[0]).all() and (v[0] == flat[0][0] or (floaty and np.isnan(v[0]))) for v in flat):
-        return f"constant ({flat[0][0]!r})"
-    if len(values) > 1 and all(v.shape == first.shape and np.array_equal(v, first, equal_nan=floaty) for v in values[1:]):
+    if constant and all(a.size == first.size for a in arrays):
+        return f"constant ({value!r})"
+    if same and all(a.size == first.size for a in arrays):
         return "the same for every input"
     return None

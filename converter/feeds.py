@@ -215,9 +215,14 @@ def random_array(
     """Data that suits the dtype: normal (or positive) floats, small non-negative integers, booleans."""
     kind = np.dtype(dtype).kind
     if kind == "f" or np.dtype(dtype).name == "bfloat16":
+        # Drawn in float32 unless float64 is asked for: a float64 draw of a big input would take twice its memory.
+        draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
         if distribution == "positive":
-            return rng.uniform(0.25, 2.0, size=shape).astype(dtype)
-        return rng.standard_normal(shape).astype(dtype)
+            values = rng.random(shape, dtype=draw)
+            values *= draw(1.75)
+            values += draw(0.25)
+            return values.astype(dtype, copy=False)
+        return rng.standard_normal(shape, dtype=draw).astype(dtype, copy=False)
     if kind in "iu":
         return rng.integers(0, 4, size=shape).astype(dtype)
     if kind == "b":

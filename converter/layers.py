@@ -26,7 +26,9 @@ repeated value, was not exercised in that trial.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,7 @@ import numpy as np
 LAMBDA = 8.0
 INPUT_RTOL = {"float16": 3e-2, "bfloat16": 1e-1}
 _DEFAULT_INPUT_RTOL = 1e-2
-_ROWS = 1 << 16  # positions per chunk
+_ROWS = 1 << 20  # elements (positions x channels) per block of a full-tensor pass
 SAMPLE_ROWS = 4096
 _WIDEN_AT_MOST = 100.0
 
@@ -87,9 +89,11 @@ def check_layer(
     n, _, h, w = conv_in.shape
     if conv_out.shape != (n, k, h, w):
         return LayerNumbers(False, problem=f"the Conv's output has shape {list(conv_out.shape)}, expected {[n, k, h, w]}")
-    x_rows = np.moveaxis(conv_in, 1, -1).reshape(-1, c)  # a view when possible; chunks are copied below
+    # Positions are rows of channels in NHWC order; the NCHW tensors are read a block at a time
+    # (no full-size copy), and the arithmetic only at the sampled positions.
+    x_blocks = functools.partial(_blocks, conv_in, True)
     result = LayerNumbers(True, shape=(n, h, w, c))
-    finite_rows, distinct = _exercise(x_rows)
+    finite_rows, distinct = _exercise(x_blocks())
     if not finite_rows:
         return LayerNumbers(False, "its input had no finite values", shape=(n, h, w, c))
     if not distinct:
@@ -101,7 +105,7 @@ def check_layer(
             result.input_ok = False
             result.problem = f"the Conv reads a {list(conv_in.shape)} tensor, the original layer a {list(orig_in.shape)} one"
             return result
-        result.input_rel_error, nan_mismatch = _relative_error(x_rows, orig_in.reshape(-1, c))
+        result.input_rel_error, nan_mismatch = _relative_error(x_blocks(), _blocks(orig_in, False))
         limit = INPUT_RTOL.get(conv_in.dtype.name, _DEFAULT_INPUT_RTOL)
         result.input_ok = result.input_rel_error <= limit and not nan_mismatch
         if nan_mismatch:
@@ -114,7 +118,7 @@ def check_layer(
     u_out = unit_roundoff(conv_out.dtype)
     scale = LAMBDA * math.sqrt(c) * u_acc + 2 * u_out
     tiny = c * float(np.finfo(np.float32 if conv_out.dtype.itemsize < 8 else np.float64).tiny)
-    rows = _sample(x_rows.shape[0])
+    rows = _sample(n * h * w)
     if calibrate and orig_in is not None and orig_out is not None and np.asarray(orig_out).shape == (n, h, w, k):
         worst = _worst_ratio(orig_in.reshape(-1, c)[rows], np.asarray(orig_out).reshape(-1, k)[rows], w64, b64, scale, tiny)
         if worst > _WIDEN_AT_MOST:
@@ -123,8 +127,7 @@ def check_layer(
             return result
         if worst > 1.0:
             result.widened = worst * 2.0
-    y_rows = np.moveaxis(conv_out, 1, -1).reshape(-1, k)
-    errors = _errors(x_rows[rows], y_rows[rows], w64, b64, scale * result.widened, tiny)
+    errors = _errors(_take(conv_in, rows), _take(conv_out, rows), w64, b64, scale * result.widened, tiny)
     result.output_max_error, result.output_ratio, result.output_bad, result.noise = errors
     return result
 
@@ -285,11 +288,36 @@ def _sample(count: int) -> np.ndarray | slice:
     return np.unique(np.linspace(0, count - 1, SAMPLE_ROWS).round().astype(np.int64))
 
 
-def _exercise(x_rows: np.ndarray) -> tuple[bool, bool]:
+def _blocks(t: np.ndarray, nchw: bool) -> Iterator[np.ndarray]:
+    """The positions of a 4D tensor as rows of channels, in NHWC order, a block of image lines at a time."""
+    if not nchw:
+        flat = t.reshape(-1, t.shape[-1])
+        step = max(1, _ROWS // max(flat.shape[1], 1))
+        for start in range(0, flat.shape[0], step):
+            yield flat[start : start + step]
+        return
+    n, c, h, w = t.shape
+    lines = max(1, _ROWS // max(w * c, 1))
+    for i in range(n):
+        for h0 in range(0, h, lines):
+            yield t[i, :, h0 : h0 + lines, :].transpose(1, 2, 0).reshape(-1, c)
+
+
+def _take(t: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+    """The given positions (NHWC row numbers) of an NCHW tensor, as rows of channels."""
+    n, c, h, w = t.shape
+    if isinstance(rows, slice):
+        return t.transpose(0, 2, 3, 1).reshape(-1, c)[rows]
+    i, rest = np.divmod(rows, h * w)
+    y, x = np.divmod(rest, w)
+    return t[i, :, y, x]
+
+
+def _exercise(blocks: Iterable[np.ndarray]) -> tuple[bool, bool]:
     """(some row is all finite, the finite values are not all one number)."""
     any_finite, first, distinct = False, None, False
-    for start in range(0, x_rows.shape[0], _ROWS):
-        part = x_rows[start : start + _ROWS].astype(np.float64)
+    for block in blocks:
+        part = block.astype(np.float64)
         ok = np.isfinite(part).all(axis=1)
         if not ok.any():
             continue
@@ -304,13 +332,13 @@ def _exercise(x_rows: np.ndarray) -> tuple[bool, bool]:
     return any_finite, distinct
 
 
-def _relative_error(a_rows: np.ndarray, b_rows: np.ndarray) -> tuple[float, bool]:
-    """||a - b|| / ||b|| over rows finite in both, and whether the non-finite places differ."""
+def _relative_error(a_blocks: Iterable[np.ndarray], b_blocks: Iterable[np.ndarray]) -> tuple[float, bool]:
+    """||a - b|| / ||b|| over elements finite in both, and whether the non-finite places differ."""
     num = den = 0.0
     nan_mismatch = False
-    for start in range(0, a_rows.shape[0], _ROWS):
-        a = a_rows[start : start + _ROWS].astype(np.float64)
-        b = b_rows[start : start + _ROWS].astype(np.float64)
+    for a_block, b_block in _paired(a_blocks, b_blocks):
+        a = a_block.astype(np.float64)
+        b = b_block.astype(np.float64)
         fa, fb = np.isfinite(a), np.isfinite(b)
         if (fa != fb).any() or not np.array_equal(a[~fa], b[~fb], equal_nan=True):
             nan_mismatch = True
@@ -321,6 +349,17 @@ def _relative_error(a_rows: np.ndarray, b_rows: np.ndarray) -> tuple[float, bool
     if den == 0.0:
         return (0.0 if num == 0.0 else math.inf), nan_mismatch
     return math.sqrt(num / den), nan_mismatch
+
+
+def _paired(a_blocks: Iterable[np.ndarray], b_blocks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Blocks of two row sequences cut to the same rows (the two may be blocked differently)."""
+    a_iter, b_iter = iter(a_blocks), iter(b_blocks)
+    a, b = next(a_iter, None), next(b_iter, None)
+    while a is not None and b is not None:
+        m = min(len(a), len(b))
+        yield a[:m], b[:m]
+        a = a[m:] if m < len(a) else next(a_iter, None)
+        b = b[m:] if m < len(b) else next(b_iter, None)
 
 
 def _reference(x: np.ndarray, w64: np.ndarray, b64: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

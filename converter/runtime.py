@@ -47,6 +47,9 @@ def make_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # onnxruntime's own error log would repeat, on stderr, the failure we report in one line.
     options.log_severity_level = 4
+    # Without its arena, onnxruntime returns a run's memory when the run ends instead of keeping
+    # the largest it ever needed: verification holds two sessions and big activations.
+    options.enable_cpu_mem_arena = False
     for name, value in (initializers or {}).items():
         options.add_initializer(name, value)
     if initializers:

@@ -16,8 +16,8 @@ What is checked, exactly:
 
 Inputs (feeds.py): symbolic dims get distinct values > 1 that the original model accepts (batch 2,
 H != W, multiples of the model's stride); ``trials`` seeded input sets (default 2; scalar booleans
-take both values, so both branches of an If fed by one run); a layer whose input was all NaN or one
-repeated value gets one more trial with positive inputs.
+take both values, so both branches of an If fed by one run); a layer whose input held NaN or Inf and
+no usable data gets one more trial with positive inputs.
 
 The verdict is ``passed`` only when every rewritten layer is proved by structure and passed by
 numbers and every output matches; ``failed`` when anything disagrees; ``incomplete`` when nothing
@@ -415,7 +415,7 @@ def _run_original(
     if random_inputs and _needs_positive(pair, originals, o.seed):
         t = len(plans)
         plans.append((t, "positive"))
-        out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held no usable values")
+        out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held NaN or Inf")
         originals.kept.append(original.run(originals.feeds(t, "positive", o.seed), o.deadline))
     out.trials = len(plans)
     return originals
@@ -442,8 +442,37 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
         raise
     except InputError as e:
         rewritten, failure = None, str(e)
+    trial = _Trial(pair, o, convs, dense, depth, out, per_output, refs)
     for (t, dist), orig_out in zip(originals.plans, originals.kept, strict=True):
-        feeds = originals.feeds(t, dist, o.seed)
+        # One trial at a time, in its own frame: its inputs and outputs are gone before the next is made.
+        failure = trial.check(rewritten, originals.feeds(t, dist, o.seed), orig_out, failure)
+    for name, checks in per_output.items():
+        merged = _merge(checks)
+        why = degenerate(refs[name])
+        if why:
+            merged.degenerate = why
+            out.notes.append(
+                f"output {name!r} is {why} over {len(originals.plans)} trials: it proves nothing about the layers before it"
+            )
+        out.outputs.append(merged)
+
+
+@dataclass
+class _Trial:
+    """Comparing one trial of the rewritten model with the original's outputs of the same inputs."""
+
+    pair: _Pair
+    o: _Options
+    convs: dict[str, onnx.NodeProto]
+    dense: dict[str, tuple[np.ndarray, np.ndarray | None] | str]
+    depth: float
+    out: _Outcome
+    per_output: dict[str, list[OutputCheck]]
+    refs: dict[str, list[np.ndarray]]
+
+    def check(self, rewritten: Runner | None, feeds: dict[str, np.ndarray], orig_out: dict[str, np.ndarray], failure: str) -> str:
+        """Run, compare and record; returns the failure message so far ("" when the rewritten model runs)."""
+        pair, o, out = self.pair, self.o, self.out
         got = None
         if rewritten is not None:
             try:
@@ -455,46 +484,41 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
         pending: list[tuple[str, LayerTensors]] = []
         for c in pair.layers:
             numbers = out.layers.setdefault(c.conv, [])
-            if got is None or c.conv not in convs:
-                problem = failure or f"the rewritten model has no node named {c.conv!r}"
-                numbers.append(LayerNumbers(False, problem=problem))
+            if got is None or c.conv not in self.convs:
+                numbers.append(LayerNumbers(False, problem=failure or f"the rewritten model has no node named {c.conv!r}"))
                 continue
-            layer = dense[c.conv]
+            layer = self.dense[c.conv]
             if isinstance(layer, str):
                 numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {layer}"))
                 continue
-            node = convs[c.conv]
-            tensors = LayerTensors(
-                _tensor(node.input[0], got, feeds),
-                _tensor(node.output[0], got, feeds),
-                layer[0],
-                layer[1],
-                _tensor(c.input, orig_out, feeds),
-                _tensor(c.output, orig_out, feeds),
-                calibrate=not any(n.exercised for n in numbers),
+            node = self.convs[c.conv]
+            pending.append(
+                (
+                    c.conv,
+                    LayerTensors(
+                        _tensor(node.input[0], got, feeds),
+                        _tensor(node.output[0], got, feeds),
+                        layer[0],
+                        layer[1],
+                        _tensor(c.input, orig_out, feeds),
+                        _tensor(c.output, orig_out, feeds),
+                        calibrate=not any(n.exercised for n in numbers),
+                    ),
+                )
             )
-            pending.append((c.conv, tensors))
         for (conv, _), numbers in zip(pending, check_layers([t for _, t in pending]), strict=True):
             out.layers[conv].append(numbers)
         for vi in pair.original.graph.output:
             ref = orig_out[vi.name]
-            refs[vi.name].append(ref)
+            self.refs[vi.name].append(ref)
             noise = sum(out.layers[c.conv][-1].noise for c in pair.layers if out.layers.get(c.conv))
-            a_tol, r_tol = _tolerances(vi.type.tensor_type.elem_type, ref, o.atol, o.rtol, depth, noise)
+            a_tol, r_tol = _tolerances(vi.type.tensor_type.elem_type, ref, o.atol, o.rtol, self.depth, noise)
             if got is None:
-                per_output[vi.name].append(failed(vi.name, ref, a_tol, r_tol, failure or "the rewritten model did not run"))
+                check = failed(vi.name, ref, a_tol, r_tol, failure or "the rewritten model did not run")
             else:
-                per_output[vi.name].append(compare(vi.name, got[vi.name], ref, a_tol, r_tol))
-        del got
-    for name, checks in per_output.items():
-        merged = _merge(checks)
-        why = degenerate(refs[name])
-        if why:
-            merged.degenerate = why
-            out.notes.append(
-                f"output {name!r} is {why} over {len(originals.plans)} trials: it proves nothing about the layers before it"
-            )
-        out.outputs.append(merged)
+                check = compare(vi.name, got[vi.name], ref, a_tol, r_tol)
+            self.per_output[vi.name].append(check)
+        return failure
 
 
 def _original_runner(pair: _Pair, o: _Options) -> Runner:
@@ -548,18 +572,24 @@ def _strong(x: np.ndarray) -> bool:
 
 
 def _needs_positive(pair: _Pair, originals: _Originals, seed: int) -> bool:
-    """Whether some layer's input was unusable (no finite values, or one repeated value) in every trial:
-    then one more trial with positive inputs (Log and Sqrt stay finite)."""
+    """Whether some layer's input held NaN or Inf and never any usable data in any trial: then one more
+    trial with positive inputs (a Log or Sqrt before it is then finite). A layer that only saw zeros
+    (a ReLU before it) is not helped by that, so it does not ask for the trial."""
     for c in pair.layers:
-        usable = False
+        usable, non_finite = False, False
         for (t, dist), result in zip(originals.plans, originals.kept, strict=True):
             feeds = originals.feeds(t, dist, seed) if c.input not in result else {}
             x = np.asarray(_tensor(c.input, result, feeds))
-            finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
-            if finite.size and (finite != finite.reshape(-1)[0]).any():
+            if x.dtype.kind != "f":
                 usable = True
                 break
-        if not usable:
+            finite = np.isfinite(x)
+            non_finite |= not finite.all()
+            values = x[finite]
+            if values.size and (values != values.reshape(-1)[0]).any():
+                usable = True
+                break
+        if not usable and non_finite:
             return True
     return False
 
