@@ -778,7 +778,7 @@ def _check_npy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, p: Path
             raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _fortran, dtype = read_header(stream)
-    except (ValueError, EOFError, SyntaxError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises many types on hostile bytes (tokenize.TokenError too)
         raise InputError(f"{p}: member {name!r} is not a .npy array ({_message(e)})") from e
     if any(d < 0 for d in shape):
         raise InputError(f"{p}: array {name!r} declares a negative dim {list(shape)}")

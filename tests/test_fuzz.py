@@ -68,3 +68,40 @@ def test_mutated_models_never_hang_in_the_real_command(tmp_path: Path) -> None:
             [convert, str(path), "-o", str(tmp_path / f"o{i}.onnx"), "-q"], capture_output=True, text=True, timeout=120
         )
         assert r.returncode in (0, 1, 2, 3) and "Traceback" not in r.stderr, r.stderr
+
+
+def test_mutated_npz_inputs_never_crash(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """``--inputs`` files with flipped, cut or spliced bytes (zip directory, npy headers, data)."""
+    import io
+    import zipfile
+
+    import onnx
+
+    model = tmp_path / "m.onnx"
+    onnx.save(dense_model(x_shape=(2, 3, 5, 4)), model)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32))
+    seed = buffer.getvalue()
+    rng = np.random.default_rng(7)
+    outcomes: dict[int, int] = {}
+    member = io.BytesIO()
+    np.save(member, np.random.default_rng(1).standard_normal((2, 3, 5, 4)).astype(np.float32))
+    for i in range(max(20, CASES // 3)):
+        npz = tmp_path / "in.npz"
+        if i % 2:  # the zip's own bytes: mostly caught by its checksums
+            npz.write_bytes(mutate(seed, rng))
+        else:  # the .npy inside, re-zipped with valid checksums: the header and the data are what is fuzzed
+            with zipfile.ZipFile(npz, "w") as z:
+                z.writestr("x.npy", mutate(member.getvalue(), rng) if i % 4 else member.getvalue())
+        out = tmp_path / "out.onnx"
+        rc = main([str(model), "--inputs", str(npz), "-o", str(out), "-q"])
+        captured = capfd.readouterr()
+        assert rc in (0, 1, 2, 3), (i, rc)
+        outcomes[rc] = outcomes.get(rc, 0) + 1
+        if rc == 2:
+            lines = captured.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("convert: error:"), (i, captured.err)
+        if rc != 0:
+            assert not out.exists()
+        out.unlink(missing_ok=True)
+    assert outcomes.get(2, 0) > 0 and outcomes.get(0, 0) > 0, outcomes  # both readable and unreadable ones
