@@ -46,22 +46,8 @@ def read_varint(buf: bytes | memoryview, at: int) -> tuple[int, int]:
 
 def fields(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(number, start, end) of each length-delimited field of the message in ``buf[start:end]``."""
-    at = start
-    while at < end:
-        key, at = read_varint(buf, at)
-        wire = key & 7
-        if wire == _LENGTH_DELIMITED:
-            size, at = read_varint(buf, at)
-            if at + size > end:
-                raise ValueError("field runs past its message")
-            yield key >> 3, at, at + size
-            at += size
-        elif wire == 0:
-            _, at = read_varint(buf, at)
-        elif wire in (1, 5):
-            at += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire} is not used by onnx.proto")
+    for number, _, value_start, value_end in spans(buf, start, end):
+        yield number, value_start, value_end
 
 
 def spans(buf: bytes | memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:

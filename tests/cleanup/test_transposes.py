@@ -22,13 +22,20 @@ def transposes(model: onnx.ModelProto) -> int:
     return count_ops(model.graph).get("Transpose", 0)
 
 
-def check(model: onnx.ModelProto, **kw) -> converter.RewriteResult:
+def check(model: onnx.ModelProto, *, degenerate_ok: bool = False, **kw) -> converter.RewriteResult:
     result = converter.rewrite(model, **kw)
     onnx.checker.check_model(result.model, full_check=True)
     assert list(result.model.graph.input) == list(model.graph.input)
     assert list(result.model.graph.output) == list(model.graph.output)
     verdict = converter.verify(model, result)
-    assert verdict.passed, verdict.to_dict()
+    if degenerate_ok and verdict.verdict == "incomplete":
+        # Random chains can collapse to a constant (a softmax of an all-zero Relu output): then the layers after it
+        # only see one repeated value. That is an honest "incomplete", never a pass, and the structure is still proved.
+        unverified = [layer for layer in verdict.layers if not layer.verified]
+        assert unverified and all(layer.structure == "proved" for layer in verdict.layers), verdict.to_dict()
+        assert all("one repeated value" in layer.numbers_detail for layer in unverified), verdict.to_dict()
+    else:
+        assert verdict.passed, verdict.to_dict()
     # Never more Transposes than the rewrite alone left.
     assert result.report.ops_after.get("Transpose", 0) <= result.report.ops_rewritten.get("Transpose", 0)
     return result
@@ -211,4 +218,4 @@ def test_random_chains_never_get_worse_and_stay_equal(chain: list[str], layers: 
     if nchw_io:
         x = b.op("Transpose", x, perm=[0, 3, 1, 2])
     shape = [2, c, H, W] if nchw_io else [2, H, W, c]
-    check(b.model([("x", shape)], [x]))
+    check(b.model([("x", shape)], [x]), degenerate_ok=True)
