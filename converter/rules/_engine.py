@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,9 +50,15 @@ class Decline(Exception):
 
 @dataclass(frozen=True)
 class RewriteOptions:
-    """What the rewrite must respect. The providers are those the result will be run (and verified) on."""
+    """What the rewrite must respect. The providers are those the result will be run (and verified) on.
+
+    ``refuse`` declines chosen candidates before any rule sees them: (graph key, anchor output) ->
+    (code, sentence), where the graph key is ``RewrittenLayer.graph``. A caller that judged a layer
+    after an earlier rewrite (the layout policy: its Transposes could not be absorbed) uses it.
+    """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    refuse: Mapping[tuple[tuple[tuple[str, str], ...], str], tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,7 +225,11 @@ def apply_rules(
                 continue
             first_decline: Decline | None = None
             declined_by = ""
-            for rule in by_op.get(node.op_type, []):
+            candidates = by_op.get(node.op_type, [])
+            refused = options.refuse.get((key, node.output[0] if node.output else "")) if candidates else None
+            if refused is not None:
+                first_decline, declined_by, candidates = Decline(*refused), "caller", []
+            for rule in candidates:
                 try:
                     plan = rule.check(node, ctx)
                     _check_safe(plan, scope, claimed)

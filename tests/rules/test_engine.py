@@ -132,3 +132,14 @@ def test_every_new_node_is_tagged_with_its_rule(ir_version: int) -> None:
     for node in m.graph.node:
         tag = {p.key: p.value for p in node.metadata_props}.get("converter.rule") if ir_version >= 10 else node.doc_string
         assert tag and "fuse_neg_relu" in tag
+
+
+def test_refused_candidates_are_declined_with_the_callers_reason() -> None:
+    nodes = [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Relu", ["n"], ["y"])]
+    nodes += [helper.make_node("Neg", ["x"], ["n2"]), helper.make_node("Relu", ["n2"], ["z"])]
+    m = model(nodes, ["y", "z"])
+    refuse = {((), "z"): ("layout_cost", "its Transposes would stay")}
+    decisions = apply_rules(m, [FuseNegRelu()], RewriteOptions(refuse=refuse))
+    assert [(d.rewritten, d.reason) for d in decisions] == [(True, None), (False, "layout_cost")]
+    assert decisions[1].detail == "its Transposes would stay"
+    assert sum(n.name == "fused_relu" for n in m.graph.node) == 1
