@@ -177,6 +177,168 @@ def _graphs_of(node: NodeProto) -> list[tuple[str, GraphProto]]:
     return found
 
 
+# --- ops with axes, read in another layout ------------------------------------------------------
+#
+# A node of the rewritten graph reading its data as Transpose(original input, P) computes
+# Transpose(original output, Q) when its axes are the original's seen through P: the rewritten
+# node's axis a is the original's axis P[a]. For each op: (data input slots, axes/pads input slots);
+# ALL means every input not listed as axes is data (Concat).
+ALL = (-1,)
+AXIS_OPS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "Softmax": ((0,), ()),
+    "LogSoftmax": ((0,), ()),
+    "Hardmax": ((0,), ()),
+    "Concat": (ALL, ()),
+    "Split": ((0,), (1,)),
+    "Slice": ((0,), (1, 2, 3, 4)),
+    "Pad": ((0,), (1, 3)),
+    "Squeeze": ((0,), (1,)),
+    "Unsqueeze": ((0,), (1,)),
+    "Gather": ((0,), ()),
+    **{
+        op: ((0,), (1,))
+        for op in (
+            "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare"
+        ).split()
+    },
+}
+
+
+def _attrs(node: NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _norm(axis: int, rank: int) -> int | None:
+    a = axis + rank if axis < 0 else axis
+    return a if 0 <= a < rank else None
+
+
+def _dropped(perm: tuple[int, ...], removed: set[int]) -> Perm:
+    """The layout that is left when the rewritten axes ``removed`` (original axes perm[a]) disappear."""
+    kept = [a for a in range(len(perm)) if a not in removed]
+    orig_kept = sorted(perm[a] for a in kept)
+    return _then(None, tuple(orig_kept.index(perm[a]) for a in kept)) if kept else None
+
+
+def _axis_rule(
+    node: NodeProto,
+    cand: NodeProto,
+    perm: tuple[int, ...],
+    r_params: dict[int, list[int] | None],
+    o_params: dict[int, list[int] | None],
+    ins: list[Fact],
+    opset: int,
+) -> Perm | str:
+    """The output layout Q when ``node`` in layout ``perm`` is ``cand`` in the original, else why not."""
+    op, rank = node.op_type, len(perm)
+    ra, oa = _attrs(node), _attrs(cand)
+
+    def same_except(*names: str) -> bool:
+        return {k: v for k, v in ra.items() if k not in names} == {k: v for k, v in oa.items() if k not in names}
+
+    def maps(r_axes: list[int], o_axes: list[int], in_order: bool) -> bool:
+        rn, on = [_norm(a, rank) for a in r_axes], [_norm(a, rank) for a in o_axes]
+        if None in rn or None in on or len(rn) != len(on) or len(set(rn)) != len(rn):
+            return False
+        mapped = [perm[a] for a in rn]  # type: ignore[index]
+        return mapped == on if in_order else sorted(mapped) == sorted(on)  # type: ignore[type-var]
+
+    def axes(attrs: dict[str, object], params: dict[int, list[int] | None]) -> list[int] | None:
+        if "axes" in attrs:
+            return list(attrs["axes"])  # type: ignore[call-overload]
+        return params.get(1)
+
+    if op in ("Softmax", "LogSoftmax", "Hardmax"):
+        if opset < 13:
+            return f"{op} before opset 13 flattens its input at the axis: no other layout is the same"
+        if not same_except("axis") or not maps([int(ra.get("axis", -1))], [int(oa.get("axis", -1))], True):  # type: ignore[call-overload]
+            return f"the {op} axis is not the original's under the layout"
+        return perm
+    if op in ("Concat", "Split", "Gather"):
+        default = 0
+        if not same_except("axis") or not maps([int(ra.get("axis", default))], [int(oa.get("axis", default))], True):  # type: ignore[call-overload]
+            return f"the {op} axis is not the original's under the layout"
+        if op == "Split" and r_params.get(1) != o_params.get(1):
+            return "the split sizes differ"
+        if op == "Gather":
+            indices = ins[1]
+            if not isinstance(indices, Const):
+                return "Gather indices of unknown rank"
+            q = np.asarray(indices.get()).ndim
+            if q == 1:
+                return perm
+            if q == 0:
+                return _dropped(perm, {_norm(int(ra.get("axis", 0)), rank)})  # type: ignore[arg-type,call-overload]
+            return "Gather with indices of rank > 1 in another layout"
+        return perm
+    if op == "Slice":
+        if opset < 10 or ra or oa:
+            return "Slice before opset 10 in another layout"
+        if r_params.get(1) != o_params.get(1) or r_params.get(2) != o_params.get(2):
+            return "the Slice starts or ends differ"
+        n = len(r_params.get(1) or [])
+        ones = [1] * n
+        if (r_params.get(4) or ones) != (o_params.get(4) or ones):
+            return "the Slice steps differ"
+        default = list(range(n))
+        if not maps(r_params.get(3) or default, o_params.get(3) or default, True):
+            return "the Slice axes are not the original's under the layout"
+        return perm
+    if op == "Pad":
+        if opset < 11 or not same_except():
+            return "Pad with attribute pads, or another mode, in another layout"
+        rp, op_ = r_params.get(1), o_params.get(1)
+        if rp is None or op_ is None:
+            return "Pad without pads"
+        if r_params.get(3) is None and o_params.get(3) is None:
+            if len(rp) != 2 * rank or len(op_) != 2 * rank:
+                return "Pad pads of the wrong length"
+            if any(rp[a] != op_[perm[a]] or rp[rank + a] != op_[rank + perm[a]] for a in range(rank)):
+                return "the pads are not the original's under the layout"
+            return perm
+        r_axes, o_axes = r_params.get(3), o_params.get(3)
+        if r_axes is None or o_axes is None or rp != op_ or not maps(r_axes, o_axes, True):
+            return "the Pad axes are not the original's under the layout"
+        return perm
+    if op.startswith("Reduce") or op == "Squeeze":
+        if not same_except("axes"):
+            return f"the {op} attributes differ"
+        r_axes, o_axes = axes(ra, r_params), axes(oa, o_params)
+        if op == "Squeeze" and (r_axes is None or o_axes is None):
+            return "Squeeze without axes in another layout"
+        if not r_axes or not o_axes:
+            if bool(r_axes) != bool(o_axes):
+                return f"the {op} axes differ"
+            if int(ra.get("noop_with_empty_axes", 0)):  # type: ignore[call-overload]
+                return perm
+            return perm if int(ra.get("keepdims", 1)) else None  # type: ignore[call-overload]
+        if not maps(r_axes, o_axes, False):
+            return f"the {op} axes are not the original's under the layout"
+        if op != "Squeeze" and int(ra.get("keepdims", 1)):  # type: ignore[call-overload]
+            return perm
+        return _dropped(perm, {_norm(a, rank) for a in r_axes})  # type: ignore[misc]
+    if op == "Unsqueeze":
+        if not same_except("axes"):
+            return "the Unsqueeze attributes differ"
+        r_axes, o_axes = axes(ra, r_params), axes(oa, o_params)
+        if r_axes is None or o_axes is None or len(r_axes) != len(o_axes):
+            return "the Unsqueeze axes differ in number"
+        out_rank = rank + len(r_axes)
+        rn = sorted({_norm(a, out_rank) for a in r_axes})  # type: ignore[type-var]
+        on = sorted({_norm(a, out_rank) for a in o_axes})  # type: ignore[type-var]
+        if None in rn or None in on or len(rn) != len(r_axes) or len(on) != len(o_axes):
+            return "bad Unsqueeze axes"
+        r_kept = [p for p in range(out_rank) if p not in rn]
+        o_kept = [p for p in range(out_rank) if p not in on]
+        q = [0] * out_rank
+        for i, p in enumerate(r_kept):
+            q[p] = o_kept[perm[i]]
+        for p_r, p_o in zip(rn, on, strict=True):  # new axes have size 1: any order of them is the same
+            q[p_r] = p_o  # type: ignore[index]
+        return _then(None, tuple(q))
+    return f"{op} is not an axis op this checker knows"
+
+
 def _plain_attributes(node: NodeProto) -> list[tuple[str, bytes]]:
     return sorted(
         (a.name, a.SerializeToString(deterministic=True))
@@ -195,10 +357,17 @@ def _holder_key(node: NodeProto) -> str:
 class _Original:
     """One original graph: producers, constants, and each tensor's canonical fact."""
 
-    def __init__(self, graph: GraphProto, parent: _Original | None, value_of: Callable[[TensorProto], np.ndarray]) -> None:
+    def __init__(
+        self,
+        graph: GraphProto,
+        parent: _Original | None,
+        value_of: Callable[[TensorProto], np.ndarray],
+        opsets: Sequence[onnx.OperatorSetIdProto] = (),
+    ) -> None:
         self.graph = graph
         self.parent = parent
         self.value_of = value_of
+        self.opsets = list(opsets) if parent is None else parent.opsets
         self.inputs = {i.name for i in graph.input}
         self.initializers = {t.name: t for t in graph.initializer if t.name not in self.inputs}
         self.sparse = {s.values.name for s in graph.sparse_initializer}
@@ -243,6 +412,13 @@ class _Original:
             return _constant_node_fact(node, (id(self), name))
         if _is_default(node) and node.op_type == "Identity":
             return self.canon(node.input[0])
+        if _is_default(node) and node.op_type in _CONSTANT_OPS and len(node.output) == 1:
+            ins = [self.canon(n) for n in node.input]
+            if ins and all(isinstance(f, Const) or f is EMPTY for f in ins) and isinstance(ins[0], Const):
+                # Evaluated once now to know it is a constant at all (a node the evaluator rejects stays a
+                # computed tensor), and again when read, so that no value is held in between.
+                if _run_on_constants(node, ins, self.opsets) is not None:
+                    return Const((id(self), name), lambda: _run_on_constants(node, ins, self.opsets))
         if _is_default(node) and node.op_type == "Transpose":
             perm = _perm_attr(node)
             inner = self.canon(node.input[0])
@@ -264,6 +440,25 @@ class _Original:
                         index[fact.root].append((node, slot))
             self._by_root = index
         return self._by_root.get(root, [])
+
+
+# Ops on constants whose result the rewrite may treat as a constant (exporters leave them on
+# initializers). The value is computed here by onnx's reference evaluator, not by the rewrite's code.
+_CONSTANT_OPS = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray | None:
+    """The node's output computed by onnx's reference evaluator, or None when it rejects the node."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        inits = [numpy_helper.from_array(np.asarray(f.get()), n) for n, f in zip(node.input, ins, strict=True) if n]
+        out = onnx.helper.make_tensor_value_info(node.output[0], TensorProto.UNDEFINED, None)
+        graph = onnx.helper.make_graph([node], "constant", [], [out], inits)
+        model = onnx.helper.make_model(graph, opset_imports=list(opsets) or [onnx.helper.make_opsetid("", 17)])
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
+        return None
 
 
 def _constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
@@ -570,8 +765,6 @@ class _Walk:
             return f"the original's {cand.op_type} differs"
         if len(cand.input) != len(node.input) or len(cand.output) != len(node.output):
             return "a different number of inputs or outputs"
-        if _plain_attributes(cand) != _plain_attributes(node):
-            return "different attributes"
         orig_ins = [self.orig.canon(n) for n in cand.input]
         perm: Perm = None
         if anchor is not None:
@@ -583,8 +776,12 @@ class _Walk:
                 perm = _then(_inverse(o.perm), r.perm)
             except ValueError:
                 return "rank mismatch"
+        if perm is not None and _is_default(node) and node.op_type in AXIS_OPS:
+            return self._axis_counterpart(node, ins, cand, orig_ins, perm)
+        if _plain_attributes(cand) != _plain_attributes(node):
+            return "different attributes"
         if perm is not None and not (_is_default(node) and node.op_type in ELEMENTWISE):
-            return f"{node.op_type} is read in another layout, which only elementwise ops allow"
+            return f"{node.op_type} is read in another layout, which only elementwise and axis ops allow"
         for i, (r, o) in enumerate(zip(ins, orig_ins, strict=True)):
             if isinstance(o, Unknown):
                 return o.reason
@@ -618,6 +815,67 @@ class _Walk:
                     self.facts[out] = Value(o.root, _then(o.perm, perm)) if o.root else EMPTY
                 else:
                     self.facts[out] = o if perm is None else Unknown("a constant output read in another layout")
+        return None
+
+    def _axis_counterpart(self, node: NodeProto, ins: list[Fact], cand: NodeProto, orig_ins: list[Fact], perm: Perm) -> str | None:
+        """An op with axes, read in layout ``perm``: its axes must be the original's seen through ``perm``."""
+        assert perm is not None
+        data, params = AXIS_OPS[node.op_type]
+        slots = range(len(node.input))
+        data_slots = [i for i in slots if i in data or (data == ALL and i not in params)]
+        for i in data_slots:
+            r, o = ins[i], orig_ins[i]
+            if isinstance(o, Unknown):
+                return o.reason
+            if isinstance(r, Const) and isinstance(o, Const):
+                problem = self._same_laid_out(r, o, perm)
+                if problem:
+                    return problem
+            elif not isinstance(r, Value) or not isinstance(o, Value):
+                return f"input {i} is a constant on one side only"
+            else:
+                try:
+                    if r != Value(o.root, _then(o.perm, perm)):
+                        return f"input {i} is {_show(r)}, the original reads {_show(o)} (layout {perm})"
+                except ValueError:
+                    return f"input {i} has another rank"
+        r_params: dict[int, list[int] | None] = {}
+        o_params: dict[int, list[int] | None] = {}
+        for i in params:
+            for facts, into, n in ((ins, r_params, node), (orig_ins, o_params, cand)):
+                if i >= len(n.input) or not n.input[i]:
+                    into[i] = None
+                    continue
+                f = facts[i]
+                if not isinstance(f, Const):
+                    return f"input {i} of the {node.op_type} is not a constant"
+                v = np.asarray(f.get())
+                if v.dtype.kind not in "iu":
+                    return f"input {i} of the {node.op_type} is not integer"
+                into[i] = [int(x) for x in v.reshape(-1)]
+        for i in slots:  # inputs neither permuted nor axes (Pad's value, Gather's indices) must be the same
+            if i in data_slots or i in params:
+                continue
+            r, o = ins[i], orig_ins[i]
+            if isinstance(r, Const) and isinstance(o, Const):
+                if _differs(r.get(), o.get(), "operand"):
+                    return f"input {i} differs"
+            elif r != o:
+                return f"input {i} differs"
+        opset = next((o.version for o in self.orig.opsets if o.domain in _DEFAULT_DOMAINS), 1)
+        found = _axis_rule(node, cand, perm, r_params, o_params, ins, opset)
+        if isinstance(found, str):
+            return found
+        for j, out in enumerate(node.output):
+            if not out:
+                continue
+            o = self.orig.canon(cand.output[j])
+            if not isinstance(o, Value) or not o.root:
+                return "its original output is not a tensor"
+            try:
+                self.facts[out] = Value(o.root, _then(o.perm, found))
+            except ValueError:
+                return "output rank mismatch"
         return None
 
     def _same_laid_out(self, r: Const, o: Const, perm: Perm) -> str | None:
@@ -734,7 +992,7 @@ def certify(
     for layer in layers:
         by_graph[tuple(tuple(step) for step in layer.graph)].append(layer)  # type: ignore[misc]
     cert = Certificate()
-    orig = _Original(original.graph, None, value_of)
+    orig = _Original(original.graph, None, value_of, original.opset_import)
     walk = _Walk(orig, rewritten.graph, (), by_graph, value_of, cert)
     walk.run()
     if [i.name for i in rewritten.graph.input] != [i.name for i in original.graph.input]:

@@ -138,19 +138,102 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
     return types
 
 
-SourceKind = Literal["initializer", "constant_node", "initializer_graph_input", "graph_input", "computed", "unknown"]
+SourceKind = Literal["initializer", "constant_node", "folded", "initializer_graph_input", "graph_input", "computed", "unknown"]
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a tensor's value comes from, as seen from one scope."""
+    """Where a tensor's value comes from, as seen from one scope.
+
+    ``folded``: the output of one of ``FOLDABLE`` whose inputs are all constants (the TorchScript
+    exporter reads deduplicated initializers through Identity; exporters also leave Cast, Reshape,
+    Transpose, Squeeze and Unsqueeze of initializers). It is as constant as an initializer.
+    """
 
     kind: SourceKind
-    owner: Scope | None = None  # the scope that holds the initializer or Constant node
+    owner: Scope | None = None  # the scope that holds the initializer, Constant node or folded node
 
     @property
     def is_constant(self) -> bool:
-        return self.kind in ("initializer", "constant_node")
+        return self.kind in ("initializer", "constant_node", "folded")
+
+
+# Ops on constants that are read as constants. The values are computed with numpy below rather
+# than with onnx.reference: these six ops are a few lines each, while the reference evaluator would
+# need a model per node with the right opset (attribute vs input forms of Squeeze/Unsqueeze axes).
+FOLDABLE = frozenset({"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+# How many folding steps a constant may be away from its initializer (deeper chains are "computed").
+_FOLD_DEPTH = 32
+# Ops whose output can differ between runs with equal inputs: never a constant expression.
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"}
+)
+
+
+def _attr(node: NodeProto, name: str) -> AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def _axes(node: NodeProto, inputs: list[np.ndarray | None]) -> list[int] | None:
+    """Squeeze/Unsqueeze axes: the attribute (opset < 13) or the second input; None when absent."""
+    attr = _attr(node, "axes")
+    if attr is not None:
+        return list(attr.ints)
+    if len(inputs) > 1 and inputs[1] is not None:
+        return [int(v) for v in inputs[1].reshape(-1)]
+    return None
+
+
+def fold_value(node: NodeProto, inputs: list[np.ndarray | None]) -> np.ndarray | None:
+    """The output of a ``FOLDABLE`` node given its input values, or None when it is not one we fold exactly.
+
+    Raises ValueError (or TypeError, IndexError) for inputs the op would reject at run time.
+    """
+    x = inputs[0]
+    if x is None:
+        return None
+    op = node.op_type
+    if op == "Identity":
+        return x
+    if op == "Transpose":
+        perm = _attr(node, "perm")
+        return np.transpose(x, list(perm.ints) if perm is not None else None)
+    if op == "Cast":
+        to = _attr(node, "to")
+        if to is None or to.i in (onnx.TensorProto.STRING, onnx.TensorProto.BFLOAT16) or to.i > onnx.TensorProto.BFLOAT16:
+            return None  # no exact numpy equivalent (strings, bfloat16, the float8 and 4-bit types)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to.i))
+        if x.dtype.kind == "f" and dtype.kind != "f":
+            return None  # float -> int/bool truncation and NaN handling are the runtime's own
+        if x.dtype.kind in "iub" and dtype.kind in "iu" and x.size and not _fits(x, dtype):
+            return None  # wrap-around is the runtime's own
+        return x.astype(dtype)
+    if op == "Reshape":
+        if len(inputs) < 2 or inputs[1] is None or inputs[1].dtype != np.int64:
+            return None
+        target = [int(v) for v in inputs[1].reshape(-1)]
+        allowzero = _attr(node, "allowzero")
+        if not (allowzero is not None and allowzero.i):
+            target = [x.shape[i] if v == 0 and i < x.ndim else v for i, v in enumerate(target)]
+        return x.reshape(target)
+    if op == "Squeeze":
+        axes = _axes(node, inputs)
+        return np.squeeze(x, axis=None if axes is None else tuple(axes))
+    if op == "Unsqueeze":
+        axes = _axes(node, inputs)
+        if axes is None:
+            return None
+        rank = x.ndim + len(axes)
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        if len(set(axes)) != len(axes) or any(not 0 <= a < rank for a in axes):
+            raise ValueError(f"bad Unsqueeze axes {axes} for rank {x.ndim}")
+        return np.expand_dims(x, tuple(axes))
+    return None
+
+
+def _fits(x: np.ndarray, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    return bool(x.min() >= info.min and x.max() <= info.max)
 
 
 class Scope:
@@ -177,6 +260,8 @@ class Scope:
         self.initializers = {t.name: t for t in graph.initializer}
         # Hold the node wrappers so that id(node) identifies a node for as long as the scope lives.
         self.nodes: list[NodeProto] = list(graph.node)
+        self._folded: dict[str, onnx.TensorProto | None] = {}  # folded constants, None: not foldable
+        self._constant_expr: dict[str, bool] = {}
         self.producers: dict[str, NodeProto] = {}
         self.uses: dict[str, list[NodeProto]] = defaultdict(list)
         for node in self.nodes:
@@ -212,13 +297,106 @@ class Scope:
             if node is not None:
                 if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and _constant_attr(node) is not None:
                     return Source("constant_node", scope)
+                if node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and scope._fold(name) is not None:
+                    return Source("folded", scope)
                 return Source("computed", scope)
             scope = scope.parent
         return Source("unknown")
 
+    def _fold(self, name: str, depth: int = 0) -> onnx.TensorProto | None:
+        """The value of ``name`` (produced here by a FOLDABLE node) when all its inputs are constants."""
+        if name in self._folded:
+            return self._folded[name]
+        if depth > _FOLD_DEPTH:
+            return None  # not memoized: from closer to the root it may still fold
+        node = self.producers[name]
+        values: list[np.ndarray | None] = []
+        result: onnx.TensorProto | None = None
+        for inp in node.input:
+            if not inp:
+                values.append(None)
+                continue
+            inner = self.producers.get(inp)
+            default = inner is not None and inner.domain in ("", "ai.onnx")
+            if inner is None:  # an initializer, a graph input, or a name of an outer scope
+                src = self.source(inp)
+                if not src.is_constant or src.owner is None:
+                    break
+                values.append(src.owner.constant_value(inp))
+            elif default and inner.op_type == "Constant" and _constant_attr(inner) is not None:
+                values.append(self.constant_value(inp))
+            elif default and inner.op_type in FOLDABLE:
+                tensor = self._fold(inp, depth + 1)  # the depth is counted, so a long chain cannot recurse deeply
+                if tensor is None:
+                    break
+                values.append(self.value_of(tensor))
+            else:
+                break
+        else:
+            try:
+                value = fold_value(node, values)
+            except (ValueError, TypeError, IndexError, OverflowError, MemoryError):
+                value = None  # the runtime would reject it: leave it computed, as the model wrote it
+            if value is not None:
+                result = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self._folded[name] = result
+        return result
+
     def constant_value(self, name: str) -> np.ndarray:
         """The value of a tensor whose ``source(name).is_constant``."""
         return self.value_of(self.constant_tensor(name))
+
+    def identity_root(self, name: str) -> str:
+        """The constant an Identity chain reads (``name`` itself when it is not an Identity of a constant)."""
+        for _ in range(_FOLD_DEPTH):
+            node = self.producers.get(name)
+            if node is None or node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+                break
+            if not self.source(node.input[0]).is_constant:
+                break
+            name = node.input[0]
+        return name
+
+    def is_constant_expression(self, name: str) -> bool:
+        """Whether ``name`` is computed from constants alone (no graph input, random op or subgraph on the way)."""
+        scope: Scope | None = self
+        while scope is not None and not (name in scope.producers or name in scope.initializers or name in scope.input_names):
+            scope = scope.parent
+        if scope is None:
+            return False
+        return scope._constant_expression(name)
+
+    def _constant_expression(self, name: str) -> bool:
+        # Iterative, so a long chain cannot exhaust Python's stack.
+        stack = [name]
+        while stack:
+            top = stack[-1]
+            if top in self._constant_expr:
+                stack.pop()
+                continue
+            if top in self.initializers:
+                self._constant_expr[top] = top not in self.input_names
+                stack.pop()
+                continue
+            node = self.producers.get(top)
+            if node is None:  # a graph input, or a name of an outer scope
+                outer = (
+                    self.parent.is_constant_expression(top) if self.parent is not None and top not in self.input_names else False
+                )
+                self._constant_expr[top] = outer
+                stack.pop()
+                continue
+            if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or subgraphs(node):
+                self._constant_expr[top] = False
+                stack.pop()
+                continue
+            pending = [i for i in node.input if i and i not in self._constant_expr]
+            if pending:
+                stack.extend(pending)
+                continue
+            self._constant_expr[top] = all(self._constant_expr[i] for i in node.input if i)
+            stack.pop()
+        return self._constant_expr[name]
 
     def constant_tensor(self, name: str) -> onnx.TensorProto:
         """The TensorProto holding a constant's value, for reading it later (or never): reading copies it.
@@ -230,6 +408,10 @@ class Scope:
         assert src.owner is not None and src.is_constant, f"{name} is not a constant"
         if src.kind == "initializer":
             return src.owner.initializers[name]
+        if src.kind == "folded":
+            folded = src.owner._fold(name)
+            assert folded is not None
+            return folded
         attr = _constant_attr(src.owner.producers[name])
         assert attr is not None
         return attr.t
@@ -275,20 +457,52 @@ def drop_unused(graph: GraphProto, released: set[str], vanished: set[str]) -> No
     """In one finished graph: drop released constants nothing reads any more, and value_info of vanished tensors.
 
     ``released`` are constants whose readers a rewrite replaced; ``vanished`` are tensors it removed.
+    A released constant made by a Constant node or folded by a ``FOLDABLE`` node loses that node,
+    and what the node read is released in turn (an Identity chain down to its initializer).
 
     Called when the graph and all its subgraphs are final, so "nothing reads it" is exact for
     names this graph owns. Anything that was unused before the rewrite is not in these sets.
     """
     if not released and not vanished:
         return
-    used = referenced_names(graph)
-    dead, gone = released - used, (vanished | released) - used
+    reads: Counter[str] = Counter(o.name for o in graph.output)
+    for node in graph.node:
+        reads.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            reads.update(referenced_names(sub))
+    nodes = list(graph.node)
+    producers = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    dead: set[str] = set()
+    dropped: set[int] = set()
+    frontier = [name for name in released if not reads[name]]
+    while frontier:
+        name = frontier.pop()
+        if name in dead:
+            continue
+        at = producers.get(name)
+        if at is None:
+            dead.add(name)  # an initializer (a name this graph does not hold is simply not found below)
+            continue
+        node = nodes[at]
+        if node.domain not in ("", "ai.onnx") or node.op_type not in FOLDABLE | {"Constant"}:
+            continue
+        if any(reads[out] for out in node.output if out):
+            continue
+        dead.update(out for out in node.output if out)
+        dropped.add(at)
+        for inp in node.input:
+            if inp:
+                reads[inp] -= 1
+                if not reads[inp]:
+                    frontier.append(inp)
+    gone = (vanished | released | dead) - {name for name, n in reads.items() if n > 0}
     for items, doomed in ((graph.initializer, dead), (graph.value_info, gone)):
         for i in reversed([i for i, item in enumerate(items) if item.name in doomed]):
             del items[i]
-    constants = [i for i, n in enumerate(graph.node) if n.op_type == "Constant" and list(n.output) in ([d] for d in dead)]
-    for i in reversed(constants):
-        del graph.node[i]
+    if dropped:
+        kept = [n for i, n in enumerate(nodes) if i not in dropped]
+        graph.ClearField("node")
+        graph.node.extend(kept)
 
 
 def postorder_graphs(graph: GraphProto) -> Iterator[GraphProto]:

@@ -36,9 +36,11 @@ class Dense:
     # "unknowable": x comes out of a Reshape to a runtime shape of unknown length.
     x_source: str = "declared"
     dtype: int = TensorProto.FLOAT
-    weight: str = "initializer"  # initializer | constant_node | graph_input | runtime
+    # initializer | constant_node | graph_input | runtime, or an initializer read through ops exporters leave
+    # on constants: identity | identity_chain | cast | transposed | reshaped | unsqueezed
+    weight: str = "initializer"
     weight_shape: Sequence[int] = (C, K)
-    bias: str | None = "initializer"  # None | initializer | constant_node | graph_input | runtime
+    bias: str | None = "initializer"  # None, or any kind the weight may be
     bias_shape: Sequence[int] = (K,)
     bias_first: bool = False  # Add(b, y) instead of Add(y, b)
     fanout: bool = False  # the MatMul output also feeds a Relu that is a graph output
@@ -47,6 +49,18 @@ class Dense:
     ir_version: int = 8
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+
+# Operand kinds that are an initializer behind one op exporters leave on constants (TorchScript's
+# deduplicated tensors behind Identity, fp16 weights behind Cast, ...): constants all the same.
+FOLDED_KINDS = {
+    "identity": "Identity",
+    "identity_chain": "Identity",
+    "cast": "Cast",
+    "transposed": "Transpose",
+    "reshaped": "Reshape",
+    "unsqueezed": "Unsqueeze",
+}
 
 
 def dense_model(o: Dense | None = None, **kw) -> onnx.ModelProto:
@@ -76,6 +90,28 @@ def dense_model(o: Dense | None = None, **kw) -> onnx.ModelProto:
             nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name + "_v")))
         elif kind == "runtime":
             inputs.append(helper.make_tensor_value_info(name, o.dtype, list(shape)))
+        elif kind in FOLDED_KINDS:
+            src, op, extra_inputs, attrs = f"{name}_src", FOLDED_KINDS[kind], [], {}
+            stored = value
+            if kind == "cast":
+                stored = value.astype(np.float16)
+                attrs["to"] = o.dtype
+            elif kind == "transposed":
+                stored = np.ascontiguousarray(value.T)
+                attrs["perm"] = list(reversed(range(value.ndim)))
+            elif kind == "reshaped":
+                stored = value.reshape(-1)
+                inits.append(numpy_helper.from_array(np.array(value.shape, np.int64), f"{name}_shape"))
+                extra_inputs = [f"{name}_shape"]
+            elif kind == "unsqueezed":  # stored without its leading 1
+                stored = value.reshape(value.shape[1:])
+                inits.append(numpy_helper.from_array(np.array([0], np.int64), f"{name}_axes"))
+                extra_inputs = [f"{name}_axes"]
+            inits.append(numpy_helper.from_array(stored, src))
+            if kind == "identity_chain":
+                nodes.append(helper.make_node("Identity", [src], [f"{name}_mid"], name=f"{name}_copy1"))
+                src = f"{name}_mid"
+            nodes.append(helper.make_node(op, [src, *extra_inputs], [name], name=f"{name}_{kind}", **attrs))
         else:
             raise ValueError(kind)
 

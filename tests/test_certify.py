@@ -36,6 +36,8 @@ CORRECT = {
     ),
     "dense in If branches": lambda: graphs.dense_in_if(),
     "chain": lambda: graphs.dense_chain(12),
+    "weights and biases behind Identity, Cast, Transpose": lambda: dense_model(weight="transposed", bias="identity"),
+    "fp16 weight behind Cast, bias behind Unsqueeze": lambda: dense_model(weight="cast", bias="unsqueezed", bias_shape=(1, K)),
 }
 
 
@@ -212,8 +214,8 @@ def test_the_certificate_shares_no_code_with_what_it_checks() -> None:
     assert imported <= {"report"}, imported
 
 
-def test_elementwise_ops_in_another_layout_are_proved_only_for_elementwise_ops() -> None:
-    """A Softmax read in NCHW where the original had NHWC would normalize over the wrong axis."""
+def test_an_axis_op_moved_to_another_layout_with_its_axis_unchanged_is_not_proved() -> None:
+    """A Softmax read in NCHW where the original had NHWC, still on axis -1, normalizes over the wrong axis."""
     b = Builder(2)
     y = b.op("Softmax", b.dense("x", C, K), axis=-1)
     model = b.model([("x", [2, H, W_, C])], [y])
@@ -231,7 +233,31 @@ def test_elementwise_ops_in_another_layout_are_proved_only_for_elementwise_ops()
     broken.graph.node.extend([n for n in nodes if n is not back] + [back])
     onnx.checker.check_model(broken)
     cert = certify(model, broken, result.report.layers)
-    assert not cert.proved and "only elementwise ops allow" in cert.unproved[0]
+    assert not cert.proved and "the Softmax axis is not the original's under the layout" in cert.unproved[0]
+    # With the axis seen through the layout (channels are axis 1 in NCHW), the same move is proved.
+    moved = next(n for n in broken.graph.node if n.op_type == "Softmax")
+    next(a for a in moved.attribute if a.name == "axis").i = 1
+    assert certify(model, broken, result.report.layers).proved
+
+
+def test_a_non_elementwise_op_without_axes_is_not_proved_in_another_layout() -> None:
+    """CumSum is neither elementwise nor an axis op the checker knows: read in another layout, it has no counterpart."""
+    b = Builder(2)
+    y = b.op("CumSum", b.dense("x", C, K), b.const(np.array(-1), np.int64))
+    model = b.model([("x", [2, H, W_, C])], [y])
+    result = converter.rewrite(model)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(result.model)
+    nodes = list(broken.graph.node)
+    back = next(n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 2, 3, 1])
+    mm = next(n for n in nodes if n.op_type == "CumSum")
+    conv_out, out = back.input[0], mm.output[0]
+    mm.input[0], mm.output[0] = conv_out, "mm_nchw"
+    back.input[0], back.output[0] = "mm_nchw", out
+    broken.graph.ClearField("node")
+    broken.graph.node.extend([n for n in nodes if n is not back] + [back])
+    cert = certify(model, broken, result.report.layers)
+    assert not cert.proved and "only elementwise and axis ops allow" in cert.unproved[0]
 
 
 def test_float_and_int_constant_nodes_compare_by_value() -> None:
@@ -249,3 +275,136 @@ def test_float_and_int_constant_nodes_compare_by_value() -> None:
     b.CopyFrom(a)
     b.graph.node[0].attribute[0].f = 3.0
     assert certify(a, a, []).proved and not certify(a, b, []).proved
+
+
+# --- ops with axes, read in another layout (what the Transpose cleanup makes of them) ----------------
+# The original reads t = Transpose(x, NHWC) of an NCHW input; the rewritten graph runs the op on x itself,
+# with the axes seen through the layout, and transposes after. Each pair is checked by onnxruntime first,
+# so the test cannot prove a wrong pair; then a wrong axis must not be proved.
+NCHW_IN = [2, 6, 5, 7]  # N > 1, H != W, C apart from both
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def _axis_pair(op: str, wrong: bool = False) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(original, rewritten) for one op; ``wrong`` puts the rewritten op on the wrong axis."""
+    to_nhwc = helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])
+    inits_o: list[onnx.TensorProto] = []
+    inits_r: list[onnx.TensorProto] = []
+    back = [0, 2, 3, 1]  # the rewritten result laid out like the original's
+    c_axis = 2 if wrong else 1
+    if op == "Softmax":
+        orig = [helper.make_node("Softmax", ["t"], ["y"], axis=-1)]
+        rew = [helper.make_node("Softmax", ["x"], ["r"], axis=c_axis)]
+    elif op == "Concat":
+        orig = [helper.make_node("Concat", ["t", "t"], ["y"], axis=3)]
+        rew = [helper.make_node("Concat", ["x", "x"], ["r"], axis=c_axis)]
+    elif op == "Slice":
+        inits_o = [_ints("s", [1]), _ints("e", [4]), _ints("a", [3])]
+        inits_r = [_ints("s", [1]), _ints("e", [4]), _ints("ar", [c_axis])]
+        orig = [helper.make_node("Slice", ["t", "s", "e", "a"], ["y"])]
+        rew = [helper.make_node("Slice", ["x", "s", "e", "ar"], ["r"])]
+    elif op == "Pad":  # NHWC pads: begins n, h, w, c then ends
+        inits_o = [_ints("p", [0, 1, 0, 2, 0, 0, 3, 1])]
+        nchw = [0, 2, 1, 0, 0, 1, 0, 3] if not wrong else [0, 1, 2, 0, 0, 0, 1, 3]
+        inits_r = [_ints("pr", nchw)]
+        orig = [helper.make_node("Pad", ["t", "p"], ["y"])]
+        rew = [helper.make_node("Pad", ["x", "pr"], ["r"])]
+    elif op == "ReduceMean_keepdims":
+        orig = [helper.make_node("ReduceMean", ["t"], ["y"], axes=[1, 2])]
+        rew = [helper.make_node("ReduceMean", ["x"], ["r"], axes=[1, 3] if wrong else [2, 3])]
+    elif op == "ReduceSum_input_axes":
+        inits_o, inits_r = [_ints("a", [-1])], [_ints("ar", [c_axis])]
+        orig = [helper.make_node("ReduceSum", ["t", "a"], ["y"])]
+        rew = [helper.make_node("ReduceSum", ["x", "ar"], ["r"])]
+    elif op == "ReduceMean_dropped":  # [N, C] either way: no Transpose after
+        orig = [helper.make_node("ReduceMean", ["t"], ["y"], axes=[1, 2], keepdims=0)]
+        rew = [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1, 3] if wrong else [2, 3], keepdims=0)]
+        back = []
+    elif op == "Split":
+        orig = [helper.make_node("Split", ["t", "sp"], ["y", "y2"], axis=3)]
+        rew = [helper.make_node("Split", ["x", "sp"], ["r", "r2"], axis=c_axis)]
+        inits_o = inits_r = [_ints("sp", [2, 4])]
+    elif op == "Unsqueeze":
+        inits_o, inits_r = [_ints("a", [1])], [_ints("a", [1])]
+        orig = [helper.make_node("Unsqueeze", ["t", "a"], ["y"])]
+        rew = [helper.make_node("Unsqueeze", ["x", "a"], ["r"])]
+        back = [0, 1, 4, 3, 2] if wrong else [0, 1, 3, 4, 2]
+    elif op == "Gather":
+        inits_o = inits_r = [numpy_helper.from_array(np.array(2, np.int64), "i")]
+        orig = [helper.make_node("Gather", ["t", "i"], ["y"], axis=3)]
+        rew = [helper.make_node("Gather", ["x", "i"], ["y"], axis=c_axis)]
+        back = []
+    else:
+        raise ValueError(op)
+    outs = [o for n in orig for o in n.output]
+    rew_nodes = list(rew)
+    if back:
+        rew_nodes += [helper.make_node("Transpose", [r], [y], perm=back) for r, y in zip(rew[0].output, outs, strict=True)]
+    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, NCHW_IN)]
+    ys = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs]
+    opset = [helper.make_opsetid("", 17)]
+    original = helper.make_model(helper.make_graph([to_nhwc, *orig], "o", x, ys, inits_o), opset_imports=opset)
+    rewritten = helper.make_model(helper.make_graph(rew_nodes, "r", x, ys, inits_r), opset_imports=opset)
+    return original, rewritten
+
+
+AXIS_CASES = [
+    "Softmax",
+    "Concat",
+    "Slice",
+    "Pad",
+    "ReduceMean_keepdims",
+    "ReduceSum_input_axes",
+    "ReduceMean_dropped",
+    "Split",
+    "Unsqueeze",
+    "Gather",
+]
+
+
+@pytest.mark.parametrize("op", AXIS_CASES)
+def test_axis_ops_read_in_another_layout_are_proved(op: str) -> None:
+    import onnxruntime as ort
+
+    original, rewritten = _axis_pair(op)
+    x = np.random.default_rng(0).standard_normal(NCHW_IN).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, rewritten)]
+    for a, b in zip(run[0].run(None, {"x": x}), run[1].run(None, {"x": x}), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    cert = certify(original, rewritten, [])
+    assert cert.proved, (cert.problems, cert.unproved)
+
+
+@pytest.mark.parametrize("op", AXIS_CASES)
+def test_axis_ops_on_the_wrong_axis_are_not_proved(op: str) -> None:
+    original, rewritten = _axis_pair(op, wrong=True)
+    assert not certify(original, rewritten, []).proved
+
+
+def test_softmax_before_opset_13_is_not_proved_in_another_layout() -> None:
+    """Softmax-11 flattens at its axis: the same axis in another layout is another computation."""
+    original, rewritten = _axis_pair("Softmax")
+    for m in (original, rewritten):
+        m.opset_import[0].version = 11
+    assert not certify(original, rewritten, []).proved
+
+
+def test_a_layout_change_that_a_pool_over_h_and_w_absorbs_is_proved() -> None:
+    """Swapping H and W before a mean over both changes nothing: the certificate proves it, onnxruntime agrees."""
+    import onnxruntime as ort
+
+    b = Builder(4)
+    y = b.op("ReduceMean", b.dense("x", C, K), axes=[1, 2], keepdims=0)
+    model = b.model([("x", [2, H, W_, C])], [y])
+    result = converter.rewrite(model)
+    swapped = onnx.ModelProto()
+    swapped.CopyFrom(result.model)
+    back = next(n for n in swapped.graph.node if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 2, 3, 1])
+    back.attribute[0].ints[:] = [0, 3, 2, 1]
+    x = np.random.default_rng(0).standard_normal((2, H, W_, C)).astype(np.float32)
+    a, b_ = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, swapped))
+    np.testing.assert_allclose(a.run(None, {"x": x})[0], b_.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert certify(model, swapped, result.report.layers).proved

@@ -29,6 +29,17 @@ def require_rank(ctx: Context, name: str, rank: int) -> TensorType:
     return t
 
 
+def require_varying(ctx: Context, name: str) -> None:
+    """The activation must depend on the model's inputs: a layer that only ever sees constants
+    (SwinV2's position-bias MLP on a fixed coordinate table) is not worth a Conv, and a compiler folds it."""
+    if ctx.scope.is_constant_expression(name):
+        raise Decline(
+            "constant_input",
+            f"{name!r} is computed from constants alone, so the layer's result never changes; a constant folder "
+            "(onnxruntime's, or onnxsim) turns it into one tensor",
+        )
+
+
 def require_constant(ctx: Context, name: str, role: str) -> np.ndarray:
     """The value of a tensor that cannot change at run time (caller-overridable inputs do not count)."""
     return ctx.scope.value_of(require_constant_tensor(ctx, name, role))

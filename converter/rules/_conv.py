@@ -11,10 +11,12 @@ from ._engine import Context
 
 def conv_bias(ctx: Context, bias: Bias, k: int) -> str:
     """Conv's bias input: the original initializer when it already is a [K] vector, else a new one."""
-    src = ctx.scope.source(bias.name)
-    dims = list(src.owner.initializers[bias.name].dims) if src.kind == "initializer" else None  # type: ignore[union-attr]
+    # A bias read through Identity (the TorchScript exporter's deduplicated zeros) is the initializer it reads.
+    root = ctx.scope.identity_root(bias.name)
+    src = ctx.scope.source(root)
+    dims = list(src.owner.initializers[root].dims) if src.kind == "initializer" else None  # type: ignore[union-attr]
     if not bias.transform and dims == [k]:
-        return bias.name
+        return root
     value = bias.value
     return ctx.derived_initializer(
         f"conv_bias{bias.transform}", bias.name, lambda: np.ascontiguousarray(value), exact=(k, bias.scale)

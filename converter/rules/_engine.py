@@ -120,6 +120,8 @@ class Context:
         """
         # The cache key holds everything the value depends on, exactly: its name is rounded for
         # reading (``_a1`` for alpha 1.000001), and a broadcast bias takes its length from the layer.
+        # Copies of one constant read through Identity share what is derived from it.
+        source = self.scope.identity_root(source)
         cache_key = (self.scope.path, key, source, exact, like)
         if cache_key not in self._derived:
             name = self.names.fresh(f"{source}_{key}")

@@ -22,6 +22,7 @@ from onnx import NodeProto, helper
 
 from converter.graph import TensorType
 
+from ._checks import require_varying
 from ._engine import Context, Decline
 
 _DEFAULT = ("", "ai.onnx")
@@ -80,6 +81,7 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
         raise _no("the flattened tensor is not known to be rank 4")
     if any(d == 0 for d in xt.shape or ()):
         raise Decline("zero_size", f"{x!r} has a dim of size 0; onnxruntime's Conv refuses empty tensors")
+    require_varying(ctx, x)
     if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
         raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
     if attr_value(first, "allowzero", 0) or attr_value(last, "allowzero", 0):

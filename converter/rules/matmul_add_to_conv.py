@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from onnx import NodeProto
 
-from ._checks import Bias, Weight, find_bias, require_conv_dtype, require_rank, require_weight
+from ._checks import Bias, Weight, find_bias, require_conv_dtype, require_rank, require_varying, require_weight
 from ._conv import conv_bias, conv_nodes
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
 
@@ -47,6 +47,7 @@ class MatMulAddToConv(Rule):
     def check(self, node: NodeProto, ctx: Context) -> MatMulPlan:
         x, w_name = node.input[0], node.input[1]
         xt = require_rank(ctx, x, 4)
+        require_varying(ctx, x)
         w = require_weight(ctx, w_name, ranks=(2, 3, 4))
         if isinstance(xt.shape[3], int) and xt.shape[3] != w.c:
             raise Decline("shape_mismatch", f"{x!r} has {xt.shape[3]} channels but the weight expects {w.c}")

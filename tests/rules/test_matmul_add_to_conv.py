@@ -400,3 +400,139 @@ def test_a_declared_rank_that_inference_contradicts_is_not_trusted() -> None:
     result = converter.rewrite(model)
     assert only_decision(result).reason == "rank_conflict"
     _loads(result.model)
+
+
+@pytest.mark.parametrize("kind", ["identity", "identity_chain", "cast", "transposed", "reshaped", "unsqueezed"])
+@pytest.mark.parametrize("role", ["weight", "bias", "both"])
+def test_constants_behind_ops_exporters_leave_are_constants(kind: str, role: str) -> None:
+    """TorchScript reads deduplicated initializers through Identity; Cast/Transpose/Reshape/Unsqueeze of an
+    initializer are constants too: the layer is rewritten, the bias folded, and the chain goes away."""
+    bias_shape = (1, K) if kind == "unsqueezed" else (K,)
+    options = Dense(
+        weight=kind if role in ("weight", "both") else "initializer",
+        bias=kind if role in ("bias", "both") else "initializer",
+        weight_shape=(1, C, K) if kind == "unsqueezed" and role != "bias" else (C, K),
+        bias_shape=bias_shape if role != "weight" else (K,),
+    )
+    model = dense_model(options)
+    result = converter.rewrite(model, fold_transposes=False)
+    assert_rewritten(model, result, FOLDED)  # no Identity/Cast/... left: what read the constants is gone
+    d = only_decision(result)
+    assert d.rewritten and d.notes == {"bias_folded": True}
+    read = {name for n in result.model.graph.node for name in n.input}
+    assert {t.name for t in result.model.graph.initializer} <= read  # and what they read, unless still used
+
+
+def test_a_bias_behind_identity_is_the_initializer_it_reads() -> None:
+    model = dense_model(Dense(bias="identity_chain"))
+    result = converter.rewrite(model, fold_transposes=False)
+    conv = next(n for n in result.model.graph.node if n.op_type == "Conv")
+    assert conv.input[2] == "b_src"  # no copy of the bias
+
+
+def test_layers_reading_one_weight_through_identities_share_one_conv_weight() -> None:
+    """The TorchScript exporter's deduplication: equal weights become one initializer read through Identity."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((C, C)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w1"]),
+        helper.make_node("Identity", ["w"], ["w2"]),
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("MatMul", ["h", "w2"], ["y"], name="second"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", H, W_, C])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", H, W_, C])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = converter.rewrite(model)
+    assert_rewritten(model, result, {"Conv": 2, "Transpose": 2})
+    convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] == convs[1].input[1]
+    assert [t.name for t in result.model.graph.initializer] == [convs[0].input[1]]
+
+
+def test_an_identity_of_an_overridable_initializer_is_not_a_constant() -> None:
+    """An initializer that is also a graph input can be replaced by the caller: an Identity of it is not constant."""
+    model = dense_model(Dense(weight="identity"))
+    model.graph.input.append(helper.make_tensor_value_info("W_src", TensorProto.FLOAT, [C, K]))
+    d = only_decision(converter.rewrite(model))
+    assert not d.rewritten and d.reason == "weight_not_constant"
+
+
+def test_a_cast_the_runtime_defines_is_not_folded() -> None:
+    """Float -> int Cast truncates by the runtime's own rules: not folded, so the layer is declined."""
+    model = dense_model(Dense(weight="cast"))
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    cast.attribute[0].i = TensorProto.INT32
+    d = only_decision(converter.rewrite(model))
+    assert not d.rewritten and d.reason == "weight_not_constant"
+
+
+def test_a_very_long_identity_chain_is_declined_not_a_crash() -> None:
+    model = dense_model(Dense(weight="identity"))
+    ident = next(n for n in model.graph.node if n.op_type == "Identity")
+    chain = []
+    prev = "W_src"
+    for i in range(5000):
+        chain.append(helper.make_node("Identity", [prev], [f"W_{i}"]))
+        prev = f"W_{i}"
+    ident.input[0] = prev
+    nodes = chain + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    d = only_decision(converter.rewrite(model))
+    assert not d.rewritten and d.reason == "weight_not_constant"
+
+
+def test_a_reshape_the_runtime_would_reject_is_not_a_constant() -> None:
+    model = dense_model(Dense(weight="reshaped"))
+    shape = next(t for t in model.graph.initializer if t.name == "W_shape")
+    shape.CopyFrom(numpy_helper.from_array(np.array([C + 1, K], np.int64), "W_shape"))
+    d = only_decision(converter.rewrite(model))
+    assert not d.rewritten and d.reason in ("weight_not_constant", "rank_unknown")
+
+
+def cpb_mlp_model() -> onnx.ModelProto:
+    """SwinV2's continuous position bias: an MLP on a fixed [1, 15, 15, 2] coordinate table, added to a real input."""
+    rng = np.random.default_rng(2)
+    table = numpy_helper.from_array(rng.standard_normal((1, 15, 15, 2)).astype(np.float32), "table")
+    w1 = numpy_helper.from_array(rng.standard_normal((2, 8)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w2")
+    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b1")
+    nodes = [
+        helper.make_node("Identity", ["table"], ["coords"]),
+        helper.make_node("MatMul", ["coords", "w1"], ["h"], name="cpb_fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["bias_table"], name="cpb_fc2"),
+        helper.make_node("Add", ["x", "bias_table"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cpb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 15, 15, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 15, 15, 3])],
+        [table, w1, w2, b1],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_layers_that_only_see_constants_are_declined() -> None:
+    model = cpb_mlp_model()
+    result = converter.rewrite(model)
+    assert [(d.node, d.reason) for d in result.report.decisions] == [
+        ("cpb_fc1", "constant_input"),
+        ("cpb_fc2", "constant_input"),
+    ]
+    assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_a_layer_on_a_graph_input_or_a_random_op_is_not_constant() -> None:
+    model = cpb_mlp_model()
+    model.graph.node[0].CopyFrom(helper.make_node("RandomNormalLike", ["table"], ["coords"], seed=1.0))
+    decisions = converter.rewrite(model).report.decisions
+    assert [d.rewritten for d in decisions] == [True, True]
