@@ -621,8 +621,12 @@ class _Walk:
             if vi.name in self.facts:
                 continue  # an initializer listed as an input (older IR versions): overridable, so a plain value
             self.facts[vi.name] = formal_inputs[i] if formal_inputs is not None and i < len(formal_inputs) else Value(vi.name)
-        for node in self.graph.node:
-            self._visit(node)
+        self._nodes = list(self.graph.node)  # held, so that id() names a node for the whole walk
+        self._skip: set[int] = set()  # nodes a written-out LayerNormalization already accounted for
+        self._readers: dict[str, list[NodeProto]] | None = None
+        for node in self._nodes:
+            if id(node) not in self._skip:
+                self._visit(node)
 
     def _visit(self, node: NodeProto) -> None:
         default = _is_default(node)
@@ -652,7 +656,166 @@ class _Walk:
         if node.name in self.convs:
             self._layer(node, self.convs[node.name])
             return
+        if default and node.op_type in ("Cast", "ReduceMean") and self._written_out_layernorm(node):
+            return
         self._match(node)
+
+    # A LayerNormalization written out over other axes (the cleanup's opt-in NCHW form) -------------
+
+    def _reader_index(self) -> dict[str, list[NodeProto]]:
+        if self._readers is None:
+            self._readers = defaultdict(list)
+            for n in self._nodes:
+                for i in dict.fromkeys(n.input):
+                    if i:
+                        self._readers[i].append(n)
+        return self._readers
+
+    def _written_out_layernorm(self, first: NodeProto) -> bool:
+        """Whether ``first`` starts the ONNX function body of an original LayerNormalization, read in another layout.
+
+        The body (LayerNormalization's definition in the ONNX spec): [Cast to the stash type], mean =
+        ReduceMean(x, A), d = Sub(x, mean), var = ReduceMean(Mul(d, d), A), n = Div(d, Sqrt(Add(var, eps))),
+        [Cast back], Mul(n, scale), [Add(., bias)]. Every intermediate must be read only inside it. Then the
+        axes A, epsilon, the stash type, scale and bias are compared with the original node; the result is
+        the original's output in the layout of the input.
+        """
+        readers = self._reader_index()
+        outputs = {o.name for o in self.graph.output}
+
+        def sole(name: str, op: str) -> NodeProto | None:
+            found = readers.get(name, [])
+            if len(found) != 1 or name in outputs or not _is_default(found[0]) or found[0].op_type != op:
+                return None
+            return found[0]
+
+        group: list[NodeProto] = []
+        cast_to: int | None = None
+        if first.op_type == "Cast":
+            cast_to = int(_attrs(first).get("to", 0))  # type: ignore[call-overload]
+            data, x_in = first.input[0], first.output[0]
+            found = readers.get(x_in, [])
+            mean = next((n for n in found if n.op_type == "ReduceMean" and _is_default(n)), None)
+            if mean is None or len(found) != 2 or x_in in outputs:
+                return False
+            group.append(first)
+        else:
+            data = x_in = first.input[0]
+            mean = first
+        sub = sole(mean.output[0], "Sub")
+        if sub is None or list(sub.input) != [x_in, mean.output[0]] or (cast_to is not None and sub not in readers[x_in]):
+            return False
+        d = sub.output[0]
+        d_readers = readers.get(d, [])
+        square = next((n for n in d_readers if n.op_type == "Mul" and list(n.input) == [d, d]), None)
+        div = next((n for n in d_readers if n.op_type == "Div" and n.input[0] == d), None)
+        if square is None or div is None or len(d_readers) != 2 or d in outputs:
+            return False
+        var = sole(square.output[0], "ReduceMean")
+        add_eps = sole(var.output[0], "Add") if var is not None else None
+        sqrt = sole(add_eps.output[0], "Sqrt") if add_eps is not None else None
+        if sqrt is None or sole(sqrt.output[0], "Div") is not div or add_eps.input[0] != var.output[0]:  # type: ignore[union-attr]
+            return False
+        group += [mean, sub, square, var, add_eps, sqrt, div]  # type: ignore[list-item]
+        n = div.output[0]
+        if cast_to is not None:
+            back = sole(n, "Cast")
+            if back is None:
+                return False
+            group.append(back)
+            n = back.output[0]
+        mul = sole(n, "Mul")
+        if mul is None or mul.input[0] != n:
+            return False
+        group.append(mul)
+        r = self.fact(data)
+        if not isinstance(r, Value) or not r.root:
+            return False
+        for cand, slot in self.orig.consumers_by_root(r.root):
+            if slot != 0 or cand.op_type != "LayerNormalization" or not _is_default(cand):
+                continue
+            proved = self._layernorm_counterpart(cand, r, group, cast_to, add_eps, mul, readers, outputs)  # type: ignore[arg-type]
+            if proved is not None:
+                for node in proved[1:]:
+                    self._skip.add(id(node))
+                return True
+        return False
+
+    def _layernorm_counterpart(
+        self,
+        cand: NodeProto,
+        r: Value,
+        group: list[NodeProto],
+        cast_to: int | None,
+        add_eps: NodeProto,
+        mul: NodeProto,
+        readers: dict[str, list[NodeProto]],
+        outputs: set[str],
+    ) -> list[NodeProto] | None:
+        o = self.orig.canon(cand.input[0])
+        if not isinstance(o, Value) or o.root != r.root or any(out and self.orig_reads(out) for out in cand.output[1:]):
+            return None
+        try:
+            perm = _then(_inverse(o.perm), r.perm)
+        except ValueError:
+            return None
+        if perm is None:
+            return None
+        rank, attrs = len(perm), _attrs(cand)
+        k = _norm(int(attrs.get("axis", -1)), rank)  # type: ignore[call-overload]
+        if k is None:
+            return None
+        axes = sorted(a for a in range(rank) if perm[a] >= k)
+        for reduce in (group[1] if cast_to is not None else group[0], group[4 if cast_to is not None else 3]):
+            ra = _attrs(reduce)
+            got = ra.get("axes")
+            if got is None and len(reduce.input) > 1 and isinstance(self.fact(reduce.input[1]), Const):
+                got = list(np.asarray(self.fact(reduce.input[1]).get()).reshape(-1))  # type: ignore[union-attr]
+            if got is None or sorted(_norm(int(a), rank) for a in got) != axes or int(ra.get("keepdims", 1)) != 1:  # type: ignore[call-overload,type-var]
+                return None
+        stash = int(attrs.get("stash_type", TensorProto.FLOAT))  # type: ignore[call-overload]
+        stash_np = onnx.helper.tensor_dtype_to_np_dtype(stash)
+        scale_o = self.orig.canon(cand.input[1]) if len(cand.input) > 1 else EMPTY
+        scale_r = self.fact(mul.input[1])
+        if not isinstance(scale_o, Const) or not isinstance(scale_r, Const):
+            return None
+        dtype = np.asarray(scale_o.get()).dtype
+        if cast_to is not None:
+            back = group[-2]
+            if cast_to != stash or int(_attrs(back).get("to", 0)) != onnx.helper.np_dtype_to_tensor_dtype(dtype):  # type: ignore[call-overload]
+                return None
+        elif dtype != stash_np:
+            return None
+        eps = self.fact(add_eps.input[1])
+        epsilon = np.array(float(attrs.get("epsilon", 1e-5)), dtype=stash_np)  # type: ignore[arg-type]
+        if not isinstance(eps, Const) or _differs(np.asarray(eps.get()).reshape(()), epsilon, "epsilon"):
+            return None
+        if self._same_laid_out(scale_r, scale_o, perm):
+            return None
+        out = mul.output[0]
+        has_bias = len(cand.input) > 2 and cand.input[2]
+        if has_bias:
+            add = next(iter(readers.get(out, [])), None)
+            if add is None or len(readers[out]) != 1 or out in outputs or add.op_type != "Add" or add.input[0] != out:
+                return None
+            bias_o, bias_r = self.orig.canon(cand.input[2]), self.fact(add.input[1])
+            if not isinstance(bias_o, Const) or not isinstance(bias_r, Const) or self._same_laid_out(bias_r, bias_o, perm):
+                return None
+            group = [*group, add]
+            out = add.output[0]
+        result = self.orig.canon(cand.output[0])
+        if not isinstance(result, Value) or not result.root:
+            return None
+        inside = Unknown(f"a tensor inside the written-out LayerNormalization {cand.name or cand.output[0]!r}")
+        for node in group:
+            for name in node.output:
+                self.facts[name] = inside
+        self.facts[out] = Value(result.root, _then(result.perm, perm))
+        return group
+
+    def orig_reads(self, name: str) -> bool:
+        """Whether anything in the original graph reads ``name`` (a LayerNormalization's statistics)."""
+        return any(name in n.input for n in self.orig.graph.node) or name in {o.name for o in self.orig.graph.output}
 
     def _unknown(self, node: NodeProto, reason: str) -> None:
         where = f"{node.op_type} {node.name or node.output[0]!r}: {reason}"

@@ -408,3 +408,83 @@ def test_a_layout_change_that_a_pool_over_h_and_w_absorbs_is_proved() -> None:
     a, b_ = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, swapped))
     np.testing.assert_allclose(a.run(None, {"x": x})[0], b_.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
     assert certify(model, swapped, result.report.layers).proved
+
+
+def _layernorm_pair(opset: int = 17, axes: list[int] | None = None, eps: float = 1e-6, fp16: bool = False):  # noqa: ANN202
+    """The original: LayerNormalization over channels of an NHWC view of an NCHW input; the rewritten graph:
+    its ONNX function body written out over axis 1 of the NCHW input (the cleanup's opt-in form)."""
+    rng = np.random.default_rng(3)
+    c = NCHW_IN[1]
+    dt = np.float16 if fp16 else np.float32
+    elem = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    scale, bias = rng.standard_normal(c).astype(dt), rng.standard_normal(c).astype(dt)
+    orig_nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["t", "s", "b"], ["ln"], axis=-1, epsilon=1e-6),
+        helper.make_node("Transpose", ["ln"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    axes = axes or [1]
+    if opset >= 18:
+        ax_in, ax_attr, extra = ["ax"], {}, [_ints("ax", axes)]
+    else:
+        ax_in, ax_attr, extra = [], {"axes": axes}, []
+    x = "x"
+    rew = []
+    if fp16:
+        rew.append(helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
+        x = "xf"
+    rew += [
+        helper.make_node("ReduceMean", [x, *ax_in], ["mean"], keepdims=1, **ax_attr),
+        helper.make_node("Sub", [x, "mean"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", *ax_in], ["var"], keepdims=1, **ax_attr),
+        helper.make_node("Add", ["var", "eps"], ["ve"]),
+        helper.make_node("Sqrt", ["ve"], ["std"]),
+        helper.make_node("Div", ["d", "std"], ["n"]),
+    ]
+    n = "n"
+    if fp16:
+        rew.append(helper.make_node("Cast", ["n"], ["nh"], to=TensorProto.FLOAT16))
+        n = "nh"
+    rew += [helper.make_node("Mul", [n, "s4"], ["sc"]), helper.make_node("Add", ["sc", "b4"], ["y"])]
+    io_in = [helper.make_tensor_value_info("x", elem, NCHW_IN)]
+    io_out = [helper.make_tensor_value_info("y", elem, NCHW_IN)]
+    opsets = [helper.make_opsetid("", opset)]
+    o_inits = [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(bias, "b")]
+    r_inits = [
+        numpy_helper.from_array(scale.reshape(1, c, 1, 1), "s4"),
+        numpy_helper.from_array(bias.reshape(1, c, 1, 1), "b4"),
+        numpy_helper.from_array(np.array(eps, np.float32), "eps"),
+        *extra,
+    ]
+    original = helper.make_model(helper.make_graph(orig_nodes, "o", io_in, io_out, o_inits), opset_imports=opsets)
+    rewritten = helper.make_model(helper.make_graph(rew, "r", io_in, io_out, r_inits), opset_imports=opsets)
+    return original, rewritten
+
+
+@pytest.mark.parametrize("opset, fp16", [(17, False), (18, False), (17, True)])
+def test_a_layernorm_written_out_over_the_channel_axis_is_proved(opset: int, fp16: bool) -> None:
+    import onnxruntime as ort
+
+    original, rewritten = _layernorm_pair(opset, fp16=fp16)
+    x = np.random.default_rng(1).standard_normal(NCHW_IN).astype(np.float16 if fp16 else np.float32)
+    a, b = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (original, rewritten))
+    tol = 2e-2 if fp16 else 1e-5
+    np.testing.assert_allclose(a.run(None, {"x": x})[0], b.run(None, {"x": x})[0], rtol=tol, atol=tol)
+    cert = certify(original, rewritten, [])
+    assert cert.proved, (cert.problems, cert.unproved)
+
+
+@pytest.mark.parametrize("wrong", [{"axes": [2]}, {"axes": [1, 2]}, {"eps": 1e-5}])
+def test_a_written_out_layernorm_on_other_axes_or_epsilon_is_not_proved(wrong: dict) -> None:
+    original, rewritten = _layernorm_pair(**wrong)
+    assert not certify(original, rewritten, []).proved
+
+
+def test_a_written_out_layernorm_with_a_wrong_scale_is_not_proved() -> None:
+    original, rewritten = _layernorm_pair()
+    s4 = next(t for t in rewritten.graph.initializer if t.name == "s4")
+    value = numpy_helper.to_array(s4).copy()
+    value[0, 0] += 1
+    s4.CopyFrom(numpy_helper.from_array(value, "s4"))
+    assert not certify(original, rewritten, []).proved
