@@ -1,4 +1,5 @@
-"""The ``convert`` command: parsing, tables, progress and exit codes over ``converter.convert``.
+"""The ``convert`` command (also installed as ``dense2conv``): parsing, tables, progress and exit codes
+over ``converter.convert``.
 
 Exit status: 0 success (also when nothing needed rewriting, and with --no-verify), 1 verification
 found a mismatch, 3 verification incomplete (nothing disagreed, but some rewritten layer lacks its
@@ -11,6 +12,10 @@ control characters escaped (an ANSI escape or a newline in a tensor name never r
 terminal raw) and never interpreted as rich markup. Unless -v is given, file descriptor 2 goes to
 /dev/null while the work runs, so that what libraries print (onnxruntime's native log, Python
 warnings) does not add to our one line; our own messages go to a copy of the real stderr.
+
+Output that is not a terminal (a pipe, a file) is printed at full width: no table is cut to 80
+columns or wrapped, so ``convert ... > log.txt`` and ``| grep`` see whole rows. Progress goes to
+stderr, only when it is a terminal, is cleared when done, and never shows with -q.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import contextlib
 import json
 import math
+import mmap
 import os
 import re
 import signal
@@ -29,19 +35,31 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from . import __version__, wire
+from .compare import DEFAULT_TOLERANCES
 from .errors import ConverterError, InputError
+from .layout import LAYOUT_COST, LAYOUTS
 from .load import external_data_files, load_arrays
 from .paths import check_output, check_target, refuse_inside, refuse_overwriting
 from .pipeline import convert, default_output
-from .report import ConvertReport, VerifyReport
+from .report import ConvertReport, OutputCheck, RewriteReport, VerifyReport
 from .save import write_atomic
 from .verify import DEFAULT_MAX_MEMORY
 
 PROG = "convert"
+# The same command under a name no other tool has: on most Linux machines ImageMagick's `convert` may come first on PATH.
+ALIAS = "dense2conv"
+# Columns for output that is not a terminal: wide enough that no table is cut or wrapped.
+UNLIMITED_WIDTH = 1 << 16
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,16 +68,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {shown(message)} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Rewrite dense layers (MatMul + Add) on 4D tensors into 1x1 Convs and verify the result in onnxruntime.",
+    )
+    p.set_defaults(prog=prog)
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s (dense2conv) {__version__}",  # ImageMagick's convert says "Version: ImageMagick ..."
     )
     p.add_argument("input", help="ONNX model, TensorFlow SavedModel folder, or Keras .keras file")
     p.add_argument("-o", "--output", help="where to write the result (default: <stem>_conv.onnx beside the input)")
     p.add_argument("--no-verify", action="store_true", help="skip running both models in onnxruntime")
     p.add_argument(
         "--no-fold-transposes", action="store_true", help="keep every Transpose the rewrite adds (skip the layout cleanup)"
+    )
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help=(
+            "what to do with a layer whose layout Transposes the cleanup cannot absorb: never-worse (the default) "
+            "declines it (reason layout_cost), so the result never has more Transposes than the original, not "
+            "counting those between the model's inputs/outputs and its first/last layout-sensitive op; keep-all "
+            "rewrites every layer anyway; nchw is keep-all and also carries LayerNormalization over the channel axis "
+            "into NCHW (more nodes, fewer Transposes). With --no-fold-transposes only keep-all applies"
+        ),
     )
     p.add_argument("--ep", choices=["cpu", "cuda"], default="cpu", help="execution provider for checks (default: cpu)")
     p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default per dtype: fp32 1e-5, fp16 1e-2)")
@@ -70,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_input_shape,
         metavar="NAME:DIMS",
-        help="concrete shape for an input with symbolic dims, e.g. x:1,224,224,3 (repeatable)",
+        help="concrete shape for an input with symbolic dims, e.g. x:1,224,224,3 or x:[1,224,224,3] (repeatable)",
     )
     p.add_argument("--inputs", metavar="FILE.npz", help="feed these arrays (keyed by input name) instead of random data")
     p.add_argument(
@@ -114,13 +149,19 @@ def _tolerance(text: str) -> float:
 
 
 def _input_shape(text: str) -> tuple[str, list[int]]:
+    """``x:1,224,224,3``, or polygraphy's ``x:[1,224,224,3]``; the name may itself hold colons."""
     name, sep, dims = text.rpartition(":")
+    dims = dims.strip()
+    if dims.startswith("[") and dims.endswith("]"):
+        dims = dims[1:-1]
     try:
         shape = [int(d) for d in dims.split(",")] if dims else []
     except ValueError:
         shape = []
     if not sep or not name or not shape or any(d < 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"expected NAME:DIM,DIM,... with non-negative integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected NAME:DIM,DIM,... or NAME:[DIM,DIM,...] with non-negative integers, got {text!r}"
+        )
     if math.prod(shape) > 2**63 - 1:
         raise argparse.ArgumentTypeError(f"shape {shape} of {name!r} is too large to exist (more than 2**63 elements)")
     return name, shape
@@ -161,8 +202,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_prog_name()).parse_args(argv)
     out = Console(file=_tolerant(sys.stdout), highlight=False, soft_wrap=True, markup=False, emoji=False)
+    if not out.is_terminal:  # a pipe or a file: whole rows, not 80 columns cut with "..." or wrapped
+        out.width = UNLIMITED_WIDTH
     # Our own stream to the terminal: while the work runs, file descriptor 2 goes to /dev/null
     # (unless -v), and the TensorFlow front end silences it too; our progress and errors must not go with it.
     with _stderr_copy() as stderr:
@@ -170,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, out, err)
 
 
+def _prog_name() -> str:
+    """``dense2conv`` when run under that name, else ``convert`` (also for ``python -m converter``)."""
+    return ALIAS if Path(sys.argv[0] if sys.argv else "").stem == ALIAS else PROG
+
+
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    prog = args.prog
     to_stdout = args.report == "-"
     report: ConvertReport | None = None
     watched: dict[Path, tuple[int, ...] | None] = {}
@@ -184,6 +233,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
                     args.output,
                     verify_outputs=not args.no_verify,
                     fold_transposes=not args.no_fold_transposes,
+                    layout=args.layout,
                     providers=args.ep,
                     atol=args.atol,
                     rtol=args.rtol,
@@ -208,28 +258,28 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     except ConverterError as e:
         if args.verbose:
             _say(err, *traceback.format_exc().splitlines())
-        _say(err, f"{PROG}: error: {shown(e)}")
+        _say(err, f"{prog}: error: {shown(e)}")
         return e.exit_code
     except MemoryError:
         if args.verbose:
             _say(err, *traceback.format_exc().splitlines())
         hint = "--max-memory, a smaller --input-shape or --no-verify may help"
-        _say(err, f"{PROG}: error: out of memory; {_what_was_written(watched)} ({hint})")
+        _say(err, f"{prog}: error: out of memory; {_what_was_written(watched)} ({hint})")
         return 2
     except (_Stopped, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
-        _say(err, f"{PROG}: {_STOP_WORDS.get(signum, 'stopped')}; {_what_was_written(watched)}")
+        _say(err, f"{prog}: {_STOP_WORDS.get(signum, 'stopped')}; {_what_was_written(watched)}")
         return 128 + signum
     try:
         for warning in report.warnings:
-            err.print(f"{PROG}: warning: {shown(warning)}")
+            err.print(f"{prog}: warning: {shown(warning)}")
         if to_stdout:
             sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
             sys.stdout.flush()
             err.print(verdict(report))
         else:
             if not args.quiet:
-                print_report(out, report, verbose=args.verbose)
+                print_report(out, report, verbose=args.verbose, atol=args.atol, rtol=args.rtol)
             out.print(verdict(report))
             out.file.flush()
     except BrokenPipeError:
@@ -413,30 +463,65 @@ def _signals_raise() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _progress(console: Console, enabled: bool) -> Iterator[object]:
+    """One transient line on ``console`` (stderr): a spinner, the step with its counts, the time so far.
+
+    The pipeline names its steps (``loading ...``, ``rewriting``, the verification's runs with their
+    trial counts, ``saving ...``); here they are numbered, and those between the rewrite and the save
+    are shown as verification. The line is cleared when the work ends, so nothing of it stays.
+    """
     if not enabled:
         yield None
         return
-    with console.status("starting") as status:
-        yield lambda message: status.update(shown(message))
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        steps = 0
+
+        def on_step(message: str) -> None:
+            nonlocal steps
+            steps += 1
+            progress.update(task, description=f"[{steps}] {shown(step_words(message))}", refresh=True)
+
+        yield on_step
+
+
+def step_words(message: str) -> str:
+    """A pipeline step as the progress line says it: the verification's runs read ``verifying: ...``."""
+    if message.startswith(("loading", "converting", "rewriting", "saving")):
+        return message
+    return f"verifying: {message}"
 
 
 def verdict(report: ConvertReport) -> str:
-    """The last line: PASSED, FAILED, INCOMPLETE (nothing disagreed, but evidence is missing), DONE or DRY RUN."""
+    """The last line: PASSED, FAILED, INCOMPLETE (nothing disagreed, but evidence is missing), DONE, UNCHANGED
+    (nothing to rewrite; the model is written as it was) or DRY RUN."""
     rw = report.rewrite
     what = f"rewrote {rw.rewritten} of {rw.candidates} candidates"
     output = shown(report.output)
     if report.dry_run:
-        return f"DRY RUN: {rw.rewritten} of {rw.candidates} candidates would be rewritten; nothing written"
+        declined = rw.skipped_by_reason.get(LAYOUT_COST, 0)
+        policy = f" ({declined} declined for {LAYOUT_COST})" if declined else ""
+        return f"DRY RUN: {rw.rewritten} of {rw.candidates} candidates would be rewritten{policy}; nothing written"
     written = f"wrote {output} anyway (--force)" if report.forced else f"{output} was not written"
     if report.status == "failed":
         return f"FAILED: verification found mismatches; {written}"
     if report.status == "incomplete":
         return f"INCOMPLETE: {_missing_evidence(report)}; {written}" + ("" if report.forced else " (--force writes it)")
+    if not rw.rewritten:
+        checked = ", not verified (--no-verify)" if report.status == "not verified" else ""
+        return f"UNCHANGED: nothing to rewrite ({_why_nothing(rw)}); wrote {output}, the model as it was{checked}"
     if report.status == "not verified":
         return f"DONE: {what}, not verified (--no-verify), wrote {output}"
     layers = report.verify.layers if report.verify is not None else []
     evidence = f"{len(layers)} layers proved by structure and checked by numbers" if layers else "outputs identical in structure"
     return f"PASSED: {what}, verified ({evidence}), wrote {output}"
+
+
+def _why_nothing(rw: RewriteReport) -> str:
+    if not rw.candidates:
+        return "no MatMul or Gemm that could be a dense layer on a 4D tensor"
+    reasons = ", ".join(f"{n} x {shown(reason)}" for reason, n in rw.skipped_by_reason.items())
+    return f"{rw.candidates} candidate{'s' * (rw.candidates != 1)} skipped: {reasons}"
 
 
 def _missing_evidence(report: ConvertReport) -> str:
@@ -453,27 +538,34 @@ def _missing_evidence(report: ConvertReport) -> str:
     return "verification could not prove the result"
 
 
-def print_report(console: Console, report: ConvertReport, verbose: bool = False) -> None:
+def print_report(
+    console: Console, report: ConvertReport, verbose: bool = False, atol: float | None = None, rtol: float | None = None
+) -> None:
     """The human summary. Every name and path in it is shown as data (``shown``), never as markup.
 
-    ``verbose`` lists every rewritten layer's evidence; otherwise only the layers that lack some.
+    ``verbose`` lists every candidate's decision and every rewritten layer's evidence; otherwise only
+    the layers that lack some. ``atol`` / ``rtol`` are those the user gave (None: the defaults ran).
     """
     rw = report.rewrite
     console.print(f"{shown(report.input)} -> {shown(report.output or '(dry run)')}")
+    signature = _signature_line(report)
+    if signature:
+        console.print(signature)
     ops = Table(title="Ops", title_justify="left")
     ops.add_column("op")
     ops.add_column("before", justify="right")
     ops.add_column("after", justify="right")
+    ops.add_column("delta", justify="right")
     for op in sorted(set(rw.ops_before) | set(rw.ops_after)):
         b, a = rw.ops_before.get(op, 0), rw.ops_after.get(op, 0)
-        ops.add_row(shown(op), str(b), Text(str(a), style="" if a == b else "bold"))
+        ops.add_row(shown(op), str(b), Text(str(a), style="" if a == b else "bold"), f"{a - b:+d}" if a != b else "")
     console.print(ops)
+    size = _size_line(report)
+    if size:
+        console.print(size)
     console.print(f"Rewritten {rw.rewritten} of {rw.candidates} candidates")
-    if rw.cleanup is not None:
-        console.print(
-            f"Transposes: {rw.ops_rewritten.get('Transpose', 0)} after the rewrite, "
-            f"{rw.ops_after.get('Transpose', 0)} after the layout cleanup"
-        )
+    if rw.layout is not None and rw.candidates:
+        console.print(layout_line(rw))
     kept_bias = [d for d in rw.decisions if d.rewritten and d.notes.get("bias_reason")]
     if kept_bias:
         console.print(
@@ -482,12 +574,15 @@ def print_report(console: Console, report: ConvertReport, verbose: bool = False)
     for reason, n in rw.skipped_by_reason.items():
         example = next(d for d in rw.decisions if d.reason == reason)
         console.print(f"  skipped {n} x {shown(reason)}: e.g. {shown(example.node)} ({shown(example.detail)})")
-    if report.dry_run:
+    if report.dry_run or verbose:
         console.print(_decisions_table(report))
     for check, against in ((report.verify, "original"), (report.verify_reference, "")):
         if check is None:
             continue
         console.print(_verify_table(check, against or check.providers[0]))
+        for line in _failure_lines(check):
+            console.print(f"  {line}")
+        console.print(f"  tolerance: {_tolerance_rule(check, atol, rtol, end_to_end=bool(against))}")
         for dim in check.dims:
             console.print(f"  dim {shown(repr(dim.name))} set to {dim.value} ({shown(dim.why)})")
         for line in check.assumptions:
@@ -543,16 +638,36 @@ def _print_evidence(console: Console, check: VerifyReport, verbose: bool) -> Non
         console.print(f"  ... and {len(shown_layers) - 20} more (-v lists them all)")
 
 
+def layout_line(rw: RewriteReport) -> str:
+    """The layout policy in one line: its mode, the Transposes through the rewrite, what it declined."""
+    lay = rw.layout
+    assert lay is not None
+    mode = lay.mode + ("" if rw.cleanup is not None or lay.mode != "keep-all" else ", no cleanup")
+    line = (
+        f"Layout {mode}: Transposes {lay.transposes_original} in the original -> {lay.transposes_rewritten} after the "
+        f"rewrite -> {lay.transposes_final} final"
+    )
+    if lay.transposes_keep_all != lay.transposes_final:
+        line += f" (rewriting every layer left {lay.transposes_keep_all})"
+    if lay.edge_original or lay.edge_final:
+        line += f"; at the model's inputs/outputs {lay.edge_original} -> {lay.edge_final}, not counted by the policy"
+    if lay.declined:
+        line += f"; {lay.declined} layer{'s' * (lay.declined != 1)} declined for {LAYOUT_COST}"
+    return line
+
+
 def _decisions_table(report: ConvertReport) -> Table:
     t = Table(title="Candidates", title_justify="left")
-    for col in ("graph", "node", "decision", "reason"):
+    for col in ("graph", "node", "input", "decision", "reason"):
         t.add_column(col)
     for d in report.rewrite.decisions:
+        kind = shown(d.activation or "")
         if d.rewritten:
             bias = "bias folded" if d.notes.get("bias_folded") else f"Add kept: {d.notes.get('bias_reason') or 'no Add'}"
-            t.add_row(shown(d.graph), shown(d.node), shown(f"rewrite ({d.rule})"), shown(bias))
+            t.add_row(shown(d.graph), shown(d.node), kind, shown(f"rewrite ({d.rule})"), shown(bias))
         else:
-            t.add_row(shown(d.graph), shown(d.node), "skip", shown(f"{d.reason}: {d.detail}"))
+            decision = "decline (layout)" if d.reason == LAYOUT_COST else "skip"
+            t.add_row(shown(d.graph), shown(d.node), kind, decision, shown(f"{d.reason}: {d.detail}"))
     return t
 
 
@@ -580,9 +695,7 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for o in v.outputs:
         result = (
-            Text("pass", style="green")
-            if o.passed
-            else Text.assemble(("FAIL", "red"), f" {shown(o.problem or f'{o.mismatched} elements')}")
+            Text("pass", style="green") if o.passed else Text.assemble(("FAIL", "red"), f" {shown(o.problem or _failing_share(o))}")
         )
         if o.degenerate:
             result.append(f" ({shown(o.degenerate)}: no evidence)", style="yellow")
@@ -600,3 +713,180 @@ def _verify_table(v: VerifyReport, against: str) -> Table:
 
 def _dims(shape: list[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
+
+
+def _failing_share(o: OutputCheck, what: str = "") -> str:
+    """``12 of 480 (2.5%)``: the failing elements over every trial's elements."""
+    total = math.prod(o.shape) * max(1, o.trials)
+    if not total:
+        return f"{o.mismatched} elements"
+    pct = 100 * o.mismatched / total
+    share = "<0.01" if 0 < pct < 0.01 else ">99.9" if pct > 99.9 and o.mismatched < total else f"{pct:.3g}"
+    return f"{o.mismatched} of {total}{what} ({share}%)"
+
+
+def _failure_lines(check: VerifyReport) -> list[str]:
+    """For each output that failed on its numbers: where its worst element is and what tolerance would pass.
+
+    As polygraphy's "minimum required tolerance": ``--atol`` at the largest absolute error passes
+    every element whatever ``rtol`` is; ``--rtol`` at the largest relative error does with atol 0.
+    Both are rounded up, so the printed figure passes.
+    """
+    lines = []
+    for o in check.outputs:
+        if o.passed or o.problem:
+            continue
+        where = f"worst element at [{', '.join(map(str, o.worst_index))}]" if o.worst_index else "worst element unknown"
+        trials = f" over {o.trials} trials" if o.trials > 1 else ""
+        if not (o.dtype.startswith("float") or o.dtype == "bfloat16"):
+            needs = "an integer or boolean output must match exactly"
+        elif not math.isfinite(o.max_abs_error):
+            needs = "no tolerance passes: NaN or Inf where the other model has a number"
+        else:
+            needs = f"would pass with --atol {_round_up(o.max_abs_error)}"
+            if math.isfinite(o.max_rel_error):
+                needs += f", or with --atol 0 --rtol {_round_up(o.max_rel_error)}"
+        lines.append(f"{shown(o.name)}: {_failing_share(o, ' elements')} failed{trials}; {where}; {needs}")
+    return lines
+
+
+def _round_up(x: float) -> str:
+    """``x`` to two significant digits, never below ``x`` (a tolerance printed this way passes)."""
+    if x <= 0:
+        return "0"
+    text = f"{x:.2g}"
+    if float(text) >= x:
+        return text
+    step = 10.0 ** (math.floor(math.log10(x)) - 1)
+    text = f"{math.ceil(x / step) * step:.2g}"
+    return text if float(text) >= x else f"{float(text) + step:.2g}"
+
+
+# Output dtypes as the verification table names them (numpy's names), and their ONNX types.
+_FLOAT_TYPES = {
+    "float32": TensorProto.FLOAT,
+    "float16": TensorProto.FLOAT16,
+    "bfloat16": TensorProto.BFLOAT16,
+    "float64": TensorProto.DOUBLE,
+}
+
+
+def _tolerance_rule(check: VerifyReport, atol: float | None, rtol: float | None, end_to_end: bool) -> str:
+    """How the table's atol/rtol came about, in one line (compare.py's end_to_end_atol; README "How verification works")."""
+    floats = sorted({o.dtype for o in check.outputs if o.dtype in _FLOAT_TYPES}, key=list(_FLOAT_TYPES).index)
+    exact = any(o.dtype not in _FLOAT_TYPES for o in check.outputs)
+    parts = ["an element fails past atol + rtol x |original|"]
+    if floats:
+        defaults = {dt: DEFAULT_TOLERANCES[_FLOAT_TYPES[dt]] for dt in floats}
+        if rtol is None:
+            parts.append("rtol " + ", ".join(f"{r:g} ({dt} default)" for dt, (_, r) in defaults.items()))
+        else:
+            parts.append(f"rtol {rtol:g} (--rtol)")
+        if atol is None:
+            scaled = "x max(1, rms of the output)"
+            if end_to_end:
+                scaled += " x max(1, sqrt(channels of the rewritten layers) / 32), at least 4x the sum of their rounding bounds"
+            parts.append("atol " + ", ".join(f"{a:g} ({dt} default)" for dt, (a, _) in defaults.items()) + f" {scaled}")
+        else:
+            parts.append(f"atol {atol:g} (--atol)")
+    if exact:
+        parts.append("other outputs must match exactly")
+    return "; ".join(parts)
+
+
+def _signature_line(report: ConvertReport) -> str:
+    """``Signature: x float32 (N,3,5,4) -> y float32 (N,3,5,6)``, from the input file (or, for a TensorFlow
+    input, from the written model); empty when neither is an ONNX file that can be read."""
+    source = Path(report.input)
+    path = source if source.is_file() and source.suffix not in (".keras", ".h5") else None
+    if path is None and report.written and report.output:
+        path = Path(report.output)
+    interface = _interface(path) if path is not None else None
+    if interface is None:
+        return ""
+
+    def listed(values: list[onnx.ValueInfoProto]) -> str:
+        text = ", ".join(f"{shown(v.name)} {_type_words(v.type)}" for v in values[:8])
+        return (text + f", ... {len(values) - 8} more" if len(values) > 8 else text) or "(none)"
+
+    inputs, outputs = interface
+    return f"Signature: {listed(inputs)} -> {listed(outputs)}"
+
+
+def _type_words(t: onnx.TypeProto) -> str:
+    kind = t.WhichOneof("value")
+    if kind != "tensor_type":
+        return (kind or "unknown type").replace("_type", "")
+    tt = t.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        dtype = TensorProto.DataType.Name(tt.elem_type).lower() if tt.elem_type in TensorProto.DataType.values() else "?"
+    if not tt.HasField("shape"):
+        return f"{dtype} (rank unknown)"
+    dims = [str(d.dim_value) if d.HasField("dim_value") else shown(d.dim_param) if d.dim_param else "?" for d in tt.shape.dim]
+    return f"{dtype} ({','.join(dims)})"
+
+
+# GraphProto's fields in onnx.proto read by _interface.
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _TENSOR_NAME = 5, 11, 12, 8
+
+
+def _interface(path: Path) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]] | None:
+    """The declared inputs (those without an initializer behind them) and outputs of the ONNX file at
+    ``path``, read from its wire format: its weights are neither parsed nor copied. None if unreadable."""
+    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
+    if fmt != "protobuf":
+        return None
+    inputs: list[onnx.ValueInfoProto] = []
+    outputs: list[onnx.ValueInfoProto] = []
+    weights: set[bytes] = set()
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for number, start, end in wire.fields(buf, 0, len(buf)):
+                if number != wire.MODEL_GRAPH:
+                    continue
+                for field, a, b in wire.fields(buf, start, end):
+                    if field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                        (inputs if field == _GRAPH_INPUT else outputs).append(onnx.ValueInfoProto.FromString(buf[a:b]))
+                    elif field == _GRAPH_INITIALIZER:
+                        weights.update(bytes(buf[x:y]) for n, x, y in wire.fields(buf, a, b) if n == _TENSOR_NAME)
+    except (OSError, ValueError, IndexError, DecodeError):
+        return None
+    return [v for v in inputs if v.name.encode() not in weights], outputs
+
+
+def _size_line(report: ConvertReport) -> str:
+    """The model's bytes on disk (its file and any external data) before and after, as far as there are files."""
+    source = Path(report.input)
+    before = _model_bytes(source) if source.is_file() and source.suffix not in (".keras", ".h5") else None
+    after = _model_bytes(Path(report.output)) if report.written and report.output else None
+    external = " (model files and their external data)" if any(s and s[1] for s in (before, after)) else ""
+    if before is not None and after is not None:
+        change = after[0] - before[0]
+        delta = "the same" if not change else ("+" if change > 0 else "-") + _bytes(abs(change))
+        return f"Size: {_bytes(before[0])} -> {_bytes(after[0])} ({delta}){external}"
+    if before is not None:
+        return f"Size: {_bytes(before[0])}{external}; nothing written"
+    if after is not None:
+        return f"Size: {_bytes(after[0])} written{external}"
+    return ""
+
+
+def _model_bytes(path: Path) -> tuple[int, bool] | None:
+    """The bytes of a model file and its external data files, and whether it has any."""
+    try:
+        data = {p.resolve() for p in external_data_files(path)}
+        return sum(p.stat().st_size for p in {path.resolve(), *data}), bool(data)
+    except OSError:
+        return None
+
+
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.3g} {unit}"
+    raise AssertionError("unreachable")

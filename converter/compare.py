@@ -2,7 +2,8 @@
 
 An element fails when ``|actual - expected| > atol + rtol * |expected|`` (numpy's allclose rule),
 NaNs must sit in the same places, equal infinities match, and non-float outputs must be equal
-exactly. Comparison runs over chunks, so no float64 copy of a whole tensor is made.
+exactly. Comparison runs over chunks, so no float64 copy of a whole tensor is made. The worst
+element is the one furthest past that rule: ``|actual - expected| - rtol * |expected|`` largest.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: f
     a_flat, r_flat = actual.reshape(-1), ref.reshape(-1)
     max_abs = max_rel = 0.0
     mismatched = 0
-    worst = -1
+    worst, worst_excess = -1, -math.inf
     for start in range(0, max(r_flat.size, 1), _CHUNK):
         a_part, r_part = a_flat[start : start + _CHUNK], r_flat[start : start + _CHUNK]
         if not r_part.size:
@@ -79,6 +80,7 @@ def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: f
             bad = a_part != r_part
             diff = np.abs(a_part.astype(np.float64) - r_part.astype(np.float64)) if ref.dtype.kind in "iub" else bad.astype(float)
             rel = np.where(bad, np.inf, 0.0)
+            excess = np.where(bad, diff, -np.inf)
         else:
             a, r = a_part.astype(np.float64), r_part.astype(np.float64)
             nan_a, nan_r = np.isnan(a), np.isnan(r)
@@ -86,11 +88,15 @@ def compare(name: str, actual: np.ndarray, ref: np.ndarray, atol: float, rtol: f
             with np.errstate(invalid="ignore", over="ignore"):
                 diff = np.where(same, 0.0, np.abs(a - r))
                 diff = np.where(np.isnan(diff), np.inf, diff)
-                bad = diff > atol + rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
+                allowed = rtol * np.abs(np.where(np.isfinite(r), r, 0.0))
+                bad = diff > atol + allowed
                 rel = np.where(r != 0, diff / np.abs(np.where(r != 0, r, 1.0)), np.where(diff > 0, np.inf, 0.0))
+                excess = np.where(bad, diff - allowed, -np.inf)
         n_bad = int(np.count_nonzero(bad))
-        if n_bad and worst < 0:
-            worst = start + int(np.argmax(bad))
+        if n_bad:
+            at = int(np.argmax(excess))
+            if excess[at] > worst_excess:
+                worst, worst_excess = start + at, float(excess[at])
         mismatched += n_bad
         if diff.size:
             max_abs = max(max_abs, float(diff.max()))

@@ -431,9 +431,10 @@ def _constant_attr(node: NodeProto) -> AttributeProto | None:
 class NameAllocator:
     """Unique, deterministic names derived from the originals (``x`` -> ``x_conv``, ``x_conv_1``, ...)."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.taken: set[str] = set()
-        for _, g in iter_graphs(model.graph):
+    def __init__(self, model: onnx.ModelProto | None, taken: set[str] | None = None) -> None:
+        """The names ``model`` uses, or ``taken`` as it is (a caller that already knows them: the cleanup's index)."""
+        self.taken: set[str] = taken if taken is not None else set()
+        for _, g in iter_graphs(model.graph) if model is not None else ():
             self.taken.update(i.name for i in g.input)
             self.taken.update(o.name for o in g.output)
             self.taken.update(t.name for t in g.initializer)

@@ -3,6 +3,10 @@
 Order of RULES: larger patterns come before the smaller ones they contain, so that a MatMul
 inside a Reshape sandwich is claimed by the sandwich rule first (the plain rule would only see a
 rank-2 MatMul and decline it with ``rank_not_4``).
+
+Around rules and cleanup sits the layout policy (layout.py): it judges the result by its Transposes
+and, under ``never-worse``, runs rules and cleanup again from the original, declining the layers
+that cost Transposes. It comes last because only the cleaned result shows what a layer costs.
 """
 
 from __future__ import annotations
@@ -14,19 +18,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from .cleanup import Pass, run_passes
+from .cleanup import CleanupOptions, Pass, run_passes
 from .cleanup.cancel_transposes import CancelTransposes
 from .cleanup.sink_transposes import SinkTransposes
 from .detached import DetachedWeights
 from .errors import InputError
 from .graph import count_ops
+from .layout import DEFAULT_LAYOUT, LAYOUTS, Refusals, Snapshot, activations, census, choose
 from .load import load as load_onnx
 from .load import load_with_sources
-from .report import ConvertReport, RewriteReport
+from .report import ConvertReport, LayoutReport, RewriteReport
 from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
 from .runtime import resolve_providers
 from .save import save
@@ -45,36 +51,108 @@ class RewriteResult:
     report: RewriteReport
 
 
-def rewrite(model: onnx.ModelProto, *, providers: str | Sequence[str] = "cpu", fold_transposes: bool = True) -> RewriteResult:
+def rewrite(
+    model: onnx.ModelProto | str | os.PathLike[str] | Any,
+    *,
+    providers: str | Sequence[str] = "cpu",
+    fold_transposes: bool = True,
+    layout: str | None = None,
+) -> RewriteResult:
     """Rewrite dense layers on 4D tensors into 1x1 Convs. The input model is not modified.
 
+    ``model`` is a ``ModelProto``, a path (loaded as ``load`` does), or an onnx-graphsurgeon
+    ``gs.Graph``: then ``result.model`` is a new ``gs.Graph`` too (gs.py; the ``[gs]`` extra).
     ``providers`` are those the result is meant to run on: a dtype becomes Conv only where they
     have a Conv kernel for it (onnxruntime's CPU provider has none for float64).
     ``fold_transposes`` runs the Transpose cleanup when anything was rewritten: a model with
     nothing to rewrite comes out unchanged.
+    ``layout`` is one of ``LAYOUTS`` (layout.py says what each does); None is ``DEFAULT_LAYOUT``
+    (``keep-all``: every layer); ``never-worse`` declines the layers that would leave more Transposes.
     """
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model)
+    elif not isinstance(model, onnx.ModelProto):
+        from . import gs
+
+        if not gs.is_graph(model):
+            raise TypeError(f"rewrite() takes an onnx.ModelProto, a path or a gs.Graph, not {type(model).__name__}")
+        result = rewrite(gs.to_model(model), providers=providers, fold_transposes=fold_transposes, layout=layout)
+        return RewriteResult(gs.to_graph(result.model), result.report)
+    layout = resolve_layout(layout, fold_transposes)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     # New weights are detached, then attached where they sit, as `convert` saves them: the same file.
     detached = DetachedWeights()
-    report = _rewrite_in_place(out, providers, fold_transposes, detached)
+    report = _rewrite_in_place(out, providers, fold_transposes, detached, layout=layout)
     detached.attach(out)
     return RewriteResult(out, report)
 
 
+def resolve_layout(layout: str | None, fold_transposes: bool) -> str:
+    """The layout mode a rewrite runs: ``None`` is ``DEFAULT_LAYOUT``; a mode that needs the cleanup
+    (the one thing that absorbs Transposes) refuses to run without it."""
+    if layout is None:
+        return DEFAULT_LAYOUT if fold_transposes else "keep-all"
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r} (choose one of {', '.join(LAYOUTS)})")
+    if not fold_transposes and layout != "keep-all":
+        raise InputError(f"layout {layout} needs the Transpose cleanup; without it (--no-fold-transposes) use keep-all")
+    return layout
+
+
 def _rewrite_in_place(
-    out: onnx.ModelProto, providers: str | Sequence[str], fold_transposes: bool, detached: DetachedWeights | None = None
+    out: onnx.ModelProto,
+    providers: str | Sequence[str],
+    fold_transposes: bool,
+    detached: DetachedWeights | None = None,
+    layout: str = DEFAULT_LAYOUT,
 ) -> RewriteReport:
+    """Rewrite ``out`` in place under the layout policy (layout.py).
+
+    Under ``never-worse`` the graph is kept (``Snapshot``: its nodes as bytes, its weights by
+    reference) and put back when layers must be declined and the model rewritten again.
+    """
+    mode = resolve_layout(layout, fold_transposes)
+    cleanup = CleanupOptions(layernorm_to_nchw=True) if mode == "nchw" else None
     started = time.perf_counter()
     with _no_cyclic_gc():
-        before = count_ops(out.graph)
-        decisions = apply_rules(out, RULES, RewriteOptions(providers=resolve_providers(providers)), detached)
-        report = RewriteReport(decisions=decisions, ops_before=before)
-        report.ops_rewritten = count_ops(out.graph)
-        if fold_transposes and any(d.rewritten for d in decisions):
-            report.cleanup = run_passes(out, CLEANUP, value_of=detached.value if detached is not None else None).to_dict()
-        report.ops_after = count_ops(out.graph)
+        kinds = activations(out)
+        before = census(out)
+        snapshot = Snapshot(out) if mode == "never-worse" else None
+        placeholders = [t.name for t in out.graph.initializer if DetachedWeights.is_placeholder(t)]
+
+        def attempt(refuse: Refusals) -> RewriteReport:
+            if refuse:  # again, from the original: the weights made last time are forgotten
+                assert snapshot is not None
+                snapshot.restore(out)
+                if detached is not None:
+                    detached.keep_only(placeholders)
+            return _rewrite_once(out, providers, fold_transposes, detached, refuse, cleanup)
+
+        report = choose(out, snapshot, attempt, mode, kinds, before)
     report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rewrite_once(
+    out: onnx.ModelProto,
+    providers: str | Sequence[str],
+    fold_transposes: bool,
+    detached: DetachedWeights | None,
+    refuse: Refusals,
+    cleanup: CleanupOptions | None,
+) -> RewriteReport:
+    """One rewrite of ``out``, in place: the rules (declining the ``refuse``d anchors), then the cleanup."""
+    before = count_ops(out.graph)
+    options = RewriteOptions(providers=resolve_providers(providers), refuse=refuse)
+    decisions = apply_rules(out, RULES, options, detached)
+    report = RewriteReport(decisions=decisions, ops_before=before)
+    report.ops_rewritten = count_ops(out.graph)
+    report.layout = LayoutReport(mode="", transposes_rewritten=census(out, edges=False).layout)
+    if fold_transposes and any(d.rewritten for d in decisions):
+        value_of = detached.value if detached is not None else None
+        report.cleanup = run_passes(out, CLEANUP, value_of=value_of, options=cleanup or CleanupOptions()).to_dict()
+    report.ops_after = count_ops(out.graph)
     return report
 
 
@@ -122,6 +200,7 @@ def convert(
     *,
     verify_outputs: bool = True,
     fold_transposes: bool = True,
+    layout: str | None = None,
     providers: str | Sequence[str] = "cpu",
     atol: float | None = None,
     rtol: float | None = None,
@@ -149,8 +228,10 @@ def convert(
     writes the result even after a mismatch (``report.forced`` says so). ``allow_h5`` loads legacy
     Keras .h5 files, which runs the Python code of their Lambda layers. ``trust_model`` skips the
     static audit of a SavedModel's ops (see frontends/) and runs whatever the model holds.
+    ``layout`` is as for ``rewrite`` (the command passes ``never-worse`` unless told otherwise).
     """
     step = on_step or (lambda _msg: None)
+    layout = resolve_layout(layout, fold_transposes)  # a bad choice fails before any work
     source_path = Path(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
     if not dry_run:  # every path we write is checked before any work (paths.py says what is refused)
@@ -164,6 +245,7 @@ def convert(
         "output": output,
         "verify_outputs": verify_outputs,
         "fold_transposes": fold_transposes,
+        "layout": layout,
         "chosen": chosen,
         "atol": atol,
         "rtol": rtol,
@@ -219,6 +301,7 @@ def _convert_model(
     load_seconds: float,
     verify_outputs: bool,
     fold_transposes: bool,
+    layout: str,
     chosen: tuple[str, ...],
     atol: float | None,
     rtol: float | None,
@@ -242,10 +325,10 @@ def _convert_model(
         # that was detached); new weights are detached too, and written from their arrays.
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached))
+        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached, layout=layout))
     else:
         # Nothing needs the original afterwards: rewrite it in place.
-        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached))
+        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached, layout=layout))
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:

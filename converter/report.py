@@ -42,6 +42,33 @@ class Decision:
     # Sub-decisions of a rewrite that went ahead, e.g. {"bias_folded": False, "bias_reason": "..."}.
     notes: dict[str, Any] = field(default_factory=dict)
     layer: RewrittenLayer | None = None
+    # What the candidate's 4D input is, read from the graph (layout.py): "image" (an NHWC image
+    # stream), "grouped tokens" (a window partition, e.g. MaxViT's [B, windows, tokens, C]) or
+    # "unknown"; None where the rules declined it for another reason.
+    activation: str | None = None
+
+
+@dataclass
+class LayoutReport:
+    """The layout policy's account (layout.py): its mode, and the Transposes of computed tensors (every
+    graph) in the original, right after the rules, at the end, and what rewriting every layer left.
+
+    ``edge_*``: of those, the ones between a model input or output and the nearest op that cares about
+    layout. ``never-worse`` holds the others (``final - edge_final``) to the original's.
+    """
+
+    mode: str
+    transposes_original: int = 0
+    transposes_rewritten: int = 0
+    transposes_final: int = 0
+    transposes_keep_all: int = 0
+    edge_original: int = 0
+    edge_final: int = 0
+    declined: int = 0  # layers declined with layout_cost
+    attempts: int = 1  # rewrites run (more than one when layers had to be declined)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -53,6 +80,7 @@ class RewriteReport:
     ops_rewritten: dict[str, int] = field(default_factory=dict)
     cleanup: dict[str, Any] | None = None
     seconds: float = 0.0
+    layout: LayoutReport | None = None
 
     @property
     def candidates(self) -> int:
@@ -81,6 +109,7 @@ class RewriteReport:
             "ops_rewritten": self.ops_rewritten,
             "cleanup": self.cleanup,
             "seconds": round(self.seconds, 4),
+            "layout": None if self.layout is None else self.layout.to_dict(),
             "decisions": [asdict(d) for d in self.decisions],
         }
 
@@ -107,7 +136,7 @@ class OutputCheck:
     rtol: float
     passed: bool
     problem: str = ""  # set when the outputs could not be compared at all (shape or dtype differ)
-    worst_index: list[int] | None = None  # where the first failing element is
+    worst_index: list[int] | None = None  # where the failing element furthest past the tolerance is (compare.py)
     degenerate: str = ""  # why this output proves nothing (all NaN, constant, the same for every input)
     trials: int = 1
 

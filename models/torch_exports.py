@@ -14,6 +14,11 @@ running it needs a separate environment with torch (the converter's own venv doe
     python models/torch_exports.py --list
 
 A model that one exporter cannot handle is recorded in the summary with the error, and the others go on.
+
+The rest of the project uses three functions from here: ``export_model`` (one model, one exporter:
+what models/zoo.py's TORCH_ZOO entries and models/fixtures/ are built with), ``linear_layers`` (every
+MatMul of an export and where its weight and bias come from, read from the ONNX graph alone) and
+``unmet`` (where a conversion falls short of the torch zoo's acceptance), which need only onnx.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import json
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,7 @@ class TorchModel:
     build: Callable[[], Any]  # returns the torch module (random weights, eval mode is set by the caller)
     shape: tuple[int, int, int, int] = (2, 3, 64, 96)  # the example input used for export
     dynamic: bool = False  # dynamic N, H and W
+    dynamic_batch: bool = False  # dynamic N only (H and W as in ``shape``): the usual deployment export
     min_hw: int = 32  # smallest H and W the model accepts (its total stride), for the dynamo exporter's Dims
     check_shapes: tuple[tuple[int, int, int, int], ...] = field(default=(CHECK_SHAPE,))
     needs: str = "torchvision"
@@ -127,6 +134,60 @@ def _timm(name: str, **kwargs: Any) -> Callable[[], Any]:
     return build
 
 
+def _timm_mambaout_small_arch() -> Any:
+    """timm's MambaOut class at narrow widths: 2 stages (16, 24 channels), 1 gated CNN block each, 10 classes."""
+    from timm.models.mambaout import MambaOut
+
+    return MambaOut(depths=(1, 1), dims=(16, 24), num_classes=10)
+
+
+def _tv_swin_small_arch() -> Any:
+    """torchvision's SwinTransformer class at narrow widths: 2 stages (16, 32 channels), 2 + 1 blocks (the second one
+    shifted: a cyclic roll and an attention mask), 4x4 windows."""
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 1],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        stochastic_depth_prob=0.0,
+        num_classes=10,
+    )
+
+
+def _equal_linears() -> Any:
+    """Two Linear branches on an NHWC stream whose weights and biases are equal but not the same Parameter
+    (as after copying one layer's weights into another), plus a third Linear that shares its Parameters
+    with the first. TorchScript's export deduplicates the equal initializers through Identity nodes."""
+    import torch
+    from torch import nn
+
+    class EqualLinears(nn.Module):
+        def __init__(self, c: int = 8, k: int = 12) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, c, 3, padding=1)
+            self.a = nn.Linear(c, k)
+            self.b = nn.Linear(c, k)
+            self.tied = nn.Linear(c, k)
+            self.out = nn.Linear(k, c)
+            self.head = nn.Linear(c, 10)
+            with torch.no_grad():
+                self.b.weight.copy_(self.a.weight)
+                self.b.bias.copy_(self.a.bias)
+            self.tied.weight = self.a.weight
+            self.tied.bias = self.a.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x).permute(0, 2, 3, 1)  # NCHW -> NHWC
+            z = torch.relu(self.a(y)) + torch.tanh(self.b(y)) + torch.sigmoid(self.tied(y))
+            z = self.out(z).permute(0, 3, 1, 2)  # NHWC -> NCHW
+            return self.head(z.mean((2, 3)))
+
+    return EqualLinears()
+
+
 MODELS: dict[str, TorchModel] = {
     m.name: m
     for m in [
@@ -189,6 +250,67 @@ MODELS: dict[str, TorchModel] = {
             needs="timm",
         ),
         TorchModel(
+            "timm_mambaout_small_dynamic",
+            "timm MambaOut class, dims 16 / 24, 1 block per stage, 10 classes, dynamic N, H, W",
+            _timm_mambaout_small_arch,
+            dynamic=True,
+            min_hw=8,
+            check_shapes=(CHECK_SHAPE, (1, 3, 40, 24)),
+            needs="timm",
+        ),
+        TorchModel(
+            "tv_swin_small_static",
+            "torchvision SwinTransformer class, embed dim 16, depths 2 / 1, heads 2 / 4, window 4x4, 10 classes, "
+            "static [2, 3, 64, 96]",
+            _tv_swin_small_arch,
+        ),
+        TorchModel(
+            "equal_linears_dynamic",
+            "a Conv stem and three Linears on NHWC (two with equal weights, one sharing the first's Parameters), dynamic N, H, W",
+            _equal_linears,
+            dynamic=True,
+            min_hw=2,
+            check_shapes=(CHECK_SHAPE, (1, 3, 40, 24)),
+            needs="torch",
+        ),
+        TorchModel(
+            "tv_convnext_tiny_dynbatch",
+            "torchvision convnext_tiny, dynamic N, H and W fixed at 64x96",
+            _tv_convnext_tiny,
+            dynamic_batch=True,
+        ),
+        TorchModel(
+            "tv_swin_t_dynbatch",
+            "torchvision swin_t, dynamic N, H and W fixed at 224x320",
+            _tv_swin_t,
+            shape=(2, 3, 224, 320),
+            dynamic_batch=True,
+            check_shapes=((2, 3, 224, 320), (1, 3, 224, 320)),
+        ),
+        TorchModel(
+            "timm_convnext_tiny_dynbatch",
+            "timm convnext_tiny (conv_mlp=False by default: its MLPs are nn.Linear on NHWC), dynamic N, H and W fixed at 64x96",
+            _timm("convnext_tiny"),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
+            "timm_edgenext_xx_small_dynbatch",
+            "timm edgenext_xx_small (conv encoders with nn.Linear MLPs on NHWC, split depth-wise transposed attention), "
+            "dynamic N, H and W fixed at 64x96",
+            _timm("edgenext_xx_small"),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
+            "timm_mambaout_femto_dynbatch",
+            "timm mambaout_femto (gated CNN blocks on NHWC: Linear -> Split -> depthwise Conv on NCHW -> Concat -> Linear), "
+            "dynamic N, H and W fixed at 64x96",
+            _timm("mambaout_femto"),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
             "tv_swin_t_static",
             "torchvision swin_t, static [2, 3, 224, 320]",
             _tv_swin_t,
@@ -217,23 +339,27 @@ def export(model: Any, spec: TorchModel, exporter: str, path: Path, opset: int) 
     import torch
 
     x = torch.randn(*spec.shape)
+    axes = {0: "N", 2: "H", 3: "W"} if spec.dynamic else {0: "N"} if spec.dynamic_batch else None
     if exporter == "ts":
-        dynamic_axes = {INPUT_NAME: {0: "N", 2: "H", 3: "W"}, OUTPUT_NAME: {0: "N"}} if spec.dynamic else None
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=dynamic_axes,
-        )
+        dynamic_axes = {INPUT_NAME: axes, OUTPUT_NAME: {0: "N"}} if axes else None
+        with warnings.catch_warnings():  # the legacy exporter is the point here, not a mistake
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+            )
         return
     dynamic_shapes = None
-    if spec.dynamic:
+    if axes:
         dim = torch.export.Dim
-        dynamic_shapes = ({0: dim("N", min=1, max=1024), 2: dim("H", min=spec.min_hw), 3: dim("W", min=spec.min_hw)},)
+        dims = {0: dim("N", min=1, max=1024), 2: dim("H", min=spec.min_hw), 3: dim("W", min=spec.min_hw)}
+        dynamic_shapes = ({axis: dims[axis] for axis in axes},)
     program = torch.onnx.export(
         model,
         (x,),
@@ -242,6 +368,7 @@ def export(model: Any, spec: TorchModel, exporter: str, path: Path, opset: int) 
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
         dynamic_shapes=dynamic_shapes,
+        verbose=False,  # no progress lines on stdout (the file is the same)
     )
     # one self-contained file: torch.onnx.export(..., f=path, dynamo=True) would put the weights in path.data
     # (its external_data defaults to True, whatever the model's size)
@@ -351,8 +478,135 @@ def describe(path: Path) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class LinearLayer:
+    """One MatMul as the exporter wrote it, read from the ONNX graph alone (not by the converter).
+
+    ``weight`` and ``bias`` say where the operand comes from: "initializer", "identity" (an Identity
+    chain ending at an initializer: TorchScript's deduplicated tensors), "constant" (a Constant node),
+    "graph_input" (an initializer that is also an input), "computed"; ``bias`` is None when the
+    MatMul's output feeds no Add with a constant other operand. ``bias_foldable``: that Add is the
+    output's only consumer, the output is no graph output and the bias varies along the last axis only.
+    """
+
+    node: str  # node_label(): the name, or "MatMul(<output>)" when unnamed (as the converter reports it)
+    output: str
+    rank: int | None  # rank of the activation (input 0) after ONNX shape inference
+    weight: str
+    bias: str | None = None
+    bias_first: bool = False  # Add(bias, y), the order TorchScript writes
+    bias_foldable: bool = False
+
+    @property
+    def candidate(self) -> bool:
+        """A Linear on a rank-4 tensor with a constant weight: what the converter is meant to rewrite."""
+        return self.rank == 4 and self.weight in ("initializer", "identity", "constant")
+
+
+def linear_layers(model: Any) -> list[LinearLayer]:
+    """Every MatMul of the main graph of ``model`` (an onnx.ModelProto), with where its operands come from."""
+    from onnx import shape_inference
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    outputs = {o.name for o in graph.output}
+    # shape inference on a copy without the large weights' data (their dims are all it needs; small
+    # tensors stay, they may be shapes that data propagation reads)
+    light = type(model)()
+    light.CopyFrom(model)
+    for t in light.graph.initializer:
+        if len(t.raw_data) > 65536:
+            t.ClearField("raw_data")
+    inferred = shape_inference.infer_shapes(light, data_prop=True)
+    ranks = {
+        vi.name: len(vi.type.tensor_type.shape.dim)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        if vi.type.tensor_type.HasField("shape")
+    }
+
+    def source(name: str) -> tuple[str, Any]:
+        via_identity = False
+        while True:
+            if name in inits:
+                if name in inputs:
+                    return "graph_input", None
+                return ("identity" if via_identity else "initializer"), inits[name]
+            node = producer.get(name)
+            if node is None:
+                return "computed", None
+            if node.op_type == "Constant":
+                tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+                return ("identity" if via_identity else "constant"), tensor
+            if node.op_type != "Identity":
+                return "computed", None
+            via_identity, name = True, node.input[0]
+
+    layers = []
+    for n in graph.node:
+        if n.op_type != "MatMul" or n.domain not in ("", "ai.onnx"):
+            continue
+        y = n.output[0]
+        weight, _ = source(n.input[1])
+        bias, bias_first, foldable = None, False, False
+        for add in consumers.get(y, []):
+            if add.op_type != "Add" or len(add.input) != 2:
+                continue
+            other = add.input[1] if add.input[0] == y else add.input[0]
+            kind, tensor = source(other)
+            if kind in ("initializer", "identity", "constant"):
+                dims = list(tensor.dims) if tensor is not None else []
+                per_channel = len(dims) <= 4 and all(d == 1 for d in dims[:-1])
+                bias, bias_first = kind, add.input[0] == other
+                foldable = per_channel and len(consumers[y]) == 1 and y not in outputs
+                break
+        label = n.name or f"MatMul({y})"
+        layers.append(LinearLayer(label, y, ranks.get(n.input[0]), weight, bias, bias_first, foldable))
+    return layers
+
+
+def unmet(layers: list[LinearLayer], decisions: list[Any], allowed_declines: Collection[str] = ()) -> dict[str, list[str]]:
+    """Where a conversion falls short of the torch zoo's acceptance, per layer (every list empty: met).
+
+    ``decisions`` are the converter's (``report.rewrite.decisions``). "not_rewritten": a candidate
+    Linear (rank 4, constant weight, also one behind an Identity) that was neither rewritten nor
+    declined with one of ``allowed_declines``; "bias_not_folded": a rewritten one whose foldable
+    constant bias (also one behind an Identity) stayed an Add.
+    """
+    by_node = {d.node: d for d in decisions if d.op_type == "MatMul"}
+    out: dict[str, list[str]] = {"not_rewritten": [], "bias_not_folded": []}
+    for layer in layers:
+        if not layer.candidate:
+            continue
+        d = by_node.get(layer.node)
+        if d is None:
+            out["not_rewritten"].append(f"{layer.node}: no decision")
+        elif not d.rewritten:
+            if d.reason not in allowed_declines:
+                out["not_rewritten"].append(f"{layer.node} (weight: {layer.weight}): {d.reason}: {d.detail}")
+        elif layer.bias_foldable and not d.notes.get("bias_folded"):
+            out["bias_not_folded"].append(f"{layer.node} (bias: {layer.bias}): {d.notes.get('bias_reason')}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # driver
+
+
+def export_model(name: str, exporter: str, path: Path, opset: int | None = None) -> Path:
+    """Build ``MODELS[name]`` with ``torch.manual_seed(0)`` weights and write it with ``exporter`` ("ts" or "dynamo")."""
+    import torch
+
+    spec = MODELS[name]
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    export(model, spec, exporter, path, opset or DEFAULT_OPSETS[exporter])
+    return path
 
 
 def run_one(spec: TorchModel, exporters: list[str], out: Path, opsets: dict[str, int]) -> list[dict]:
@@ -367,6 +621,7 @@ def run_one(spec: TorchModel, exporters: list[str], out: Path, opsets: dict[str,
         row["description"] = spec.description
         row["export_shape"] = list(spec.shape)
         row["dynamic"] = spec.dynamic
+        row["dynamic_batch"] = spec.dynamic_batch
         start = time.perf_counter()
         try:
             export(model, spec, exporter, path, opsets[exporter])

@@ -4,13 +4,22 @@ Nothing is downloaded: Keras applications are built with ``weights=None`` (rando
 rewrite's correctness does not depend on their values) and exported as SavedModels, the other
 graphs are written with onnx.helper in the shapes exporters produce.
 
+``TORCH_ZOO`` holds real PyTorch exports: torchvision and timm models with ``torch.manual_seed(0)``
+weights, each written by both of torch's exporters (TorchScript, ``dynamo=False``, and dynamo,
+``dynamo=True``) through ``models/torch_exports.py``. Building them needs the ``[torch]`` extra
+(``pip install -e .[torch]``); without it ``torch_missing()`` says what is missing and nothing else
+changes (``ZOO`` and ``models.report`` never import torch).
+
     python -m models.zoo [NAME ...] [--cache DIR]     build into the cache (default: .zoo-cache)
+    python -m models.zoo --torch                       build every PyTorch export instead (needs the [torch] extra)
     python -m models.report                            convert everything and print the table
+    python -m benchmarks.torch_zoo                     the PyTorch zoo's table
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +41,10 @@ class ZooModel:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # concrete shapes for symbolic inputs
     inputs: Callable[[], dict] | None = None  # explicit feeds, where random ones would not exercise it
     tensorflow: bool = False
+    torch: bool = False  # exported by torch (models/torch_exports.py): needs the [torch] extra
+    # Reasons a Linear on a rank-4 tensor with a constant weight may be declined with (every other one
+    # must be rewritten): the layout policy's refusal where a layer's Transposes cannot be absorbed.
+    allowed_declines: frozenset[str] = frozenset()
 
 
 def _onnx(builder: Callable[[], onnx.ModelProto]) -> Callable[[Path], Path]:
@@ -54,6 +67,24 @@ def _keras(app: str, shape: tuple[int, int, int]) -> Callable[[Path], Path]:
         return path
 
     return build
+
+
+def _torch(model: str, exporter: str) -> Callable[[Path], Path]:
+    def build(folder: Path) -> Path:
+        from models.torch_exports import export_model
+
+        return export_model(model, exporter, folder / "model.onnx")
+
+    return build
+
+
+TORCH_PACKAGES = ("torch", "torchvision", "timm", "onnxscript")
+TORCH_EXTRA = "needs the [torch] extra: pip install -e .[torch]"
+
+
+def torch_missing() -> list[str]:
+    """The packages of the [torch] extra that are not installed (empty: the torch zoo can be built)."""
+    return [p for p in TORCH_PACKAGES if importlib.util.find_spec(p) is None]
 
 
 def _if_inputs() -> dict:
@@ -95,7 +126,7 @@ ZOO: dict[str, ZooModel] = {
             "mlp_mixer_block",
             "MLP-Mixer-style block on an NHWC tensor (token + channel MLPs)",
             _onnx(graphs.mixer_block),
-            4,
+            2,  # of 4: the default layout policy declines the pair whose Transposes stay (--layout keep-all: 4)
             {"x": [2, 6, 8, 12]},
         ),
         ZooModel(
@@ -130,9 +161,41 @@ ZOO: dict[str, ZooModel] = {
 }
 
 
+# What the torch zoo is about: Linear layers on NHWC (rank-4) tensors, from the exporters people use.
+# expected_rewrites counts those with a constant weight, as models/torch_exports.py's linear_layers()
+# reads them from the export. Swin's and EdgeNeXt's may be declined with "layout_cost", the layout policy's
+# reason for a layer whose Transposes the cleanup cannot absorb (Swin's window partitions, EdgeNeXt's
+# transposed attention); ConvNeXt's and MambaOut's (Split/Concat between the Linears) may not.
+_NHWC_64x96 = {"x": [2, 3, 64, 96]}
+_TORCH_MODELS = (
+    # (torch_exports model, description, Linears on rank 4 with a constant weight, input shapes, allowed declines)
+    ("tv_convnext_tiny_dynbatch", "torchvision convnext_tiny, dynamic N, 64x96", 36, _NHWC_64x96, ()),
+    ("tv_convnext_tiny_dynamic", "torchvision convnext_tiny, dynamic N, H, W (run at 2x3x64x96)", 36, _NHWC_64x96, ()),
+    ("tv_swin_t_dynbatch", "torchvision swin_t, dynamic N, 224x320", 27, {"x": [2, 3, 224, 320]}, ("layout_cost",)),
+    ("timm_convnext_tiny_dynbatch", "timm convnext_tiny (nn.Linear MLPs), dynamic N, 64x96", 36, _NHWC_64x96, ()),
+    ("timm_edgenext_xx_small_dynbatch", "timm edgenext_xx_small, dynamic N, 64x96", 24, _NHWC_64x96, ("layout_cost",)),
+    ("timm_mambaout_femto_dynbatch", "timm mambaout_femto, dynamic N, 64x96", 36, _NHWC_64x96, ()),
+)
+_EXPORTER_NAMES = {"ts": "TorchScript exporter (dynamo=False)", "dynamo": "dynamo exporter (dynamo=True)"}
+
+TORCH_ZOO: dict[str, ZooModel] = {
+    f"{model}_{exporter}": ZooModel(
+        f"{model}_{exporter}",
+        f"{description}; {_EXPORTER_NAMES[exporter]}",
+        _torch(model, exporter),
+        linears,
+        shapes,
+        torch=True,
+        allowed_declines=frozenset(allowed),
+    )
+    for model, description, linears, shapes, allowed in _TORCH_MODELS
+    for exporter in ("ts", "dynamo")
+}
+
+
 def build(name: str, cache: Path = DEFAULT_CACHE) -> Path:
     """The model's path in the cache, building it on first use."""
-    entry = ZOO[name]
+    entry = ZOO[name] if name in ZOO else TORCH_ZOO[name]
     folder = cache / name
     done = folder / ".built"
     if not done.exists():
@@ -144,10 +207,14 @@ def build(name: str, cache: Path = DEFAULT_CACHE) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build zoo models into a cache folder.")
-    p.add_argument("names", nargs="*", choices=[[], *ZOO], help="models to build (default: all)")
+    p.add_argument("names", nargs="*", choices=[[], *ZOO, *TORCH_ZOO], help="models to build (default: all of ZOO)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--torch", action="store_true", help="build every PyTorch export (TORCH_ZOO) instead of ZOO")
     args = p.parse_args(argv)
-    for name in args.names or ZOO:
+    names = args.names or list(TORCH_ZOO if args.torch else ZOO)
+    if any(n in TORCH_ZOO for n in names) and torch_missing():
+        p.error(f"{TORCH_EXTRA} (missing: {', '.join(torch_missing())})")
+    for name in names:
         print(f"{name}: {build(name, args.cache)}")
     return 0
 

@@ -199,8 +199,8 @@ def patch_rewrite(bug: str) -> None:
 
     real = pipeline._rewrite_in_place
 
-    def broken(out, providers, fold_transposes, detached=None):  # noqa: ANN001, ANN202
-        report = real(out, providers, fold_transposes, detached)
+    def broken(out, providers, fold_transposes, detached=None, **options):  # noqa: ANN001, ANN003, ANN202
+        report = real(out, providers, fold_transposes, detached, **options)
         if detached is not None:
             detached.attach(out)
         if report.layers and not inject(out, report.layers, bug):

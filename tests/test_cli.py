@@ -135,6 +135,7 @@ def test_inputs_npz(model_file: Path, tmp_path: Path) -> None:
         (["{model}", "--atol", "abc"], "not a number"),
         (["{model}", "--rtol", "-1"], "non-negative"),
         (["{model}", "--input-shape", "x"], "NAME:DIM"),
+        (["{model}", "--input-shape", "x:[1,2"], "NAME:[DIM,DIM,...]"),
         (["{model}", "--input-shape", "nope:1,2"], "no input named 'nope'"),
         (["{model}", "--input-shape", "x:1,2,3"], "does not fit input 'x'"),
         (["{model}", "--inputs", "{tmp}/none.npz"], "cannot read input arrays"),
@@ -285,3 +286,71 @@ def test_verbose_lists_the_evidence_for_every_layer(tmp_path: Path) -> None:
     assert "Layers: 2 rewritten; structure proved for 2; numbers passed for 2" in r.stdout
     table = r.stdout[r.stdout.index("Layers\n") : r.stdout.index("Timings")]
     assert table.count("│ proved") == 2 and table.count("│ passed") == 2
+
+
+@pytest.fixture
+def windows_file(tmp_path: Path) -> Path:
+    from tests.test_layout_policy import window_block
+
+    path = tmp_path / "windows.onnx"
+    onnx.save(window_block(), path)
+    return path
+
+
+def _transposes(path: Path) -> int:
+    return [n.op_type for n in onnx.load(path).graph.node].count("Transpose")
+
+
+def test_layout_policy_declines_what_would_add_transposes(windows_file: Path, tmp_path: Path) -> None:
+    """MaxViT-style windows: the default declines both Linears (layout_cost), says so, and writes a model with no
+    more Transposes than the original; --layout keep-all rewrites them and writes more."""
+    r = run(windows_file, "-o", tmp_path / "nw.onnx", "--report", tmp_path / "nw.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Rewritten 0 of 2 candidates" in r.stdout
+    assert "Layout never-worse: Transposes 2 in the original -> 2 after the rewrite -> 2 final" in r.stdout
+    assert "(rewriting every layer left 4); 2 layers declined for layout_cost" in r.stdout
+    assert "skipped 2 x layout_cost" in r.stdout and "grouped tokens" in r.stdout
+    data = json.loads((tmp_path / "nw.json").read_text())["rewrite"]
+    assert data["layout"]["mode"] == "never-worse" and data["layout"]["declined"] == 2
+    assert (data["layout"]["transposes_original"], data["layout"]["transposes_keep_all"], data["layout"]["transposes_final"]) == (
+        2,
+        4,
+        2,
+    )
+    assert data["skipped_by_reason"] == {"layout_cost": 2}
+    assert [(d["reason"], d["activation"]) for d in data["decisions"]] == [("layout_cost", "grouped tokens")] * 2
+    assert _transposes(tmp_path / "nw.onnx") == 2
+
+    r = run(windows_file, "-o", tmp_path / "all.onnx", "--layout", "keep-all", "--report", tmp_path / "all.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("PASSED: rewrote 2 of 2 candidates")
+    assert "Layout keep-all: Transposes 2 in the original -> 6 after the rewrite -> 4 final" in r.stdout
+    assert json.loads((tmp_path / "all.json").read_text())["rewrite"]["layout"]["mode"] == "keep-all"
+    assert _transposes(tmp_path / "all.onnx") == 4
+
+
+def test_dry_run_and_verbose_show_the_policy_per_candidate(windows_file: Path, tmp_path: Path) -> None:
+    before = files(tmp_path)
+    r = run(windows_file, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    table = r.stdout[r.stdout.index("Candidates") :]
+    assert table.count("decline (layout)") == 2 and table.count("│ grouped tokens │") == 2
+    assert r.stdout.strip().splitlines()[-1] == (
+        "DRY RUN: 0 of 2 candidates would be rewritten (2 declined for layout_cost); nothing written"
+    )
+    assert files(tmp_path) == before
+    r = run(windows_file, "-o", tmp_path / "v.onnx", "--layout", "keep-all", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "Candidates" in r.stdout and r.stdout.count("rewrite (matmul_add_to_conv)") == 2
+
+
+def test_layout_help_and_bad_combinations(windows_file: Path, tmp_path: Path) -> None:
+    r = run("--help")
+    assert r.returncode == 0 and "--layout {never-worse,keep-all,nchw}" in r.stdout and "layout_cost" in r.stdout
+    r = run(windows_file, "-o", tmp_path / "o.onnx", "--no-fold-transposes", "--layout", "never-worse")
+    assert r.returncode == 2 and not (tmp_path / "o.onnx").exists()
+    assert r.stderr.strip().splitlines() == [
+        "convert: error: layout never-worse needs the Transpose cleanup; without it (--no-fold-transposes) use keep-all"
+    ]
+    r = run(windows_file, "--dry-run", "--layout", "tidy")
+    assert r.returncode == 2 and "invalid choice: 'tidy'" in r.stderr

@@ -133,8 +133,8 @@ def test_raw_sizes_read_from_the_bytes_match_the_parsed_model() -> None:
 def test_no_verify_writes_the_same_file_as_a_verified_run(tmp_path: Path, maker) -> None:
     """--no-verify rewrites in place with detached weights; the verified run copies and attaches."""
     onnx.save(maker(), tmp_path / "in.onnx")
-    fast = converter.convert(tmp_path / "in.onnx", tmp_path / "fast.onnx", verify_outputs=False)
-    checked = converter.convert(tmp_path / "in.onnx", tmp_path / "checked.onnx", input_shapes=None)
+    fast = converter.convert(tmp_path / "in.onnx", tmp_path / "fast.onnx", verify_outputs=False, layout="keep-all")
+    checked = converter.convert(tmp_path / "in.onnx", tmp_path / "checked.onnx", input_shapes=None, layout="keep-all")
     assert fast.written and checked.ok and checked.rewrite.rewritten > 0
     assert (tmp_path / "fast.onnx").read_bytes() == (tmp_path / "checked.onnx").read_bytes()
 

@@ -1,9 +1,11 @@
 """Cleanup passes that run after the rules, and the bounded manager that repeats them.
 
-A pass edits one graph in place and says whether it changed anything. The manager runs the
-passes over every graph (inner graphs first) in rounds until a round changes nothing, at most
-``max_rounds`` times, and keeps a graph's result only if it has no more Transposes than before:
-the cleanup may never make a graph worse than the rewrite alone left it.
+A pass edits one graph through its :class:`Workspace` (an index built once per graph and kept
+current by every edit) and says whether it changed anything. The manager runs the passes over
+every graph (inner graphs first) in rounds until a round changes nothing, at most ``max_rounds``
+times; each pass looks only at the Transposes that a change touched since its last run. A graph's
+result is kept only if it has no more Transposes than before: the cleanup may never make a graph
+worse than the rewrite alone left it (the workspace puts it back without having copied it).
 """
 
 from __future__ import annotations
@@ -17,9 +19,23 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto
 
-from converter.graph import NameAllocator, Scope, drop_unused, postorder_graphs
+from converter.cleanup._workspace import Workspace
+from converter.graph import NameAllocator, postorder_graphs
 
 PASS_KEY = "converter.pass"
+
+
+@dataclass(frozen=True)
+class CleanupOptions:
+    """What the caller chooses about the cleanup (the defaults keep every op as the model has it).
+
+    ``layernorm_to_nchw``: a LayerNormalization over the last axes of a transposed tensor is
+    written out (ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div, Mul, Add) over the matching axes
+    of the untransposed tensor, so that the Transpose moves below it and can meet its inverse
+    (ConvNeXt's ``permute -> LayerNorm -> Linear``). More nodes, fewer Transposes.
+    """
+
+    layernorm_to_nchw: bool = False
 
 
 @dataclass
@@ -29,28 +45,44 @@ class PassResult:
 
 
 class PassContext:
-    """What passes share over a whole run: unique names, provenance tags, constants they made dead."""
+    """What passes share over a whole run: options, unique names, provenance tags, constants they made dead."""
 
-    def __init__(self, model: onnx.ModelProto, value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None) -> None:
-        self.names = NameAllocator(model)
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+        options: CleanupOptions | None = None,
+    ) -> None:
+        self.model = model
+        self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
         self.ir_version = model.ir_version
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.released: set[str] = set()
         self.vanished: set[str] = set()
-        # Constants a pass re-laid out, per graph: (source name, perm) -> new name, and the new tensors
-        # that the pass appends to the graph it is editing.
+        # Constants a pass re-laid out, per graph: (source name, *layout key) -> new name.
         self.derived: dict[tuple[object, ...], str] = {}
-        self.pending_initializers: list[onnx.TensorProto] = []
-        self._scope: Scope | None = None
+        self._names: NameAllocator | None = None
+        self._workspace: Workspace | None = None
 
-    def scope(self, graph: GraphProto) -> Scope:
-        """The graph's index, built again only after a pass changed the graph (building it is most of a pass's cost)."""
-        if self._scope is None or self._scope.graph is not graph:
-            self._scope = Scope(graph, (), {}, value_of=self.value_of)
-        return self._scope
+    @property
+    def names(self) -> NameAllocator:
+        """Unique names over the whole model, gathered on first use (a run that only cancels needs none).
 
-    def graph_changed(self) -> None:
-        self._scope = None
+        While the main graph is being cleaned its names come from the workspace's index (a second
+        walk over a 100k-node graph was a tenth of the cleanup); otherwise NameAllocator gathers them.
+        """
+        if self._names is None:
+            ws = self._workspace
+            main = ws is not None and ws.graph is self.model.graph
+            self._names = NameAllocator(None, ws.names_in_use()) if main else NameAllocator(self.model)  # type: ignore[union-attr]
+        return self._names
+
+    def workspace(self, graph: GraphProto) -> Workspace:
+        """The index of the graph being cleaned, built once for all passes and rounds."""
+        if self._workspace is None or self._workspace.graph is not graph:
+            self._workspace = Workspace(graph, self.value_of)
+        return self._workspace
 
     def tag(self, node: NodeProto, pass_name: str) -> NodeProto:
         if self.ir_version >= 10:
@@ -78,55 +110,44 @@ class CleanupReport:
         return dict(self.__dict__)
 
 
-def _transposes(graph: GraphProto) -> int:
-    return sum(n.op_type == "Transpose" for n in graph.node)
-
-
 def run_passes(
     model: onnx.ModelProto,
     passes: Sequence[Pass],
     max_rounds: int = 64,
     value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+    options: CleanupOptions | None = None,
 ) -> CleanupReport:
     """Run ``passes`` to a fixed point on every graph of ``model``, in place (``value_of`` reads constants)."""
-    ctx = PassContext(model, value_of)
+    ctx = PassContext(model, value_of, options)
     report = CleanupReport()
     changes: dict[str, int] = defaultdict(int)
     for graph in list(postorder_graphs(model.graph)):
-        before = _transposes(graph)
+        before = sum(n.op_type == "Transpose" for n in graph.node)
         report.transposes_before += before
         report.transposes_after += before
         if not before:
             continue  # every pass starts from a Transpose
-        saved_nodes = [n.SerializeToString() for n in graph.node]
-        saved_value_info = [v.SerializeToString() for v in graph.value_info]
-        saved_inits = len(graph.initializer)
         ctx.released, ctx.vanished, ctx.derived = set(), set(), {}
+        ws = ctx.workspace(graph)
         local: dict[str, int] = defaultdict(int)
         for round_no in range(1, max_rounds + 1):
             modified = False
             for p in passes:
                 result = p.run(graph, ctx)
-                if result.modified:
-                    ctx.graph_changed()
                 local[p.name] += result.changes
                 modified |= result.modified
             report.rounds = max(report.rounds, round_no)
             if not modified:
                 break
-        ctx.graph_changed()
-        if _transposes(graph) > before:
-            # Worse than the rewrite alone: put the graph back exactly as it was.
-            graph.ClearField("node")
-            graph.node.extend(NodeProto.FromString(b) for b in saved_nodes)
-            del graph.initializer[saved_inits:]
-            graph.ClearField("value_info")
-            graph.value_info.extend(onnx.ValueInfoProto.FromString(b) for b in saved_value_info)
+        ctx._workspace = None
+        dead = ws.drop_released(ctx.released, ctx.vanished)
+        if ws.transposes > before:
+            ws.revert()  # worse than the rewrite alone: the graph goes back exactly as it was
             report.reverted_graphs += 1
-        else:
-            drop_unused(graph, ctx.released, ctx.vanished)
-            for k, v in local.items():
-                changes[k] += v
-        report.transposes_after += _transposes(graph) - before
+            continue
+        ws.commit(dead, ctx.vanished)
+        for k, v in local.items():
+            changes[k] += v
+        report.transposes_after += ws.transposes - before
     report.changes = dict(changes)
     return report

@@ -1,161 +1,199 @@
-"""Move Transposes down through layout-agnostic ops, so that they meet their inverse and cancel.
+"""Move Transposes down through the ops that know how, so that they meet their inverse and cancel.
 
-Before::  t = Transpose(a, p); y = Op(t, c)
-After::   y' = Op(a, c'); y = Transpose(y', p)
+Before::  t = Transpose(a, p); y = Op(t, ...)
+After::   y' = Op'(a, ...); y = Transpose(y', q)
 
-for ``Op`` an elementwise op, where every other operand is
-- a constant: ``c'`` is ``c`` broadcast to the rank of ``a`` and laid out by the inverse perm;
-- the output of a Transpose with the same perm: ``Op`` reads that Transpose's input instead;
-- a tensor that some Transpose already brings into ``a``'s layout (the residual of a block whose
-  input was transposed for the rewrite): ``Op`` reads that Transpose's output.
+``Op'`` and ``q`` come from the handler registered for ``Op`` in
+:data:`converter.cleanup.handlers.HANDLERS` (elementwise ops keep ``q = p``; axis ops, reductions,
+Split/Concat, Squeeze/Unsqueeze and Gather remap their axes; see each handler's docstring).
 
-The Transpose is copied into each consumer it can move through and stays for the others (this is
+The Transpose is copied into each reader it can move through and stays for the others (this is
 how GELU's ``x * 0.5 * (1 + erf(x / sqrt 2))`` fan-out is crossed). A move never adds a Transpose
 on another operand; the pass manager rejects the result if a graph ends with more Transposes.
+Cost checks (``_worth_it``): no copy that could only sit before a graph output while the Transpose
+stays; no copy through a layout-changing op of a shared Transpose unless every reader's result can
+go on. A restoring Transpose that would meet only its inverse is not made: the readers of the
+inverse read the moved op directly. Nodes that hold subgraphs are never moved through. Only
+Transposes that a change touched since the pass last ran are looked at again.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from onnx import GraphProto, NodeProto, numpy_helper
+from onnx import GraphProto, NodeProto
 
 from converter.cleanup import PassContext, PassResult
-from converter.cleanup._edit import inverse, make_transpose, rebuild
-from converter.graph import Scope, referenced_names, subgraphs, transpose_perm
+from converter.cleanup._edit import DEFAULT_DOMAINS, inverse, is_identity, make_transpose, set_attribute
+from converter.cleanup._workspace import Workspace
+from converter.cleanup.handlers import HANDLERS, Decline, HandlerArgs, Plan
+from converter.cleanup.handlers._base import Fresh, Operand, Relaid, outputs_go_on
+from converter.cleanup.handlers.elementwise import BINARY, UNARY, VARIADIC
 
-UNARY = frozenset(
-    "Abs Acos Acosh Asin Asinh Atan Atanh Cast Ceil Celu Clip Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid HardSwish "
-    "Identity IsInf IsNaN LeakyRelu Log Mish Neg Not Reciprocal Relu Round Selu Sigmoid Sign Sin Sinh Softplus Softsign "
-    "Sqrt Tan Tanh ThresholdedRelu".split()
-)
-BINARY = frozenset(
-    "Add And BitwiseAnd BitwiseOr BitwiseXor Div Equal Greater GreaterOrEqual Less LessOrEqual Max Min "
-    "Mod Mul Or Pow PRelu Sub Sum Xor".split()
-)
+ELEMENTWISE = UNARY | BINARY | VARIADIC
 
 
 class SinkTransposes:
     name = "sink_transposes"
 
     def run(self, graph: GraphProto, ctx: PassContext) -> PassResult:
-        scope = ctx.scope(graph)
-        position = {id(n): i for i, n in enumerate(scope.nodes)}
-        # (tensor, perm) -> output of an existing Transpose of that tensor by that perm
-        transposed: dict[tuple[str, tuple[int, ...]], tuple[str, int]] = {}
-        for n in scope.nodes:
-            perm = transpose_perm(n) if n.op_type == "Transpose" else None
-            if perm is not None:
-                transposed.setdefault((n.input[0], tuple(perm)), (n.output[0], position[id(n)]))
-        removed: set[int] = set()
-        touched: set[int] = set()
-        after: dict[int, list[NodeProto]] = {}
+        ws = ctx.workspace(graph)
         changes = 0
-        for t_node in scope.nodes:
-            if t_node.op_type != "Transpose" or id(t_node) in touched or id(t_node) in removed:
+        for t_node in ws.take(self.name):
+            if t_node.op_type != "Transpose" or t_node.domain not in DEFAULT_DOMAINS or not ws.alive(t_node):
                 continue
-            perm = transpose_perm(t_node)
-            if perm is None:
+            if ws.perm(t_node) is None or ws.scope.source(t_node.input[0]).is_constant:
+                # A Transpose of a constant is a constant (folded before anything runs): moving it
+                # gains nothing, and the ops it would move through only ever see constants.
                 continue
-            t = t_node.output[0]
-            for op in _unique(scope.consumers(t)):
-                if id(op) in touched:
-                    continue
-                plan = _plan(op, t, t_node.input[0], perm, scope, transposed, position)
-                if plan is None:
-                    continue
-                for slot, name in plan.items():
-                    op.input[slot] = name if not isinstance(name, np.ndarray) else _constant(ctx, op.input[slot], name, perm)
-                out = op.output[0]
-                moved = ctx.names.fresh(f"{out}_{''.join(map(str, inverse(perm)))}")
-                op.output[0] = moved
-                copy = make_transpose(moved, out, perm, ctx.names.fresh(f"{op.name or out}_transpose"))
-                after.setdefault(id(op), []).append(ctx.tag(copy, self.name))
-                touched.update((id(op), id(t_node)))
-                changes += 1
-        if changes:
-            # Transposes that fed a moved op and now feed nothing go (only those this round touched).
-            still_read = {name for n in scope.nodes if id(n) not in removed for name in n.input} | scope.output_names
-            still_read |= {name for n in scope.nodes for name in _subgraph_reads(n)}
-            for n in scope.nodes:
-                if n.op_type == "Transpose" and n.output[0] not in still_read and _fed_a_moved_op(n, scope, touched):
-                    removed.add(id(n))
-                    ctx.vanished.add(n.output[0])
-            rebuild(graph, scope, removed, after)
-            graph.initializer.extend(ctx.pending_initializers)
-            ctx.pending_initializers.clear()
+            for op in ws.readers(t_node.output[0]):
+                plan = plan_move(ctx, ws, t_node, op)
+                if isinstance(plan, Plan):
+                    _apply(ctx, ws, op, plan, self.name)
+                    changes += 1
         return PassResult(bool(changes), changes)
 
 
-def _unique(nodes: list[NodeProto]) -> list[NodeProto]:
-    return list({id(n): n for n in nodes}.values())  # a node reading a tensor twice is one consumer
-
-
-def _subgraph_reads(node: NodeProto) -> set[str]:
-    names: set[str] = set()
-    for _, g in subgraphs(node):
-        names |= referenced_names(g)
-    return names
-
-
-def _fed_a_moved_op(node: NodeProto, scope: Scope, touched: set[int]) -> bool:
-    return any(id(c) in touched for c in scope.consumers(node.output[0])) or id(node) in touched
-
-
-def _plan(
-    op: NodeProto,
-    t: str,
-    a: str,
-    perm: list[int],
-    scope: Scope,
-    transposed: dict[tuple[str, tuple[int, ...]], tuple[str, int]],
-    position: dict[int, int],
-) -> dict[int, str | np.ndarray] | None:
-    """New inputs for ``op`` if the Transpose producing ``t`` can move below it, else None."""
-    if op.domain not in ("", "ai.onnx") or len(op.output) != 1 or op.output[0] in ("",):
-        return None
-    if any(True for _ in subgraphs(op)):
-        return None
-    if op.op_type in UNARY:
-        # Clip's min/max are scalars; everything else has one data input.
-        return {0: a} if op.input[0] == t and t not in op.input[1:] else None
-    if op.op_type not in BINARY or len(op.input) != 2:
-        return None
-    if op.op_type == "PRelu" and op.input[0] != t:
-        return None
-    plan: dict[int, str | np.ndarray] = {}
-    for slot, name in enumerate(op.input):
-        if name == t:
-            plan[slot] = a
-            continue
-        src = scope.source(name)
-        if src.is_constant:
-            value = scope.constant_value(name)
-            if value.ndim > len(perm):
-                return None
-            plan[slot] = value
-            continue
-        producer = scope.producers.get(name)
-        if producer is not None and producer.op_type == "Transpose" and transpose_perm(producer) == perm:
-            plan[slot] = producer.input[0]
-            continue
-        existing = transposed.get((name, tuple(inverse(perm))))
-        if existing is not None and existing[1] < position[id(op)]:
-            plan[slot] = existing[0]
-            continue
-        return None
+def plan_move(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto) -> Plan | Decline:
+    """What the handler for ``node`` says about moving ``transpose`` (which ``node`` reads) below it."""
+    handler = HANDLERS.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+    if handler is None:
+        return Decline("no_handler", f"no Transpose moves through {node.domain or 'ai.onnx'}.{node.op_type}")
+    if ws.holds_graphs(node):
+        return Decline("holds_graphs", f"{node.op_type} holds subgraphs")
+    perm = ws.perm(transpose)
+    t = transpose.output[0]
+    slots = tuple(i for i, name in enumerate(node.input) if name == t)
+    if perm is None or not slots:
+        return Decline("not_read", f"{node.op_type} does not read {t} as an input")
+    plan = handler(HandlerArgs(ctx, ws, transpose, node, tuple(perm), tuple(inverse(perm)), slots))
+    if isinstance(plan, Plan):
+        return _worth_it(ctx, ws, transpose, node, plan) or plan
     return plan
 
 
-def _constant(ctx: PassContext, name: str, value: np.ndarray, perm: list[int]) -> str:
-    """``value`` laid out for the untransposed side: broadcast to the perm's rank, then un-permuted."""
-    if value.size == 1 and value.ndim <= 1:
-        return name  # a scalar broadcasts the same way in any layout
-    key = (name, tuple(perm))
+def _worth_it(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto, plan: Plan) -> Decline | None:
+    """The cost checks every move shares. A Transpose with several readers stays until all of them
+    moved, so each copy costs one more Transpose until it cancels further down."""
+    t = transpose.output[0]
+    shared = ws.count_readers(t) > 1
+    if _ends_at_graph_outputs(ws, node, plan) and (shared or ws.count_readers(transpose.input[0]) > 1):
+        # The copy could only sit before a graph output: no loss only when the Transpose then goes
+        # and no other reader of its input could take it as the inverse copy it needs.
+        return Decline("gains_nothing", f"{node.op_type}'s output only leaves the graph: the copy would never cancel")
+    if shared and node.op_type not in ELEMENTWISE:
+        # Copies through layout-changing ops (three Gathers of Swin's qkv) pay off only if every
+        # reader moves and its copies can go on; elementwise fan-out (GELU's) is taken as it always was.
+        for r in ws.readers(t):
+            if r.op_type == "Transpose" or r.op_type in ELEMENTWISE:
+                continue
+            theirs = plan if r is node else _handler_plan(ctx, ws, transpose, r)
+            if isinstance(theirs, Decline):
+                return Decline("fanout_stays_transposed", f"{transpose.name or t} is shared, and {theirs.detail}")
+            if declined := outputs_go_on(ws, r, _copied(r, theirs)):
+                return Decline("fanout_stays_transposed", f"{transpose.name or t} is shared, and {declined.detail}")
+    return None
+
+
+def _handler_plan(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto) -> Plan | Decline:
+    """What ``node``'s handler alone says (no cost checks), for looking at another reader of a Transpose."""
+    handler = HANDLERS.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+    t = transpose.output[0]
+    slots = tuple(i for i, name in enumerate(node.input) if name == t)
+    if handler is None or ws.holds_graphs(node) or not slots:
+        return Decline("no_handler", f"{node.op_type} cannot take it")
+    perm = tuple(ws.perm(transpose) or ())
+    return handler(HandlerArgs(ctx, ws, transpose, node, perm, tuple(inverse(perm)), slots))
+
+
+def _copied(node: NodeProto, plan: Plan) -> list[str]:
+    """The outputs a move gives a Transpose."""
+    return [out for out, p in zip(node.output, plan.outputs, strict=False) if out and p is not None and not is_identity(p)]
+
+
+def _ends_at_graph_outputs(ws: Workspace, node: NodeProto, plan: Plan) -> bool:
+    """Whether the move makes Transposes, and each of them would be read by no node (only a graph output)."""
+    copied = _copied(node, plan)
+    return bool(copied) and not any(ws.count_readers(out) for out in copied)
+
+
+def _apply(ctx: PassContext, ws: Workspace, node: NodeProto, plan: Plan, pass_name: str) -> None:
+    old_inputs, old_outputs = list(node.input), list(node.output)
+    inputs = list(node.input)
+    for slot, value in sorted(plan.inputs.items()):
+        inputs.extend([""] * (slot + 1 - len(inputs)))
+        inputs[slot] = _resolve(ctx, ws, value)
+    outputs = list(old_outputs)
+    perms = [None if p is None or is_identity(p) else list(p) for p in plan.outputs]
+    for i, p in enumerate(perms):
+        if p is not None and outputs[i]:
+            outputs[i] = ctx.names.fresh(f"{outputs[i]}_{''.join(map(str, inverse(p)))}")
+    if plan.replace is not None:
+        made = [ctx.tag(n, pass_name) for n in plan.replace(inputs, outputs)]
+        ws.remove(node)
+        ws.add_after(node, made)
+        written = {o for n in made for o in n.output}
+        ctx.vanished.update(o for o, new in zip(old_outputs, outputs, strict=True) if o == new and o and o not in written)
+    else:
+        ws.touch(node)
+        for slot, name in enumerate(inputs):
+            ws.set_input(node, slot, name)
+        for key, value in plan.attrs.items():
+            set_attribute(node, key, value)
+        for i, (old, new) in enumerate(zip(old_outputs, outputs, strict=True)):
+            if old != new:
+                ws.set_output(node, i, new)
+    restore = []
+    for old, new, p in zip(old_outputs, outputs, perms, strict=True):
+        if old == new:
+            continue
+        if not ws.is_read(old):
+            ctx.vanished.add(old)  # an output nothing reads keeps no Transpose
+        elif not _cancel_at_once(ctx, ws, old, new, p):
+            restore.append(ctx.tag(make_transpose(new, old, p, ctx.names.fresh(f"{node.name or old}_transpose")), pass_name))
+    ws.add_after(node, restore)
+    # Transposes whose every reader moved go.
+    for name in dict.fromkeys(old_inputs):
+        producer = ws.producer(name) if name else None
+        if producer is not None and producer.op_type == "Transpose" and not ws.is_read(name):
+            ws.remove(producer)
+            ctx.vanished.add(name)
+            if ws.scope.source(producer.input[0]).is_constant:
+                ctx.released.add(producer.input[0])  # a transposed constant: what made it may go too
+
+
+def _cancel_at_once(ctx: PassContext, ws: Workspace, old: str, new: str, perm: list[int]) -> bool:
+    """When ``old`` is read only by Transposes that undo ``perm`` (the next layer's way back to NCHW),
+    their readers read ``new`` and they go: what cancel_transposes would do with the restoring
+    Transpose one round later, without making it."""
+    readers = ws.readers(old)
+    undo = inverse(perm)
+    if old in ws.outputs or not all(
+        r.op_type == "Transpose" and r.domain in DEFAULT_DOMAINS and ws.perm(r) == undo for r in readers
+    ):
+        return False
+    if any(r.output[0] in ws.outputs or any(ws.reads_inside(rr, r.output[0]) for rr in ws.readers(r.output[0])) for r in readers):
+        return False
+    for r in readers:
+        out = r.output[0]
+        for reader in ws.readers(out):
+            for slot, name in enumerate(reader.input):
+                if name == out:
+                    ws.set_input(reader, slot, new)
+        ws.remove(r)
+        ctx.vanished.add(out)
+    ctx.vanished.add(old)
+    return True
+
+
+def _resolve(ctx: PassContext, ws: Workspace, value: Operand) -> str:
+    """The name of an operand: new constants are appended (re-laid out ones once per layout), sources released."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Fresh):
+        return ws.add_constant(ctx.names.fresh(value.base), value.value)
+    assert isinstance(value, Relaid)
+    key = (value.source, *value.key)
     if key not in ctx.derived:
-        full = value.reshape((1,) * (len(perm) - value.ndim) + value.shape)
-        laid_out = np.ascontiguousarray(np.transpose(full, inverse(perm)))
-        new = ctx.names.fresh(f"{name}_{''.join(map(str, inverse(perm)))}")
-        ctx.pending_initializers.append(numpy_helper.from_array(laid_out, new))
-        ctx.derived[key] = new
-    ctx.released.add(name)
+        new = ctx.names.fresh(f"{value.source}_{value.suffix}")
+        ctx.derived[key] = ws.add_constant(new, value.make(ws.scope.constant_value(value.source)))
+    ctx.released.add(value.source)
     return ctx.derived[key]
