@@ -13,10 +13,8 @@ in each layout mode, the verdict of verification in each mode, and onnxruntime C
 original and the default result at batch 1 (median of interleaved runs after a warm-up, default graph
 optimizations, fixed thread count). Figures only: nothing here asserts a timing.
 
-Layout modes: when ``converter.rewrite`` takes a ``layout`` argument, each mode given with
-``--layouts`` (default: every mode, the ``convert`` command's default last) is passed through to it;
-the declined and kept-Add columns and latency are those of the command's default. Without
-such an argument, the columns are the rules alone (no Transpose cleanup) and the default.
+Layout modes: each mode given with ``--layouts`` (default: every mode, the default one last) is
+passed to ``converter.rewrite``; the declined and kept-Add columns and latency are those of the default.
 """
 
 from __future__ import annotations

@@ -479,7 +479,9 @@ def _progress(console: Console, enabled: bool) -> Iterator[object]:
 
         def on_step(message: str) -> None:
             nonlocal steps
-            steps += 1
+            # "rewriting: candidate 40 of 800" counts inside the step "rewriting" began; the rest are steps.
+            if not (message.startswith("rewriting: ") and steps):
+                steps += 1
             progress.update(task, description=f"[{steps}] {shown(step_words(message))}", refresh=True)
 
         yield on_step

@@ -106,6 +106,7 @@ def _rewrite_in_place(
     fold_transposes: bool,
     detached: DetachedWeights | None = None,
     layout: str = DEFAULT_LAYOUT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RewriteReport:
     """Rewrite ``out`` in place under the layout policy (layout.py).
 
@@ -127,7 +128,7 @@ def _rewrite_in_place(
                 snapshot.restore(out)
                 if detached is not None:
                     detached.keep_only(placeholders)
-            return _rewrite_once(out, providers, fold_transposes, detached, refuse, cleanup)
+            return _rewrite_once(out, providers, fold_transposes, detached, refuse, cleanup, progress)
 
         report = choose(out, snapshot, attempt, mode, kinds, before)
     report.seconds = time.perf_counter() - started
@@ -141,11 +142,12 @@ def _rewrite_once(
     detached: DetachedWeights | None,
     refuse: Refusals,
     cleanup: CleanupOptions | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RewriteReport:
     """One rewrite of ``out``, in place: the rules (declining the ``refuse``d anchors), then the cleanup."""
     before = count_ops(out.graph)
     options = RewriteOptions(providers=resolve_providers(providers), refuse=refuse)
-    decisions = apply_rules(out, RULES, options, detached)
+    decisions = apply_rules(out, RULES, options, detached, progress)
     report = RewriteReport(decisions=decisions, ops_before=before)
     report.ops_rewritten = count_ops(out.graph)
     report.layout = LayoutReport(mode="", transposes_rewritten=census(out, edges=False).layout)
@@ -319,16 +321,20 @@ def _convert_model(
 ) -> ConvertReport:
     timings = {"load": load_seconds}
     step("rewriting")
+
+    def counts(done: int, total: int) -> None:
+        step(f"rewriting: candidate {done} of {total}")
+
     detached = store if store is not None else DetachedWeights()
     if verify_outputs:
         # The rewritten copy shares the detached arrays with the original (copying it copies no weight
         # that was detached); new weights are detached too, and written from their arrays.
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached, layout=layout))
+        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached, layout=layout, progress=counts))
     else:
         # Nothing needs the original afterwards: rewrite it in place.
-        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached, layout=layout))
+        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached, layout=layout, progress=counts))
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:

@@ -25,7 +25,17 @@ import onnx
 from onnx import GraphProto, NodeProto
 
 from converter.detached import DetachedWeights
-from converter.graph import GraphPath, NameAllocator, Scope, add_initializer, collect_types, drop_unused, new_node, subgraphs
+from converter.graph import (
+    GraphPath,
+    NameAllocator,
+    Scope,
+    add_initializer,
+    collect_types,
+    drop_unused,
+    iter_graphs,
+    new_node,
+    subgraphs,
+)
 from converter.report import Decision, RewrittenLayer
 
 PROVENANCE_KEY = "converter.rule"
@@ -194,11 +204,16 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
 
 
 def apply_rules(
-    model: onnx.ModelProto, rules: Sequence[Rule], options: RewriteOptions, detached: DetachedWeights | None = None
+    model: onnx.ModelProto,
+    rules: Sequence[Rule],
+    options: RewriteOptions,
+    detached: DetachedWeights | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Decision]:
     """Rewrite ``model`` in place with ``rules``; return one decision per candidate node.
 
     With ``detached``, the main graph's new weights stay arrays there (the caller saves or attaches them).
+    ``progress(done, total)`` hears how many candidates were looked at, about a hundred times a run.
     """
     types = collect_types(model)
     names = NameAllocator(model)
@@ -206,6 +221,10 @@ def apply_rules(
     by_op: dict[str, list[Rule]] = {}
     for rule in rules:
         by_op.setdefault(rule.op_type, []).append(rule)
+    total = seen = 0
+    if progress is not None:
+        total = sum(n.op_type in by_op for _, g in iter_graphs(model.graph) for n in g.node)
+    every = max(1, total // 100)
     derived: dict[tuple[Any, ...], str] = {}
     decisions: list[Decision] = []
     # Per owning scope (by id): constants whose readers were replaced, tensors that no longer exist.
@@ -213,6 +232,7 @@ def apply_rules(
     vanished: dict[int, set[str]] = defaultdict(set)
 
     def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: tuple[tuple[str, str], ...]) -> None:
+        nonlocal seen
         scope = Scope(graph, path, types.get(path, {}), parent, label, detached.value if detached is not None else None)
         # Inner graphs first: their paths index this graph's nodes as they are before splicing.
         for i, node in enumerate(scope.nodes):
@@ -225,9 +245,13 @@ def apply_rules(
         for node in scope.nodes:
             if node.domain not in ("", "ai.onnx"):
                 continue
+            candidates = by_op.get(node.op_type, [])
+            if candidates and progress is not None:
+                seen += 1
+                if seen % every == 0 or seen == total:
+                    progress(seen, total)
             first_decline: Decline | None = None
             declined_by = ""
-            candidates = by_op.get(node.op_type, [])
             refused = options.refuse.get((key, node.output[0] if node.output else "")) if candidates else None
             if refused is not None:
                 first_decline, declined_by, candidates = Decline(*refused), "caller", []
