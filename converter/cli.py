@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import math
-import mmap
 import os
 import re
 import signal
@@ -37,18 +36,17 @@ from typing import Any, NoReturn, TextIO
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__, wire
+from . import __version__
 from .compare import DEFAULT_TOLERANCES
 from .errors import ConverterError, InputError
 from .layout import LAYOUT_COST, LAYOUTS
-from .load import external_data_files, load_arrays
+from .load import external_data_files, load_arrays, model_bytes, model_interface
 from .paths import check_output, check_target, refuse_inside, refuse_overwriting
 from .pipeline import convert, default_output
 from .report import ConvertReport, OutputCheck, RewriteReport, VerifyReport
@@ -803,7 +801,7 @@ def _signature_line(report: ConvertReport) -> str:
     path = source if source.is_file() and source.suffix not in (".keras", ".h5") else None
     if path is None and report.written and report.output:
         path = Path(report.output)
-    interface = _interface(path) if path is not None else None
+    interface = model_interface(path) if path is not None else None
     if interface is None:
         return ""
 
@@ -830,39 +828,11 @@ def _type_words(t: onnx.TypeProto) -> str:
     return f"{dtype} ({','.join(dims)})"
 
 
-# GraphProto's fields in onnx.proto read by _interface.
-_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _TENSOR_NAME = 5, 11, 12, 8
-
-
-def _interface(path: Path) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]] | None:
-    """The declared inputs (those without an initializer behind them) and outputs of the ONNX file at
-    ``path``, read from its wire format: its weights are neither parsed nor copied. None if unreadable."""
-    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
-    if fmt != "protobuf":
-        return None
-    inputs: list[onnx.ValueInfoProto] = []
-    outputs: list[onnx.ValueInfoProto] = []
-    weights: set[bytes] = set()
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            for number, start, end in wire.fields(buf, 0, len(buf)):
-                if number != wire.MODEL_GRAPH:
-                    continue
-                for field, a, b in wire.fields(buf, start, end):
-                    if field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
-                        (inputs if field == _GRAPH_INPUT else outputs).append(onnx.ValueInfoProto.FromString(buf[a:b]))
-                    elif field == _GRAPH_INITIALIZER:
-                        weights.update(bytes(buf[x:y]) for n, x, y in wire.fields(buf, a, b) if n == _TENSOR_NAME)
-    except (OSError, ValueError, IndexError, DecodeError):
-        return None
-    return [v for v in inputs if v.name.encode() not in weights], outputs
-
-
 def _size_line(report: ConvertReport) -> str:
     """The model's bytes on disk (its file and any external data) before and after, as far as there are files."""
     source = Path(report.input)
-    before = _model_bytes(source) if source.is_file() and source.suffix not in (".keras", ".h5") else None
-    after = _model_bytes(Path(report.output)) if report.written and report.output else None
+    before = model_bytes(source) if source.is_file() and source.suffix not in (".keras", ".h5") else None
+    after = model_bytes(Path(report.output)) if report.written and report.output else None
     external = " (model files and their external data)" if any(s and s[1] for s in (before, after)) else ""
     if before is not None and after is not None:
         change = after[0] - before[0]
@@ -873,15 +843,6 @@ def _size_line(report: ConvertReport) -> str:
     if after is not None:
         return f"Size: {_bytes(after[0])} written{external}"
     return ""
-
-
-def _model_bytes(path: Path) -> tuple[int, bool] | None:
-    """The bytes of a model file and its external data files, and whether it has any."""
-    try:
-        data = {p.resolve() for p in external_data_files(path)}
-        return sum(p.stat().st_size for p in {path.resolve(), *data}), bool(data)
-    except OSError:
-        return None
 
 
 def _bytes(n: int) -> str:

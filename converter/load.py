@@ -21,6 +21,7 @@ import contextlib
 import functools
 import io
 import math
+import mmap
 import os
 import stat
 import warnings
@@ -804,3 +805,40 @@ def _message(e: BaseException) -> str:
     """The library's message on one line, trimmed (onnx's checker spreads one error over several lines)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# GraphProto's fields in onnx.proto read by model_interface.
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _TENSOR_NAME = 5, 11, 12, 8
+
+
+def model_interface(path: Path) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]] | None:
+    """The declared inputs (those without an initializer behind them) and outputs of the ONNX file at
+    ``path``, read from its wire format: its weights are neither parsed nor copied. None if unreadable."""
+    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
+    if fmt != "protobuf":
+        return None
+    inputs: list[onnx.ValueInfoProto] = []
+    outputs: list[onnx.ValueInfoProto] = []
+    weights: set[bytes] = set()
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for number, start, end in wire.fields(buf, 0, len(buf)):
+                if number != wire.MODEL_GRAPH:
+                    continue
+                for field, a, b in wire.fields(buf, start, end):
+                    if field in (_GRAPH_INPUT, _GRAPH_OUTPUT):
+                        (inputs if field == _GRAPH_INPUT else outputs).append(onnx.ValueInfoProto.FromString(buf[a:b]))
+                    elif field == _GRAPH_INITIALIZER:
+                        weights.update(bytes(buf[x:y]) for n, x, y in wire.fields(buf, a, b) if n == _TENSOR_NAME)
+    except (OSError, ValueError, IndexError, DecodeError):
+        return None
+    return [v for v in inputs if v.name.encode() not in weights], outputs
+
+
+def model_bytes(path: Path) -> tuple[int, bool] | None:
+    """The bytes of a model file and its external data files, and whether it has any."""
+    try:
+        data = {p.resolve() for p in external_data_files(path)}
+        return sum(p.stat().st_size for p in {path.resolve(), *data}), bool(data)
+    except OSError:
+        return None
