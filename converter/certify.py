@@ -250,7 +250,12 @@ def _axis_rule(
 
     if op in ("Softmax", "LogSoftmax", "Hardmax"):
         if opset < 13:
-            return f"{op} before opset 13 flattens its input at the axis: no other layout is the same"
+            # It flattens its input at the axis (default 1) and normalizes each trailing block as one: the
+            # same op on the same axis is the same computation when the layout keeps the block's axes.
+            a_r, a_o = _norm(int(ra.get("axis", 1)), rank), _norm(int(oa.get("axis", 1)), rank)  # type: ignore[call-overload]
+            if a_r is None or a_r != a_o or not same_except() or set(perm[a_r:]) != set(range(a_r, rank)):
+                return f"{op} before opset 13 flattens its input at the axis: this layout changes what it normalizes"
+            return perm
         if not same_except("axis") or not maps([int(ra.get("axis", -1))], [int(oa.get("axis", -1))], True):  # type: ignore[call-overload]
             return f"the {op} axis is not the original's under the layout"
         return perm

@@ -392,6 +392,33 @@ def test_softmax_before_opset_13_is_not_proved_in_another_layout() -> None:
     assert not certify(original, rewritten, []).proved
 
 
+@pytest.mark.parametrize("axis, proved", [(1, True), (2, False)])
+def test_softmax_before_opset_13_is_proved_where_the_layout_keeps_its_block(axis: int, proved: bool) -> None:
+    """Softmax-11 on axis 1 normalizes each [H, W, C] block of an NHWC view: the same op on axis 1 of the NCHW
+    tensor normalizes the same elements ([C, H, W]), so it is proved; on axis 2 the blocks differ."""
+    import onnxruntime as ort
+
+    to_nhwc = helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])
+    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, NCHW_IN)]
+    y = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    opset = [helper.make_opsetid("", 11)]
+    original = helper.make_model(
+        helper.make_graph([to_nhwc, helper.make_node("Softmax", ["t"], ["y"], axis=axis)], "o", x, y), opset_imports=opset
+    )
+    moved = [
+        helper.make_node("Softmax", ["x"], ["r"], axis=axis),
+        helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 3, 1]),
+    ]
+    rewritten = helper.make_model(helper.make_graph(moved, "r", x, y), opset_imports=opset)
+    feed = {"x": np.random.default_rng(0).standard_normal(NCHW_IN).astype(np.float32)}
+    a, b = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for m in (original, rewritten)
+    )
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-6) == proved  # onnxruntime agrees with the certificate
+    assert certify(original, rewritten, []).proved == proved
+
+
 def test_a_layout_change_that_a_pool_over_h_and_w_absorbs_is_proved() -> None:
     """Swapping H and W before a mean over both changes nothing: the certificate proves it, onnxruntime agrees."""
     import onnxruntime as ort
