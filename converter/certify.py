@@ -269,12 +269,20 @@ def _axis_rule(
             indices = ins[1]
             if not isinstance(indices, Const):
                 return "Gather indices of unknown rank"
-            q = np.asarray(indices.get()).ndim
-            if q == 1:
-                return perm
-            if q == 0:
-                return _dropped(perm, {_norm(int(ra.get("axis", 0)), rank)})  # type: ignore[arg-type,call-overload]
-            return "Gather with indices of rank > 1 in another layout"
+            m = np.asarray(indices.get()).ndim
+            a_r = _norm(int(ra.get("axis", 0)), rank)  # type: ignore[call-overload]
+            assert a_r is not None  # maps() checked it
+            a_o = perm[a_r]
+            # The output holds the data's axes before the gathered one, then the indices' m axes, then the
+            # rest: each rewritten output axis is found in the original's output through ``perm``.
+            q = [0] * (rank - 1 + m)
+            for j in range(rank):
+                if j != a_r:
+                    o = perm[j]
+                    q[j if j < a_r else j + m - 1] = o if o < a_o else o + m - 1
+            for d in range(m):
+                q[a_r + d] = a_o + d
+            return _then(None, tuple(q))
         return perm
     if op == "Slice":
         if opset < 10 or ra or oa:

@@ -515,3 +515,39 @@ def test_a_written_out_layernorm_with_a_wrong_scale_is_not_proved() -> None:
     value[0, 0] += 1
     s4.CopyFrom(numpy_helper.from_array(value, "s4"))
     assert not certify(original, rewritten, []).proved
+
+
+@pytest.mark.parametrize("indices", [np.array(2), np.array([0, 2]), np.array([[0, 2], [1, 1], [3, 0]])], ids=["m0", "m1", "m2"])
+def test_gather_in_another_layout_is_proved_for_indices_of_any_rank(indices: np.ndarray) -> None:
+    """Gather on the channel axis of an NHWC view equals Gather on axis 1 of the NCHW tensor, then the Transpose
+    that puts the indices' axes where the original has them; onnxruntime checks the pair first."""
+    import onnxruntime as ort
+
+    m = indices.ndim
+    back = [0, *range(1 + m, 3 + m), *range(1, 1 + m)]  # [N, idx..., H, W] -> [N, H, W, idx...]
+    to_nhwc = helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1])
+    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, NCHW_IN)]
+    y = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    opset = [helper.make_opsetid("", 17)]
+    idx = [numpy_helper.from_array(indices.astype(np.int64), "i")]
+    original = helper.make_model(
+        helper.make_graph([to_nhwc, helper.make_node("Gather", ["t", "i"], ["y"], axis=3)], "o", x, y, idx), opset_imports=opset
+    )
+    moved = [helper.make_node("Gather", ["x", "i"], ["r"], axis=1)]
+    moved += [helper.make_node("Transpose", ["r"], ["y"], perm=back)] if back != list(range(len(back))) else []
+    if not moved[1:]:
+        moved[0].output[0] = "y"
+    rewritten = helper.make_model(helper.make_graph(moved, "r", x, y, idx), opset_imports=opset)
+    feed = {"x": np.random.default_rng(0).standard_normal(NCHW_IN).astype(np.float32)}
+    a, b = (
+        ort.InferenceSession(mm.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for mm in (original, rewritten)
+    )
+    np.testing.assert_array_equal(a, b)
+    assert certify(original, rewritten, []).proved
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(rewritten)
+    for node in wrong.graph.node:
+        if node.op_type == "Gather":
+            node.attribute[0].i = 2  # the H axis instead of C
+    assert not certify(original, wrong, []).proved
