@@ -214,49 +214,42 @@ def test_the_certificate_shares_no_code_with_what_it_checks() -> None:
     assert imported <= {"report"}, imported
 
 
-def test_an_axis_op_moved_to_another_layout_with_its_axis_unchanged_is_not_proved() -> None:
-    """A Softmax read in NCHW where the original had NHWC, still on axis -1, normalizes over the wrong axis."""
+def _back_transpose_moved_below(op_type: str, *extra: np.ndarray, **attrs) -> tuple:  # noqa: ANN003
+    """A dense layer followed by ``op_type``, rewritten without cleanup, then broken as a careless cleanup
+    would: the back-Transpose moved below the op, whose attributes stay as they were. (model, broken, layers)."""
     b = Builder(2)
-    y = b.op("Softmax", b.dense("x", C, K), axis=-1)
+    y = b.op(op_type, b.dense("x", C, K), *(b.const(e, e.dtype.type) for e in extra), **attrs)
     model = b.model([("x", [2, H, W_, C])], [y])
     result = converter.rewrite(model, fold_transposes=False)
     broken = onnx.ModelProto()
     broken.CopyFrom(result.model)
-    # Move the back-Transpose below the Softmax, as a careless cleanup would.
     nodes = list(broken.graph.node)
     back = next(n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 2, 3, 1])
-    softmax = next(n for n in nodes if n.op_type == "Softmax")
-    conv_out, out = back.input[0], softmax.output[0]
-    softmax.input[0], softmax.output[0] = conv_out, "sm_nchw"
-    back.input[0], back.output[0] = "sm_nchw", out
+    op = next(n for n in nodes if n.op_type == op_type)
+    conv_out, out = back.input[0], op.output[0]
+    op.input[0], op.output[0] = conv_out, "op_nchw"
+    back.input[0], back.output[0] = "op_nchw", out
     broken.graph.ClearField("node")
     broken.graph.node.extend([n for n in nodes if n is not back] + [back])
     onnx.checker.check_model(broken)
-    cert = certify(model, broken, result.report.layers)
+    return model, broken, result.report.layers
+
+
+def test_an_axis_op_moved_to_another_layout_with_its_axis_unchanged_is_not_proved() -> None:
+    """A Softmax read in NCHW where the original had NHWC, still on axis -1, normalizes over the wrong axis."""
+    model, broken, layers = _back_transpose_moved_below("Softmax", axis=-1)
+    cert = certify(model, broken, layers)
     assert not cert.proved and "the Softmax axis is not the original's under the layout" in cert.unproved[0]
     # With the axis seen through the layout (channels are axis 1 in NCHW), the same move is proved.
     moved = next(n for n in broken.graph.node if n.op_type == "Softmax")
     next(a for a in moved.attribute if a.name == "axis").i = 1
-    assert certify(model, broken, result.report.layers).proved
+    assert certify(model, broken, layers).proved
 
 
 def test_a_non_elementwise_op_without_axes_is_not_proved_in_another_layout() -> None:
     """CumSum is neither elementwise nor an axis op the checker knows: read in another layout, it has no counterpart."""
-    b = Builder(2)
-    y = b.op("CumSum", b.dense("x", C, K), b.const(np.array(-1), np.int64))
-    model = b.model([("x", [2, H, W_, C])], [y])
-    result = converter.rewrite(model, fold_transposes=False)
-    broken = onnx.ModelProto()
-    broken.CopyFrom(result.model)
-    nodes = list(broken.graph.node)
-    back = next(n for n in nodes if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 2, 3, 1])
-    mm = next(n for n in nodes if n.op_type == "CumSum")
-    conv_out, out = back.input[0], mm.output[0]
-    mm.input[0], mm.output[0] = conv_out, "mm_nchw"
-    back.input[0], back.output[0] = "mm_nchw", out
-    broken.graph.ClearField("node")
-    broken.graph.node.extend([n for n in nodes if n is not back] + [back])
-    cert = certify(model, broken, result.report.layers)
+    model, broken, layers = _back_transpose_moved_below("CumSum", np.array(-1, np.int64))
+    cert = certify(model, broken, layers)
     assert not cert.proved and "only elementwise and axis ops allow" in cert.unproved[0]
 
 

@@ -193,28 +193,13 @@ def test_convert_does_not_import_tensorflow(model_file: Path, tmp_path: Path) ->
 
 
 def _stderr_on_a_terminal(*args: str | Path) -> tuple[int, bytes]:
-    import pty
-    import select
+    """Run with stderr on a pseudo-terminal: (status, what the terminal got). tests/test_everyday.py has the runner."""
+    from tests.test_everyday import _stderr_on_a_terminal as run_on_a_terminal
 
-    master, slave = pty.openpty()
-    env = {**os.environ, "TERM": "xterm"}
-    p = subprocess.Popen([CONVERT, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, env=env)
-    os.close(slave)
-    p.communicate(timeout=120)
-    seen = b""
-    while select.select([master], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    return p.returncode, seen
+    rc, _, seen = run_on_a_terminal(*args)
+    return rc, seen
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
 def test_progress_only_on_a_terminal_and_not_with_quiet(model_file: Path, tmp_path: Path) -> None:
     rc, seen = _stderr_on_a_terminal(model_file, "-o", tmp_path / "a.onnx")
     assert rc == 0 and b"saving" in seen  # the spinner's last step, cleared when done
