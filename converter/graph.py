@@ -39,13 +39,13 @@ class TensorType:
 
 
 # Standard ops that hold graphs; ops of other domains may hold them too.
-_GRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+GRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 def subgraphs(node: NodeProto) -> list[tuple[str, GraphProto]]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
     # The hot path of every index and walk: answer for ordinary nodes without looking at attributes.
-    if not node.attribute or (node.op_type not in _GRAPH_OPS and node.domain in ("", "ai.onnx")):
+    if not node.attribute or (node.op_type not in GRAPH_OPS and node.domain in ("", "ai.onnx")):
         return []
     found = []
     for attr in node.attribute:
@@ -60,8 +60,9 @@ def iter_graphs(graph: GraphProto, path: GraphPath = ()) -> Iterator[tuple[Graph
     """Every graph, outer before inner, with its path."""
     yield path, graph
     for i, node in enumerate(graph.node):
-        for attr_name, sub in subgraphs(node):
-            yield from iter_graphs(sub, (*path, (i, attr_name)))
+        if node.op_type in GRAPH_OPS or node.domain not in ("", "ai.onnx"):  # subgraphs()'s own test, inlined: this is hot
+            for attr_name, sub in subgraphs(node):
+                yield from iter_graphs(sub, (*path, (i, attr_name)))
 
 
 def referenced_names(graph: GraphProto) -> set[str]:
@@ -99,6 +100,50 @@ def _type_of(value_info: onnx.ValueInfoProto) -> TensorType | None:
     return TensorType(tt.elem_type, tuple(dims))
 
 
+class _TypeTable(dict):  # type: ignore[type-arg]
+    """name -> TensorType, where a name's value_info becomes a TensorType when first read.
+
+    Rules read the types of a few tensors per candidate; converting all of them (70,000 on a
+    70,000-node graph) cost more than everything the rules then did with them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: dict[str, onnx.ValueInfoProto] = {}
+
+    def add(self, vi: onnx.ValueInfoProto) -> None:
+        """What ``vi`` says of its tensor, after what the table holds: a shape wins over none."""
+        name = vi.name
+        if dict.__contains__(self, name) or name in self._pending:
+            earlier = self._pending.pop(name, None)
+            for each in (vi,) if earlier is None else (earlier, vi):
+                found = _type_of(each)
+                if found is not None and (found.shape is not None or not dict.__contains__(self, name)):
+                    dict.__setitem__(self, name, found)
+        else:
+            self._pending[name] = vi
+
+    def _settle(self, name: str) -> None:
+        vi = self._pending.pop(name, None)
+        if vi is not None:
+            found = _type_of(vi)
+            if found is not None:
+                dict.__setitem__(self, name, found)
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            self._settle(name)
+        return dict.__contains__(self, name)
+
+    def __getitem__(self, name: str) -> TensorType:
+        self._settle(name)
+        return dict.__getitem__(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # noqa: ANN401 - dict's own signature
+        self._settle(name)
+        return dict.get(self, name, default)
+
+
 def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorType]]:
     """Tensor types of every graph, keyed by graph path: what shape inference finds, declared types where it finds nothing.
 
@@ -118,13 +163,11 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
         inferred = skel
     types: dict[GraphPath, dict[str, TensorType]] = {}
     for path, g in iter_graphs(inferred.graph):
-        table: dict[str, TensorType] = {}
+        table = _TypeTable()
         for init in g.initializer:
             table[init.name] = TensorType(init.data_type, tuple(init.dims))
-        for vi in [*g.input, *g.value_info, *g.output]:
-            found = _type_of(vi)
-            if found is not None and (found.shape is not None or vi.name not in table):
-                table[vi.name] = found
+        for vi in (*g.input, *g.value_info, *g.output):
+            table.add(vi)
         for vi in declared.get(path, []):
             claim = _type_of(vi)
             if claim is None:
@@ -268,7 +311,8 @@ class Scope:
             for out in node.output:
                 if out:
                     self.producers[out] = node
-            inner = [referenced_names(sub) for _, sub in subgraphs(node)]
+            holds = node.op_type in GRAPH_OPS or node.domain not in ("", "ai.onnx")  # subgraphs()'s own test, inlined
+            inner = [referenced_names(sub) for _, sub in subgraphs(node)] if holds else []
             if not inner and len(node.input) <= 1:
                 if node.input and node.input[0]:
                     self.uses[node.input[0]].append(node)
@@ -571,8 +615,11 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         del skel.graph.initializer[i]
     # A typed graph input carries all they need; the checker would reject a tensor without its
     # data. (load.py checks data sizes against dims on the real model.)
+    typed: dict[int, set[str]] = {}
     for t, graph in stripped:
-        if t.name not in {i.name for i in graph.input}:
+        names = typed.setdefault(id(graph), {i.name for i in graph.input})
+        if t.name not in names:
+            names.add(t.name)
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return skel
 

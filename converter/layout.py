@@ -32,13 +32,14 @@ does not use it (the count decides), the report shows it: grouped tokens never s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import onnx
 from onnx import GraphProto, NodeProto
 
-from .graph import subgraphs, transpose_perm
+from .graph import GRAPH_OPS, subgraphs, transpose_perm
 from .report import Decision, LayoutReport, RewriteReport, RewrittenLayer
 from .rules._engine import holder_key
 
@@ -221,9 +222,12 @@ def census(model: onnx.ModelProto, edges: bool = True) -> Census:
         graph, parent, holder = stack.pop()
         frame = _Frame(graph, parent, holder, main_inputs)
         for node in graph.node:
-            for _, sub in subgraphs(node):
-                stack.append((sub, frame, node))
-            if node.op_type != "Transpose" or not node.input or _is_constant(node.input[0], frame.producers, frame.constants):
+            op = node.op_type
+            if op != "Transpose":
+                if op in GRAPH_OPS or node.domain not in _DEFAULT:
+                    stack.extend((sub, frame, node) for _, sub in subgraphs(node))
+                continue
+            if not node.input or _is_constant(node.input[0], frame.producers, frame.constants):
                 continue
             found.layout += 1
             out = node.output[0] if node.output else ""
@@ -250,16 +254,34 @@ _ELEMENTWISE = frozenset(
 class _Frame:
     """One graph, seen from the model's edge: what its names come from and go to."""
 
+    # The indexes are built on first use: most graphs a census walks hold few Transposes or none.
+
     def __init__(self, graph: GraphProto, parent: _Frame | None, holder: NodeProto | None, main_inputs: set[str]) -> None:
-        self.parent, self.holder, self.main_inputs = parent, holder, main_inputs
-        self.producers = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict[str, list[NodeProto]] = {}
-        for n in graph.node:
+        self.graph, self.parent, self.holder, self.main_inputs = graph, parent, holder, main_inputs
+
+    @functools.cached_property
+    def producers(self) -> dict[str, NodeProto]:
+        return {o: n for n in self.graph.node for o in n.output if o}
+
+    @functools.cached_property
+    def consumers(self) -> dict[str, list[NodeProto]]:
+        found: dict[str, list[NodeProto]] = {}
+        for n in self.graph.node:
             for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-        self.constants = {t.name for t in graph.initializer} - {i.name for i in graph.input}
-        self.outputs = [o.name for o in graph.output]
+                found.setdefault(i, []).append(n)
+        return found
+
+    @functools.cached_property
+    def local(self) -> set[str]:
+        return {i.name for i in self.graph.input} | {t.name for t in self.graph.initializer}
+
+    @functools.cached_property
+    def constants(self) -> set[str]:
+        return {t.name for t in self.graph.initializer} - {i.name for i in self.graph.input}
+
+    @functools.cached_property
+    def outputs(self) -> list[str]:
+        return [o.name for o in self.graph.output]
 
     def _data(self, node: NodeProto) -> list[str]:
         return [i for i in node.input if i and not _is_constant(i, self.producers, self.constants)]

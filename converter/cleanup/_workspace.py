@@ -21,9 +21,9 @@ import onnx
 from onnx import GraphProto, NodeProto, numpy_helper
 
 from converter.cleanup._edit import DEFAULT_DOMAINS
-from converter.graph import FOLDABLE, Scope, iter_graphs, referenced_names, set_transpose_perm, subgraphs, transpose_perm
+from converter.graph import FOLDABLE, GRAPH_OPS, Scope, iter_graphs, referenced_names, set_transpose_perm, subgraphs, transpose_perm
 
-_GRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
 _DROPPABLE = FOLDABLE | {"Constant"}  # nodes that only make a constant
 
 
@@ -52,7 +52,7 @@ class Workspace:
             op = n.op_type
             if op == "Transpose":
                 self._transposes.append(n)
-            elif op in _GRAPH_OPS or n.domain not in DEFAULT_DOMAINS:
+            elif op in GRAPH_OPS or n.domain not in DEFAULT_DOMAINS:
                 inner = subgraphs(n)
                 if inner:
                     self._inner_reads[id(n)] = set().union(*(referenced_names(g) for _, g in inner))
