@@ -7,11 +7,12 @@
 Reads the cached exports of models/zoo.py's TORCH_ZOO; an entry not in the cache is exported first
 when torch is installed, and left out with a note when it is not. Per entry: the MatMul/Gemm
 candidates the rules looked at, the Linears on a rank-4 tensor with a constant weight (read from the
-export by models/torch_exports.py), how many were rewritten, the declined ones by reason, the
-rewritten ones whose bias stayed an Add (by reason), Transposes in the original and after the rewrite
-in each layout mode, the verdict of verification in each mode, and onnxruntime CPU latency of the
-original and the default result at batch 1 (median of interleaved runs after a warm-up, default graph
-optimizations, fixed thread count). Figures only: nothing here asserts a timing.
+export by models/torch_exports.py; for a token entry, those on a rank-3 token sequence and the Reshape
+sandwiches around a Gemm, converted with ``tokens=True``, whose default layout is keep-all), how many
+were rewritten, the declined ones by reason, the rewritten ones whose bias stayed an Add (by reason),
+Transposes in the original and after the rewrite in each layout mode, the verdict of verification in
+each mode, and onnxruntime CPU latency of the original and the default result at batch 1 (median of
+interleaved runs after a warm-up, default graph optimizations, fixed thread count). Figures only: nothing here asserts a timing.
 
 Layout modes: each mode given with ``--layouts`` (default: every mode, the default one last) is
 passed to ``converter.rewrite``; the declined and kept-Add columns and latency are those of the default.
@@ -31,7 +32,7 @@ from rich.console import Console
 import converter
 from benchmarks._results import machine, publish
 from benchmarks.inference import compare
-from models.torch_exports import linear_layers
+from models.torch_exports import linear_layers, sandwich_linears
 from models.zoo import DEFAULT_CACHE, TORCH_EXTRA, TORCH_ZOO, build, torch_missing
 
 
@@ -42,8 +43,8 @@ def layout_modes(requested: list[str] | None) -> tuple[list[str], str]:
     return list(dict.fromkeys(modes)), default
 
 
-def rewrite(model: onnx.ModelProto, mode: str) -> converter.RewriteResult:
-    return converter.rewrite(model, layout=mode)
+def rewrite(model: onnx.ModelProto, mode: str, tokens: bool = False) -> converter.RewriteResult:
+    return converter.rewrite(model, layout=mode, tokens=tokens)
 
 
 def cached(name: str, cache: Path) -> Path | None:
@@ -57,14 +58,19 @@ def cached(name: str, cache: Path) -> Path | None:
 def measure(name: str, source: Path, modes: list[str], default: str, runs: int, threads: int, verify: bool) -> dict[str, Any]:
     entry = TORCH_ZOO[name]
     original = converter.load(source)
-    layers = [x for x in linear_layers(original) if x.candidate]
-    row: dict[str, Any] = {"model": name, "linears_rank4": len(layers), "transposes": {}, "verify": {}}
+    if entry.tokens:  # rank-3 Linears, rewritten with tokens=True; its default layout is keep-all
+        layers = [x.node for x in linear_layers(original) if x.token_candidate] + sandwich_linears(original)
+        default = "keep-all"
+        modes = list(dict.fromkeys([*modes, default]))
+    else:
+        layers = [x.node for x in linear_layers(original) if x.candidate]
+    row: dict[str, Any] = {"model": name, "linears_rank4": len(layers), "tokens": entry.tokens, "transposes": {}, "verify": {}}
     row["transposes"]["original"] = sum(n.op_type == "Transpose" for n in original.graph.node)
     shapes = entry.input_shapes or None
     default_result = None
     for mode in modes:
         try:
-            result = rewrite(original, mode)
+            result = rewrite(original, mode, entry.tokens)
         except converter.InputError as err:  # a mode this version of the converter refuses
             row["transposes"][mode] = row["verify"][mode] = f"n/a ({err})"
             continue
@@ -108,11 +114,11 @@ def markdown(rows: list[dict[str, Any]], modes: list[str], default: str, runs: i
         cells = [
             f"`{r['model']}`",
             str(r["candidates"]),
-            str(r["linears_rank4"]),
+            f"{r['linears_rank4']} (rank 3, --tokens)" if r.get("tokens") else str(r["linears_rank4"]),
             str(r["rewritten"]),
             ", ".join(f"{k} {v}" for k, v in r["declined"].items()) or "-",
             ", ".join(f"{k} {v}" for k, v in r["kept_adds"].items()) or "-",
-            f"{t['original']} → " + " / ".join(str(t[m]) for m in modes),
+            f"{t['original']} → " + " / ".join(str(t.get(m, "-")) for m in modes),
             " / ".join(str(r["verify"].get(m, "not run")) for m in modes),
             f"{r['original_ms']:.2f} → {r['converted_ms']:.2f} (x{r['latency_ratio']:.2f})",
         ]

@@ -5,6 +5,7 @@ result = converter.rewrite(model)                      # ModelProto -> result.mo
 check = converter.verify(model, result.model)          # check.passed, check.outputs
 report = converter.convert("model.onnx", "out.onnx")   # load -> rewrite -> verify -> save
 converter.rewrite(model, layout="never-worse")         # decline layers that would add Transposes (LAYOUTS)
+converter.rewrite(model, tokens=True)                  # also dense layers on token sequences [B, S, C] (transformers)
 converter.rewrite("model.onnx"), converter.rewrite(graph)  # a path, or an onnx-graphsurgeon gs.Graph (gs back)
 """
 

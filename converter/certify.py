@@ -5,8 +5,11 @@ graph, it is checked after the fact, node by node, without sampled inputs. Every
 rewritten graph gets a *fact* saying what it equals in the original:
 
 - ``Value(root, perm)``: it equals ``Transpose(root, perm)`` of original tensor ``root`` (``perm``
-  None: ``root`` itself). Original tensors are first put in a canonical form: the output of a
-  Transpose is its input under that perm, an Identity's output is its input.
+  None: ``root`` itself). An entry of ``perm`` may be None: a unit axis that is not in ``root``
+  (``Unsqueeze``), so ``(0, 2, None, 1)`` is a ``[B, S, C]`` tensor laid out as ``[B, C, 1, S]``.
+  Original tensors are first put in a canonical form: the output of a Transpose is its input under
+  that perm, an Identity's output is its input, an Unsqueeze's output is its input with unit axes,
+  and a Squeeze of only such unit axes takes them away again.
 - ``Const``: a constant whose value is compared bit for bit wherever it is used.
 
 Facts come from the graph inputs and are carried forward through the rewritten graph:
@@ -15,13 +18,19 @@ Facts come from the graph inputs and are carried forward through the rewritten g
 - a Conv that a rule made (named in a ``RewrittenLayer``) must be a plain 1x1 convolution whose
   weight is, bit for bit, the original weight transposed to ``[K, C, 1, 1]`` (Gemm: ``alpha``
   applied, ``transB`` honoured), whose bias is the original per-channel bias (Gemm: times ``beta``),
-  and whose input is the layer's original activation in NCHW; its output is then the layer's
-  original output in NCHW. What the layer is, is read from the original graph, not from the rule;
+  and whose input is the layer's original activation in NCHW (a token sequence ``[B, S, C]``: as
+  ``[B, C, 1, S]``); its output is then the layer's original output in the same layout. What the
+  layer is, is read from the original graph, not from the rule;
 - any other node must have a counterpart in the original graph: the same op and attributes, reading
   the same original tensors under one common permutation ``P``, and the same constants laid out by
   ``P`` (broadcast to full rank, then transposed). ``P`` other than the identity is accepted only
   for elementwise ops, which commute with a layout change. Its outputs are then the counterpart's
-  outputs under ``P``. Subgraphs (If, Loop, Scan) are checked the same way, recursively;
+  outputs under ``P``. An operand of lower rank than ``P`` is read broadcast (unit axes in front, then
+  laid out; a rank-0 one as it is). onnxruntime's QLinearAdd/QLinearMul count as elementwise when each
+  scale and zero point is one constant value, bit for bit the original's (compared as they are);
+  DynamicQuantizeLinear reads ``P`` too: its quantized output is the original's under ``P``, its scale
+  and zero point (of the whole tensor) the original's as they are. Subgraphs (If, Loop, Scan) are checked
+  the same way, recursively;
 - every graph output must end up equal to the original's output of the same name, unpermuted.
 
 The result is exact up to floating-point reassociation inside the Conv (a dot product summed in
@@ -57,9 +66,20 @@ ELEMENTWISE = frozenset(
     ).split()
 )
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# onnxruntime's quantized elementwise ops: the inputs that are scales and zero points (the others, 0 and 3, are
+# data). ``y = saturate(round((sa (A - za) op sb (B - zb)) / sy) + zy)`` at each position after broadcasting, so
+# the op commutes with a layout change when each of them is one value for the whole tensor.
+QLINEAR_ELEMENTWISE: dict[tuple[str, str], tuple[int, ...]] = {
+    ("com.microsoft", "QLinearAdd"): (1, 2, 4, 5, 6, 7),
+    ("com.microsoft", "QLinearMul"): (1, 2, 4, 5, 6, 7),
+}
+# Quantized layers whose proof lives in certify_integer.py (QLinearMatMul -> QLinearConv, MatMulInteger -> ConvInteger).
+INTEGER_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 _NCHW = (0, 3, 1, 2)  # Transpose(x_nhwc, _NCHW) is x in NCHW
+_TOKENS = (0, 2, None, 1)  # a token sequence [B, S, C] as the Conv reads it: [B, C, 1, S]
 
-Perm = tuple[int, ...] | None
+# A layout: entry i is the axis of the root that axis i shows, or None for an added unit axis.
+Perm = tuple[int | None, ...] | None
 GraphKey = tuple[tuple[str, str], ...]
 
 
@@ -131,25 +151,68 @@ class Certificate:
 
 
 def _then(first: Perm, then: Perm) -> Perm:
-    """The perm of Transpose(Transpose(x, first), then), None when that is the identity."""
+    """The layout of Transpose(Transpose(x, first), then), None when that is the identity. A None entry
+    of ``then`` adds a unit axis; its other entries must be a permutation of ``first``'s axes."""
     if then is None:
         return first
     if first is None:
         combined = tuple(then)
     else:
-        if len(first) != len(then):
+        if sorted(i for i in then if i is not None) != list(range(len(first))):
             raise ValueError("rank mismatch")
-        combined = tuple(first[i] for i in then)
-    return None if combined == tuple(range(len(combined))) else combined
+        combined = tuple(None if i is None else first[i] for i in then)
+    return _plain(combined)
 
 
-def _inverse(perm: Perm) -> Perm:
+def _plain(perm: tuple[int | None, ...]) -> Perm:
+    return None if perm == tuple(range(len(perm))) else perm
+
+
+def _relative(o: Perm, r: Perm) -> Perm:
+    """The layout P with ``_then(o, P) == r``: what a tensor laid out as ``r`` is, seen from one laid out
+    as ``o`` (of the same root). ValueError when ``r`` lacks a unit axis of ``o``'s or an axis of the root."""
+    if o is None:
+        return r
+    units = [j for j, a in enumerate(o) if a is None]
+    where = {a: j for j, a in enumerate(o) if a is not None}
+    rel: list[int | None] = []
+    for a in r if r is not None else range(len(where)):
+        if a is None:
+            rel.append(units.pop(0) if units else None)
+        elif a in where:
+            rel.append(where[a])
+        else:
+            raise ValueError("rank mismatch")
+    if sorted(a for a in rel if a is not None) != list(range(len(o))):
+        raise ValueError("rank mismatch")
+    return _plain(tuple(rel))
+
+
+def _lifted(perm: Perm) -> bool:
+    return perm is not None and None in perm
+
+
+def _unsqueezed(perm: Perm, rank: int | None, axes: list[int]) -> Perm:
+    """The layout after Unsqueeze(axes) of a tensor laid out as ``perm`` (``rank``: its rank when ``perm`` is None)."""
+    r = len(perm) if perm is not None else rank
+    if r is None:
+        raise ValueError("unknown rank")
+    out_rank = r + len(axes)
+    new = {_norm(a, out_rank) for a in axes}
+    if None in new or len(new) != len(axes):
+        raise ValueError("bad axes")
+    kept = iter(perm if perm is not None else range(r))
+    return _plain(tuple(None if i in new else next(kept) for i in range(out_rank)))
+
+
+def _squeezed(perm: Perm, axes: list[int]) -> Perm:
+    """The layout after Squeeze(axes) when every squeezed axis is an added unit axis; ValueError otherwise."""
     if perm is None:
-        return None
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return tuple(inv)
+        raise ValueError("squeezes an axis of the root")
+    gone = {_norm(a, len(perm)) for a in axes}
+    if not axes or None in gone or len(gone) != len(axes) or any(perm[a] is not None for a in gone):  # type: ignore[index]
+        raise ValueError("squeezes an axis of the root")
+    return _plain(tuple(p for i, p in enumerate(perm) if i not in gone))
 
 
 def _perm_attr(node: NodeProto) -> Perm | bool:
@@ -195,6 +258,9 @@ AXIS_OPS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "Squeeze": ((0,), (1,)),
     "Unsqueeze": ((0,), (1,)),
     "Gather": ((0,), ()),
+    # Scale and zero point (inputs 1, 2) are neither laid out nor axes: they must be the original's as they are.
+    "QuantizeLinear": ((0,), ()),
+    "DequantizeLinear": ((0,), ()),
     **{
         op: ((0,), (1,))
         for op in (
@@ -213,11 +279,11 @@ def _norm(axis: int, rank: int) -> int | None:
     return a if 0 <= a < rank else None
 
 
-def _dropped(perm: tuple[int, ...], removed: set[int]) -> Perm:
+def _dropped(perm: tuple[int | None, ...], removed: set[int]) -> Perm:
     """The layout that is left when the rewritten axes ``removed`` (original axes perm[a]) disappear."""
-    kept = [a for a in range(len(perm)) if a not in removed]
-    orig_kept = sorted(perm[a] for a in kept)
-    return _then(None, tuple(orig_kept.index(perm[a]) for a in kept)) if kept else None
+    kept = [perm[a] for a in range(len(perm)) if a not in removed]
+    renumbered = {p: i for i, p in enumerate(sorted(p for p in kept if p is not None))}
+    return _plain(tuple(None if p is None else renumbered[p] for p in kept)) if kept else None
 
 
 def _axis_rule(
@@ -231,16 +297,21 @@ def _axis_rule(
 ) -> Perm | str:
     """The output layout Q when ``node`` in layout ``perm`` is ``cand`` in the original, else why not."""
     op, rank = node.op_type, len(perm)
+    o_rank = sum(p is not None for p in perm)  # the original's rank: added unit axes are not its axes
     ra, oa = _attrs(node), _attrs(cand)
+    if o_rank != rank and op in ("Gather", "Pad", "Unsqueeze"):
+        return f"{op} read with added unit axes"
 
     def same_except(*names: str) -> bool:
         return {k: v for k, v in ra.items() if k not in names} == {k: v for k, v in oa.items() if k not in names}
 
     def maps(r_axes: list[int], o_axes: list[int], in_order: bool) -> bool:
-        rn, on = [_norm(a, rank) for a in r_axes], [_norm(a, rank) for a in o_axes]
+        rn, on = [_norm(a, rank) for a in r_axes], [_norm(a, o_rank) for a in o_axes]
         if None in rn or None in on or len(rn) != len(on) or len(set(rn)) != len(rn):
             return False
         mapped = [perm[a] for a in rn]  # type: ignore[index]
+        if None in mapped:
+            return False  # an added unit axis is none of the original's
         return mapped == on if in_order else sorted(mapped) == sorted(on)  # type: ignore[type-var]
 
     def axes(attrs: dict[str, object], params: dict[int, list[int] | None]) -> list[int] | None:
@@ -253,7 +324,7 @@ def _axis_rule(
             # It flattens its input at the axis (default 1) and normalizes each trailing block as one: the
             # same op on the same axis is the same computation when the layout keeps the block's axes.
             a_r, a_o = _norm(int(ra.get("axis", 1)), rank), _norm(int(oa.get("axis", 1)), rank)  # type: ignore[call-overload]
-            if a_r is None or a_r != a_o or not same_except() or set(perm[a_r:]) != set(range(a_r, rank)):
+            if o_rank != rank or a_r is None or a_r != a_o or not same_except() or set(perm[a_r:]) != set(range(a_r, rank)):
                 return f"{op} before opset 13 flattens its input at the axis: this layout changes what it normalizes"
             return perm
         if not same_except("axis") or not maps([int(ra.get("axis", -1))], [int(oa.get("axis", -1))], True):  # type: ignore[call-overload]
@@ -283,6 +354,19 @@ def _axis_rule(
             for d in range(m):
                 q[a_r + d] = a_o + d
             return _then(None, tuple(q))
+        return perm
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        # (q - zero_point) * scale and its inverse: per element with a scalar scale; with a 1-D scale, per
+        # position along ``axis`` (default 1), so that axis must be the original's seen through the layout.
+        scale = ins[1] if len(ins) > 1 else None
+        if not isinstance(scale, Const):
+            return f"the {op} scale is not a constant"
+        if int(ra.get("block_size", 0)) or int(oa.get("block_size", 0)):  # type: ignore[call-overload]
+            return f"{op} in blocks in another layout"
+        if np.asarray(scale.get()).ndim == 0:
+            return perm if same_except() else f"the {op} attributes differ"
+        if not same_except("axis") or not maps([int(ra.get("axis", 1))], [int(oa.get("axis", 1))], True):  # type: ignore[call-overload]
+            return f"the {op} axis is not the original's under the layout"
         return perm
     if op == "Slice":
         if opset < 10 or ra or oa:
@@ -376,9 +460,12 @@ class _Original:
         parent: _Original | None,
         value_of: Callable[[TensorProto], np.ndarray],
         opsets: Sequence[onnx.OperatorSetIdProto] = (),
+        model: onnx.ModelProto | None = None,
     ) -> None:
         self.graph = graph
         self.parent = parent
+        self.model = model  # the main graph's model: where ranks are inferred from
+        self._ranks: dict[str, int | None] | None = None
         self.value_of = value_of
         self.opsets = list(opsets) if parent is None else parent.opsets
         self.inputs = {i.name for i in graph.input}
@@ -440,7 +527,22 @@ class _Original:
                     return Value(inner.root, _then(inner.perm, perm))  # type: ignore[arg-type]
                 except ValueError:
                     return Value(name)
+        if _is_default(node) and node.op_type in ("Unsqueeze", "Squeeze") and len(node.output) == 1:
+            unit = _unit_axes(node, self.canon(node.input[0]), self.canon, self.rank)
+            if unit is not None:
+                return unit
         return Value(name)
+
+    def rank(self, name: str) -> int | None:
+        """The rank onnx's shape inference gives an original tensor (inferred once, on first need), or None."""
+        if name.startswith(_MERGED):
+            return 3  # two dims kept, the rest merged into one
+        top = self
+        while top.parent is not None:
+            top = top.parent
+        if top._ranks is None:
+            top._ranks = _inferred_ranks(top.model) if top.model is not None else {}
+        return top._ranks.get(name)
 
     def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
         """Nodes of this graph that read a tensor whose canonical root is ``root``, with the input slot."""
@@ -457,12 +559,94 @@ class _Original:
 
 # Ops on constants whose result the rewrite may treat as a constant (exporters leave them on
 # initializers). The value is computed here by onnx's reference evaluator, not by the rewrite's code.
-_CONSTANT_OPS = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+# DequantizeLinear of constants is a quantized weight or bias: its value is the float tensor the layer
+# uses, so a layer read through it is compared by that value (the integers, scale and zero point at once).
+_CONSTANT_OPS = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "DequantizeLinear"})
+# Of those, the ones a rewritten graph may compute anew from constants (a quantized Conv weight laid out
+# as [K, C, 1, 1]): the value is computed the same way on both sides and compared wherever it is used.
+_NEW_CONSTANT_OPS = frozenset({"DequantizeLinear"})
+
+
+def _merged(x: Value) -> str:
+    """The root naming ``x`` (an original tensor under a layout) with every axis after the first two merged
+    into one. No graph name holds a NUL, so it cannot meet a real tensor's name."""
+    return f"{_MERGED}{x.root}:{x.perm}"
+
+
+_MERGED = "\0merged:"
+_FLAT = "\0flat:"  # an original flat [N*H*W, C] tensor inside a quantized sandwich, seen as [N, H, W, C]
+
+
+def _unit_axes(node: NodeProto, inner: Fact, fact_of: Callable[[str], Fact], rank: Callable[[str], int | None]) -> Value | None:
+    """An Unsqueeze's output as its input with unit axes added, a Squeeze's of only added unit axes as its
+    input without them; None when the node is not that (axes not constant, a squeezed axis of the root)."""
+    if not isinstance(inner, Value) or not inner.root:
+        return None
+    axes: list[int] | None = None
+    for a in node.attribute:
+        if a.name == "axes":
+            axes = list(a.ints)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        f = fact_of(node.input[1])
+        if isinstance(f, Const):
+            v = np.asarray(f.get())
+            if v.dtype.kind in "iu" and v.ndim <= 1:
+                axes = [int(x) for x in v.reshape(-1)]
+    if not axes:
+        return None
+    try:
+        if node.op_type == "Unsqueeze":
+            return Value(inner.root, _unsqueezed(inner.perm, rank(inner.root) if inner.perm is None else None, axes))
+        return Value(inner.root, _squeezed(inner.perm, axes))
+    except ValueError:
+        return None
+
+
+_SMALL = 1024  # elements: constants kept for shape inference (shapes, axes); larger ones become typed inputs
+
+
+def _inferred_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
+    """Each tensor's rank as onnx's shape inference finds it, on a copy without the large weights'
+    data (None where it finds none, or where two graphs give one name two ranks)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.sparse_initializer.extend(model.graph.sparse_initializer)
+    declared = {i.name for i in g.input}
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL and int(np.prod(t.dims)) <= _SMALL and (t.raw_data or t.dims):
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no ranks: the Unsqueezes that needed one stay unfollowed
+        return {}
+    ranks: dict[str, int | None] = {}
+    stack = [inferred.graph]
+    while stack:
+        graph = stack.pop()
+        for vi in (*graph.input, *graph.value_info, *graph.output):
+            tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+            r = len(tt.shape.dim) if tt is not None and tt.HasField("shape") else None
+            ranks[vi.name] = r if ranks.get(vi.name, r) == r else None
+        for t in graph.initializer:
+            ranks[t.name] = len(t.dims) if ranks.get(t.name, len(t.dims)) == len(t.dims) else None
+        for node in graph.node:
+            stack.extend(sub for _, sub in _graphs_of(node))
+    return ranks
 
 
 def _run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray | None:
     """The node's output computed by onnx's reference evaluator, or None when it rejects the node."""
     from onnx.reference import ReferenceEvaluator
+
+    if node.op_type == "DequantizeLinear":
+        return _dequantize(node, ins)
 
     try:
         inits = [numpy_helper.from_array(np.asarray(f.get()), n) for n, f in zip(node.input, ins, strict=True) if n]
@@ -471,6 +655,35 @@ def _run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onn
         model = onnx.helper.make_model(graph, opset_imports=list(opsets) or [onnx.helper.make_opsetid("", 17)])
         return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
     except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
+        return None
+
+
+def _dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
+    """DequantizeLinear of integer constants: ``float(int64(q) - int64(zero_point)) * scale`` in the scale's
+    dtype, the scale and zero point scalar or 1-D along ``axis`` (default 1). Written out here because onnx's
+    reference evaluator has no DequantizeLinear before opset 19 (the op is the same from opset 13 on for
+    these types); None for what it does not cover (blocks, an output_dtype, float8 or packed 4-bit data)."""
+    try:
+        attrs = _attrs(node)
+        if int(attrs.get("block_size", 0)) or int(attrs.get("output_dtype", 0)):  # type: ignore[call-overload]
+            return None
+        q = np.asarray(ins[0].get())  # type: ignore[union-attr]
+        scale = np.asarray(ins[1].get())  # type: ignore[union-attr]
+        zero = np.asarray(ins[2].get()) if len(ins) > 2 and isinstance(ins[2], Const) else np.zeros_like(scale, dtype=np.int64)
+        if q.dtype.kind not in "iu" or q.dtype.itemsize > 4 or scale.dtype.kind != "f" or zero.dtype.kind not in "iu":
+            return None
+        if zero.shape != scale.shape or scale.ndim > 1:
+            return None
+        if scale.ndim == 1:
+            axis = _norm(int(attrs.get("axis", 1)), q.ndim)  # type: ignore[call-overload]
+            if axis is None or q.shape[axis] != scale.shape[0]:
+                return None
+            shape = [1] * q.ndim
+            shape[axis] = scale.shape[0]
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        diff = q.astype(np.int64) - zero.astype(np.int64)
+        return np.asarray(diff.astype(scale.dtype) * scale, dtype=scale.dtype)
+    except (TypeError, ValueError, AttributeError, IndexError):
         return None
 
 
@@ -490,11 +703,35 @@ def _constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
 # --- the layer a rule claims to have replaced, read from the original graph ------------------
 
 
+def _reshaped_pair(orig: _Original, name: str) -> bool:
+    """Whether ``name`` is ``DequantizeLinear(QuantizeLinear(Reshape(x)))``: a quantized sandwich's activation."""
+    pair = _qdq_pair(orig, name)
+    first = orig.producers.get(pair[0].input[0]) if pair else None
+    return first is not None and first.op_type == "Reshape" and _is_default(first)
+
+
 @dataclass
 class _DenseLayer:
     x: str
     weight_kc: Callable[[], np.ndarray]  # the expected Conv weight as [K, C]
     bias: Callable[[], np.ndarray] | None  # the expected Conv bias as [K], or None
+    # A quantized sandwich: the original (QuantizeLinear, DequantizeLinear) pairs on the flat activation and
+    # on the flat output, inside the Reshapes, and the MatMul's flat output.
+    in_pair: tuple[NodeProto, NodeProto] | None = None
+    out_pair: tuple[NodeProto, NodeProto] | None = None
+    flat: str = ""
+    end: str = ""  # the original tensor the layer ends in (the second Reshape's output), when not ``output``
+
+
+def _qdq_pair(orig: _Original, name: str) -> tuple[NodeProto, NodeProto] | None:
+    """(QuantizeLinear, DequantizeLinear) when ``name`` is ``DequantizeLinear(QuantizeLinear(t))`` in the original."""
+    dq = orig.producers.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or not _is_default(dq):
+        return None
+    q = orig.producers.get(dq.input[0])
+    if q is None or q.op_type != "QuantizeLinear" or not _is_default(q):
+        return None
+    return q, dq
 
 
 def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str:
@@ -515,16 +752,33 @@ def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str
         if node is None:
             return f"nothing produces {inner!r}"
     sandwich = False
+    in_pair = out_pair = None
+    end = layer.output
+    if _is_default(node) and node.op_type == "MatMul" and node.output[0] == layer.anchor and _reshaped_pair(orig, node.input[0]):
+        # A quantized sandwich claimed up to its MatMul's flat output (what the Conv computes before its
+        # output pair): the layer ends at the second Reshape, after the output's pair if there is one.
+        readers = [n for n in orig.graph.node if layer.anchor in n.input]
+        after = [n for n in orig.graph.node if readers and readers[0].output[0] in n.input]
+        pair = None
+        if len(readers) == 1 and readers[0].op_type == "QuantizeLinear" and len(after) == 1:
+            pair = _qdq_pair(orig, after[0].output[0])
+        flat = pair[1].output[0] if pair else layer.anchor
+        last = [n for n in orig.graph.node if flat in n.input]
+        if len(last) != 1 or last[0].op_type != "Reshape" or not _is_default(last[0]):
+            return f"the quantized layer {layer.anchor!r} does not end in a Reshape"
+        node, end = last[0], last[0].output[0]
     if _is_default(node) and node.op_type == "Reshape" and node.output[0] != layer.anchor:
         sandwich = True
-        node = orig.producers.get(node.input[0])
+        out_pair = _qdq_pair(orig, node.input[0])  # a quantized sandwich: the output's pair inside the Reshapes
+        node = orig.producers.get(node.input[0] if out_pair is None else out_pair[0].input[0])
         if node is None:
             return "the Reshape's input has no producer"
     if node.output[0] != layer.anchor or not _is_default(node) or node.op_type not in ("MatMul", "Gemm"):
         return f"the chain from {layer.output!r} does not lead back to the MatMul/Gemm {layer.anchor!r}"
     act = node.input[0]
     if sandwich:
-        first = orig.producers.get(act)
+        in_pair = _qdq_pair(orig, act)
+        first = orig.producers.get(act if in_pair is None else in_pair[0].input[0])
         if first is None or first.op_type != "Reshape" or not _is_default(first):
             return "the sandwich's first Reshape is missing"
         act = first.input[0]
@@ -545,7 +799,9 @@ def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str
             return np.ascontiguousarray(v.reshape(v.shape[-2:]).T)
 
         bias = None if add_bias is None else _bias_vector(add_bias, weight, 1.0)
-        return _DenseLayer(act, weight_kc, bias)
+        if (in_pair or out_pair) and bias is not None:
+            return "a quantized sandwich with a bias folded from outside its quantization pairs"
+        return _DenseLayer(act, weight_kc, bias, in_pair, out_pair, node.output[0], end)
     # Gemm
     if attrs.get("transA", 0):
         return "Gemm with transA"
@@ -559,6 +815,8 @@ def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str
         return kc if alpha == 1.0 else (kc * np.asarray(alpha, dtype=kc.dtype)).astype(kc.dtype)
 
     gemm_c = orig.canon(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if in_pair or out_pair:
+        return "a Gemm between quantization pairs"
     if gemm_c is not None and not isinstance(gemm_c, Const):
         return "the Gemm's bias is not a constant"
     if gemm_c is not None and add_bias is not None:
@@ -617,6 +875,7 @@ class _Walk:
         for s in graph.sparse_initializer:
             self.facts[s.values.name] = Value(s.values.name)
         self._compared: dict[tuple[object, ...], str | None] = {}
+        self._layouts: dict[str, tuple[int | None, ...]] = {}  # each proved layer's Conv: how it reads its activation
 
     def fact(self, name: str) -> Fact:
         if not name:
@@ -635,8 +894,10 @@ class _Walk:
                 continue  # an initializer listed as an input (older IR versions): overridable, so a plain value
             self.facts[vi.name] = formal_inputs[i] if formal_inputs is not None and i < len(formal_inputs) else Value(vi.name)
         self._nodes = list(self.graph.node)  # held, so that id() names a node for the whole walk
+        self._pairs = self._quantized_sandwich_pairs()
         self._skip: set[int] = set()  # nodes a written-out LayerNormalization already accounted for
         self._readers: dict[str, list[NodeProto]] | None = None
+        self._made_by: dict[str, NodeProto] | None = None  # the rewritten graph's producers, when first needed
         for node in self._nodes:
             if id(node) not in self._skip:
                 self._visit(node)
@@ -661,6 +922,11 @@ class _Walk:
         if default and node.op_type == "Identity" and len(node.input) == 1:
             self.facts[node.output[0]] = self.fact(node.input[0])
             return
+        if default and node.op_type in ("Unsqueeze", "Squeeze") and len(node.output) == 1 and node.input:
+            unit = _unit_axes(node, self.fact(node.input[0]), self.fact, self.orig.rank)
+            if unit is not None:
+                self.facts[node.output[0]] = unit
+                return
         if default and node.op_type == "Constant":
             fact = _constant_node_fact(node, (id(self), node.output[0]))
             if isinstance(fact, Const):
@@ -669,11 +935,81 @@ class _Walk:
         if node.name in self.convs:
             self._layer(node, self.convs[node.name])
             return
+        if id(node) in self._pairs:
+            self._pair_node(node, *self._pairs[id(node)])
+            return
+        if default and node.op_type in _NEW_CONSTANT_OPS and len(node.output) == 1 and self._constant(node):
+            return
         if default and node.op_type in ("Cast", "ReduceMean") and self._written_out_layernorm(node):
+            return
+        if default and node.op_type == "Expand" and len(node.input) == 2 and self._relaid_expand(node):
+            return
+        if default and node.op_type == "Reshape" and len(node.input) == 2 and self._merge(node):
             return
         self._match(node)
 
+    def _constant(self, node: NodeProto) -> bool:
+        """A node of ``_NEW_CONSTANT_OPS`` on constants alone is the constant the evaluator computes (its fact set)."""
+        ins = [self.fact(n) for n in node.input]
+        if not ins or not isinstance(ins[0], Const) or not all(isinstance(f, Const) or f is EMPTY for f in ins):
+            return False
+        opsets = self.orig.opsets
+        if _run_on_constants(node, ins, opsets) is None:
+            return False
+        self.facts[node.output[0]] = Const((id(self), node.output[0]), lambda: _run_on_constants(node, ins, opsets))
+        return True
+
     # A LayerNormalization written out over other axes (the cleanup's opt-in NCHW form) -------------
+
+    def _merge(self, node: NodeProto) -> bool:
+        """``Reshape(x, [0, 0, c])`` (copy the first two dims, merge the rest; ``allowzero`` 0) of a known
+        tensor: its fact is a root of its own, that tensor with its trailing axes merged (``_merged``), which
+        a token layer whose activation is rank 4 reads (``nn.MultiheadAttention``'s heads ``[S, B, H, D]``
+        before ``out_proj``). Onnxruntime refuses the Reshape unless ``c`` is the product of the merged dims."""
+        x, target = self.fact(node.input[0]), self.fact(node.input[1])
+        if not isinstance(x, Value) or not x.root or not isinstance(target, Const) or int(_attrs(node).get("allowzero", 0)):  # type: ignore[call-overload]
+            return False
+        t = np.asarray(target.get())
+        if t.dtype.kind not in "iu" or t.shape != (3,) or t[0] != 0 or t[1] != 0 or t[2] <= 0:
+            return False
+        self.facts[node.output[0]] = Value(_merged(x))
+        return True
+
+    def _relaid_expand(self, node: NodeProto) -> bool:
+        """``Expand(c', Gather(shape, idx))`` is an original ``Expand(c, shape)`` read in layout ``idx`` when
+        ``c'`` is ``c`` (padded with leading 1s to the rank) transposed by ``idx``, ``idx`` is a permutation
+        of that rank and ``shape`` has that many entries: Expand broadcasts dim by dim, so reordering the
+        constant's dims and the shape's entries alike reorders the result (ViT's class token moved into the
+        patches' layout). The facts set, True; else False (and the node is matched as any other)."""
+        data = self.fact(node.input[0])
+        if not isinstance(data, Const):
+            return False
+        if self._made_by is None:
+            self._made_by = {o: n for n in self._nodes for o in n.output if o}
+        g = self._made_by.get(node.input[1])
+        if g is None or not _is_default(g) or g.op_type != "Gather" or len(g.input) != 2 or int(_attrs(g).get("axis", 0)):  # type: ignore[call-overload]
+            return False
+        idx, shape = self.fact(g.input[1]), self.fact(g.input[0])
+        if not isinstance(idx, Const) or isinstance(shape, Unknown):
+            return False
+        order = np.asarray(idx.get())
+        if order.dtype.kind not in "iu" or order.ndim != 1 or sorted(order.tolist()) != list(range(order.size)):
+            return False
+        perm = tuple(int(i) for i in order)
+        for cand in self.orig.graph.node:
+            if not (_is_default(cand) and cand.op_type == "Expand" and len(cand.input) == 2 and len(cand.output) == 1):
+                continue
+            o_shape, o_data, o_out = (self.orig.canon(n) for n in (cand.input[1], cand.input[0], cand.output[0]))
+            same_shape = o_shape == shape or (
+                isinstance(o_shape, Const) and isinstance(shape, Const) and _differs(shape.get(), o_shape.get(), "shape") is None
+            )
+            if not same_shape or not isinstance(o_data, Const) or not isinstance(o_out, Value) or not o_out.root:
+                continue
+            if self.orig.rank(cand.output[0]) != len(perm) or self._same_laid_out(data, o_data, perm) is not None:
+                continue
+            self.facts[node.output[0]] = Value(o_out.root, _then(o_out.perm, perm))
+            return True
+        return False
 
     def _reader_index(self) -> dict[str, list[NodeProto]]:
         if self._readers is None:
@@ -769,16 +1105,16 @@ class _Walk:
         if not isinstance(o, Value) or o.root != r.root or any(out and self.orig_reads(out) for out in cand.output[1:]):
             return None
         try:
-            perm = _then(_inverse(o.perm), r.perm)
+            perm = _relative(o.perm, r.perm)
         except ValueError:
             return None
         if perm is None:
             return None
         rank, attrs = len(perm), _attrs(cand)
-        k = _norm(int(attrs.get("axis", -1)), rank)  # type: ignore[call-overload]
+        k = _norm(int(attrs.get("axis", -1)), sum(p is not None for p in perm))  # type: ignore[call-overload]
         if k is None:
             return None
-        axes = sorted(a for a in range(rank) if perm[a] >= k)
+        axes = sorted(a for a in range(rank) if perm[a] is not None and perm[a] >= k)  # type: ignore[operator]
         for reduce in (group[1] if cast_to is not None else group[0], group[4 if cast_to is not None else 3]):
             ra = _attrs(reduce)
             got = ra.get("axes")
@@ -836,19 +1172,131 @@ class _Walk:
             if out:
                 self.facts[out] = Unknown(where)
 
+    # A quantized sandwich's pairs ------------------------------------------------------------------
+    #
+    # The original quantizes the flat activation ``Reshape(x, [-1, C])`` and the flat output inside the
+    # Reshapes; the rewritten graph quantizes the 4D tensors around the Conv. Inside one claimed layer
+    # the flat tensors get facts of their own, ``Value(_FLAT + name, P)``: the original flat tensor
+    # ``name`` seen as ``[N, H, W, C]`` (what the Reshapes of the layer make of it) and laid out by P.
+    # They never leave the layer: its last pair's output is the layer's original output.
+
+    def _quantized_sandwich_pairs(self) -> dict[int, tuple[str, NodeProto, RewrittenLayer]]:
+        """The rewritten Q/DQ nodes directly around each claimed Conv whose original is a quantized sandwich."""
+        pairs: dict[int, tuple[str, NodeProto, RewrittenLayer]] = {}
+        made = {o: n for n in self._nodes for o in n.output if o}
+        readers: dict[str, list[NodeProto]] = defaultdict(list)
+        for n in self._nodes:
+            for i in n.input:
+                readers[i].append(n)
+        for conv in self._nodes:
+            layer = self.convs.get(conv.name)
+            if layer is None or conv.op_type != "Conv" or not conv.input:
+                continue
+            dense = _original_layer(self.orig, layer)
+            if isinstance(dense, str):
+                continue
+            if dense.in_pair is not None:
+                dq = made.get(conv.input[0])
+                q = made.get(dq.input[0]) if dq is not None and dq.input else None
+                if dq is not None and q is not None and (q.op_type, dq.op_type) == ("QuantizeLinear", "DequantizeLinear"):
+                    pairs[id(q)], pairs[id(dq)] = ("in_q", dense.in_pair[0], layer), ("in_dq", dense.in_pair[1], layer)
+            if dense.out_pair is not None and conv.output:
+                after = readers.get(conv.output[0], [])
+                q = after[0] if len(after) == 1 and after[0].op_type == "QuantizeLinear" else None
+                after = readers.get(q.output[0], []) if q is not None else []
+                dq = after[0] if len(after) == 1 and after[0].op_type == "DequantizeLinear" else None
+                if q is not None and dq is not None:
+                    pairs[id(q)], pairs[id(dq)] = ("out_q", dense.out_pair[0], layer), ("out_dq", dense.out_pair[1], layer)
+        return pairs
+
+    def _pair_node(self, node: NodeProto, role: str, original: NodeProto, layer: RewrittenLayer) -> None:
+        """A Q/DQ node around a quantized sandwich's Conv: the original pair's node on the 4D tensor, in layout P."""
+        fact = self.fact(node.input[0]) if node.input else Unknown("no input")
+        if isinstance(fact, Unknown):
+            self._unknown(node, f"its input is not known: {fact.reason}")
+            return
+        if role == "in_q":  # reads the layer's activation x, in any layout
+            want = self.orig.canon(layer.input)
+            if not isinstance(fact, Value) or not isinstance(want, Value) or fact.root != want.root:
+                self._unknown(node, f"it reads {_show(fact)}, not the layer's activation {layer.input!r}")
+                return
+            try:
+                perm = _relative(want.perm, fact.perm)
+            except ValueError:
+                self._unknown(node, "it reads the layer's activation at another rank")
+                return
+        else:
+            source = original.input[0] if role != "out_q" else self.orig.producers[original.input[0]].output[0]
+            if not isinstance(fact, Value) or fact.root != _FLAT + source:
+                self._unknown(node, f"it reads {_show(fact)}, not the original {source!r} of this layer")
+                return
+            perm = fact.perm
+        if perm is not None and (len(perm) != 4 or None in perm):
+            self._unknown(node, "it reads the layer's tensor with unit axes")
+            return
+        problem = self._same_pair_node(node, original, perm)
+        if problem:
+            self.cert.problems.append(f"{node.op_type} {node.name or node.output[0]!r}: {problem}")
+            self._unknown(node, problem)
+            return
+        if role == "out_dq":
+            dense = self.cert.originals.get(layer.conv)
+            out = self.orig.canon(dense.end if isinstance(dense, _DenseLayer) and dense.end else layer.output)
+            if not isinstance(out, Value):
+                self._unknown(node, f"the original output {layer.output!r} is not a computed tensor")
+                return
+            self.facts[node.output[0]] = Value(out.root, _then(out.perm, perm))
+        else:
+            self.facts[node.output[0]] = Value(_FLAT + original.output[0], perm)
+
+    def _same_pair_node(self, node: NodeProto, original: NodeProto, perm: Perm) -> str | None:
+        """Why ``node`` on the 4D tensor laid out by ``perm`` is not ``original`` on the flat one, or None."""
+        if node.op_type != original.op_type or not _is_default(node) or len(node.input) != len(original.input):
+            return f"not the original's {original.op_type} {original.name!r}"
+        for slot, role in ((1, "scale"), (2, "zero point")):
+            if slot >= len(node.input):
+                continue
+            mine, theirs = self.fact(node.input[slot]), self.orig.canon(original.input[slot])
+            if not isinstance(mine, Const) or not isinstance(theirs, Const):
+                return f"its {role} is not the original's constant"
+            problem = _differs(mine.get(), theirs.get(), role)
+            if problem:
+                return problem
+        plain = lambda n: [a for a in _plain_attributes(n) if a[0] != "axis"]  # noqa: E731
+        if plain(node) != plain(original):
+            return "its attributes differ from the original's"
+        scale = np.asarray(self.fact(node.input[1]).get())  # type: ignore[union-attr]
+        if scale.size > 1:  # per channel: the flat tensor's axis 1 is C, axis 3 of [N, H, W, C], where P puts it
+            flat_axis = _norm(int(_attrs(original).get("axis", 1)), 2)  # type: ignore[call-overload]
+            axis = _norm(int(_attrs(node).get("axis", 1)), 4)  # type: ignore[call-overload]
+            channel = 3 if perm is None else list(perm).index(3)
+            if flat_axis != 1 or axis != channel:
+                return f"its axis {axis} is not the channels' ({channel}), or the original's is not per channel"
+        return None
+
     # A layer's Conv ---------------------------------------------------------------------------
 
     def _layer(self, conv: NodeProto, layer: RewrittenLayer) -> None:
         proof = self._prove_layer(conv, layer)
         self.cert.layers[conv.name] = proof
-        if proof.status == "proved":
-            out = self.orig.canon(layer.output)
+        dense = self.cert.originals.get(conv.name)
+        if proof.status == "proved" and isinstance(dense, _DenseLayer) and dense.out_pair is not None:
+            self.facts[conv.output[0]] = Value(_FLAT + dense.flat, _NCHW)  # its output pair ends the layer
+        elif proof.status == "proved":
+            out = self.orig.canon(dense.end if isinstance(dense, _DenseLayer) and dense.end else layer.output)
             assert isinstance(out, Value)
-            self.facts[conv.output[0]] = Value(out.root, _then(out.perm, _NCHW))
+            try:
+                self.facts[conv.output[0]] = Value(out.root, _then(out.perm, self._layouts.get(conv.name, _NCHW)))
+            except ValueError:
+                self._unknown(conv, f"the original output {layer.output!r} has another rank than its input")
         else:
             self._unknown(conv, f"layer {layer.anchor!r} is {proof.status}: {proof.detail}")
 
     def _prove_layer(self, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
+        if conv.op_type in INTEGER_CONVS and _is_default(conv):
+            from .certify_integer import prove_integer_layer  # the integer layers' proofs (QLinearConv, ConvInteger)
+
+            return prove_integer_layer(self, conv, layer)
         if conv.op_type != "Conv" or not _is_default(conv) or len(conv.output) != 1:
             return LayerProof("refuted", f"{conv.name!r} is a {conv.op_type}, not a Conv")
         dense = _original_layer(self.orig, layer)
@@ -864,12 +1312,23 @@ class _Walk:
             return LayerProof("unproved", f"its input is not known: {x.reason}")
         if not isinstance(want, Value) or not isinstance(x, Value):
             return LayerProof("refuted", "its input is a constant")
-        try:
-            expected_in = Value(want.root, _then(want.perm, _NCHW))
-        except ValueError:
-            return LayerProof("refuted", f"the original activation {layer.input!r} is not rank 4")
-        if x != expected_in:
-            return LayerProof("refuted", f"its input is {_show(x)}, not {layer.input!r} in NCHW ({_show(expected_in)})")
+        # An image [N, H, W, C] is read in NCHW, a token sequence [B, S, C] as [B, C, 1, S].
+        expected: list[tuple[tuple[int | None, ...], Value]] = []
+        if dense.in_pair is not None:  # a quantized sandwich: the Conv reads its activation's pair (in NCHW)
+            want = Value(_FLAT + dense.in_pair[1].output[0])
+        for layout in (_NCHW, _TOKENS):
+            try:
+                expected.append((layout, Value(want.root, _then(want.perm, layout))))
+            except ValueError:
+                continue
+        # A token layer on an activation of higher rank, its trailing dims merged (nn.MultiheadAttention's
+        # heads [S, B, H, D] before out_proj): the rewritten graph merges them with Reshape [0, 0, C].
+        expected.append((_TOKENS, Value(_merged(want), _TOKENS)))
+        layout = next((k for k, v in expected if v == x), None)
+        if layout is None:
+            want_in, form = expected[0][1], "in NCHW" if expected[0][0] == _NCHW else "as [B, C, 1, S]"
+            return LayerProof("refuted", f"its input is {_show(x)}, not {layer.input!r} {form} ({_show(want_in)})")
+        self._layouts[conv.name] = layout
         try:
             kc = dense.weight_kc()
             problem = self._same_const(conv.input[1], kc.reshape(*kc.shape, 1, 1), "weight")
@@ -924,8 +1383,8 @@ class _Walk:
             verdict = self._counterpart(node, ins, anchor, cand)
             if verdict is None:
                 return
-            reasons.append(verdict)
-        why = reasons[0] if reasons else "no node of the original reads the same tensors"
+            reasons.append((cand.op_type != node.op_type, verdict))  # the same op's reason says more: first
+        why = min(reasons, key=lambda r: r[0])[1] if reasons else "no node of the original reads the same tensors"
         self._unknown(node, f"no counterpart in the original ({why})")
 
     def _same_output(self, node: NodeProto) -> list[NodeProto]:
@@ -949,16 +1408,27 @@ class _Walk:
             if not isinstance(o, Value) or not isinstance(r, Value) or o.root != r.root:
                 return "it reads other tensors"
             try:
-                perm = _then(_inverse(o.perm), r.perm)
+                perm = _relative(o.perm, r.perm)
             except ValueError:
                 return "rank mismatch"
         if perm is not None and _is_default(node) and node.op_type in AXIS_OPS:
             return self._axis_counterpart(node, ins, cand, orig_ins, perm)
         if _plain_attributes(cand) != _plain_attributes(node):
             return "different attributes"
-        if perm is not None and not (_is_default(node) and node.op_type in ELEMENTWISE):
+        per_tensor: tuple[int, ...] = ()  # inputs compared as they are, whatever the layout
+        unpermuted: tuple[int, ...] = ()  # outputs that are the original's as they are, whatever the layout
+        if perm is not None and (node.domain, node.op_type) in QLINEAR_ELEMENTWISE:
+            per_tensor = QLINEAR_ELEMENTWISE[(node.domain, node.op_type)]
+            problem = self._one_value_each(node, ins, orig_ins, per_tensor)
+            if problem:
+                return problem
+        elif perm is not None and _is_default(node) and node.op_type == "DynamicQuantizeLinear":
+            unpermuted = (1, 2)  # the scale and zero point: of the whole tensor, which no layout changes
+        elif perm is not None and not (_is_default(node) and node.op_type in ELEMENTWISE):
             return f"{node.op_type} is read in another layout, which only elementwise and axis ops allow"
         for i, (r, o) in enumerate(zip(ins, orig_ins, strict=True)):
+            if i in per_tensor:
+                continue
             if isinstance(o, Unknown):
                 return o.reason
             if isinstance(r, Const):
@@ -971,7 +1441,7 @@ class _Walk:
             if isinstance(o, Const) or not isinstance(r, Value):
                 return f"input {i} is computed here but a constant in the original"
             try:
-                if r != Value(o.root, _then(o.perm, perm)):
+                if r != self._broadcast(o, perm):
                     return f"input {i} is {_show(r)}, the original reads {_show(o)} (layout {perm})"
             except ValueError:
                 return f"input {i} has another rank"
@@ -988,9 +1458,42 @@ class _Walk:
             if out:
                 o = self.orig.canon(cand.output[j])
                 if isinstance(o, Value):
-                    self.facts[out] = Value(o.root, _then(o.perm, perm)) if o.root else EMPTY
+                    here = None if j in unpermuted else perm
+                    self.facts[out] = Value(o.root, _then(o.perm, here)) if o.root else EMPTY
                 else:
                     self.facts[out] = o if perm is None else Unknown("a constant output read in another layout")
+        return None
+
+    def _broadcast(self, o: Value, perm: Perm) -> Value:
+        """What an elementwise op read in layout ``perm`` must read where the original reads ``o``: ``o`` laid
+        out by ``perm`` (its own layout first). An operand of lower rank is broadcast first: unit axes in front up
+        to the layout's rank (``[K]`` under ``(0, 3, 1, 2)``: ``[1, K, 1, 1]``); a rank-0 one is the same in every
+        layout. Its rank is read from the original (shape inference); unknown, it must have the full rank."""
+        if perm is None:
+            return o
+        rank = len(o.perm) if o.perm is not None else self.orig.rank(o.root)
+        full = sum(p is not None for p in perm)  # the original op's rank (the layout may add unit axes)
+        if rank is None or rank >= full:
+            return Value(o.root, _then(o.perm, perm))
+        if rank == 0:
+            return o
+        padded = (None,) * (full - rank) + (o.perm if o.perm is not None else tuple(range(rank)))
+        return Value(o.root, _then(padded, perm))
+
+    def _one_value_each(self, node: NodeProto, ins: list[Fact], orig_ins: list[Fact], slots: Sequence[int]) -> str | None:
+        """Why the scale and zero point inputs ``slots`` are not each one constant value, bit for bit the original's."""
+        for i in slots:
+            r, o = ins[i], orig_ins[i]
+            if r == EMPTY and o == EMPTY:
+                continue  # an absent zero point on both sides
+            if not isinstance(r, Const) or not isinstance(o, Const):
+                return f"the {node.op_type}'s input {i} (a scale or zero point) is not a constant on both sides"
+            got, want = np.asarray(r.get()), np.asarray(o.get())
+            if got.size != 1 or want.size != 1:
+                return f"the {node.op_type}'s input {i} has {want.size} values: a parameter along an axis in another layout"
+            problem = _differs(got, want, f"{node.op_type}'s input {i}")
+            if problem:
+                return problem
         return None
 
     def _axis_counterpart(self, node: NodeProto, ins: list[Fact], cand: NodeProto, orig_ins: list[Fact], perm: Perm) -> str | None:
@@ -1039,7 +1542,10 @@ class _Walk:
             elif r != o:
                 return f"input {i} differs"
         opset = next((o.version for o in self.orig.opsets if o.domain in _DEFAULT_DOMAINS), 1)
-        found = _axis_rule(node, cand, perm, r_params, o_params, ins, opset)
+        try:
+            found = _axis_rule(node, cand, perm, r_params, o_params, ins, opset)
+        except (TypeError, ValueError):  # an added unit axis where the rule needs one of the original's
+            found = f"the {node.op_type} is read in a layout with added unit axes this checker does not follow"
         if isinstance(found, str):
             return found
         for j, out in enumerate(node.output):
@@ -1059,10 +1565,14 @@ class _Walk:
         if key not in self._compared:
             expected = o.get()
             if perm is not None and not (expected.size == 1 and expected.ndim <= 1):
-                if expected.ndim > len(perm):
+                axes = [p for p in perm if p is not None]  # the original's axes, in the order shown
+                if expected.ndim > len(axes):
                     self._compared[key] = "a constant of higher rank than the layout"
                     return self._compared[key]
-                expected = np.transpose(expected.reshape((1,) * (len(perm) - expected.ndim) + expected.shape), perm)
+                expected = np.transpose(expected.reshape((1,) * (len(axes) - expected.ndim) + expected.shape), axes)
+                if len(axes) != len(perm):  # and the added unit axes where the layout has them
+                    shape = iter(expected.shape)
+                    expected = expected.reshape([1 if p is None else next(shape) for p in perm])
             self._compared[key] = _differs(r.get(), expected, "constant")
         return self._compared[key]
 
@@ -1136,7 +1646,11 @@ def _differs(actual: np.ndarray, expected: np.ndarray, role: str) -> str | None:
 
 def _show(f: Fact) -> str:
     if isinstance(f, Value):
-        return repr(f.root) if f.perm is None else f"Transpose({f.root!r}, {list(f.perm)})"
+        if f.perm is None:
+            return repr(f.root)
+        if _lifted(f.perm):
+            return f"{f.root!r} laid out as {['1' if p is None else p for p in f.perm]}"
+        return f"Transpose({f.root!r}, {list(f.perm)})"
     if isinstance(f, Const):
         return "a constant"
     return f"unknown ({f.reason})"
@@ -1168,7 +1682,7 @@ def certify(
     for layer in layers:
         by_graph[tuple(tuple(step) for step in layer.graph)].append(layer)  # type: ignore[misc]
     cert = Certificate()
-    orig = _Original(original.graph, None, value_of, original.opset_import)
+    orig = _Original(original.graph, None, value_of, original.opset_import, original)
     walk = _Walk(orig, rewritten.graph, (), by_graph, value_of, cert)
     walk.run()
     if [i.name for i in rewritten.graph.input] != [i.name for i in original.graph.input]:

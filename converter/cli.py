@@ -91,7 +91,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             "declines it (reason layout_cost), so the result never has more Transposes than the original, not "
             "counting those between the model's inputs/outputs and its first/last layout-sensitive op; keep-all "
             "rewrites every layer anyway; nchw is keep-all and also carries LayerNormalization over the channel axis "
-            "into NCHW (more nodes, fewer Transposes). With --no-fold-transposes only keep-all applies"
+            "into NCHW (more nodes, fewer Transposes). With --no-fold-transposes only keep-all applies; with "
+            "--tokens the default is keep-all"
+        ),
+    )
+    p.add_argument(
+        "--tokens",
+        action="store_true",
+        help=(
+            "also rewrite dense layers on token sequences [B, S, C] (transformers, MLP-Mixer: rank 3) into 1x1 Convs "
+            "in the [B, C, 1, S] layout; Mixer's token mixing (Transpose, Linear, Transpose) becomes a Conv over the "
+            "tokens. Without it such layers are declined rank_not_4 and the output is as before"
         ),
     )
     p.add_argument("--ep", choices=["cpu", "cuda"], default="cpu", help="execution provider for checks (default: cpu)")
@@ -232,6 +242,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
                     verify_outputs=not args.no_verify,
                     fold_transposes=not args.no_fold_transposes,
                     layout=args.layout,
+                    tokens=args.tokens,
                     providers=args.ep,
                     atol=args.atol,
                     rtol=args.rtol,

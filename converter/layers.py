@@ -26,12 +26,15 @@ repeated value, was not exercised in that trial.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from .certify_integer import IntegerLayer
 
 LAMBDA = 8.0
 INPUT_RTOL = {"float16": 3e-2, "bfloat16": 1e-1}
@@ -56,8 +59,10 @@ class LayerNumbers:
     output_bad: int = 0
     widened: float = 1.0  # how much the bound was widened to fit the original's own kernel
     noise: float = 0.0  # rms over elements of the rounding bound: how much this layer may move what follows
-    shape: tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()  # the Conv input's positions as (N, H, W, C); a token layer's is (B, 1, S, C)
     problem: str = ""
+    tokens: bool = False  # a layer on a token sequence [B, S, C], checked in the NHWC view [B, 1, S, C]
+    exact: bool | None = None  # an integer layer: its output equals the original's bit for bit (None: not compared)
 
     @property
     def passed(self) -> bool:
@@ -157,6 +162,9 @@ def check_layers(items: list[LayerTensors]) -> list[LayerNumbers]:
     """
     results: list[LayerNumbers | None] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
+    viewed = [_token_view(it) for it in items]
+    tokens = {i for i, (_, token) in enumerate(viewed) if token}
+    items = [it for it, _ in viewed]
     for i, it in enumerate(items):
         key = _batch_key(it)
         if key is None:
@@ -171,7 +179,38 @@ def check_layers(items: list[LayerTensors]) -> list[LayerNumbers]:
             chunk = members[start : start + step]
             for i, r in zip(chunk, _check_batch([items[i] for i in chunk]), strict=True):
                 results[i] = r
+    for i in tokens:
+        results[i] = dataclasses.replace(results[i], tokens=True)  # type: ignore[arg-type]
     return results  # type: ignore[return-value]
+
+
+def _token_view(it: LayerTensors) -> tuple[LayerTensors, bool]:
+    """The original's tensors in the NHWC view of the Conv's positions, where they hold the same positions in
+    the same order under another shape: a token layer's [B, S, C] (or [B, S, H, D] merged into C = H * D) as
+    [B, 1, S, C] for its Conv's [B, C, 1, S]; a sandwich's flat [N*H*W, C] (a QDQ Tensordot's MatMul output)
+    as [N, H, W, C]. Anything else as it is. True when it is a token layer's."""
+    x = np.shape(it.conv_in)
+    if len(x) != 4:
+        return it, False
+    n, _, h, w = x
+    k, c = it.weight_kc.shape
+
+    token = False
+
+    def view(t: np.ndarray | None, ch: int) -> np.ndarray | None:
+        nonlocal token
+        shape = np.shape(t)
+        if t is None or shape == (n, h, w, ch):
+            return t
+        if len(shape) == 2 and shape == (n * h * w, ch):
+            return np.asarray(t).reshape(n, h, w, ch)
+        if h == 1 and len(shape) >= 3 and shape[:2] == (n, w) and math.prod(shape[2:]) == ch:
+            token = True
+            return np.asarray(t).reshape(n, 1, w, ch)
+        return t
+
+    viewed = dataclasses.replace(it, orig_in=view(it.orig_in, c), orig_out=view(it.orig_out, k))
+    return viewed, token
 
 
 def _batch_key(it: LayerTensors) -> tuple | None:
@@ -406,3 +445,98 @@ def _worst_ratio(
     x_rows: np.ndarray, y_rows: np.ndarray, w64: np.ndarray, b64: np.ndarray | None, scale: float, tiny: float
 ) -> float:
     return _errors(x_rows, y_rows, w64, b64, scale, tiny)[1]
+
+
+# --- integer layers (QLinearConv, ConvInteger) --------------------------------------------------
+#
+# An integer layer has no rounding to bound: ``acc = sum_c (x - x_zero) (w - w_zero)`` is an exact
+# int32 sum, so ConvInteger's output must equal it exactly. QLinearConv then requantizes,
+# ``y = saturate(round(acc * x_scale * w_scale[k] / y_scale) + y_zero)``: onnxruntime computes the
+# multiplier in float32 (and MLAS may fold it differently per kernel), so at a rounding tie the result
+# may be one integer step away from the float64 reference; one step is allowed. Measured on
+# onnxruntime 1.32 CPU (int8/uint8, per tensor and per channel, N=2, H != W): QLinearConv equals
+# QLinearMatMul bit for bit and ConvInteger equals MatMulInteger bit for bit, so ``exact`` (the Conv's
+# output equals the original's wherever their inputs are equal) is reported too.
+
+
+def _requantized(layer: IntegerLayer) -> bool:
+    return layer.y_scale is not None
+
+
+def integer_reference(layer: IntegerLayer, x_rows: np.ndarray, x_zero: np.ndarray | None, out_dtype: np.dtype) -> np.ndarray:
+    """The layer's output at these positions (rows of channels): the sums exactly, the requantization in float64."""
+    zx = np.int64(0) if x_zero is None else np.int64(np.asarray(x_zero).reshape(-1)[0])
+    acc = (x_rows.astype(np.int64) - zx) @ (layer.weight_kc.astype(np.int64) - layer.w_zero.astype(np.int64)[:, None]).T
+    if not _requantized(layer):
+        return acc
+    multiplier = (
+        np.float64(np.asarray(layer.x_scale).reshape(-1)[0])
+        * np.asarray(layer.w_scale, np.float64)
+        / np.float64(np.asarray(layer.y_scale).reshape(-1)[0])
+    )
+    info = np.iinfo(out_dtype)
+    y_zero = 0 if layer.y_zero is None else int(np.asarray(layer.y_zero).reshape(-1)[0])
+    return np.clip(np.rint(acc * multiplier) + y_zero, info.min, info.max).astype(np.int64)
+
+
+def check_integer_layer(
+    conv_in: np.ndarray,
+    conv_out: np.ndarray,
+    layer: IntegerLayer,
+    x_zero: np.ndarray | None,
+    orig_in: np.ndarray | None,
+    orig_out: np.ndarray | None,
+    calibrate: bool = True,
+) -> LayerNumbers:
+    """check_layer for an integer layer: input layout, and the output against the exact integer reference.
+
+    ``output_max_error`` is in integer steps of the output; an element is bad past one step (QLinearConv)
+    or at any difference (ConvInteger).
+    """
+    conv_in, conv_out = np.asarray(conv_in), np.asarray(conv_out)
+    k, c = layer.weight_kc.shape
+    if conv_in.ndim != 4 or conv_in.shape[1] != c or conv_in.dtype.kind not in "iu":
+        return LayerNumbers(
+            False, problem=f"the integer Conv's input is {conv_in.dtype} {list(conv_in.shape)}, expected [N, {c}, H, W]"
+        )
+    n, _, h, w = conv_in.shape
+    if conv_out.shape != (n, k, h, w):
+        return LayerNumbers(False, problem=f"the Conv's output has shape {list(conv_out.shape)}, expected {[n, k, h, w]}")
+    shape = (n, h, w, c)
+    zx = 0 if x_zero is None else int(np.asarray(x_zero).reshape(-1)[0])
+    x_rows = conv_in.transpose(0, 2, 3, 1).reshape(-1, c)
+    if not (x_rows != x_rows.flat[0]).any():
+        return LayerNumbers(False, "its input was one repeated value, which hides any layout", shape=shape)
+    # What it may move what follows: one output step in real units (QLinearConv), nothing for exact int32 sums.
+    step = float(np.asarray(layer.y_scale).reshape(-1)[0]) if _requantized(layer) else 0.0
+    result = LayerNumbers(True, shape=shape, noise=step)
+    if orig_in is not None:
+        orig_in = np.asarray(orig_in)
+        if orig_in.shape != shape:
+            result.input_ok = False
+            result.problem = f"the Conv reads a {list(conv_in.shape)} tensor, the original layer a {list(orig_in.shape)} one"
+            return result
+        # Centred on the zero point, so that a moved value counts at its real size (uint8 data sits near 128).
+        a = x_rows.astype(np.float64) - zx
+        b = orig_in.reshape(-1, c).astype(np.float64) - zx
+        den = float(np.sum(b * b))
+        num = float(np.sum((a - b) ** 2))
+        result.input_rel_error = math.sqrt(num / den) if den else (0.0 if num == 0 else math.inf)
+        result.input_ok = result.input_rel_error <= _DEFAULT_INPUT_RTOL
+    rows = _sample(n * h * w)
+    allowed = 1 if _requantized(layer) else 0
+    if calibrate and orig_in is not None and orig_out is not None and np.shape(orig_out) == (n, h, w, k):
+        o_ref = integer_reference(layer, orig_in.reshape(-1, c)[rows], x_zero, np.asarray(orig_out).dtype)
+        worst = int(np.abs(np.asarray(orig_out).reshape(-1, k)[rows].astype(np.int64) - o_ref).max())
+        if worst > allowed:
+            result.problem = f"the original's layer output is not what its integer weight and parameters give ({worst} steps off)"
+            return result
+    y_rows = _take(conv_out, rows).astype(np.int64)
+    err = np.abs(y_rows - integer_reference(layer, x_rows[rows], x_zero, conv_out.dtype))
+    result.output_max_error = float(err.max())
+    result.output_ratio = result.output_max_error / max(allowed, 1)
+    result.output_bad = int(np.count_nonzero(err > allowed))
+    if orig_in is not None and orig_out is not None and np.shape(orig_out) == (n, h, w, k):
+        same_in = np.array_equal(x_rows, orig_in.reshape(-1, c))
+        result.exact = same_in and np.array_equal(conv_out.transpose(0, 2, 3, 1), np.asarray(orig_out))
+    return result

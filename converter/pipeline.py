@@ -2,7 +2,11 @@
 
 Order of RULES: larger patterns come before the smaller ones they contain, so that a MatMul
 inside a Reshape sandwich is claimed by the sandwich rule first (the plain rule would only see a
-rank-2 MatMul and decline it with ``rank_not_4``).
+rank-2 MatMul and decline it with ``rank_not_4``); the same holds for a quantized (QDQ) sandwich
+before the QDQ MatMul rule. The token rule (rank 3, only with ``tokens``)
+comes before the rank-4 rule so that a rank-3 layer it declines is reported with its own reason, not
+``rank_not_4``; on anything but rank 3 it steps aside. The integer-kernel rules (QLinearMatMul,
+MatMulInteger) anchor on ops no other rule takes, so their place in the list does not matter.
 
 Around rules and cleanup sits the layout policy (layout.py): it judges the result by its Transposes
 and, under ``never-worse``, runs rules and cleanup again from the original, declining the layers
@@ -33,12 +37,33 @@ from .layout import DEFAULT_LAYOUT, LAYOUTS, Refusals, Snapshot, activations, ce
 from .load import load as load_onnx
 from .load import load_with_sources
 from .report import ConvertReport, LayoutReport, RewriteReport
-from .rules import GemmSandwichToConv, MatMulAddToConv, RewriteOptions, Rule, TensordotToConv, apply_rules
+from .rules import (
+    GemmSandwichToConv,
+    MatMulAddToConv,
+    MatMulIntegerToConv,
+    MatMulTokensToConv,
+    QdqMatMulToConv,
+    QdqSandwichToConv,
+    QLinearMatMulToConv,
+    RewriteOptions,
+    Rule,
+    TensordotToConv,
+    apply_rules,
+)
 from .runtime import resolve_providers
 from .save import save
 from .verify import DEFAULT_TIMEOUT, verify, verify_reference
 
-RULES: tuple[Rule, ...] = (TensordotToConv(), GemmSandwichToConv(), MatMulAddToConv())
+RULES: tuple[Rule, ...] = (
+    TensordotToConv(),
+    GemmSandwichToConv(),
+    QdqSandwichToConv(),
+    QdqMatMulToConv(),
+    MatMulTokensToConv(),
+    MatMulAddToConv(),
+    QLinearMatMulToConv(),
+    MatMulIntegerToConv(),
+)
 
 # After the rules: merging/cancelling runs first so that sinking sees the fewest Transposes, and
 # both repeat until nothing changes (sinking creates pairs that the next cancel removes).
@@ -57,6 +82,7 @@ def rewrite(
     providers: str | Sequence[str] = "cpu",
     fold_transposes: bool = True,
     layout: str | None = None,
+    tokens: bool = False,
 ) -> RewriteResult:
     """Rewrite dense layers on 4D tensors into 1x1 Convs. The input model is not modified.
 
@@ -67,7 +93,10 @@ def rewrite(
     ``fold_transposes`` runs the Transpose cleanup when anything was rewritten: a model with
     nothing to rewrite comes out unchanged.
     ``layout`` is one of ``LAYOUTS`` (layout.py says what each does); None is ``DEFAULT_LAYOUT``
-    (``keep-all``: every layer); ``never-worse`` declines the layers that would leave more Transposes.
+    (``never-worse``: the layers that would leave more Transposes are declined); ``keep-all`` keeps every layer.
+    With ``tokens``, None is ``keep-all`` (``resolve_layout`` says why).
+    ``tokens`` also rewrites dense layers on rank-3 token sequences ``[B, S, C]`` (transformers,
+    MLP-Mixer) into 1x1 Convs in the ``[B, C, 1, S]`` layout; off, such layers stay ``rank_not_4``.
     """
     if isinstance(model, (str, os.PathLike)):
         model = load(model)
@@ -76,23 +105,27 @@ def rewrite(
 
         if not gs.is_graph(model):
             raise TypeError(f"rewrite() takes an onnx.ModelProto, a path or a gs.Graph, not {type(model).__name__}")
-        result = rewrite(gs.to_model(model), providers=providers, fold_transposes=fold_transposes, layout=layout)
+        result = rewrite(gs.to_model(model), providers=providers, fold_transposes=fold_transposes, layout=layout, tokens=tokens)
         return RewriteResult(gs.to_graph(result.model), result.report)
-    layout = resolve_layout(layout, fold_transposes)
+    layout = resolve_layout(layout, fold_transposes, tokens)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     # New weights are detached, then attached where they sit, as `convert` saves them: the same file.
     detached = DetachedWeights()
-    report = _rewrite_in_place(out, providers, fold_transposes, detached, layout=layout)
+    report = _rewrite_in_place(out, providers, fold_transposes, detached, layout=layout, tokens=tokens)
     detached.attach(out)
     return RewriteResult(out, report)
 
 
-def resolve_layout(layout: str | None, fold_transposes: bool) -> str:
+def resolve_layout(layout: str | None, fold_transposes: bool, tokens: bool = False) -> str:
     """The layout mode a rewrite runs: ``None`` is ``DEFAULT_LAYOUT``; a mode that needs the cleanup
-    (the one thing that absorbs Transposes) refuses to run without it."""
+    (the one thing that absorbs Transposes) refuses to run without it.
+
+    With ``tokens``, ``None`` is ``keep-all``: the user asked for the token layers as Convs, and in most
+    transformers their Transposes do not all cancel yet (attention's Reshapes stop them), so
+    ``never-worse`` would decline every one of them. ``layout="never-worse"`` still applies the policy."""
     if layout is None:
-        return DEFAULT_LAYOUT if fold_transposes else "keep-all"
+        return DEFAULT_LAYOUT if fold_transposes and not tokens else "keep-all"
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r} (choose one of {', '.join(LAYOUTS)})")
     if not fold_transposes and layout != "keep-all":
@@ -107,13 +140,14 @@ def _rewrite_in_place(
     detached: DetachedWeights | None = None,
     layout: str = DEFAULT_LAYOUT,
     progress: Callable[[int, int], None] | None = None,
+    tokens: bool = False,
 ) -> RewriteReport:
     """Rewrite ``out`` in place under the layout policy (layout.py).
 
     Under ``never-worse`` the graph is kept (``Snapshot``: its nodes as bytes, its weights by
     reference) and put back when layers must be declined and the model rewritten again.
     """
-    mode = resolve_layout(layout, fold_transposes)
+    mode = resolve_layout(layout, fold_transposes, tokens)
     cleanup = CleanupOptions(layernorm_to_nchw=True) if mode == "nchw" else None
     started = time.perf_counter()
     with _no_cyclic_gc():
@@ -128,7 +162,7 @@ def _rewrite_in_place(
                 snapshot.restore(out)
                 if detached is not None:
                     detached.keep_only(placeholders)
-            return _rewrite_once(out, providers, fold_transposes, detached, refuse, cleanup, progress)
+            return _rewrite_once(out, providers, fold_transposes, detached, refuse, cleanup, progress, tokens)
 
         report = choose(out, snapshot, attempt, mode, kinds, before)
     report.seconds = time.perf_counter() - started
@@ -143,10 +177,11 @@ def _rewrite_once(
     refuse: Refusals,
     cleanup: CleanupOptions | None,
     progress: Callable[[int, int], None] | None = None,
+    tokens: bool = False,
 ) -> RewriteReport:
     """One rewrite of ``out``, in place: the rules (declining the ``refuse``d anchors), then the cleanup."""
     before = count_ops(out.graph)
-    options = RewriteOptions(providers=resolve_providers(providers), refuse=refuse)
+    options = RewriteOptions(providers=resolve_providers(providers), refuse=refuse, tokens=tokens)
     decisions = apply_rules(out, RULES, options, detached, progress)
     report = RewriteReport(decisions=decisions, ops_before=before)
     report.ops_rewritten = count_ops(out.graph)
@@ -203,6 +238,7 @@ def convert(
     verify_outputs: bool = True,
     fold_transposes: bool = True,
     layout: str | None = None,
+    tokens: bool = False,
     providers: str | Sequence[str] = "cpu",
     atol: float | None = None,
     rtol: float | None = None,
@@ -230,10 +266,11 @@ def convert(
     writes the result even after a mismatch (``report.forced`` says so). ``allow_h5`` loads legacy
     Keras .h5 files, which runs the Python code of their Lambda layers. ``trust_model`` skips the
     static audit of a SavedModel's ops (see frontends/) and runs whatever the model holds.
-    ``layout`` is as for ``rewrite`` (the command passes ``never-worse`` unless told otherwise).
+    ``layout`` is as for ``rewrite`` (the command passes ``never-worse`` unless told otherwise), and
+    so is ``tokens``.
     """
     step = on_step or (lambda _msg: None)
-    layout = resolve_layout(layout, fold_transposes)  # a bad choice fails before any work
+    layout = resolve_layout(layout, fold_transposes, tokens)  # a bad choice fails before any work
     source_path = Path(input_path)
     output = Path(output_path) if output_path is not None else default_output(input_path)
     if not dry_run:  # every path we write is checked before any work (paths.py says what is refused)
@@ -248,6 +285,7 @@ def convert(
         "verify_outputs": verify_outputs,
         "fold_transposes": fold_transposes,
         "layout": layout,
+        "tokens": tokens,
         "chosen": chosen,
         "atol": atol,
         "rtol": rtol,
@@ -304,6 +342,7 @@ def _convert_model(
     verify_outputs: bool,
     fold_transposes: bool,
     layout: str,
+    tokens: bool,
     chosen: tuple[str, ...],
     atol: float | None,
     rtol: float | None,
@@ -331,10 +370,14 @@ def _convert_model(
         # that was detached); new weights are detached too, and written from their arrays.
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
-        result = RewriteResult(copy, _rewrite_in_place(copy, chosen, fold_transposes, detached, layout=layout, progress=counts))
+        result = RewriteResult(
+            copy, _rewrite_in_place(copy, chosen, fold_transposes, detached, layout=layout, progress=counts, tokens=tokens)
+        )
     else:
         # Nothing needs the original afterwards: rewrite it in place.
-        result = RewriteResult(model, _rewrite_in_place(model, chosen, fold_transposes, detached, layout=layout, progress=counts))
+        result = RewriteResult(
+            model, _rewrite_in_place(model, chosen, fold_transposes, detached, layout=layout, progress=counts, tokens=tokens)
+        )
     timings["rewrite"] = result.report.seconds
     report = ConvertReport(str(source_path), str(output), result.report, dry_run=dry_run, timings=timings)
     if dry_run:

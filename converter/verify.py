@@ -39,12 +39,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import feeds as feeding
-from .certify import Certificate, certify, find_graphs
+from .certify import INTEGER_CONVS, Certificate, certify, find_graphs
+from .certify_integer import IntegerLayer
 from .compare import compare, default_tolerances, degenerate, end_to_end_atol, failed
 from .detached import DetachedWeights
 from .errors import InputError
 from .graph import weight_bytes
-from .layers import LayerNumbers, LayerTensors, check_layers
+from .layers import LayerNumbers, LayerTensors, check_integer_layer, check_layers
 from .report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
 from .runtime import dtype_name, resolve_providers
 from .sessions import Runner, VerificationTimeout
@@ -286,8 +287,9 @@ def _record(check: LayerCheck, numbers: list[LayerNumbers], where: str) -> None:
         check.input_rel_error = max(n.input_rel_error for n in exercised)
         check.output_max_error = max(n.output_max_error for n in exercised)
         check.output_bound_ratio = max(n.output_ratio for n in exercised)
-        n_, h, w, _ = exercised[0].shape
-        check.weak_shape = min(n_, h, w) < 2 or h == w
+        n_, h, w, c = exercised[0].shape
+        # A token layer's H is always 1: what exposes its layout bugs is B > 1 and S != C.
+        check.weak_shape = (n_ < 2 or w < 2 or w == c) if exercised[0].tokens else (min(n_, h, w) < 2 or h == w)
     if bad:
         check.numbers = "failed"
         first = bad[0]
@@ -302,6 +304,13 @@ def _record(check: LayerCheck, numbers: list[LayerNumbers], where: str) -> None:
     elif exercised:
         check.numbers = "passed"
         widened = max(n.widened for n in exercised)
+        compared = [n.exact for n in exercised if n.exact is not None]
+        if compared:
+            check.numbers_detail = (
+                "integer output equal to the original's, bit for bit"
+                if all(compared)
+                else "integer output within one step of the exact result, not bit for bit the original's"
+            )
         if widened > 1:
             check.numbers_detail = f"bound widened {widened:.3g}x to fit the original MatMul's own rounding"
     else:
@@ -457,6 +466,43 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
         out.outputs.append(merged)
 
 
+def _quantized_inputs(model: onnx.ModelProto, convs: dict[str, onnx.NodeProto]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """For each Conv that reads ``DequantizeLinear(QuantizeLinear(t))`` with one constant scale and zero point
+    (a QDQ layer: the certificate proved them the original's), what that pair makes of the original
+    activation: its input check then compares like with like, not the quantized tensor with the float one
+    (off by the quantization noise, which outliers make larger than the check's limit)."""
+    made = {o: n for n in model.graph.node for o in n.output if o}
+    inits = {t.name: t for t in model.graph.initializer}
+    found: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    for name, conv in convs.items():
+        dq = made.get(conv.input[0]) if conv.input else None
+        q = made.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" and dq.input else None
+        if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or dq.domain not in ("", "ai.onnx"):
+            continue
+        if (
+            len(q.input) < 3
+            or len(dq.input) < 3
+            or q.input[1:3] != dq.input[1:3]
+            or any(a.name != "axis" for a in [*q.attribute, *dq.attribute])
+        ):
+            continue
+        if not all(n in inits for n in q.input[1:3]):
+            continue
+        scale, zero = (numpy_helper.to_array(inits[n]) for n in q.input[1:3])
+        if scale.size != 1 or zero.size != 1 or zero.dtype.kind not in "iu" or scale.dtype.kind != "f":
+            continue
+        info = np.iinfo(zero.dtype)
+        s, z = scale.reshape(()), int(zero.reshape(()))
+
+        def qdq(x: np.ndarray, s: np.ndarray = s, z: int = z, lo: int = info.min, hi: int = info.max) -> np.ndarray:
+            # QuantizeLinear rounds half to even and saturates; DequantizeLinear is (q - z) * s, in the scale's type.
+            q = np.clip(np.rint(np.asarray(x, dtype=s.dtype) / s) + z, lo, hi)
+            return ((q - z) * s).astype(s.dtype)
+
+        found[name] = qdq
+    return found
+
+
 @dataclass
 class _Trial:
     """Comparing one trial of the rewritten model with the original's outputs of the same inputs."""
@@ -464,11 +510,15 @@ class _Trial:
     pair: _Pair
     o: _Options
     convs: dict[str, onnx.NodeProto]
-    dense: dict[str, tuple[np.ndarray, np.ndarray | None] | str]
+    dense: dict[str, tuple[np.ndarray, np.ndarray | None] | IntegerLayer | str]
     depth: float
     out: _Outcome
     per_output: dict[str, list[OutputCheck]]
     refs: dict[str, list[np.ndarray]]
+    quantized: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.quantized = _quantized_inputs(self.pair.rewritten, self.convs)
 
     def check(self, rewritten: Runner | None, feeds: dict[str, np.ndarray], orig_out: dict[str, np.ndarray], failure: str) -> str:
         """Run, compare and record; returns the failure message so far ("" when the rewritten model runs)."""
@@ -492,6 +542,26 @@ class _Trial:
                 numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {layer}"))
                 continue
             node = self.convs[c.conv]
+            if isinstance(layer, IntegerLayer):
+                zero = layer.x_zero
+                if zero is None and node.op_type == "ConvInteger" and len(node.input) > 2 and node.input[2]:
+                    zero = _tensor(node.input[2], got, feeds)  # computed (DynamicQuantizeLinear): the proved same tensor
+                numbers.append(
+                    check_integer_layer(
+                        _tensor(node.input[0], got, feeds),
+                        _tensor(node.output[0], got, feeds),
+                        layer,
+                        zero,
+                        _tensor(c.input, orig_out, feeds),
+                        _tensor(c.output, orig_out, feeds),
+                        calibrate=not any(n.exercised for n in numbers),
+                    )
+                )
+                continue
+            orig_in = _tensor(c.input, orig_out, feeds)
+            quantized = self.quantized.get(c.conv)
+            if quantized is not None and orig_in is not None:
+                orig_in = quantized(orig_in)
             pending.append(
                 (
                     c.conv,
@@ -500,7 +570,7 @@ class _Trial:
                         _tensor(node.output[0], got, feeds),
                         layer[0],
                         layer[1],
-                        _tensor(c.input, orig_out, feeds),
+                        orig_in,
                         _tensor(c.output, orig_out, feeds),
                         calibrate=not any(n.exercised for n in numbers),
                     ),
@@ -530,6 +600,14 @@ def _original_runner(pair: _Pair, o: _Options) -> Runner:
 def _rewritten_runner(pair: _Pair, o: _Options) -> Runner:
     convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
     expose = [t for c in pair.layers if c.conv in convs for t in (convs[c.conv].input[0], convs[c.conv].output[0])]
+    # A ConvInteger's activation zero point may be computed (DynamicQuantizeLinear): its numbers need it.
+    inits = {t.name for t in pair.rewritten.graph.initializer}
+    expose += [
+        convs[c.conv].input[2]
+        for c in pair.layers
+        if c.conv in convs and convs[c.conv].op_type == "ConvInteger" and len(convs[c.conv].input) > 2
+        if convs[c.conv].input[2] and convs[c.conv].input[2] not in inits
+    ]
     return Runner(pair.rewritten, o.providers, expose, "rewritten", o.values)
 
 
@@ -545,10 +623,14 @@ def _dense(
     convs: dict[str, onnx.NodeProto],
     inits: dict[str, TensorProto],
     values: DetachedWeights | None,
-) -> tuple[np.ndarray, np.ndarray | None] | str:
+) -> tuple[np.ndarray, np.ndarray | None] | IntegerLayer | str:
     """A layer's weight as [K, C] and bias: the Conv's when the certificate proved them the original's, else the original's."""
     proof = pair.cert.layers.get(layer.conv)
     node = convs.get(layer.conv)
+    if node is not None and node.op_type in INTEGER_CONVS:
+        # The certificate read it from the original (weight, zero points, scales), or says why not.
+        found = pair.cert.originals.get(layer.conv, "the walk never reached this layer's graph")
+        return found if isinstance(found, (IntegerLayer, str)) else "it is no integer layer in the original"
     if proof is not None and proof.status == "proved" and node is not None:
         read = values.value if values is not None else numpy_helper.to_array
         if node.input[1] in inits and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits):

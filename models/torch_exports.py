@@ -64,11 +64,11 @@ class TorchModel:
     name: str
     description: str
     build: Callable[[], Any]  # returns the torch module (random weights, eval mode is set by the caller)
-    shape: tuple[int, int, int, int] = (2, 3, 64, 96)  # the example input used for export
+    shape: tuple[int, ...] = (2, 3, 64, 96)  # the example input used for export (a token model's is [N, S, C])
     dynamic: bool = False  # dynamic N, H and W
     dynamic_batch: bool = False  # dynamic N only (H and W as in ``shape``): the usual deployment export
     min_hw: int = 32  # smallest H and W the model accepts (its total stride), for the dynamo exporter's Dims
-    check_shapes: tuple[tuple[int, int, int, int], ...] = field(default=(CHECK_SHAPE,))
+    check_shapes: tuple[tuple[int, ...], ...] = field(default=(CHECK_SHAPE,))
     needs: str = "torchvision"
 
 
@@ -187,6 +187,23 @@ def _equal_linears() -> Any:
 
     return EqualLinears()
 
+
+def _perturbed(build: Callable[[], Any]) -> Callable[[], Any]:
+    """``build`` with every parameter perturbed (``perturb``): timm's fresh ViT and Mixer have zero heads
+    (a constant output verifies nothing) and many equal tensors."""
+    return lambda: perturb(build())
+
+
+def _transformer_encoder() -> Any:
+    """torch.nn.TransformerEncoder, batch_first: 2 layers, d_model 32, 4 heads, feed-forward 64, no dropout.
+    Its MultiheadAttention works on [S, B, E] inside (in_proj on rank 3, out_proj as Reshape -> Gemm -> Reshape)."""
+    import torch
+
+    layer = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True, dropout=0.0)
+    return perturb(torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False))
+
+
+ENCODER_SHAPE = (2, 7, 32)  # [N, S, C]: S != C, N > 1
 
 MODELS: dict[str, TorchModel] = {
     m.name: m
@@ -310,6 +327,37 @@ MODELS: dict[str, TorchModel] = {
             dynamic_batch=True,
             needs="timm",
         ),
+        # Token models (issue 13: Linears on [B, S, C], converted with tokens=True), perturbed weights.
+        TorchModel(
+            "timm_vit_tiny_dynbatch",
+            "timm vit_tiny_patch16_224 at img_size=(64, 96) (24 patch tokens + class token), perturbed, dynamic N",
+            _perturbed(_timm("vit_tiny_patch16_224", img_size=(64, 96))),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
+            "timm_deit_tiny_dynbatch",
+            "timm deit_tiny_patch16_224 at img_size=(64, 96), perturbed, dynamic N",
+            _perturbed(_timm("deit_tiny_patch16_224", img_size=(64, 96))),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
+            "timm_mixer_s16_dynbatch",
+            "timm mixer_s16_224 at img_size=(64, 96) (24 tokens: token mixing over S), perturbed, dynamic N",
+            _perturbed(_timm("mixer_s16_224", img_size=(64, 96))),
+            dynamic_batch=True,
+            needs="timm",
+        ),
+        TorchModel(
+            "torch_encoder_dynbatch",
+            "torch.nn.TransformerEncoder (batch_first, 2 layers, d_model 32, 4 heads), perturbed, input [N, 7, 32], dynamic N",
+            _transformer_encoder,
+            shape=ENCODER_SHAPE,
+            dynamic_batch=True,
+            check_shapes=(ENCODER_SHAPE, (1, *ENCODER_SHAPE[1:])),
+            needs="torch",
+        ),
         TorchModel(
             "tv_swin_t_static",
             "torchvision swin_t, static [2, 3, 224, 320]",
@@ -375,7 +423,7 @@ def export(model: Any, spec: TorchModel, exporter: str, path: Path, opset: int) 
     program.save(str(path), external_data=False)
 
 
-def check(model: Any, path: Path, shapes: tuple[tuple[int, int, int, int], ...]) -> list[dict]:
+def check(model: Any, path: Path, shapes: tuple[tuple[int, ...], ...]) -> list[dict]:
     """Run the export in onnxruntime (all optimizations off and on) and compare with torch."""
     import numpy as np
     import onnxruntime as ort
@@ -502,6 +550,33 @@ class LinearLayer:
         """A Linear on a rank-4 tensor with a constant weight: what the converter is meant to rewrite."""
         return self.rank == 4 and self.weight in ("initializer", "identity", "constant")
 
+    @property
+    def token_candidate(self) -> bool:
+        """A Linear on a rank-3 token sequence with a constant weight: what ``tokens=True`` rewrites."""
+        return self.rank == 3 and self.weight in ("initializer", "identity", "constant")
+
+
+def sandwich_linears(model: Any) -> list[str]:
+    """Gemm / MatMul nodes between two Reshapes with an initializer weight (MultiheadAttention's out_proj):
+    Linears on a rank-3 tensor that the exporter flattened to rank 2. Their node labels."""
+    graph = model.graph
+    inits = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    found = []
+    for n in graph.node:
+        if n.op_type not in ("Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        first = producer.get(n.input[0])
+        if first is None or first.op_type != "Reshape":
+            continue
+        if any(r.op_type == "Reshape" and r.input[0] == n.output[0] for r in readers.get(n.output[0], [])):
+            found.append(n.name or f"{n.op_type}({n.output[0]})")
+    return found
+
 
 def linear_layers(model: Any) -> list[LinearLayer]:
     """Every MatMul of the main graph of ``model`` (an onnx.ModelProto), with where its operands come from."""
@@ -570,8 +645,12 @@ def linear_layers(model: Any) -> list[LinearLayer]:
     return layers
 
 
-def unmet(layers: list[LinearLayer], decisions: list[Any], allowed_declines: Collection[str] = ()) -> dict[str, list[str]]:
+def unmet(
+    layers: list[LinearLayer], decisions: list[Any], allowed_declines: Collection[str] = (), tokens: bool = False
+) -> dict[str, list[str]]:
     """Where a conversion falls short of the torch zoo's acceptance, per layer (every list empty: met).
+
+    With ``tokens`` the candidates are the Linears on rank-3 token sequences instead (``token_candidate``).
 
     ``decisions`` are the converter's (``report.rewrite.decisions``). "not_rewritten": a candidate
     Linear (rank 4, constant weight, also one behind an Identity) that was neither rewritten nor
@@ -581,7 +660,7 @@ def unmet(layers: list[LinearLayer], decisions: list[Any], allowed_declines: Col
     by_node = {d.node: d for d in decisions if d.op_type == "MatMul"}
     out: dict[str, list[str]] = {"not_rewritten": [], "bias_not_folded": []}
     for layer in layers:
-        if not layer.candidate:
+        if not (layer.token_candidate if tokens else layer.candidate):
             continue
         d = by_node.get(layer.node)
         if d is None:

@@ -45,6 +45,9 @@ class ZooModel:
     # Reasons a Linear on a rank-4 tensor with a constant weight may be declined with (every other one
     # must be rewritten): the layout policy's refusal where a layer's Transposes cannot be absorbed.
     allowed_declines: frozenset[str] = frozenset()
+    # A token model (issue 13): converted with tokens=True (``--tokens``; its default layout is keep-all), and
+    # expected_rewrites counts its Linears on rank-3 token sequences with a constant weight instead.
+    tokens: bool = False
 
 
 def _onnx(builder: Callable[[], onnx.ModelProto]) -> Callable[[Path], Path]:
@@ -177,6 +180,15 @@ _TORCH_MODELS = (
     ("timm_mambaout_femto_dynbatch", "timm mambaout_femto, dynamic N, 64x96", 36, _NHWC_64x96, ()),
 )
 _EXPORTER_NAMES = {"ts": "TorchScript exporter (dynamo=False)", "dynamo": "dynamo exporter (dynamo=True)"}
+# Token models: Linears on [B, S, C] (rank 3), rewritten with tokens=True. The count is every rank-3 Linear
+# with a constant weight: MatMuls on rank 3 (models/torch_exports.py's linear_layers) and the Reshape sandwiches
+# around a Gemm that MultiheadAttention's out_proj is exported as (sandwich_linears).
+_TOKEN_MODELS = (
+    ("timm_vit_tiny_dynbatch", "timm vit_tiny (img 64x96: 24 tokens + class token), dynamic N", 48, _NHWC_64x96),
+    ("timm_deit_tiny_dynbatch", "timm deit_tiny (img 64x96), dynamic N", 48, _NHWC_64x96),
+    ("timm_mixer_s16_dynbatch", "timm mixer_s16 (img 64x96: 24 tokens), dynamic N", 32, _NHWC_64x96),
+    ("torch_encoder_dynbatch", "torch.nn.TransformerEncoder (batch_first, 2 layers, d_model 32), dynamic N", 8, {"x": [2, 7, 32]}),
+)
 
 TORCH_ZOO: dict[str, ZooModel] = {
     f"{model}_{exporter}": ZooModel(
@@ -189,6 +201,18 @@ TORCH_ZOO: dict[str, ZooModel] = {
         allowed_declines=frozenset(allowed),
     )
     for model, description, linears, shapes, allowed in _TORCH_MODELS
+    for exporter in ("ts", "dynamo")
+} | {
+    f"{model}_{exporter}": ZooModel(
+        f"{model}_{exporter}",
+        f"{description}; {_EXPORTER_NAMES[exporter]}; --tokens",
+        _torch(model, exporter),
+        linears,
+        shapes,
+        torch=True,
+        tokens=True,
+    )
+    for model, description, linears, shapes in _TOKEN_MODELS
     for exporter in ("ts", "dynamo")
 }
 

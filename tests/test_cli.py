@@ -339,3 +339,34 @@ def test_layout_help_and_bad_combinations(windows_file: Path, tmp_path: Path) ->
     ]
     r = run(windows_file, "--dry-run", "--layout", "tidy")
     assert r.returncode == 2 and "invalid choice: 'tidy'" in r.stderr
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    from tests.rules.test_matmul_tokens_to_conv import transformer_block
+
+    path = tmp_path / "block.onnx"
+    onnx.save(transformer_block(), path)
+    return path
+
+
+def test_without_tokens_rank3_layers_are_declined_and_the_graph_is_unchanged(tokens_file: Path, tmp_path: Path) -> None:
+    r = run(tokens_file, "-o", tmp_path / "plain.onnx", "--report", tmp_path / "plain.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / "plain.json").read_text())["rewrite"]
+    assert [(d["rule"], d["reason"]) for d in data["decisions"]] == [("matmul_add_to_conv", "rank_not_4")] * 2
+    assert onnx.load(tmp_path / "plain.onnx").graph.SerializeToString() == onnx.load(tokens_file).graph.SerializeToString()
+
+
+def test_tokens_flag_rewrites_rank3_layers(tokens_file: Path, tmp_path: Path) -> None:
+    r = run("--help")
+    assert "--tokens" in r.stdout and "[B, C, 1, S]" in r.stdout
+    r = run(tokens_file, "-o", tmp_path / "t.onnx", "--tokens", "--no-verify", "--report", tmp_path / "t.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / "t.json").read_text())["rewrite"]
+    assert [(d["rule"], d["rewritten"]) for d in data["decisions"]] == [("matmul_tokens_to_conv", True)] * 2
+    assert data["layout"]["mode"] == "keep-all"  # the default under --tokens
+    ops = [n.op_type for n in onnx.load(tmp_path / "t.onnx").graph.node]
+    assert ops.count("Conv") == 2 and "MatMul" not in ops and ops.count("Transpose") == 2
+    r = run(tokens_file, "--tokens", "--dry-run", "--layout", "never-worse")
+    assert r.returncode == 0 and "layout_cost" in r.stdout  # the policy still applies when asked for

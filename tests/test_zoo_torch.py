@@ -9,6 +9,10 @@ reason the entry lists), each foldable constant bias, also one read through an I
 into its Conv, verification passes, and the default result has at most as many Transposes as the
 original. "Default" is what the `convert` command does without options (its layout mode, when the
 converter has layout modes; the API's default may differ).
+
+Token entries (``entry.tokens``: ViT, DeiT, Mixer, nn.TransformerEncoder; issue 13) are converted as
+``convert --tokens`` does (layout keep-all): every Linear on a rank-3 token sequence with a constant weight
+is rewritten, MultiheadAttention's out_proj sandwich too, and the outputs match the original's.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 
 import converter
 from converter.report import ConvertReport
-from models.torch_exports import LinearLayer, linear_layers, unmet
+from models.torch_exports import LinearLayer, linear_layers, sandwich_linears, unmet
 from models.zoo import TORCH_EXTRA, TORCH_ZOO, build, torch_missing
 
 pytestmark = pytest.mark.zoo
@@ -30,8 +34,11 @@ NAMES = [
 ]
 
 
-def command_layout() -> dict[str, str]:
-    """The default layout mode (the acceptance's "default result"), the same for the command and the API."""
+def command_layout(tokens: bool = False) -> dict[str, object]:
+    """The default layout mode (the acceptance's "default result"), the same for the command and the API;
+    with --tokens the command's default is keep-all (pipeline.resolve_layout)."""
+    if tokens:
+        return {"layout": None, "tokens": True}
     return {"layout": converter.DEFAULT_LAYOUT}
 
 
@@ -39,6 +46,7 @@ def command_layout() -> dict[str, str]:
 class Converted:
     layers: list[LinearLayer]
     report: ConvertReport
+    sandwiches: list[str]  # Gemm / MatMul nodes between Reshapes with a constant weight (token entries count them)
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +58,15 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Conve
         if name not in done:
             entry = TORCH_ZOO[name]
             source = build(name, cache)
-            layers = linear_layers(converter.load(source))
+            model = converter.load(source)
+            layers, sandwiches = linear_layers(model), sandwich_linears(model)
             report = converter.convert(
-                source, cache / f"{name}_conv.onnx", input_shapes=entry.input_shapes or None, **command_layout()
+                source,
+                cache / f"{name}_conv.onnx",
+                input_shapes=entry.input_shapes or None,
+                **command_layout(entry.tokens),  # type: ignore[arg-type]
             )
-            done[name] = Converted(layers, report)
+            done[name] = Converted(layers, report, sandwiches)
         return done[name]
 
     return get
@@ -62,32 +74,45 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Conve
 
 @pytest.mark.parametrize("name", NAMES)
 def test_export_has_the_expected_linears(name: str, converted: Callable[[str], Converted]) -> None:
-    assert sum(x.candidate for x in converted(name).layers) == TORCH_ZOO[name].expected_rewrites
+    c, entry = converted(name), TORCH_ZOO[name]
+    if entry.tokens:
+        assert sum(x.token_candidate for x in c.layers) + len(c.sandwiches) == entry.expected_rewrites
+    else:
+        assert sum(x.candidate for x in c.layers) == entry.expected_rewrites
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_verification_passes(name: str, converted: Callable[[str], Converted]) -> None:
     report = converted(name).report
     assert report.verify is not None
+    assert report.verify.interface_problems == []
     assert report.verify.passed, (report.verify.verdict, report.verify.to_dict())
     assert report.ok and report.written
-    assert report.verify.interface_problems == []
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_rank4_linear_is_rewritten(name: str, converted: Callable[[str], Converted]) -> None:
-    c = converted(name)
-    assert unmet(c.layers, c.report.rewrite.decisions, TORCH_ZOO[name].allowed_declines)["not_rewritten"] == []
+    c, entry = converted(name), TORCH_ZOO[name]
+    assert unmet(c.layers, c.report.rewrite.decisions, entry.allowed_declines, tokens=entry.tokens)["not_rewritten"] == []
+    if entry.tokens:  # the sandwiches (out_proj) too
+        rewritten = {d.node for d in c.report.rewrite.decisions if d.rewritten}
+        assert [s for s in c.sandwiches if s not in rewritten] == []
+        assert c.report.rewrite.rewritten == entry.expected_rewrites
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_constant_biases_are_folded_identity_fed_ones_too(name: str, converted: Callable[[str], Converted]) -> None:
-    c = converted(name)
-    assert unmet(c.layers, c.report.rewrite.decisions, TORCH_ZOO[name].allowed_declines)["bias_not_folded"] == []
+    c, entry = converted(name), TORCH_ZOO[name]
+    assert unmet(c.layers, c.report.rewrite.decisions, entry.allowed_declines, tokens=entry.tokens)["bias_not_folded"] == []
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_more_transposes_than_the_original(name: str, converted: Callable[[str], Converted]) -> None:
+    if TORCH_ZOO[name].tokens:
+        pytest.skip(
+            "--tokens keeps every token layer (keep-all): attention's Reshapes stop its Transposes; "
+            "benchmarks/torch_zoo.py counts them"
+        )
     rw = converted(name).report.rewrite
     before, after = rw.ops_before.get("Transpose", 0), rw.ops_after.get("Transpose", 0)
     assert after <= before, f"Transposes {before} -> {after} (right after the rules: {rw.ops_rewritten.get('Transpose', 0)})"
@@ -104,4 +129,14 @@ def test_torch_zoo_names_the_extra() -> None:
         "timm_convnext_tiny_dynbatch",
         "timm_edgenext_xx_small_dynbatch",
         "timm_mambaout_femto_dynbatch",
+        "timm_vit_tiny_dynbatch",
+        "timm_deit_tiny_dynbatch",
+        "timm_mixer_s16_dynbatch",
+        "torch_encoder_dynbatch",
+    }
+    assert {n.rsplit("_", 1)[0] for n, e in TORCH_ZOO.items() if e.tokens} == {
+        "timm_vit_tiny_dynbatch",
+        "timm_deit_tiny_dynbatch",
+        "timm_mixer_s16_dynbatch",
+        "torch_encoder_dynbatch",
     }

@@ -23,7 +23,6 @@ from onnx import GraphProto, NodeProto, numpy_helper
 from converter.cleanup._edit import DEFAULT_DOMAINS
 from converter.graph import FOLDABLE, GRAPH_OPS, Scope, iter_graphs, referenced_names, set_transpose_perm, subgraphs, transpose_perm
 
-
 _DROPPABLE = FOLDABLE | {"Constant"}  # nodes that only make a constant
 
 

@@ -4,7 +4,9 @@ Before::  t = Transpose(a, p); y = Op(t, ...)
 After::   y' = Op'(a, ...); y = Transpose(y', q)
 
 ``Op'`` and ``q`` come from the handler registered for ``Op`` in
-:data:`converter.cleanup.handlers.HANDLERS` (elementwise ops keep ``q = p``; axis ops, reductions,
+:data:`converter.cleanup.handlers.HANDLERS` (default domain) or ``OTHER_DOMAINS`` (keyed by
+(domain, op type): onnxruntime's QLinearAdd/QLinearMul), both looked up by ``handlers.handler_for``
+in :func:`plan_move` (elementwise ops keep ``q = p``; axis ops, reductions,
 Split/Concat, Squeeze/Unsqueeze and Gather remap their axes; see each handler's docstring).
 
 The Transpose is copied into each reader it can move through and stays for the others (this is
@@ -12,8 +14,9 @@ how GELU's ``x * 0.5 * (1 + erf(x / sqrt 2))`` fan-out is crossed). A move never
 on another operand; the pass manager rejects the result if a graph ends with more Transposes.
 Cost checks (``_worth_it``): no copy that could only sit before a graph output while the Transpose
 stays; no copy through a layout-changing op of a shared Transpose unless every reader's result can
-go on. A restoring Transpose that would meet only its inverse is not made: the readers of the
-inverse read the moved op directly. Nodes that hold subgraphs are never moved through. Only
+go on (elementwise ops and the per-element quantization ops, ``handlers.PER_ELEMENT``, are not
+layout-changing). A restoring Transpose that would meet only its inverse is not made: the readers of
+the inverse read the moved op directly. Nodes that hold subgraphs are never moved through. Only
 Transposes that a change touched since the pass last ran are looked at again.
 """
 
@@ -24,7 +27,7 @@ from onnx import GraphProto, NodeProto
 from converter.cleanup import PassContext, PassResult
 from converter.cleanup._edit import DEFAULT_DOMAINS, inverse, is_identity, make_transpose, set_attribute
 from converter.cleanup._workspace import Workspace
-from converter.cleanup.handlers import HANDLERS, Decline, HandlerArgs, Plan
+from converter.cleanup.handlers import Decline, HandlerArgs, Plan, handler_for, per_element
 from converter.cleanup.handlers._base import Fresh, Operand, Relaid, outputs_go_on
 from converter.cleanup.handlers.elementwise import BINARY, UNARY, VARIADIC
 
@@ -54,7 +57,7 @@ class SinkTransposes:
 
 def plan_move(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto) -> Plan | Decline:
     """What the handler for ``node`` says about moving ``transpose`` (which ``node`` reads) below it."""
-    handler = HANDLERS.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+    handler = handler_for(node)
     if handler is None:
         return Decline("no_handler", f"no Transpose moves through {node.domain or 'ai.onnx'}.{node.op_type}")
     if ws.holds_graphs(node):
@@ -79,11 +82,11 @@ def _worth_it(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeP
         # The copy could only sit before a graph output: no loss only when the Transpose then goes
         # and no other reader of its input could take it as the inverse copy it needs.
         return Decline("gains_nothing", f"{node.op_type}'s output only leaves the graph: the copy would never cancel")
-    if shared and node.op_type not in ELEMENTWISE:
+    if shared and not _keeps_layout(node):
         # Copies through layout-changing ops (three Gathers of Swin's qkv) pay off only if every
         # reader moves and its copies can go on; elementwise fan-out (GELU's) is taken as it always was.
         for r in ws.readers(t):
-            if r.op_type == "Transpose" or r.op_type in ELEMENTWISE:
+            if r.op_type == "Transpose" or _keeps_layout(r):
                 continue
             theirs = plan if r is node else _handler_plan(ctx, ws, transpose, r)
             if isinstance(theirs, Decline):
@@ -93,9 +96,14 @@ def _worth_it(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeP
     return None
 
 
+def _keeps_layout(node: NodeProto) -> bool:
+    """Elementwise ops, and the quantization ops that compute per element (``handlers.PER_ELEMENT``)."""
+    return node.op_type in ELEMENTWISE or per_element(node)
+
+
 def _handler_plan(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto) -> Plan | Decline:
     """What ``node``'s handler alone says (no cost checks), for looking at another reader of a Transpose."""
-    handler = HANDLERS.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+    handler = handler_for(node)
     t = transpose.output[0]
     slots = tuple(i for i, name in enumerate(node.input) if name == t)
     if handler is None or ws.holds_graphs(node) or not slots:

@@ -3,6 +3,24 @@
 from ._engine import Decline, RewriteOptions, Rule, apply_rules
 from .gemm_sandwich_to_conv import GemmSandwichToConv
 from .matmul_add_to_conv import MatMulAddToConv
+from .matmul_integer_to_conv import MatMulIntegerToConv
+from .matmul_tokens_to_conv import MatMulTokensToConv
+from .qdq_matmul_to_conv import QdqMatMulToConv
+from .qdq_sandwich_to_conv import QdqSandwichToConv
+from .qlinear_matmul_to_conv import QLinearMatMulToConv
 from .tensordot_to_conv import TensordotToConv
 
-__all__ = ["Decline", "GemmSandwichToConv", "MatMulAddToConv", "RewriteOptions", "Rule", "TensordotToConv", "apply_rules"]
+__all__ = [
+    "Decline",
+    "GemmSandwichToConv",
+    "MatMulAddToConv",
+    "MatMulIntegerToConv",
+    "MatMulTokensToConv",
+    "QdqMatMulToConv",
+    "QdqSandwichToConv",
+    "QLinearMatMulToConv",
+    "RewriteOptions",
+    "Rule",
+    "TensordotToConv",
+    "apply_rules",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from ._checks import Bias
+from ._checks import Bias, Weight
 from ._engine import Context
 
 
@@ -21,6 +21,17 @@ def conv_bias(ctx: Context, bias: Bias, k: int) -> str:
     return ctx.derived_initializer(
         f"conv_bias{bias.transform}", bias.name, lambda: np.ascontiguousarray(value), exact=(k, bias.scale)
     )
+
+
+def conv_parameters(
+    ctx: Context, weight_name: str, w: Weight, bias: Bias | None, matmul_out: str
+) -> tuple[str, str | None, list[str], list[str]]:
+    """A float layer's Conv weight ``[K, C, 1, 1]`` (made when it is written) and bias, with the constants the
+    layer no longer reads (released) and, when the bias folds, the MatMul output that no longer exists (vanished)."""
+    weight = ctx.derived_initializer("conv_weight", weight_name, w.conv, like=(w.conv_shape, w.dtype))
+    if bias is None:
+        return weight, None, [weight_name], []
+    return weight, conv_bias(ctx, bias, w.k), [weight_name, bias.name], [matmul_out]
 
 
 def conv_nodes(ctx: Context, rule: str, origin: str, base: str, x: str, weight: str, bias: str | None, out: str) -> list[NodeProto]:

@@ -58,6 +58,9 @@ class Decline(Exception):
         self.detail = detail
 
 
+_INLINE_ELEMENTS = 64  # see Context.derived_initializer
+
+
 @dataclass(frozen=True)
 class RewriteOptions:
     """What the rewrite must respect. The providers are those the result will be run (and verified) on.
@@ -65,10 +68,13 @@ class RewriteOptions:
     ``refuse`` declines chosen candidates before any rule sees them: (graph key, anchor output) ->
     (code, sentence), where the graph key is ``RewrittenLayer.graph``. A caller that judged a layer
     after an earlier rewrite (the layout policy: its Transposes could not be absorbed) uses it.
+
+    ``tokens`` also rewrites dense layers on rank-3 token sequences ``[B, S, C]`` (opt-in: ``--tokens``).
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     refuse: Mapping[tuple[tuple[tuple[str, str], ...], str], tuple[str, str]] = field(default_factory=dict)
+    tokens: bool = False
 
 
 @dataclass
@@ -110,6 +116,8 @@ class Context:
         self._derived = derived
         self._detached = detached
 
+    # Small constants (axes, shapes) stay in the graph: onnxruntime's shape inference reads their values
+    # when it loads the model, and a detached placeholder has none there.
     def derived_initializer(
         self,
         key: str,
@@ -140,7 +148,7 @@ class Context:
                 detached.add_lazy(self.scope.graph, name, make, *like, source=source)
             else:
                 value = make()
-                if detached is not None and detached.accepts(value.dtype):
+                if detached is not None and detached.accepts(value.dtype) and value.size > _INLINE_ELEMENTS:
                     detached.add(self.scope.graph, name, value)
                 else:
                     add_initializer(self.scope.graph, name, value)

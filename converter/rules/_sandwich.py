@@ -11,6 +11,20 @@ That equals a per-position dense layer on the last axis exactly when
   ``Concat(Gather(Shape(x), [0, 1, 2]) or Slice(Shape(x), 0, 3), [K])``, with any Casts between.
 
 The shape-computing nodes that only serve the match go away with it.
+
+With ``RewriteOptions(tokens=True)`` a second Reshape back to rank 3 is a token layer (``match_tokens``):
+``Reshape(x, [R, C]) -> core -> Reshape(-> [d0, d1, K])`` with x of rank 3 or more, ``[d0, d1, ...]``.
+It is the dense layer on x's first two dims, x's other dims flattened into the C channels, when the
+second Reshape's target is ``[d0, d1, K]`` of x (each element a constant equal to x's known dim, or
+computed from x's shape, or from the shape of another tensor whose dim has the same symbolic name:
+a dim_param names one value across the model). Then no target of the first Reshape has to be read:
+the core's output holds ``d0 * d1 * K`` values, so R = d0 * d1, and the core's weight makes C the
+product of x's other dims: row ``i * d1 + j`` is position (i, j)'s channels in x's own order. This
+is what torch's MultiheadAttention writes for out_proj (x = the heads [S, B, H, D] in S-major
+order, the result [S, B, E]): the layer runs on x's own first two dims, whatever they mean. One -1
+in the target is accepted when the other leading dim is proven and x's other dims provably hold C
+values (known dims, or the first Reshape's target says so). ``allowzero`` does not matter here: no
+proven element is 0 (zero-size dims are declined) and the count argument holds for any Reshape.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from ._checks import require_varying
 from ._engine import Context, Decline
 
 _DEFAULT = ("", "ai.onnx")
+_SHAPE_KEEPING = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass
@@ -37,6 +52,7 @@ class Sandwich:
     channels: int
     shape_nodes: list[NodeProto] = field(default_factory=list)  # the run-time target shape, when only we use it
     constants: list[str] = field(default_factory=list)  # constants the matched nodes read
+    tokens: bool = False  # the result is [d0, d1, K] over x's first two dims (see match_tokens)
 
 
 def _no(detail: str) -> Decline:
@@ -63,27 +79,34 @@ def attr_value(node: NodeProto, name: str, default: object) -> object:
 Expr = tuple[int, tuple[int, ...]]
 
 
-def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
-    """The Reshapes around ``core`` (MatMul or Gemm) if they make it a per-position dense layer."""
+def match_sandwich(core: NodeProto, ctx: Context, k: int, entry: NodeProto | None = None, flat_out: str = "") -> Sandwich:
+    """The Reshapes around ``core`` (MatMul or Gemm) if they make it a per-position dense layer.
+
+    ``entry`` is the node that reads the first Reshape's output and ``flat_out`` the flat tensor the second
+    Reshape reads; both default to the core itself. A quantized layer passes the nodes between (the
+    activation's QuantizeLinear, the output's DequantizeLinear), which only act position by position.
+    """
     scope = ctx.scope
-    first = scope.producers.get(core.input[0])
+    entry = entry or core
+    flat_out = flat_out or core.output[0]
+    first = scope.producers.get(entry.input[0])
     if first is None or first.op_type != "Reshape" or first.domain not in _DEFAULT:
         raise _no("the input is not a Reshape")
-    consumers = scope.consumers(core.output[0])
+    consumers = scope.consumers(flat_out)
     last = consumers[0] if len(consumers) == 1 else None
-    if last is None or last.op_type != "Reshape" or last.domain not in _DEFAULT or last.input[0] != core.output[0]:
+    if last is None and ctx.options.tokens and flat_out == core.output[0]:
+        last = _reshape_beside_shapes(ctx, core, consumers)
+    if last is None or last.op_type != "Reshape" or last.domain not in _DEFAULT or last.input[0] != flat_out:
         raise _no("the output does not go to a single Reshape")
-    if core.output[0] in scope.output_names:
+    if flat_out in scope.output_names:
         raise _no("the flat output is a graph output")
+    if ctx.options.tokens and _target_length(ctx, last) == 3:
+        return match_tokens(entry, ctx, k, first, last)
     x = first.input[0]
     xt = scope.type_of(x)
     if xt is None or xt.rank != 4:
         raise _no("the flattened tensor is not known to be rank 4")
-    if any(d == 0 for d in xt.shape or ()):
-        raise Decline("zero_size", f"{x!r} has a dim of size 0; onnxruntime's Conv refuses empty tensors")
-    require_varying(ctx, x)
-    if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
-        raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
+    _check_activation(ctx, entry, first, x, xt)
     if attr_value(first, "allowzero", 0) or attr_value(last, "allowzero", 0):
         raise Decline("not_per_position", "Reshape with allowzero")
     dims = list(xt.shape or ())
@@ -107,6 +130,87 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int) -> Sandwich:
     return sandwich
 
 
+def _check_activation(ctx: Context, core: NodeProto, first: NodeProto, x: str, xt: TensorType) -> None:
+    if any(d == 0 for d in xt.shape or ()):
+        raise Decline("zero_size", f"{x!r} has a dim of size 0; onnxruntime's Conv refuses empty tensors")
+    require_varying(ctx, x)
+    scope = ctx.scope
+    if [id(c) for c in scope.consumers(first.output[0])] != [id(core)] or first.output[0] in scope.output_names:
+        raise Decline("reshape_output_shared", "the flattened activation is also used elsewhere")
+
+
+def _reshape_beside_shapes(ctx: Context, core: NodeProto, consumers: list[NodeProto]) -> NodeProto | None:
+    """The one Reshape of the core's output back to rank 3 when the other readers only take its Shape
+    (TorchScript reads K for the target that way); the match must then account for them (the engine checks)."""
+    reshapes = [c for c in consumers if c.op_type == "Reshape" and c.domain in _DEFAULT and c.input[0] == core.output[0]]
+    others = [c for c in consumers if all(c is not r for r in reshapes)]
+    if len(reshapes) != 1 or any(c.op_type != "Shape" or c.domain not in _DEFAULT for c in others):
+        return None
+    return reshapes[0] if _target_length(ctx, reshapes[0]) == 3 else None
+
+
+def _target_length(ctx: Context, last: NodeProto) -> int | None:
+    """How many dims the second Reshape makes: its shape input's length, else its output's rank."""
+    shape = ctx.scope.type_of(last.input[1])
+    if shape is not None and shape.shape is not None and len(shape.shape) == 1 and isinstance(shape.shape[0], int):
+        return shape.shape[0]
+    out = ctx.scope.type_of(last.output[0])
+    return out.rank if out is not None and out.shape is not None else None
+
+
+def match_tokens(core: NodeProto, ctx: Context, k: int, first: NodeProto, last: NodeProto) -> Sandwich:
+    """The sandwich back to rank 3 under ``tokens``: a layer on x's first two dims (the module docstring says why)."""
+    x = first.input[0]
+    xt = ctx.scope.type_of(x)
+    if xt is None or xt.shape is None or xt.conflict or xt.rank < 3:
+        raise _no("the flattened tensor is not known to be rank 3 or more")
+    _check_activation(ctx, core, first, x, xt)
+    dims = list(xt.shape)
+    evaluator = _ShapeEvaluator(ctx, x, dims, by_name=True)
+    want = f"[{dims[0]}, {dims[1]}, {k}] of the input (its first two dims)"
+    target = evaluator.eval(last.input[1])
+    if target is None or len(target) != 3 or target[2] != (k, ()) or target.count((-1, ())) > 1:
+        raise Decline("not_per_position", f"the second Reshape's target is not {want}")
+    rows = evaluator.eval(first.input[1])
+    lead = [_same(target[i], (1, (i,)), dims) for i in (0, 1)]
+    if not all(lead):
+        # One -1: it is d_i only if x's other dims hold exactly the layer's channels.
+        i = lead.index(False)
+        if not (target[i] == (-1, ()) and lead[1 - i] and _channels_proven(dims, rows)):
+            raise Decline("not_per_position", f"the second Reshape's target is not {want}")
+    trailing = dims[2:]
+    channels = math.prod(trailing) if all(isinstance(d, int) for d in trailing) else -1
+    sandwich = Sandwich(x, xt, first, last, channels, tokens=True)
+    nodes = [n for n in evaluator.nodes if n.op_type != "Constant"]
+    sandwich.shape_nodes = _only_ours(ctx, nodes, [first, last])
+    sandwich.constants = [*evaluator.constants, *(n.output[0] for n in evaluator.nodes if n.op_type == "Constant")]
+    return sandwich
+
+
+def _channels_proven(dims: list, rows: list[Expr] | None) -> bool:
+    """Whether x's dims after the first two hold C values per position: all known, or the first target says so."""
+    trailing = (1, tuple(range(2, len(dims))))
+    if all(isinstance(d, int) for d in dims[2:]):
+        return True  # the weight's C is compared with the product by the caller (shape_mismatch)
+    return rows is not None and len(rows) == 2 and _same(rows[1], trailing, dims)
+
+
+def _same(a: Expr, b: Expr, dims: list) -> bool:
+    return _normal(a, dims) == _normal(b, dims)
+
+
+def _normal(e: Expr, dims: list) -> tuple[int, tuple[str, ...]]:
+    """An element with x's known dims multiplied in and its other dims named (symbols by name, unknowns by index)."""
+    coef, names = e[0], []
+    for i in e[1]:
+        d = dims[i] if 0 <= i < len(dims) else None
+        if isinstance(d, int):
+            coef *= d
+        else:
+            names.append(d if isinstance(d, str) else f"#{i}")
+    return coef, tuple(sorted(names))
+
+
 def _is_dim(e: Expr, i: int, dims: list) -> bool:
     return e == (1, (i,)) or (not e[1] and isinstance(dims[i], int) and e[0] == dims[i])
 
@@ -127,10 +231,12 @@ def _others_known(target: list[Expr], i: int, dims: list) -> bool:
 class _ShapeEvaluator:
     """Evaluates small int64 shape computations in terms of x's dims, remembering what it read."""
 
-    def __init__(self, ctx: Context, x: str, dims: list) -> None:
+    def __init__(self, ctx: Context, x: str, dims: list, by_name: bool = False) -> None:
         self.ctx, self.x, self.dims = ctx, x, dims
+        self.by_name = by_name  # read the Shape of other tensors too, their dims matched to x's by symbolic name
         self.nodes: list[NodeProto] = []
         self.constants: list[str] = []
+        self._opaque = len(dims) + 1000  # an index no dim of x has: a value we know nothing about
 
     def eval(self, name: str, depth: int = 0) -> list[Expr] | None:
         if depth > 16:
@@ -177,6 +283,9 @@ class _ShapeEvaluator:
             full = [(1, (i,)) for i in range(4)]
         else:  # Shape of the tensor that x is a Transpose of (tf2onnx reads the NCHW side)
             producer = self.ctx.scope.producers.get(self.x)
+            # through a quantization pair, which keeps the shape (onnxruntime's QDQ puts one after the Transpose)
+            while producer is not None and producer.op_type in _SHAPE_KEEPING and producer.domain in _DEFAULT:
+                producer = self.ctx.scope.producers.get(producer.input[0])
             if producer is not None and producer.op_type == "Transpose" and producer.input[0] == node.input[0]:
                 perm = attr_value(producer, "perm", None)
                 if perm is not None and len(perm) == 4:  # type: ignore[arg-type]
@@ -184,9 +293,27 @@ class _ShapeEvaluator:
                     for i, p in enumerate(perm):  # type: ignore[arg-type]
                         inverse[p] = i
                     full = [(1, (inverse[j],)) for j in range(4)]
+        if full is None and self.by_name:
+            full = self._shape_by_name(node.input[0])
         if full is None:
             return None
         return full[start:end]  # type: ignore[misc]
+
+    def _shape_by_name(self, name: str) -> list[Expr] | None:
+        """Another tensor's dims: known ones as constants, a symbolic one as x's dim of that name, others opaque."""
+        t = self.ctx.scope.type_of(name)
+        if t is None or t.shape is None or t.conflict:
+            return None
+        full: list[Expr] = []
+        for d in t.shape:
+            if isinstance(d, int):
+                full.append((d, ()))
+            elif isinstance(d, str) and d in self.dims:
+                full.append((1, (self.dims.index(d),)))
+            else:
+                self._opaque += 1
+                full.append((1, (self._opaque,)))
+        return full
 
     def _select(self, node: NodeProto, vec: list[Expr], sub) -> list[Expr] | None:  # noqa: ANN001
         op = node.op_type

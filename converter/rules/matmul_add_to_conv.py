@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from onnx import NodeProto
 
 from ._checks import Bias, Weight, find_bias, require_conv_dtype, require_rank, require_varying, require_weight
-from ._conv import conv_bias, conv_nodes
+from ._conv import conv_nodes, conv_parameters
 from ._engine import Context, Decline, Plan, Replacement, Rule, node_label
 
 
@@ -64,12 +64,6 @@ class MatMulAddToConv(Rule):
         w = plan.weight
         assert w is not None
         base = plan.removed[0].name or plan.removed[0].output[0]
-        weight = ctx.derived_initializer("conv_weight", plan.weight_name, w.conv, like=(w.conv_shape, w.dtype))
-        released, vanished = [plan.weight_name], []
-        bias = None
-        if plan.bias is not None:
-            bias = conv_bias(ctx, plan.bias, w.k)
-            released.append(plan.bias.name)
-            vanished.append(plan.removed[0].output[0])
+        weight, bias, released, vanished = conv_parameters(ctx, plan.weight_name, w, plan.bias, plan.removed[0].output[0])
         nodes = conv_nodes(ctx, self.name, plan.origin, base, plan.x, weight, bias, plan.outputs[0])
         return Replacement(nodes, released=released, vanished=vanished, layer=(plan.x, plan.outputs[0], nodes[1].name))

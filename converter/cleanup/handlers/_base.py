@@ -4,6 +4,12 @@ A handler looks at one node that reads the output of ``Transpose(a, perm)`` and 
 same result is computed from ``a`` instead: a :class:`Plan` (new inputs, new attributes, and per
 output the perm of the Transpose that restores it), or a :class:`Decline` with a reason. It edits
 nothing; the pass applies the plan. See ``converter/cleanup/_edit.py`` for the perm convention.
+
+An operand may also be an :class:`Expanded` constant, ``Expand(c, shape)`` (ViT's class token,
+``cls.expand(B, -1, -1)``, concatenated to the patch tokens): in ``a``'s layout it is
+``Expand(c laid out, shape')``, so the move makes that Expand (the old one goes when the moved node was its
+only reader). A :class:`Plan` holding one turns itself into a ``replace`` plan that writes the new
+Expand before the moved node, so every handler that takes operands from :func:`operand` gets it.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 from onnx import NodeProto
 
 from converter.cleanup import PassContext
-from converter.cleanup._edit import DEFAULT_DOMAINS, attribute, inverse, normalize_axes, normalize_axis
+from converter.cleanup._edit import DEFAULT_DOMAINS, attribute, inverse, normalize_axes, normalize_axis, set_attribute
 from converter.cleanup._workspace import Workspace
+from converter.graph import new_node
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,62 @@ class Fresh:
     value: np.ndarray
 
 
-Operand = str | Relaid | Fresh
+@dataclass(frozen=True)
+class Expanded:
+    """``Expand(c, shape)`` of a constant ``c``, read in ``a``'s layout: ``Expand(constant, shape')``.
+
+    ``constant`` is ``c`` laid out by the inverse perm (an operand the pass resolves); ``shape'`` is
+    ``Gather(shape, inverse perm)``: the old shape's entries in the new order. (Even where the old shape
+    would do as it is, as ViT's ``[B, 1, 1]`` under ``[0, 2, 1]`` would, the Gather stays: what proves
+    the move then is the form alone, for the certificate as for a reader, not the shape's values.)
+    """
+
+    args: HandlerArgs
+    expand: NodeProto
+    constant: Operand
+
+    def build(self, constant: str) -> tuple[str, list[NodeProto]]:
+        """The new Expand reading ``constant`` (its resolved name): its output and the nodes it takes.
+        Runs when the plan is applied; the old Expand goes when the moved node was its only reader."""
+        ctx, ws, old = self.args.ctx, self.args.ws, self.expand
+        suffix = "".join(map(str, self.args.perm_inv))
+        index = ws.add_constant(ctx.names.fresh(f"{old.input[1]}_perm"), np.asarray(self.args.perm_inv, np.int64))
+        shape = ctx.names.fresh(f"{old.input[1]}_{suffix}")
+        made = [new_node("Gather", [old.input[1], index], [shape], ctx.names.fresh(f"{old.name or shape}_shape"), axis=0)]
+        out = ctx.names.fresh(f"{old.output[0]}_{suffix}")
+        made.append(new_node("Expand", [constant, shape], [out], ctx.names.fresh(old.name or out)))
+        readers = ws.readers(old.output[0])
+        if ws.alive(old) and [id(r) for r in readers] == [id(self.args.node)] and old.output[0] not in ws.outputs:
+            ws.remove(old)
+            ctx.vanished.add(old.output[0])
+            ctx.released.update(old.input)  # constants nothing reads any more are dropped
+        return out, made
+
+
+@dataclass(frozen=True)
+class Unsqueezed:
+    """A computed tensor of lower rank, read in ``a``'s layout through ``Unsqueeze(name, axes)`` (its own axes
+    keep their order; the unit axes go where the layout puts them). See ``dynamic.parameter``."""
+
+    args: HandlerArgs
+    name: str
+    axes: tuple[int, ...]
+
+    @property
+    def constant(self) -> str:
+        return self.name  # nothing to resolve: the tensor itself
+
+    def build(self, name: str) -> tuple[str, list[NodeProto]]:
+        ctx, ws = self.args.ctx, self.args.ws
+        out = ctx.names.fresh(f"{name}_{''.join(map(str, self.args.perm_inv))}")
+        node_name = ctx.names.fresh(f"{name}_unsqueeze")
+        if self.args.opset >= 13:
+            axes = ws.add_constant(ctx.names.fresh(f"{name}_axes"), np.asarray(self.axes, np.int64))
+            return out, [new_node("Unsqueeze", [name, axes], [out], node_name)]
+        return out, [new_node("Unsqueeze", [name], [out], node_name, axes=list(self.axes))]
+
+
+Operand = str | Relaid | Fresh | Expanded | Unsqueezed
 OutPerm = Sequence[int] | None  # the Transpose that restores an output; None: the output is unchanged
 
 
@@ -55,6 +118,36 @@ class Plan:
     attrs: dict[str, object] = field(default_factory=dict)  # None removes an attribute
     # Instead of editing the node: the nodes that compute its outputs (names given) from its new inputs.
     replace: Callable[[list[str], list[str]], list[NodeProto]] | None = None
+
+    def __post_init__(self) -> None:
+        """Expanded (Unsqueezed) operands: the pass resolves their constants; ``replace`` writes their Expands
+        (Unsqueezes) first."""
+        expanded = {slot: v for slot, v in self.inputs.items() if isinstance(v, (Expanded, Unsqueezed))}
+        if not expanded:
+            return
+        node = next(iter(expanded.values())).args.node
+        for slot, v in expanded.items():
+            self.inputs[slot] = v.constant
+        inner = self.replace
+
+        def replace(ins: list[str], outs: list[str]) -> list[NodeProto]:
+            made: list[NodeProto] = []
+            reads = list(ins)
+            for slot, v in expanded.items():
+                reads[slot], nodes = v.build(ins[slot])
+                made += nodes
+            if inner is not None:
+                return [*made, *inner(reads, outs)]
+            moved = NodeProto()
+            moved.CopyFrom(node)  # name, attributes and metadata kept; what it reads and writes changes
+            del moved.input[:], moved.output[:]
+            moved.input.extend(reads)
+            moved.output.extend(outs)
+            for key, value in self.attrs.items():
+                set_attribute(moved, key, value)
+            return [*made, moved]
+
+        self.replace = replace
 
 
 @dataclass(frozen=True)
@@ -113,7 +206,7 @@ def outputs_move_on(args: HandlerArgs) -> Decline | None:
 
 def outputs_go_on(ws: Workspace, node: NodeProto, copied: Sequence[str] | None = None) -> Decline | None:
     """Every reader of the ``copied`` outputs (default: all) is a Transpose or an op a handler knows."""
-    from converter.cleanup.handlers import HANDLERS
+    from converter.cleanup.handlers import handler_for
 
     for out in node.output if copied is None else copied:
         if not out:
@@ -121,7 +214,8 @@ def outputs_go_on(ws: Workspace, node: NodeProto, copied: Sequence[str] | None =
         if out in ws.outputs:
             return Decline("output_is_graph_output", f"{out} is a graph output: its Transpose would stay")
         for r in ws.readers(out):
-            if r.domain not in DEFAULT_DOMAINS or (r.op_type != "Transpose" and r.op_type not in HANDLERS):
+            transpose = r.op_type == "Transpose" and r.domain in DEFAULT_DOMAINS
+            if not transpose and handler_for(r) is None:
                 return Decline("outputs_stay_transposed", f"{out} is read by {r.op_type}, which no Transpose moves through")
     return None
 
@@ -157,8 +251,9 @@ def axis_of(args: HandlerArgs, value: int) -> int | Decline:
 
 def operand(args: HandlerArgs, slot: int) -> Operand | None:
     """Input ``slot`` in ``a``'s layout, if it comes free: the Transpose's input, a constant laid out by
-    the inverse perm, the input of another Transpose by the same perm, or an existing Transpose of it
-    by the inverse perm (the residual of a block whose input was transposed for the rewrite)."""
+    the inverse perm, the input of another Transpose by the same perm, an existing Transpose of it
+    by the inverse perm (the residual of a block whose input was transposed for the rewrite), an
+    ``Expand`` of a constant (see :func:`expanded`), or a dynamic quantization scale (``dynamic.parameter``)."""
     name = args.node.input[slot]
     if name == args.t:
         return args.a
@@ -172,7 +267,77 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
     if producer is not None and producer.op_type == "Transpose" and producer.domain in DEFAULT_DOMAINS:
         if ws.perm(producer) == list(args.perm):
             return producer.input[0]
-    return ws.transposed(name, list(args.perm_inv))
+    existing = ws.transposed(name, list(args.perm_inv))
+    if existing is not None:
+        return existing
+    if producer is not None and producer.op_type == "Expand" and producer.domain in DEFAULT_DOMAINS:
+        return expanded(args, producer)
+    from converter.cleanup.handlers.dynamic import parameter
+
+    return parameter(args, name)
+
+
+def expanded(args: HandlerArgs, expand: NodeProto) -> Expanded | None:
+    """``Expand(c, shape)`` of a constant in ``a``'s layout, when the shape has one entry per dim of ``a``.
+
+    ``Expand`` broadcasts dim by dim, ``out[i] = bcast(c[i], shape[i])`` (``c`` padded with 1s on the
+    left to the rank), so permuting the result permutes both: ``Expand(c laid out, Gather(shape, inv))``.
+    A shape of another length (or an unknown one) leaves the operand as it is (None).
+    """
+    ws, rank = args.ws, args.rank
+    c, shape = expand.input[0], expand.input[1]
+    if not ws.scope.source(c).is_constant:
+        return None
+    c_dims = list(ws.scope.constant_tensor(c).dims)
+    known = _shape_values(ws, shape)
+    if known is None or len(c_dims) > rank or len(known) != rank:
+        return None
+    return Expanded(args, expand, laid_out(c, c_dims, args.perm))
+
+
+def _shape_values(ws: Workspace, name: str, depth: int = 0) -> list[int | None] | None:
+    """What is known of a 1-D int64 shape tensor: its values where constant (None elsewhere), or None if
+    even its length is unknown. Reads constants, Concat, Cast/Identity, Reshape to [-1], Where, Unsqueeze
+    of a scalar, ``Shape(x, start, end)`` with both ends given, and ``ConstantOfShape`` of a known length."""
+    if ws.scope.source(name).is_constant:
+        return [int(v) for v in np.asarray(ws.scope.constant_value(name)).reshape(-1)]
+    node = ws.producer(name)
+    if depth > 8 or node is None or node.domain not in DEFAULT_DOMAINS:
+        return None
+    op, ins = node.op_type, node.input
+    sub = lambda i: _shape_values(ws, ins[i], depth + 1)  # noqa: E731
+    if op == "Concat":
+        parts = [_shape_values(ws, i, depth + 1) for i in ins]
+        return None if any(p is None for p in parts) else [v for p in parts for v in p]  # type: ignore[union-attr]
+    if op in ("Cast", "Identity") or (op == "Reshape" and ws.scope.source(ins[1]).is_constant and _ints(ws, ins[1]) == [-1]):
+        return sub(0)
+    if op == "Where":
+        a, b = sub(1), sub(2)
+        if a is None or b is None or len(a) != len(b):
+            return None
+        return [x if x == y else None for x, y in zip(a, b, strict=True)]
+    if op == "Unsqueeze":  # one element of a shape: a scalar made 1-D
+        axes = attribute(node, "axes", None)
+        if axes is None and len(ins) > 1 and ws.scope.source(ins[1]).is_constant:
+            axes = _ints(ws, ins[1])
+        return [None] if axes in ([0], [-1]) else None
+    if op == "Shape":
+        start, end = attribute(node, "start", 0), attribute(node, "end", None)
+        if isinstance(end, int) and isinstance(start, int) and 0 <= start <= end:
+            return [None] * (end - start)
+        return None
+    if op == "ConstantOfShape":
+        length = sub(0)
+        fill = attribute(node, "value", None)
+        if length is None or len(length) != 1 or length[0] is None:
+            return None
+        value = int(np.asarray(onnx.numpy_helper.to_array(fill)).reshape(-1)[0]) if fill is not None else 0
+        return [value] * length[0]
+    return None
+
+
+def _ints(ws: Workspace, name: str) -> list[int]:
+    return [int(v) for v in np.asarray(ws.scope.constant_value(name)).reshape(-1)]
 
 
 def laid_out(name: str, dims: Sequence[int], perm: Sequence[int]) -> Operand:

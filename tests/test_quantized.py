@@ -1,0 +1,380 @@
+"""Real onnxruntime.quantization output: the zoo's ConvNeXt graphs (small shapes) quantized at test time, converted.
+
+QDQ in every signedness and granularity: every quantized dense layer on a 4D tensor becomes a Conv of a
+DequantizeLinear weight, verified (certificate proved, layers checked, outputs compared), with no more
+Transposes than the quantized model had, the integer weights those of the original transposed, the
+activation's QuantizeLinear -> DequantizeLinear directly in front of each Conv, and onnxruntime's outputs
+(default optimizations, as deployed; N > 1, H != W) within one quantization step of the original's.
+QOperator and dynamic, every signedness and granularity, under the default layout policy: every QLinearMatMul
+becomes a QLinearConv and every MatMulInteger a ConvInteger (but a uint8 per-channel weight zero point, which
+onnxruntime's ConvInteger refuses; an int8 weight and its zero point written as uint8 + 128), proved, with no
+more Transposes than the original (the cleanup moves them through QLinearAdd / QLinearMul /
+DynamicQuantizeLinear and the rescale) and outputs equal to the original's bit for bit (onnxruntime, as written).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import converter
+from converter.graph import count_ops
+from models import graphs
+from models.quantized import QDQ_FORMS, Form, quantize
+
+# The zoo's pytorch_convnext_block and convnext_stage_ln, smaller: (builder, input shape, quantized dense layers)
+MODELS = {
+    "pytorch_convnext_block": (lambda: graphs.convnext_block(c=16, h=6, w=10), [2, 16, 6, 10], 2),
+    "convnext_stage_ln": (lambda: _any_batch(graphs.convnext_stage(32, 12, 10, blocks=2, layernorm=True)), [2, 32, 12, 10], 4),
+}
+
+
+def _any_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The batch dim symbolic, so that the numbers can be compared at N > 1."""
+    for vi in [*model.graph.input, *model.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.ClearField("value_info")
+    return model
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """(model name, form) -> path of the quantized model, made once per module."""
+    folder = tmp_path_factory.mktemp("quantized")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, form: Form) -> Path:
+        key = (name, form.name)
+        if key not in made:
+            build, shape, _ = MODELS[name]
+            source = folder / f"{name}.onnx"
+            if not source.exists():
+                onnx.save(build(), source)
+            made[key] = quantize(source, folder / f"{name}_{form.name}.onnx", form, {"x": shape})
+        return made[key]
+
+    return get
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _feed(shape: list[int]) -> dict[str, np.ndarray]:
+    n, c, h, w = shape
+    assert n > 1 and h != w
+    return {"x": np.random.default_rng(7).standard_normal((n, c, h, w)).astype(np.float32)}
+
+
+def _output_step(model: onnx.ModelProto) -> float:
+    """The scale of the DequantizeLinear that writes the graph output: one quantization step of it."""
+    graph = model.graph
+    dq = next(n for n in graph.node if n.output[0] == graph.output[0].name)
+    assert dq.op_type == "DequantizeLinear"
+    return float(numpy_helper.to_array(next(t for t in graph.initializer if t.name == dq.input[1])))
+
+
+@pytest.mark.parametrize("form", QDQ_FORMS, ids=lambda f: f.name)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_qdq_layers_become_quantized_convs(name: str, form: Form, quantized, tmp_path: Path) -> None:  # noqa: ANN001
+    source = quantized(name, form)
+    _, shape, layers = MODELS[name]
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.written and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    assert rw.rewritten == layers and all(d.rule == "qdq_matmul_to_conv" for d in rw.decisions if d.rewritten)
+    assert rw.ops_after.get("MatMul", 0) == 0 and rw.ops_after["Conv"] == rw.ops_before.get("Conv", 0) + layers
+    assert rw.ops_after.get("Transpose", 0) <= rw.ops_before.get("Transpose", 0)
+    # No requantization: as many Q and DQ as the quantizer wrote.
+    for op in ("QuantizeLinear", "DequantizeLinear"):
+        assert rw.ops_after[op] == rw.ops_before[op], op
+
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    o_inits = {t.name: t for t in original.graph.initializer}
+    r_inits = {t.name: t for t in result.graph.initializer}
+    o_prod = {o: n for n in original.graph.node for o in n.output}
+    r_prod = {o: n for n in result.graph.node for o in n.output}
+    new_convs = [n for n in result.graph.node if n.op_type == "Conv" and any(p.key == "converter.rule" for p in n.metadata_props)]
+    assert len(new_convs) == layers
+    for conv in new_convs:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        assert attrs == {"kernel_shape": [1, 1]}
+        w_dq = r_prod[conv.input[1]]
+        assert w_dq.op_type == "DequantizeLinear"
+        ints = numpy_helper.to_array(r_inits[w_dq.input[0]])
+        assert ints.dtype == (np.int8 if form.signed else np.uint8)
+        # The original layer's integer weight: the MatMul that this Conv's provenance names.
+        origin = next(p.value for p in conv.metadata_props if p.key == "converter.rule").split(" from ")[1]
+        matmul = next(n for n in original.graph.node if n.name == origin)
+        o_dq = o_prod[matmul.input[1]]
+        o_ints = numpy_helper.to_array(o_inits[o_dq.input[0]])
+        assert ints.shape == (o_ints.shape[1], o_ints.shape[0], 1, 1)
+        assert np.ascontiguousarray(ints.reshape(ints.shape[:2]).T).tobytes() == o_ints.tobytes()
+        assert list(w_dq.input[1:]) == list(o_dq.input[1:])  # the same scale and zero point tensors
+        axis = {a.name: a.i for a in w_dq.attribute}.get("axis")
+        assert axis == (0 if form.per_channel else None)
+        # QDQ form in front of the Conv: DequantizeLinear(QuantizeLinear(.)) with the original's parameters.
+        x_dq = r_prod[conv.input[0]]
+        assert x_dq.op_type == "DequantizeLinear" and r_prod[x_dq.input[0]].op_type == "QuantizeLinear"
+        o_x_dq = o_prod[matmul.input[0]]
+        assert list(x_dq.input[1:]) == list(o_x_dq.input[1:])
+
+    # Numbers as deployed (default optimizations fuse the QDQ groups into integer kernels), N > 1, H != W.
+    feeds = _feed(shape)
+    want = _session(original).run(None, feeds)[0]
+    got = _session(result).run(None, feeds)[0]
+    step = _output_step(original)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert float(np.abs(got - want).max()) <= step * 1.0001, f"{np.abs(got - want).max() / step} steps"
+
+
+INTEGER_FORMS = tuple(Form(f, s, p) for f in ("qoperator", "dynamic") for s in (True, False) for p in (True, False))
+
+
+def _as_written(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+# Transposes after the conversion (the original's: 2 in the block, 4 in the stage). The block keeps none: the
+# cleanup moves them through QLinearAdd / QLinearMul / DynamicQuantizeLinear and the rescale until they cancel.
+# The stage keeps one in front of each LayerNormalization (over C, in NHWC) and one after it, as the float stage.
+INTEGER_TRANSPOSES = {"pytorch_convnext_block": (2, 0), "convnext_stage_ln": (4, 4)}
+
+
+@pytest.mark.parametrize("form", INTEGER_FORMS, ids=lambda f: f.name)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_integer_layers_become_integer_convs(name: str, form: Form, quantized, tmp_path: Path) -> None:  # noqa: ANN001
+    """QLinearMatMul -> QLinearConv, MatMulInteger -> ConvInteger under the default layout policy (never-worse):
+    rewritten, not declined, proved, no more Transposes than the original, bit for bit the original's numbers."""
+    source = quantized(name, form)
+    _, shape, layers = MODELS[name]
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    anchor, conv = ("QLinearMatMul", "QLinearConv") if form.fmt == "qoperator" else ("MatMulInteger", "ConvInteger")
+    if form.fmt == "dynamic" and form.per_channel and not form.signed:
+        # uint8 per channel: the quantizer's zero points differ per channel, which onnxruntime's ConvInteger refuses.
+        assert rw.rewritten == 0 and {d.reason for d in rw.decisions} == {"per_channel_zero_point_unsupported"}
+        return
+    assert rw.rewritten == layers and rw.ops_after.get(anchor, 0) == 0
+    assert not any(d.reason == "layout_cost" for d in rw.decisions), [d.reason for d in rw.decisions]
+    assert rw.ops_after[conv] == rw.ops_before.get(conv, 0) + layers
+    assert (rw.ops_before["Transpose"], rw.ops_after.get("Transpose", 0)) == INTEGER_TRANSPOSES[name]
+    for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "Mul", "Cast"):
+        assert rw.ops_after.get(op, 0) == rw.ops_before.get(op, 0), op  # nothing requantized, the bias adds kept
+    # A per-channel rescale ([K] scales) is read in NCHW through one Unsqueeze to [1, K, 1, 1]; a per-tensor one as it is.
+    unsqueezes = layers if form.fmt == "dynamic" and form.per_channel else 0
+    assert rw.ops_after.get("Unsqueeze", 0) == rw.ops_before.get("Unsqueeze", 0) + unsqueezes
+    for check in report.verify.layers:
+        assert check.numbers_detail == "integer output equal to the original's, bit for bit", check
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    if form.fmt == "dynamic":
+        _assert_conv_integer_weights(original, result, shifted=form.signed)
+    # onnxruntime: as written, the whole model's output is the original's bit for bit (N > 1, H != W);
+    # with default optimizations (as deployed) within one step of the output's quantization.
+    feeds = _feed(shape)
+    want, got = _as_written(original).run(None, feeds)[0], _as_written(result).run(None, feeds)[0]
+    assert got.tobytes() == want.tobytes()
+    want, got = _session(original).run(None, feeds)[0], _session(result).run(None, feeds)[0]
+    if form.fmt == "qoperator":
+        assert float(np.abs(got - want).max()) <= _output_step(original) * 1.0001
+    else:
+        # Float outputs: onnxruntime fuses MatMulInteger with its rescale (MatMulIntegerToFloat), not ConvInteger,
+        # so the float rescale is rounded differently: float32 rounding of the output, no more.
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max()), float(np.abs(got - want).max())
+
+
+def _assert_conv_integer_weights(original: onnx.ModelProto, result: onnx.ModelProto, shifted: bool) -> None:
+    """Each ConvInteger's weight and zero point against its MatMulInteger's (named by its provenance): uint8 x int8
+    (quantize_dynamic's int8 weights) written as uint8 x uint8, both + 128; uint8 weights as they are."""
+    o_inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    r_inits = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    rewritten = [n for n in result.graph.node if any(p.key == "converter.rule" for p in n.metadata_props)]
+    convs = [n for n in rewritten if n.op_type == "ConvInteger"]  # not the quantizer's own (the stage's depthwise)
+    assert len(convs) == sum(n.op_type == "MatMulInteger" for n in original.graph.node)
+    for conv in convs:
+        origin = next(p.value for p in conv.metadata_props if p.key == "converter.rule").split(" from ")[1]
+        matmul = next(n for n in original.graph.node if n.name == origin)
+        w, zw = o_inits[matmul.input[1]], o_inits[matmul.input[3]]
+        ints, zero = r_inits[conv.input[1]], r_inits[conv.input[3]]
+        assert w.dtype == (np.int8 if shifted else np.uint8) and ints.shape == (w.shape[1], w.shape[0], 1, 1)
+        want = (w.astype(np.int16) + 128).astype(np.uint8) if shifted else w
+        want_zero = (zw.astype(np.int16) + 128).astype(np.uint8) if shifted else zw
+        assert ints.dtype == zero.dtype == np.uint8
+        assert ints.reshape(ints.shape[:2]).T.tobytes() == want.tobytes()
+        assert zero.size == 1 and (want_zero == zero.reshape(-1)[0]).all()
+
+
+@pytest.mark.parametrize("fmt", ["qoperator", "dynamic"])
+def test_the_integer_forms_keep_their_transposes_without_the_quantized_handlers(
+    fmt: str,
+    quantized,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    """Without the handlers for QLinearAdd / QLinearMul and DynamicQuantizeLinear, the layers' Transposes stay and
+    the default policy declines them: what the handlers are for."""
+    from converter.cleanup import handlers
+
+    monkeypatch.setattr(handlers, "OTHER_DOMAINS", {})
+    monkeypatch.delitem(handlers.HANDLERS, "DynamicQuantizeLinear")
+    source = quantized("pytorch_convnext_block", Form(fmt))
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed
+    assert report.rewrite.rewritten == 0 and {d.reason for d in report.rewrite.decisions} == {"layout_cost"}
+    assert count_ops(onnx.load(source).graph) == report.rewrite.ops_after
+
+
+@pytest.mark.parametrize("form", [Form("qoperator", True, True), Form("dynamic", True, True)], ids=lambda f: f.name)
+def test_the_command_converts_the_integer_forms(form: Form, quantized, tmp_path: Path) -> None:  # noqa: ANN001
+    source = quantized("convnext_stage_ln", form)
+    convert = Path(sys.executable).parent / "convert"
+    out = tmp_path / "out.onnx"
+    done = subprocess.run([str(convert), str(source), "-o", str(out)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED" in done.stdout
+    before, after = count_ops(onnx.load(source).graph), count_ops(onnx.load(out).graph)
+    conv = "QLinearConv" if form.fmt == "qoperator" else "ConvInteger"
+    assert after[conv] == before.get(conv, 0) + MODELS["convnext_stage_ln"][2]
+    assert after.get("Transpose", 0) <= before["Transpose"]
+
+
+def test_the_command_prints_passed(quantized, tmp_path: Path) -> None:  # noqa: ANN001
+    source = quantized("convnext_stage_ln", Form("qdq"))
+    convert = Path(sys.executable).parent / "convert"
+    done = subprocess.run(
+        [str(convert), str(source), "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED" in done.stdout
+
+
+# --- tf2onnx's Tensordot (Reshape -> MatMul -> Reshape), quantized: the QDQ sandwich ---------------------
+
+
+def _sandwich_source(folder: Path) -> Path:
+    """A Keras Dense on [N, 3, 4, 6] as tf2onnx writes it (run-time target shape), float, symbolic N."""
+    path = folder / "sandwich.onnx"
+    onnx.save(graphs.reshape_sandwich(target="runtime", c=6, k=5, h=3, w=4), path)
+    return path
+
+
+@pytest.mark.parametrize("form", QDQ_FORMS, ids=lambda f: f.name)
+def test_a_quantized_tensordot_becomes_a_qdq_conv(form: Form, tmp_path: Path) -> None:
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", form, {"x": [2, 3, 4, 6]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    assert rw.rewritten == 1 and [d.rule for d in rw.decisions if d.rewritten] == ["qdq_sandwich_to_conv"]
+    assert rw.ops_after.get("MatMul", 0) == 0 and rw.ops_after.get("Reshape", 0) == 0 and rw.ops_after["Conv"] == 1
+    for op in ("QuantizeLinear", "DequantizeLinear"):  # the same pairs, moved out of the Reshapes: none added
+        assert rw.ops_after[op] == rw.ops_before[op], op
+
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    r_prod = {o: n for n in result.graph.node for o in n.output}
+    r_readers = {i: n for n in result.graph.node for i in n.input}
+    r_inits = {t.name: t for t in result.graph.initializer}
+    o_inits = {t.name: t for t in original.graph.initializer}
+    conv = next(n for n in result.graph.node if n.op_type == "Conv")
+    # The QDQ Conv form: DQ(Q(activation)) -> Conv(., DQ(Wq^T)) -> Q -> DQ.
+    act_dq = r_prod[conv.input[0]]
+    assert act_dq.op_type == "DequantizeLinear" and r_prod[act_dq.input[0]].op_type == "QuantizeLinear"
+    out_q = r_readers[conv.output[0]]
+    assert out_q.op_type == "QuantizeLinear" and r_readers[out_q.output[0]].op_type == "DequantizeLinear"
+    w_dq = r_prod[conv.input[1]]
+    ints = numpy_helper.to_array(r_inits[w_dq.input[0]])
+    o_matmul = next(n for n in original.graph.node if n.op_type == "MatMul")
+    o_wdq = next(n for n in original.graph.node if n.output[0] == o_matmul.input[1])
+    o_ints = numpy_helper.to_array(o_inits[o_wdq.input[0]])
+    assert ints.dtype == (np.int8 if form.signed else np.uint8) and ints.shape == (5, 6, 1, 1)
+    assert np.ascontiguousarray(ints.reshape(5, 6).T).tobytes() == o_ints.tobytes()  # the same integers, moved
+    axis = {a.name: a.i for a in w_dq.attribute}.get("axis")
+    assert (axis == 0) if form.per_channel else (numpy_helper.to_array(r_inits[w_dq.input[1]]).size == 1)
+    for name in (w_dq.input[1], act_dq.input[1], out_q.input[1]):  # scales: the quantizer's, bit for bit
+        assert r_inits[name].SerializeToString() == o_inits[name].SerializeToString()
+
+    # Numbers at N > 1, H != W: onnxruntime as deployed (QDQ fused) and as written.
+    feed = {"x": np.random.default_rng(3).standard_normal((3, 3, 4, 6)).astype(np.float32)}
+    step = _output_step(original)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        want, got = (
+            ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for m in (original, result)
+        )
+        assert got.shape == want.shape == (3, 3, 4, 5)
+        assert np.abs(got - want).max() <= step * 1.001, level
+
+
+def test_a_quantized_tensordot_needs_its_pairs_to_be_the_originals(tmp_path: Path) -> None:
+    """The certificate compares the moved pairs with the original's: a changed activation scale is refuted."""
+    from converter.certify import certify
+
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", QDQ_FORMS[0], {"x": [2, 3, 4, 6]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.verify is not None and report.verify.structure["proved"]
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    conv = next(n for n in result.graph.node if n.op_type == "Conv")
+    act_dq = next(n for n in result.graph.node if n.output[0] == conv.input[0])
+    scale = next(t for t in result.graph.initializer if t.name == act_dq.input[1])
+    changed = onnx.numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.5), "tampered_scale")
+    result.graph.initializer.append(changed)
+    act_dq.input[1] = "tampered_scale"
+    cert = certify(original, result, report.rewrite.layers)
+    assert not cert.proved and cert.refuted
+
+
+@pytest.mark.zoo
+@pytest.mark.slow
+@pytest.mark.tf
+@pytest.mark.parametrize("form", QDQ_FORMS, ids=lambda f: f.name)
+def test_keras_convnext_tiny_quantized_converts(form: Form, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The zoo's Keras ConvNeXtTiny (tf2onnx Tensordots), quantized QDQ: all 36 dense layers rewritten, verified."""
+    pytest.importorskip("tensorflow")
+    from models.quantized import keras_convnext_onnx
+
+    folder = tmp_path_factory.getbasetemp() / "keras_convnext"
+    folder.mkdir(exist_ok=True)
+    source = keras_convnext_onnx(folder / "convnext_tiny.onnx")
+    quantized = quantize(source, tmp_path / "q.onnx", form, {onnx.load(source).graph.input[0].name: [1, 64, 48, 3]})
+    report = converter.convert(quantized, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    assert rw.rewritten == 36 and {d.rule for d in rw.decisions if d.rewritten} == {"qdq_sandwich_to_conv"}
+    # Left: the classifier head, a Dense on the pooled [N, 768] (rank 2, no 4D tensor to lay out).
+    assert rw.ops_after.get("MatMul", 0) == 1 and [d.reason for d in rw.decisions if not d.rewritten] == ["rank_not_4"]
+    assert rw.ops_after.get("Transpose", 0) <= rw.ops_before.get("Transpose", 0)
+
+
+def test_a_coarsely_quantized_activation_does_not_fail_the_layer_input_check(tmp_path: Path) -> None:
+    """A calibration that saw outliers gives a quantization step near the activation's own size. The Conv of a
+    quantized Tensordot reads the activation through its Q/DQ pair, far from the float tensor the layer is
+    claimed from (relative error ~0.2; the layer check's limit is 1e-2), but exactly what the original's own
+    pair makes of it: that is what the input check compares."""
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", QDQ_FORMS[0], {"x": [2, 3, 4, 6]})
+    model = onnx.load(source)
+    first_q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")  # the activation's pair
+    scale = next(t for t in model.graph.initializer if t.name == first_q.input[1])
+    scale.CopyFrom(numpy_helper.from_array(np.array(8.0 / 127, np.float32), scale.name))  # covers +-8; x is ~N(0, 1)
+    coarse = tmp_path / "coarse.onnx"
+    onnx.save(model, coarse)
+    report = converter.convert(coarse, tmp_path / "out.onnx")
+    assert report.verify is not None and report.rewrite.rewritten == 1
+    (layer,) = report.verify.layers
+    assert (layer.structure, layer.numbers) == ("proved", "passed"), report.verify.to_dict()
+    assert layer.input_rel_error < 1e-6  # like with like: the pair's own output on both sides
+    assert report.verify.passed
