@@ -334,3 +334,33 @@ def test_a_wrong_merge_of_the_heads_is_not_proved(edit: str) -> None:
         merge.input[0] = relu.input[0]
     cert = certify(model, broken, result.report.layers)
     assert not cert.proved
+
+
+def _softmax_in_token_layout(axis: int) -> tuple[onnx.ModelProto, onnx.ModelProto, list]:
+    """Original ``Softmax(MatMul(x, W), axis=-1)`` on [B, S, C]; rewritten by hand with the Softmax inside the
+    unit-axis layout [B, K, 1, S] (between the Conv and its Squeeze) at ``axis``: 1 is the original's."""
+    b = Builder(9)
+    model = b.model([("x", ["B", S, C])], [b.op("Softmax", b.dense("x", C, K, bias=False), axis=-1)])
+    result = converter.rewrite(model, tokens=True, layout="keep-all", fold_transposes=False)
+    hand = onnx.ModelProto()
+    hand.CopyFrom(result.model)
+    squeeze, softmax = _node(hand, "Squeeze"), _node(hand, "Softmax")
+    conv_out, out = squeeze.input[0], softmax.output[0]
+    softmax.input[0], softmax.output[0] = conv_out, "softmax_nc1s"
+    del softmax.attribute[:]
+    softmax.attribute.append(helper.make_attribute("axis", axis))
+    squeeze.input[0] = "softmax_nc1s"
+    back = next(n for n in hand.graph.node if n.op_type == "Transpose" and n.input[0] == squeeze.output[0])
+    back.output[0] = out
+    nodes = [n for n in hand.graph.node if n is not softmax]
+    at = nodes.index(squeeze)
+    hand.graph.ClearField("node")
+    hand.graph.node.extend([*nodes[:at], softmax, *nodes[at:]])
+    return model, hand, result.report.layers
+
+
+@pytest.mark.parametrize(("axis", "proved"), [(1, True), (-3, True), (2, False), (3, False), (0, False)])
+def test_an_axis_op_in_the_unit_axis_layout_needs_the_original_axis(axis: int, proved: bool) -> None:
+    """Axis 1 of [B, K, 1, S] is the original's last axis (K); the added unit axis (2) is none of the original's."""
+    model, hand, layers = _softmax_in_token_layout(axis)
+    assert certify(model, hand, layers).proved is proved
