@@ -8,7 +8,7 @@ Reads the cached exports of models/zoo.py's TORCH_ZOO; an entry not in the cache
 when torch is installed, and left out with a note when it is not. Per entry: the MatMul/Gemm
 candidates the rules looked at, the Linears on a rank-4 tensor with a constant weight (read from the
 export by models/torch_exports.py; for a token entry, those on a rank-3 token sequence and the Reshape
-sandwiches around a Gemm, converted with ``tokens=True``, whose default layout is keep-all), how many
+sandwiches around a Gemm, converted with ``tokens=True``, whose default layout is nchw), how many
 were rewritten, the declined ones by reason, the rewritten ones whose bias stayed an Add (by reason),
 Transposes in the original and after the rewrite in each layout mode, the verdict of verification in
 each mode, and onnxruntime CPU latency of the original and the default result at batch 1 (median of
@@ -58,9 +58,9 @@ def cached(name: str, cache: Path) -> Path | None:
 def measure(name: str, source: Path, modes: list[str], default: str, runs: int, threads: int, verify: bool) -> dict[str, Any]:
     entry = TORCH_ZOO[name]
     original = converter.load(source)
-    if entry.tokens:  # rank-3 Linears, rewritten with tokens=True; its default layout is keep-all
+    if entry.tokens:  # rank-3 Linears, rewritten with tokens=True; its default layout is nchw
         layers = [x.node for x in linear_layers(original) if x.token_candidate] + sandwich_linears(original)
-        default = "keep-all"
+        default = "nchw"
         modes = list(dict.fromkeys([*modes, default]))
     else:
         layers = [x.node for x in linear_layers(original) if x.candidate]

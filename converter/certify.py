@@ -531,6 +531,10 @@ class _Original:
             unit = _unit_axes(node, self.canon(node.input[0]), self.canon, self.rank)
             if unit is not None:
                 return unit
+        if _is_default(node) and node.op_type == "Reshape" and len(node.input) == 2:
+            merged = _merge_fact(node, self.canon(node.input[0]), self.canon(node.input[1]))
+            if merged is not None:  # the same fact the walk gives the same node (``_Walk._merge``)
+                return merged
         return Value(name)
 
     def rank(self, name: str) -> int | None:
@@ -565,6 +569,17 @@ _CONSTANT_OPS = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze
 # Of those, the ones a rewritten graph may compute anew from constants (a quantized Conv weight laid out
 # as [K, C, 1, 1]): the value is computed the same way on both sides and compared wherever it is used.
 _NEW_CONSTANT_OPS = frozenset({"DequantizeLinear"})
+
+
+def _merge_fact(node: NodeProto, x: Fact, target: Fact) -> Value | None:
+    """``Reshape(x, [0, 0, c])`` (``allowzero`` 0, ``c`` > 0) of a known tensor: ``x`` with every axis after the
+    first two merged, a root of its own (the original's node and the rewritten's get the same fact)."""
+    if not isinstance(x, Value) or not x.root or not isinstance(target, Const) or int(_attrs(node).get("allowzero", 0)):  # type: ignore[call-overload]
+        return None
+    t = np.asarray(target.get())
+    if t.dtype.kind not in "iu" or t.shape != (3,) or t[0] != 0 or t[1] != 0 or t[2] <= 0:
+        return None
+    return Value(_merged(x))
 
 
 def _merged(x: Value) -> str:
@@ -662,16 +677,22 @@ def _dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
     """DequantizeLinear of integer constants: ``float(int64(q) - int64(zero_point)) * scale`` in the scale's
     dtype, the scale and zero point scalar or 1-D along ``axis`` (default 1). Written out here because onnx's
     reference evaluator has no DequantizeLinear before opset 19 (the op is the same from opset 13 on for
-    these types); None for what it does not cover (blocks, an output_dtype, float8 or packed 4-bit data)."""
+    these types); None for what it does not cover (blocks, an output_dtype other than the scale's, float8 or
+    packed 4-bit data). A one-element 1-D scale is one value for the whole tensor, as onnxruntime reads it."""
     try:
         attrs = _attrs(node)
-        if int(attrs.get("block_size", 0)) or int(attrs.get("output_dtype", 0)):  # type: ignore[call-overload]
+        if int(attrs.get("block_size", 0)):  # type: ignore[call-overload]
             return None
         q = np.asarray(ins[0].get())  # type: ignore[union-attr]
         scale = np.asarray(ins[1].get())  # type: ignore[union-attr]
         zero = np.asarray(ins[2].get()) if len(ins) > 2 and isinstance(ins[2], Const) else np.zeros_like(scale, dtype=np.int64)
         if q.dtype.kind not in "iu" or q.dtype.itemsize > 4 or scale.dtype.kind != "f" or zero.dtype.kind not in "iu":
             return None
+        out_type = int(attrs.get("output_dtype", 0))  # type: ignore[call-overload]
+        if out_type and onnx.helper.tensor_dtype_to_np_dtype(out_type) != scale.dtype:
+            return None  # (opset 23: the output type may differ from the scale's; not covered)
+        if scale.ndim == 1 and scale.size == 1 and zero.size == 1:
+            scale, zero = scale.reshape(()), zero.reshape(())  # one value for the whole tensor, as onnxruntime reads it
         if zero.shape != scale.shape or scale.ndim > 1:
             return None
         if scale.ndim == 1:
@@ -966,13 +987,10 @@ class _Walk:
         tensor: its fact is a root of its own, that tensor with its trailing axes merged (``_merged``), which
         a token layer whose activation is rank 4 reads (``nn.MultiheadAttention``'s heads ``[S, B, H, D]``
         before ``out_proj``). Onnxruntime refuses the Reshape unless ``c`` is the product of the merged dims."""
-        x, target = self.fact(node.input[0]), self.fact(node.input[1])
-        if not isinstance(x, Value) or not x.root or not isinstance(target, Const) or int(_attrs(node).get("allowzero", 0)):  # type: ignore[call-overload]
+        merged = _merge_fact(node, self.fact(node.input[0]), self.fact(node.input[1]))
+        if merged is None:
             return False
-        t = np.asarray(target.get())
-        if t.dtype.kind not in "iu" or t.shape != (3,) or t[0] != 0 or t[1] != 0 or t[2] <= 0:
-            return False
-        self.facts[node.output[0]] = Value(_merged(x))
+        self.facts[node.output[0]] = merged
         return True
 
     def _relaid_expand(self, node: NodeProto) -> bool:
@@ -1190,7 +1208,18 @@ class _Walk:
                 readers[i].append(n)
         for conv in self._nodes:
             layer = self.convs.get(conv.name)
-            if layer is None or conv.op_type != "Conv" or not conv.input:
+            if layer is None or not conv.input:
+                continue
+            if conv.op_type in INTEGER_CONVS:  # an integer Tensordot: the entry that quantizes its flat rows
+                from .certify_integer import sandwich_entry
+
+                original = self.orig.producers.get(layer.output)
+                entry = sandwich_entry(self.orig, original) if original is not None and original.input else None
+                q = made.get(conv.input[0])
+                if entry is not None and q is not None and q.op_type == entry.op_type:
+                    pairs[id(q)] = ("in_q", entry, layer)
+                continue
+            if conv.op_type != "Conv":
                 continue
             dense = _original_layer(self.orig, layer)
             if isinstance(dense, str):
@@ -1215,8 +1244,9 @@ class _Walk:
         if isinstance(fact, Unknown):
             self._unknown(node, f"its input is not known: {fact.reason}")
             return
-        if role == "in_q":  # reads the layer's activation x, in any layout
-            want = self.orig.canon(layer.input)
+        if role == "in_q":  # reads the layer's activation x (what the original's first Reshape flattens), in any layout
+            first = self.orig.producers.get(original.input[0])
+            want = self.orig.canon(first.input[0]) if first is not None else Unknown("no Reshape")
             if not isinstance(fact, Value) or not isinstance(want, Value) or fact.root != want.root:
                 self._unknown(node, f"it reads {_show(fact)}, not the layer's activation {layer.input!r}")
                 return
@@ -1282,8 +1312,11 @@ class _Walk:
         dense = self.cert.originals.get(conv.name)
         if proof.status == "proved" and isinstance(dense, _DenseLayer) and dense.out_pair is not None:
             self.facts[conv.output[0]] = Value(_FLAT + dense.flat, _NCHW)  # its output pair ends the layer
+        elif proof.status == "proved" and getattr(dense, "end", "").startswith(_FLAT):
+            self.facts[conv.output[0]] = Value(dense.end, _NCHW)  # type: ignore[union-attr]  # an integer Tensordot's flat output
         elif proof.status == "proved":
-            out = self.orig.canon(dense.end if isinstance(dense, _DenseLayer) and dense.end else layer.output)
+            end = getattr(dense, "end", "")  # a Tensordot's (_DenseLayer, IntegerLayer): the second Reshape's output
+            out = self.orig.canon(end or layer.output)
             assert isinstance(out, Value)
             try:
                 self.facts[conv.output[0]] = Value(out.root, _then(out.perm, self._layouts.get(conv.name, _NCHW)))

@@ -26,13 +26,13 @@ rules it checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import NodeProto
 
-from .certify import _NCHW, EMPTY, Const, LayerProof, Unknown, Value, _differs, _is_default, _plain_conv, _show, _then
+from .certify import _FLAT, _NCHW, EMPTY, Const, LayerProof, Unknown, Value, _differs, _is_default, _plain_conv, _show, _then
 from .report import RewrittenLayer
 
 if TYPE_CHECKING:
@@ -55,6 +55,25 @@ class IntegerLayer:
     w_scale: np.ndarray | None = None
     y_scale: np.ndarray | None = None
     y_zero: np.ndarray | None = None
+    end: str = ""  # a Tensordot's: the original 4D tensor its second Reshape restores from the flat output
+
+
+def sandwich_entry(orig: object, node: NodeProto) -> NodeProto | None:
+    """The node that quantizes a Tensordot's flat rows for the original integer op ``node``: a QuantizeLinear
+    (QOperator) or DynamicQuantizeLinear of a Reshape's output, or None when ``node`` reads no such rows."""
+    entry = orig.producers.get(node.input[0])  # type: ignore[attr-defined]
+    if entry is None or not _is_default(entry) or entry.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear"):
+        return None
+    first = orig.producers.get(entry.input[0])  # type: ignore[attr-defined]
+    return entry if first is not None and _is_default(first) and first.op_type == "Reshape" else None
+
+
+def sandwich_end(walk: _Walk, flat: str) -> str:
+    """The second Reshape's output when it alone reads the original's flat ``flat``, else ""."""
+    readers = [n for n in walk.orig.graph.node if flat in n.input]
+    if len(readers) == 1 and _is_default(readers[0]) and readers[0].op_type == "Reshape" and readers[0].input[0] == flat:
+        return readers[0].output[0]
+    return ""
 
 
 # Conv op -> (original op, the original's input slot for each conv slot except the weight, weight slot in each,
@@ -103,6 +122,13 @@ def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> 
         return LayerProof("unproved", f"its input is not known: {x.reason}")
     if not isinstance(want, Value) or not isinstance(x, Value):
         return LayerProof("refuted", "its input is a constant")
+    # A Tensordot's flat rows [N*H*W, C], read by the Conv as [N, H, W, C] in NCHW (its entry's fact, certify.py).
+    flat = sandwich_entry(walk.orig, node) is not None
+    first = walk.orig.producers.get(node.input[0])
+    if flat:
+        want = Value(_FLAT + layer.input)
+    elif first is not None and _is_default(first) and first.op_type == "Reshape":  # the quantized x's rows
+        want, flat = walk.orig.canon(first.input[0]), True
     try:
         expected_in = Value(want.root, _then(want.perm, _NCHW))
     except ValueError:
@@ -135,7 +161,10 @@ def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> 
             return LayerProof("refuted" if not problem.startswith("unknown:") else "unproved", problem.removeprefix("unknown: "))
         params[conv_slot] = np.asarray(expected.get()) if isinstance(expected, Const) else None
 
-    walk.cert.originals[conv.name] = _numbers(conv.op_type, expected_w.reshape(k, c), params, k)
+    numbers = _numbers(conv.op_type, expected_w.reshape(k, c), params, k)
+    if flat:
+        numbers = replace(numbers, end=sandwich_end(walk, layer.output) or _FLAT + layer.output)
+    walk.cert.originals[conv.name] = numbers
     return LayerProof("proved")
 
 

@@ -92,7 +92,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             "counting those between the model's inputs/outputs and its first/last layout-sensitive op; keep-all "
             "rewrites every layer anyway; nchw is keep-all and also carries LayerNormalization over the channel axis "
             "into NCHW (more nodes, fewer Transposes). With --no-fold-transposes only keep-all applies; with "
-            "--tokens the default is keep-all"
+            "--tokens the default is nchw"
         ),
     )
     p.add_argument(

@@ -200,10 +200,8 @@ def _token_view(it: LayerTensors) -> tuple[LayerTensors, bool]:
     def view(t: np.ndarray | None, ch: int) -> np.ndarray | None:
         nonlocal token
         shape = np.shape(t)
-        if t is None or shape == (n, h, w, ch):
-            return t
-        if len(shape) == 2 and shape == (n * h * w, ch):
-            return np.asarray(t).reshape(n, h, w, ch)
+        if t is None or shape == (n, h, w, ch) or len(shape) == 2:
+            return _positions(t, n, h, w, ch)
         if h == 1 and len(shape) >= 3 and shape[:2] == (n, w) and math.prod(shape[2:]) == ch:
             token = True
             return np.asarray(t).reshape(n, 1, w, ch)
@@ -211,6 +209,14 @@ def _token_view(it: LayerTensors) -> tuple[LayerTensors, bool]:
 
     viewed = dataclasses.replace(it, orig_in=view(it.orig_in, c), orig_out=view(it.orig_out, k))
     return viewed, token
+
+
+def _positions(t: np.ndarray | None, n: int, h: int, w: int, ch: int) -> np.ndarray | None:
+    """A Tensordot's flat ``[N*H*W, ch]`` tensor (its rows are the positions in NHWC order) as ``[N, H, W, ch]``;
+    anything else as it is."""
+    if t is not None and np.shape(t) == (n * h * w, ch):
+        return np.asarray(t).reshape(n, h, w, ch)
+    return t
 
 
 def _batch_key(it: LayerTensors) -> tuple | None:
@@ -503,6 +509,7 @@ def check_integer_layer(
     if conv_out.shape != (n, k, h, w):
         return LayerNumbers(False, problem=f"the Conv's output has shape {list(conv_out.shape)}, expected {[n, k, h, w]}")
     shape = (n, h, w, c)
+    orig_in, orig_out = _positions(orig_in, n, h, w, c), _positions(orig_out, n, h, w, k)
     zx = 0 if x_zero is None else int(np.asarray(x_zero).reshape(-1)[0])
     x_rows = conv_in.transpose(0, 2, 3, 1).reshape(-1, c)
     if not (x_rows != x_rows.flat[0]).any():

@@ -472,7 +472,8 @@ def _quantized_inputs(model: onnx.ModelProto, convs: dict[str, onnx.NodeProto]) 
     activation: its input check then compares like with like, not the quantized tensor with the float one
     (off by the quantization noise, which outliers make larger than the check's limit)."""
     made = {o: n for n in model.graph.node for o in n.output if o}
-    inits = {t.name: t for t in model.graph.initializer}
+    overridable = {i.name for i in model.graph.input}  # initializers callers may override are no constants
+    inits = {t.name: t for t in model.graph.initializer if t.name not in overridable}
     found: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for name, conv in convs.items():
         dq = made.get(conv.input[0]) if conv.input else None

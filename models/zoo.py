@@ -45,7 +45,7 @@ class ZooModel:
     # Reasons a Linear on a rank-4 tensor with a constant weight may be declined with (every other one
     # must be rewritten): the layout policy's refusal where a layer's Transposes cannot be absorbed.
     allowed_declines: frozenset[str] = frozenset()
-    # A token model (issue 13): converted with tokens=True (``--tokens``; its default layout is keep-all), and
+    # A token model (issue 13): converted with tokens=True (``--tokens``; its default layout is nchw), and
     # expected_rewrites counts its Linears on rank-3 token sequences with a constant weight instead.
     tokens: bool = False
 

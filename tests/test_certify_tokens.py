@@ -364,3 +364,16 @@ def test_an_axis_op_in_the_unit_axis_layout_needs_the_original_axis(axis: int, p
     """Axis 1 of [B, K, 1, S] is the original's last axis (K); the added unit axis (2) is none of the original's."""
     model, hand, layers = _softmax_in_token_layout(axis)
     assert certify(model, hand, layers).proved is proved
+
+
+def test_a_no_op_merge_reshape_in_the_original_is_the_same_fact_on_both_sides() -> None:
+    """``Reshape(x [B, S, C], [0, 0, C]) -> MatMul -> Reshape [0, 0, K]``: the token rule takes the inner MatMul;
+    the original's Reshape and its unchanged copy in the result must get one fact (they got two: refuted)."""
+    b = Builder(12)
+    xf = b.op("Reshape", "x", b.const(np.array([0, 0, C]), np.int64))
+    y = b.op("Reshape", b.dense(xf, C, K, bias=False), b.const(np.array([0, 0, K]), np.int64))
+    model = b.model([("x", [2, S, C])], [y])
+    result = converter.rewrite(model, tokens=True)
+    assert result.report.rewritten == 1
+    cert = certify(model, result.model, result.report.layers)
+    assert cert.proved, cert.to_dict()

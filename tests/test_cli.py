@@ -365,7 +365,7 @@ def test_tokens_flag_rewrites_rank3_layers(tokens_file: Path, tmp_path: Path) ->
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads((tmp_path / "t.json").read_text())["rewrite"]
     assert [(d["rule"], d["rewritten"]) for d in data["decisions"]] == [("matmul_tokens_to_conv", True)] * 2
-    assert data["layout"]["mode"] == "keep-all"  # the default under --tokens
+    assert data["layout"]["mode"] == "nchw"  # the default under --tokens
     ops = [n.op_type for n in onnx.load(tmp_path / "t.onnx").graph.node]
     assert ops.count("Conv") == 2 and "MatMul" not in ops and ops.count("Transpose") == 2
     r = run(tokens_file, "--tokens", "--dry-run", "--layout", "never-worse")

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.graph import count_ops
@@ -378,3 +378,364 @@ def test_a_coarsely_quantized_activation_does_not_fail_the_layer_input_check(tmp
     assert (layer.structure, layer.numbers) == ("proved", "passed"), report.verify.to_dict()
     assert layer.input_rel_error < 1e-6  # like with like: the pair's own output on both sides
     assert report.verify.passed
+
+
+# --- tf2onnx's Tensordot, QOperator: Reshape -> QuantizeLinear -> QLinearMatMul -> Reshape -> QLinearAdd ------
+
+QOPERATOR_FORMS = tuple(f for f in INTEGER_FORMS if f.fmt == "qoperator")
+
+
+@pytest.mark.parametrize("form", QOPERATOR_FORMS, ids=lambda f: f.name)
+def test_a_qoperator_tensordot_becomes_a_qlinear_conv(form: Form, tmp_path: Path) -> None:
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", form, {"x": [2, 3, 4, 6]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    assert [d.rule for d in rw.decisions if d.rewritten] == ["qlinear_sandwich_to_conv"]
+    assert rw.ops_after.get("QLinearMatMul", 0) == 0 and rw.ops_after.get("Reshape", 0) == 0 and rw.ops_after["QLinearConv"] == 1
+    for op in ("QuantizeLinear", "DequantizeLinear", "QLinearAdd"):  # moved out of the Reshapes, none added
+        assert rw.ops_after[op] == rw.ops_before[op], op
+    (check,) = report.verify.layers
+    assert check.numbers_detail == "integer output equal to the original's, bit for bit", check
+
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    o_inits = {t.name: t for t in original.graph.initializer}
+    r_inits = {t.name: t for t in result.graph.initializer}
+    r_prod = {o: n for n in result.graph.node for o in n.output}
+    o_mm = next(n for n in original.graph.node if n.op_type == "QLinearMatMul")
+    o_q = next(n for n in original.graph.node if n.output[0] == o_mm.input[0])
+    conv = next(n for n in result.graph.node if n.op_type == "QLinearConv")
+    q = r_prod[conv.input[0]]
+    assert q.op_type == "QuantizeLinear" and r_prod[q.input[0]].op_type == "Transpose" and list(q.input[1:]) == list(o_q.input[1:])
+    ints, o_ints = numpy_helper.to_array(r_inits[conv.input[3]]), numpy_helper.to_array(o_inits[o_mm.input[3]])
+    assert ints.dtype == o_ints.dtype == (np.int8 if form.signed else np.uint8) and ints.shape == (5, 6, 1, 1)
+    assert np.ascontiguousarray(ints.reshape(5, 6).T).tobytes() == o_ints.tobytes()  # the same integers, moved
+    assert [conv.input[i] for i in (1, 2, 4, 5, 6, 7)] == [o_mm.input[i] for i in (1, 2, 4, 5, 6, 7)]
+    for i in (1, 2, 4, 5, 6, 7):  # scales and zero points: the quantizer's tensors, bit for bit
+        assert r_inits[conv.input[i]].SerializeToString() == o_inits[o_mm.input[i]].SerializeToString()
+
+    feed = {"x": np.random.default_rng(3).standard_normal((3, 3, 4, 6)).astype(np.float32)}  # N > 1, H != W
+    want, got = _as_written(original).run(None, feed)[0], _as_written(result).run(None, feed)[0]
+    assert got.shape == want.shape == (3, 3, 4, 5) and got.tobytes() == want.tobytes()
+    want, got = _session(original).run(None, feed)[0], _session(result).run(None, feed)[0]
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("what", ["scale", "weight", "quantize_scale"])
+def test_a_qoperator_tensordot_with_a_changed_scale_or_weight_is_refuted(what: str, tmp_path: Path) -> None:
+    """The conv's activation scale, its integer weight, or the moved QuantizeLinear's scale changed: not proved."""
+    from converter.certify import certify
+
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", QOPERATOR_FORMS[0], {"x": [2, 3, 4, 6]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.verify is not None and report.verify.structure["proved"]
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    conv = next(n for n in result.graph.node if n.op_type == "QLinearConv")
+    if what == "quantize_scale":
+        conv, what = next(n for n in result.graph.node if n.output[0] == conv.input[0]), "scale"
+    slot = 1 if what == "scale" else 3  # a scale, or the integer weight
+    t = next(t for t in result.graph.initializer if t.name == conv.input[slot])
+    v = numpy_helper.to_array(t)
+    changed = v * np.float32(1.5) if what == "scale" else v.copy()
+    if what == "weight":
+        changed.flat[0] ^= 1
+    result.graph.initializer.append(numpy_helper.from_array(changed, "tampered"))
+    conv.input[slot] = "tampered"
+    cert = certify(original, result, report.rewrite.layers)
+    assert not cert.proved and cert.refuted
+
+
+# --- Keras ConvNeXtTiny's QOperator Tensordot: x is already quantized (Transpose / QLinearMul -> Reshape) --------
+
+
+def _quantized_input_source(folder: Path, c: int = 6, k: int = 5, h: int = 6, w: int = 8) -> Path:
+    """Keras ConvNeXtTiny's Tensordots, small: in QOperator form x is already quantized where the first Reshape reads
+    it (a Transpose of a QLinearConv after a QLinearAdd; a QLinearMul), so onnx's shape inference knows neither x's
+    rank nor its dtype. A stride-2 Conv and a SAME_UPPER depthwise Conv before it, as in the stem and the blocks;
+    the second layer's first Reshape has a constant target, the first layer's a computed one."""
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(kind, ins, out, **attrs):
+        nodes.append(helper.make_node(kind, ins, [out], name=out, **attrs))
+        return out
+
+    def tensordot(x, nhwc_of, perm, cin, cout, tag, runtime_rows):
+        shape = op("Shape", [nhwc_of], f"{tag}_shape")  # tf2onnx reads the NCHW side and gathers its NHWC dims
+        dims = op(
+            "Gather",
+            [op("Cast", [shape], f"{tag}_shape32", to=TensorProto.INT32), const(f"{tag}_perm", np.array(perm, np.int64))],
+            f"{tag}_dims",
+            axis=0,
+        )
+        head = op("Gather", [dims, const(f"{tag}_free", np.array([0, 1, 2], np.int64))], f"{tag}_head", axis=0)
+        if runtime_rows:
+            rows_n = op("ReduceProd", [head], f"{tag}_prod", axes=[0], keepdims=1)
+            target = op(
+                "Cast",
+                [op("Concat", [rows_n, const(f"{tag}_c", np.array([cin], np.int32))], f"{tag}_rows_cat", axis=0)],
+                f"{tag}_rows",
+                to=TensorProto.INT64,
+            )
+        else:
+            target = const(f"{tag}_rows", np.array([-1, cin], np.int64))
+        flat = op("Reshape", [x, target], f"{tag}_flat")
+        y = op(
+            "MatMul", [flat, const(f"{tag}_w", (rng.standard_normal((cin, cout)) / np.sqrt(cin)).astype(np.float32))], f"{tag}_mm"
+        )
+        back = op(
+            "Cast",
+            [op("Concat", [head, const(f"{tag}_k", np.array([cout], np.int32))], f"{tag}_cat", axis=0)],
+            f"{tag}_target",
+            to=TensorProto.INT64,
+        )
+        y = op("Reshape", [y, back], f"{tag}_y")
+        return op("Add", [y, const(f"{tag}_b", (rng.standard_normal(cout) * 0.1).astype(np.float32))], f"{tag}_out")
+
+    a = op("Add", ["x", const("shift", rng.standard_normal((1, 3, 1, 1)).astype(np.float32))], "shifted")  # QLinearAdd
+    s = op(
+        "Conv",
+        [a, const("stem_w", (rng.standard_normal((c, 3, 2, 2)) * 0.3).astype(np.float32))],
+        "stem",
+        strides=[2, 2],
+        kernel_shape=[2, 2],
+    )
+    d = op(
+        "Conv",
+        [s, const("dw_w", (rng.standard_normal((c, 1, 3, 3)) * 0.3).astype(np.float32))],
+        "dw",
+        group=c,
+        kernel_shape=[3, 3],
+        auto_pad="SAME_UPPER",
+    )
+    nhwc = op("Transpose", [d], "nhwc", perm=[0, 2, 3, 1])
+    y = tensordot(nhwc, d, [0, 2, 3, 1], c, k, "pw1", True)
+    g = op("Mul", [y, const("half", np.array(0.5, np.float32))], "half_y")  # QLinearMul: the second layer's x
+    out = tensordot(g, g, [0, 1, 2, 3], k, c, "pw2", False)
+    graph = helper.make_graph(
+        nodes,
+        "quantized_input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, h, w])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", h // 2, w // 2, c])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model, full_check=True)
+    path = folder / "quantized_input.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("form", QOPERATOR_FORMS, ids=lambda f: f.name)
+def test_a_qoperator_tensordot_on_a_quantized_input_becomes_a_qlinear_conv(form: Form, tmp_path: Path) -> None:
+    source = quantize(_quantized_input_source(tmp_path), tmp_path / "q.onnx", form, {"x": [2, 3, 6, 8]})
+    original = onnx.load(source)
+    mms = [n for n in original.graph.node if n.op_type == "QLinearMatMul"]
+    o_prod = {o: n for n in original.graph.node for o in n.output}
+    assert len(mms) == 2 and all(o_prod[m.input[0]].op_type == "Reshape" for m in mms)  # no QuantizeLinear between
+    assert [o_prod[o_prod[m.input[0]].input[0]].op_type for m in mms] == ["Transpose", "QLinearMul"]
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    rw = report.rewrite
+    assert [d.rule for d in rw.decisions if d.rewritten] == ["qlinear_sandwich_to_conv"] * 2
+    assert rw.ops_after.get("QLinearMatMul", 0) == 0 and rw.ops_after.get("Reshape", 0) == 0
+    assert rw.ops_after["QLinearConv"] == rw.ops_before["QLinearConv"] + 2
+    assert rw.ops_after.get("Shape", 0) == 0  # the target shapes, and the DequantizeLinear only they read, went
+    assert rw.ops_after["DequantizeLinear"] == rw.ops_before["DequantizeLinear"] - 2
+    assert rw.ops_after.get("QuantizeLinear", 0) == rw.ops_before["QuantizeLinear"]  # nothing requantized
+    assert (rw.ops_before["Transpose"], rw.ops_after["Transpose"]) == (1, 1)
+    assert [(c.structure, c.numbers) for c in report.verify.layers] == [("proved", "passed")] * 2
+    assert {c.numbers_detail for c in report.verify.layers} == {"integer output equal to the original's, bit for bit"}
+
+    result = onnx.load(tmp_path / "out.onnx")
+    o_inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    r_inits = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    convs = [n for n in result.graph.node if n.op_type == "QLinearConv" and n.input[3] not in o_inits]
+    for conv, mm in zip(convs, mms, strict=True):
+        ints, o_ints = r_inits[conv.input[3]], o_inits[mm.input[3]]
+        assert ints.dtype == o_ints.dtype == (np.int8 if form.signed else np.uint8)
+        assert np.ascontiguousarray(ints.reshape(ints.shape[:2]).T).tobytes() == o_ints.tobytes()
+        assert [conv.input[i] for i in (1, 2, 4, 5, 6, 7)] == [mm.input[i] for i in (1, 2, 4, 5, 6, 7)]
+
+    feed = {"x": np.random.default_rng(3).standard_normal((3, 3, 6, 8)).astype(np.float32)}  # N > 1, H != W
+    want, got = _as_written(original).run(None, feed)[0], _as_written(result).run(None, feed)[0]
+    assert got.shape == want.shape == (3, 3, 4, 6) and got.tobytes() == want.tobytes()
+    want, got = _session(original).run(None, feed)[0], _session(result).run(None, feed)[0]
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("what", ["weight", "zero_point", "input"])
+def test_a_qoperator_tensordot_on_a_quantized_input_with_a_changed_conv_is_refuted(what: str, tmp_path: Path) -> None:
+    """The second layer's integer weight, its activation zero point, or its input (the first layer's output
+    instead of the QLinearMul's) changed: refuted."""
+    from converter.certify import certify
+
+    source = quantize(_quantized_input_source(tmp_path), tmp_path / "q.onnx", QOPERATOR_FORMS[0], {"x": [2, 3, 6, 8]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.verify is not None and report.verify.structure["proved"] and len(report.verify.layers) == 2
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    o_inits = {t.name for t in original.graph.initializer}
+    first, second = [n for n in result.graph.node if n.op_type == "QLinearConv" and n.input[3] not in o_inits]
+    if what == "input":
+        second.input[0] = next(n for n in result.graph.node if first.output[0] in n.input and n.op_type == "QLinearAdd").output[0]
+    else:
+        slot = 3 if what == "weight" else 2
+        v = numpy_helper.to_array(next(t for t in result.graph.initializer if t.name == second.input[slot])).copy()
+        v.flat[0] ^= 1
+        result.graph.initializer.append(numpy_helper.from_array(v, "tampered"))
+        second.input[slot] = "tampered"
+    cert = certify(original, result, report.rewrite.layers)
+    assert not cert.proved and cert.refuted
+
+
+def test_a_contrib_elementwise_op_carries_a_known_size_past_a_symbolic_one() -> None:
+    """Broadcasting a symbolic dim with a known size > 1 gives that size (a valid graph's dim is 1 or the result):
+    Keras ConvNeXtTiny's GELU multiplies onnx-named dims by the 384 channels, and the next layer needs C = 384."""
+    from converter.graph import NameAllocator, Scope, collect_types
+    from converter.rules import RewriteOptions
+    from converter.rules._engine import Context
+    from converter.rules._integer import integer_type
+
+    params = [numpy_helper.from_array(np.array(v, t), n) for n, v, t in [("s", 0.5, np.float32), ("z", 3, np.uint8)]]
+    mul = helper.make_node("QLinearMul", ["a", "s", "z", "b", "s", "z", "s", "z"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph(
+        [mul],
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, ["N", 2, 3, "c"]),
+            helper.make_tensor_value_info("b", TensorProto.UINT8, [1, 1, 1, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        params,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    scope = Scope(model.graph, (), collect_types(model).get((), {}))
+    ctx = Context(scope, NameAllocator(model), RewriteOptions(), 13, model.ir_version, {}, None)
+    t = integer_type(ctx, "y")
+    assert t is not None and (t.elem_type, t.shape) == (TensorProto.UINT8, ("N", 2, 3, 4))
+
+
+@pytest.mark.parametrize("core", ["QLinearMatMul", "MatMulInteger"])
+def test_an_activation_of_unknown_integer_type_is_declined_not_a_traceback(core: str, tmp_path: Path) -> None:
+    """The activation comes out of a com.microsoft QLinearAdd whose output zero point is a graph input, so its
+    integer type is not known: the layer is declined with a reason (it was a KeyError traceback, exit 1)."""
+    from onnx import TensorProto, helper
+
+    c, k = 4, 6
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z"),
+        numpy_helper.from_array(np.random.default_rng(0).integers(-50, 50, (c, k)).astype(np.int8), "wq"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "ws"),
+        numpy_helper.from_array(np.array(0, np.int8), "wz"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "ys"),
+        numpy_helper.from_array(np.array(5, np.uint8), "yz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("QLinearAdd", ["xq", "s", "z", "xq", "s", "z", "s", "az"], ["qa"], domain="com.microsoft"),
+    ]
+    if core == "QLinearMatMul":
+        nodes += [
+            helper.make_node("QLinearMatMul", ["qa", "s", "az", "wq", "ws", "wz", "ys", "yz"], ["yq"]),
+            helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("MatMulInteger", ["qa", "wq", "az", "wz"], ["yi"]),
+            helper.make_node("Cast", ["yi"], ["yf"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["yf", "ys"], ["out"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "H", "W", c]),
+            helper.make_tensor_value_info("az", TensorProto.UINT8, []),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", "H", "W", k])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    convert = Path(sys.executable).parent / "convert"
+    done = subprocess.run(
+        [str(convert), str(src), "-o", str(tmp_path / "o.onnx"), "--layout", "keep-all", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert "quantized_dtype_unsupported" in done.stdout
+
+
+# --- edges found by hunting through the real command: correct rewrites that used to end FAILED ---------------
+
+
+def _hand_qdq(opset: int = 17, weight_scale_shape: tuple = (), dq_output_dtype: int | None = None) -> onnx.ModelProto:
+    """``MatMul(DQ(Q(x)), DQ(Wq, sw, zw))`` on x [N, 3, 5, 4], written by hand (int8, per tensor)."""
+    from onnx import TensorProto, helper
+
+    c, k = 4, 6
+    rng = np.random.default_rng(7)
+    extra = {} if dq_output_dtype is None else {"output_dtype": dq_output_dtype}
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "sx"),
+        numpy_helper.from_array(np.array(0, np.int8), "zx"),
+        numpy_helper.from_array(rng.integers(-100, 100, (c, k)).astype(np.int8), "wq"),
+        numpy_helper.from_array(np.full(weight_scale_shape, 0.02, np.float32), "sw"),
+        numpy_helper.from_array(np.zeros(weight_scale_shape, np.int8), "zw"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["w"], **extra),
+        helper.make_node("MatMul", ["xd", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hand_qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5, c])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 5, k])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(lambda: _hand_qdq(weight_scale_shape=(1,)), id="one_element_scale_vector_no_axis"),
+        pytest.param(lambda: _hand_qdq(opset=23, dq_output_dtype=onnx.TensorProto.FLOAT), id="output_dtype_float_opset23"),
+    ],
+)
+def test_quantized_weights_onnxruntime_reads_as_one_value_are_proved(model, tmp_path: Path) -> None:  # noqa: ANN001
+    """A ``[1]`` weight scale without ``axis`` is one value for the whole tensor (as onnxruntime reads it), and an
+    ``output_dtype`` equal to the scale's changes nothing: the certificate computes both as the runtime does."""
+    src = tmp_path / "m.onnx"
+    onnx.save(model(), src)
+    report = converter.convert(src, tmp_path / "out.onnx")
+    assert report.rewrite.rewritten == 1
+    assert report.verify is not None and report.verify.passed, report.verify.to_dict()
+
+
+def test_a_qoperator_parameter_callers_may_override_is_declined(quantized, tmp_path: Path) -> None:  # noqa: ANN001
+    """An activation scale that is also a graph input (an initializer callers may override) is no constant: the
+    layer reading it is declined (the integer check had read it as NaN and reported a layer 2**63 steps off)."""
+    model = onnx.load(quantized("pytorch_convnext_block", Form("qoperator", False, False)))
+    matmul = next(n for n in model.graph.node if n.op_type == "QLinearMatMul")
+    scale = next(t for t in model.graph.initializer if t.name == matmul.input[1])
+    model.graph.input.append(onnx.helper.make_tensor_value_info(scale.name, scale.data_type, list(scale.dims)))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    report = converter.convert(src, tmp_path / "out.onnx", layout="keep-all")
+    assert report.verify is not None and report.verify.passed, report.verify.to_dict()
+    reasons = {d.reason for d in report.rewrite.decisions if not d.rewritten}
+    assert "quantization_params_not_constant" in reasons

@@ -11,7 +11,7 @@ original. "Default" is what the `convert` command does without options (its layo
 converter has layout modes; the API's default may differ).
 
 Token entries (``entry.tokens``: ViT, DeiT, Mixer, nn.TransformerEncoder; issue 13) are converted as
-``convert --tokens`` does (layout keep-all): every Linear on a rank-3 token sequence with a constant weight
+``convert --tokens`` does (layout nchw): every Linear on a rank-3 token sequence with a constant weight
 is rewritten, MultiheadAttention's out_proj sandwich too, and the outputs match the original's.
 """
 
@@ -36,7 +36,7 @@ NAMES = [
 
 def command_layout(tokens: bool = False) -> dict[str, object]:
     """The default layout mode (the acceptance's "default result"), the same for the command and the API;
-    with --tokens the command's default is keep-all (pipeline.resolve_layout)."""
+    with --tokens the command's default is nchw (pipeline.resolve_layout)."""
     if tokens:
         return {"layout": None, "tokens": True}
     return {"layout": converter.DEFAULT_LAYOUT}
@@ -110,7 +110,7 @@ def test_constant_biases_are_folded_identity_fed_ones_too(name: str, converted: 
 def test_no_more_transposes_than_the_original(name: str, converted: Callable[[str], Converted]) -> None:
     if TORCH_ZOO[name].tokens:
         pytest.skip(
-            "--tokens keeps every token layer (keep-all): attention's Reshapes stop its Transposes; "
+            "--tokens keeps every token layer (its default layout is nchw): attention's Reshapes stop its Transposes; "
             "benchmarks/torch_zoo.py counts them"
         )
     rw = converted(name).report.rewrite

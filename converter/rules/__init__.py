@@ -8,6 +8,7 @@ from .matmul_tokens_to_conv import MatMulTokensToConv
 from .qdq_matmul_to_conv import QdqMatMulToConv
 from .qdq_sandwich_to_conv import QdqSandwichToConv
 from .qlinear_matmul_to_conv import QLinearMatMulToConv
+from .qlinear_sandwich_to_conv import QLinearSandwichToConv
 from .tensordot_to_conv import TensordotToConv
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "QdqMatMulToConv",
     "QdqSandwichToConv",
     "QLinearMatMulToConv",
+    "QLinearSandwichToConv",
     "RewriteOptions",
     "Rule",
     "TensordotToConv",

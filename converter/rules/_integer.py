@@ -20,7 +20,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from converter.graph import TensorType
-from converter.runtime import make_session, run
+from converter.runtime import dtype_name, make_session, run
 
 from ._checks import require_constant_tensor, require_rank
 from ._engine import Context, Decline
@@ -80,7 +80,15 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
             return t
         node = ctx.scope.producers.get(n)
         if node is not None and node.domain in ("", "ai.onnx") and node.op_type in ("Transpose", "QLinearConv"):
-            memo[n] = _layout_op(node, find(node.input[0]))
+            k = None
+            if node.op_type == "QLinearConv" and len(node.input) > 3 and ctx.scope.source(node.input[3]).is_constant:
+                k = int(ctx.scope.constant_tensor(node.input[3]).dims[0])
+            memo[n] = _layout_op(node, find(node.input[0]), k)
+            return memo[n]
+        if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "Reshape" and len(node.input) == 2:
+            x, target = find(node.input[0]), _target_dims(ctx, node.input[1])
+            if x is not None and target is not None:
+                memo[n] = TensorType(x.elem_type, target)
             return memo[n]
         if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "QLinearMatMul" and len(node.input) == 8:
             x, w = find(node.input[0]), node.input[3]
@@ -111,30 +119,56 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
         rank = max(len(sh) for sh in shapes)
         dims: list[int | str | None] = []
         for i in range(rank):
-            here = {sh[i - rank + len(sh)] for sh in shapes if i - rank + len(sh) >= 0} - {1}
-            dims.append(here.pop() if len(here) == 1 else (1 if not here else None))
+            here = {sh[i - rank + len(sh)] for sh in shapes if i - rank + len(sh) >= 0}
+            # In a valid graph every dim is 1 or the broadcast one: a known size > 1 is it, whatever the others.
+            known = here - {1, None}
+            sizes = {d for d in known if isinstance(d, int)}
+            one = sizes if sizes else known
+            dims.append(one.pop() if len(one) == 1 else (1 if here == {1} else None))
         memo[n] = TensorType(elem_of(node, first), tuple(dims))
         return memo[n]
 
     return find(name)
 
 
-def _layout_op(node: NodeProto, x: TensorType | None) -> TensorType | None:
-    """A Transpose's output type, or a shape-keeping QLinearConv's (stride 1, padding that keeps H and W)."""
+def _target_dims(ctx: Context, name: str, depth: int = 0) -> tuple[int | None, ...] | None:
+    """A Reshape target's dims as far as they are constants (-1 and 0 unknown): a constant, or a Concat of
+    constants and run-time pieces of known length (tf2onnx's ``[N, H, W] of x ++ [K]``), through Casts."""
+    if depth > 8:
+        return None
+    if ctx.scope.source(name).is_constant:
+        values = np.asarray(ctx.scope.value_of(ctx.scope.constant_tensor(name))).reshape(-1)
+        return tuple(int(v) if v > 0 else None for v in values)
+    node = ctx.scope.producers.get(name)
+    if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "Cast":
+        return _target_dims(ctx, node.input[0], depth + 1)
+    if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "Concat":
+        parts = [_target_dims(ctx, i, depth + 1) for i in node.input]
+        return None if any(p is None for p in parts) else tuple(d for p in parts for d in p)  # type: ignore[union-attr]
+    t = ctx.scope.type_of(name)
+    if t is not None and t.shape is not None and len(t.shape) == 1 and isinstance(t.shape[0], int):
+        return (None,) * t.shape[0]
+    return None
+
+
+def _layout_op(node: NodeProto, x: TensorType | None, out_channels: int | None = None) -> TensorType | None:
+    """A Transpose's output type, or a QLinearConv's (``out_channels``: its weight's K where known)."""
     if x is None or x.shape is None:
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Transpose":
         perm = list(attrs.get("perm", range(len(x.shape) - 1, -1, -1)))
         return TensorType(x.elem_type, tuple(x.shape[p] for p in perm)) if sorted(perm) == list(range(len(x.shape))) else None
-    kernel, pads = list(attrs.get("kernel_shape", [])), list(attrs.get("pads", []))
-    if len(x.shape) != 4 or len(kernel) != 2 or len(pads) != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    kernel, pads = list(attrs.get("kernel_shape", [])), list(attrs.get("pads", [0, 0, 0, 0]))
+    if len(x.shape) != 4 or len(kernel) != 2 or len(pads) != 4:
         return None
-    if any(v != 1 for v in [*attrs.get("strides", [1, 1]), *attrs.get("dilations", [1, 1])]):
-        return None
-    if pads[0] + pads[2] != kernel[0] - 1 or pads[1] + pads[3] != kernel[1] - 1:
-        return None
-    return TensorType(x.elem_type, (x.shape[0], None, x.shape[2], x.shape[3]))
+    keeps = attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET") and pads[0] + pads[2] == kernel[0] - 1
+    keeps = keeps and pads[1] + pads[3] == kernel[1] - 1
+    keeps = keeps and all(v == 1 for v in [*attrs.get("strides", [1, 1]), *attrs.get("dilations", [1, 1])])
+    # H and W where the conv keeps them (stride 1, padding that adds back the kernel), else unknown: the rank
+    # and the channels (a strided stem, a SAME_UPPER depthwise conv) are what a dense layer after it needs.
+    dims = (x.shape[0], out_channels, *(x.shape[2:] if keeps else (None, None)))
+    return TensorType(x.elem_type, tuple(dims))
 
 
 def require_scalar(ctx: Context, node: NodeProto, slot: int, role: str) -> None:
@@ -169,7 +203,8 @@ def require_integer_rank4(ctx: Context, name: str) -> TensorType:
 def require_integer_type(ctx: Context, name: str, role: str) -> int:
     t = integer_type(ctx, name)
     if t is None or t.elem_type not in _ON:
-        have = "unknown" if t is None else helper.tensor_dtype_to_string(t.elem_type)
+        # elem_type 0: a contrib op whose output zero point is computed, so its type is not known here
+        have = "unknown" if t is None or not t.elem_type else dtype_name(t.elem_type)
         raise Decline("quantized_dtype_unsupported", f"{role} {name!r} is {have}; int8 and uint8 are supported")
     return t.elem_type
 

@@ -30,6 +30,7 @@ proven element is 0 (zero-size dims are declined) and the count argument holds f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from onnx import NodeProto, helper
@@ -79,12 +80,20 @@ def attr_value(node: NodeProto, name: str, default: object) -> object:
 Expr = tuple[int, tuple[int, ...]]
 
 
-def match_sandwich(core: NodeProto, ctx: Context, k: int, entry: NodeProto | None = None, flat_out: str = "") -> Sandwich:
+def match_sandwich(
+    core: NodeProto,
+    ctx: Context,
+    k: int,
+    entry: NodeProto | None = None,
+    flat_out: str = "",
+    type_of: Callable[[str], TensorType | None] | None = None,
+) -> Sandwich:
     """The Reshapes around ``core`` (MatMul or Gemm) if they make it a per-position dense layer.
 
     ``entry`` is the node that reads the first Reshape's output and ``flat_out`` the flat tensor the second
     Reshape reads; both default to the core itself. A quantized layer passes the nodes between (the
-    activation's QuantizeLinear, the output's DequantizeLinear), which only act position by position.
+    activation's QuantizeLinear, the output's DequantizeLinear), which only act position by position,
+    and ``type_of`` where x's type is known past onnx's shape inference (``_integer.integer_type``).
     """
     scope = ctx.scope
     entry = entry or core
@@ -103,7 +112,7 @@ def match_sandwich(core: NodeProto, ctx: Context, k: int, entry: NodeProto | Non
     if ctx.options.tokens and _target_length(ctx, last) == 3:
         return match_tokens(entry, ctx, k, first, last)
     x = first.input[0]
-    xt = scope.type_of(x)
+    xt = (type_of or scope.type_of)(x)
     if xt is None or xt.rank != 4:
         raise _no("the flattened tensor is not known to be rank 4")
     _check_activation(ctx, entry, first, x, xt)
@@ -278,26 +287,41 @@ class _ShapeEvaluator:
 
     def _shape(self, node: NodeProto) -> list[Expr] | None:
         start, end = attr_value(node, "start", 0), attr_value(node, "end", None)
-        full = None
-        if node.input[0] == self.x:
-            full = [(1, (i,)) for i in range(4)]
-        else:  # Shape of the tensor that x is a Transpose of (tf2onnx reads the NCHW side)
-            producer = self.ctx.scope.producers.get(self.x)
-            # through a quantization pair, which keeps the shape (onnxruntime's QDQ puts one after the Transpose)
-            while producer is not None and producer.op_type in _SHAPE_KEEPING and producer.domain in _DEFAULT:
-                producer = self.ctx.scope.producers.get(producer.input[0])
-            if producer is not None and producer.op_type == "Transpose" and producer.input[0] == node.input[0]:
-                perm = attr_value(producer, "perm", None)
-                if perm is not None and len(perm) == 4:  # type: ignore[arg-type]
-                    inverse = [0] * 4
-                    for i, p in enumerate(perm):  # type: ignore[arg-type]
-                        inverse[p] = i
-                    full = [(1, (inverse[j],)) for j in range(4)]
+        # The shape of x, or of the tensor x is a Transpose of; failing that, the same through the shape-keeping
+        # ops the Shape reads (QOperator reads the shape of a DequantizeLinear of x's NCHW side), which then go
+        # with the match when only the shape reads them.
+        measured, walked = node.input[0], []
+        full = self._full(measured)
+        inner = self.ctx.scope.producers.get(measured)
+        while full is None and inner is not None and inner.op_type in _SHAPE_KEEPING and inner.domain in _DEFAULT:
+            walked.append(inner)
+            measured = inner.input[0]
+            full = self._full(measured)
+            inner = self.ctx.scope.producers.get(measured)
+        if full is not None:
+            self.nodes.extend(walked)
         if full is None and self.by_name:
             full = self._shape_by_name(node.input[0])
         if full is None:
             return None
         return full[start:end]  # type: ignore[misc]
+
+    def _full(self, measured: str) -> list[Expr] | None:
+        """The dims of ``measured`` in terms of x's: x itself, or the tensor x is a Transpose of."""
+        if measured == self.x:
+            return [(1, (i,)) for i in range(4)]
+        producer = self.ctx.scope.producers.get(self.x)
+        # through a quantization pair, which keeps the shape (onnxruntime's QDQ puts one after the Transpose)
+        while producer is not None and producer.op_type in _SHAPE_KEEPING and producer.domain in _DEFAULT:
+            producer = self.ctx.scope.producers.get(producer.input[0])
+        if producer is not None and producer.op_type == "Transpose" and producer.input[0] == measured:
+            perm = attr_value(producer, "perm", None)
+            if perm is not None and len(perm) == 4:  # type: ignore[arg-type]
+                inverse = [0] * 4
+                for i, p in enumerate(perm):  # type: ignore[arg-type]
+                    inverse[p] = i
+                return [(1, (inverse[j],)) for j in range(4)]
+        return None
 
     def _shape_by_name(self, name: str) -> list[Expr] | None:
         """Another tensor's dims: known ones as constants, a symbolic one as x's dim of that name, others opaque."""
