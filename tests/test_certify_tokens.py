@@ -188,28 +188,36 @@ def test_a_wrong_constant_between_token_layers_is_refuted() -> None:
     assert not cert.proved and "constant differs" in str(cert.to_dict()), cert.to_dict()
 
 
+def _moved_into_token_layout(op: str, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    """``model`` (a token layer whose output feeds one ``op``) rewritten, then edited by hand: the ``op`` moved
+    inside the unit-axis layout [B, K, 1, S], between the Conv and its Squeeze, reading the Conv's output.
+    Its other inputs and attributes are the caller's to set. (result, layer claims)."""
+    result = converter.rewrite(model, tokens=True, layout="keep-all", fold_transposes=False)
+    hand = onnx.ModelProto()
+    hand.CopyFrom(result.model)
+    squeeze, moved = _node(hand, "Squeeze"), _node(hand, op)
+    conv_out, out = squeeze.input[0], moved.output[0]
+    moved.input[0], moved.output[0] = conv_out, f"{op.lower()}_nc1s"
+    squeeze.input[0] = moved.output[0]
+    back = next(n for n in hand.graph.node if n.op_type == "Transpose" and n.input[0] == squeeze.output[0])
+    back.output[0] = out
+    nodes = [n for n in hand.graph.node if n is not moved]
+    at = nodes.index(squeeze)
+    hand.graph.ClearField("node")
+    hand.graph.node.extend([*nodes[:at], moved, *nodes[at:]])
+    return hand, result.report.layers
+
+
 def _mul_in_token_layout(scale_nc11: np.ndarray) -> tuple[onnx.ModelProto, onnx.ModelProto, list]:
     """Original ``Mul(MatMul(x, W), s)`` on [B, S, C]; rewritten by hand with the Mul inside the unit-axis layout
     [B, K, 1, S], between the Conv and its Squeeze, reading ``scale_nc11`` (the right value: s as [1, K, 1, 1])."""
     b = Builder(8)
     s = np.linspace(0.5, 2.0, K).astype(np.float32)
     model = b.model([("x", ["B", S, C])], [b.op("Mul", b.dense("x", C, K, bias=False), b.const(s))])
-    result = converter.rewrite(model, tokens=True, layout="keep-all", fold_transposes=False)
-    hand = onnx.ModelProto()
-    hand.CopyFrom(result.model)
-    squeeze, mul = _node(hand, "Squeeze"), _node(hand, "Mul")
+    hand, layers = _moved_into_token_layout("Mul", model)
     hand.graph.initializer.append(numpy_helper.from_array(scale_nc11, "s_nc11"))
-    conv_out, out = squeeze.input[0], mul.output[0]
-    mul.input[:] = [conv_out, "s_nc11"]
-    mul.output[0] = "mul_nc1s"
-    squeeze.input[0] = "mul_nc1s"
-    back = next(n for n in hand.graph.node if n.op_type == "Transpose" and n.input[0] == squeeze.output[0])
-    back.output[0] = out
-    nodes = [n for n in hand.graph.node if n is not mul]
-    at = nodes.index(squeeze)
-    hand.graph.ClearField("node")
-    hand.graph.node.extend([*nodes[:at], mul, *nodes[at:]])
-    return model, hand, result.report.layers
+    _node(hand, "Mul").input[1] = "s_nc11"
+    return model, hand, layers
 
 
 def test_constants_in_the_unit_axis_layout_are_compared_laid_out() -> None:
@@ -341,22 +349,11 @@ def _softmax_in_token_layout(axis: int) -> tuple[onnx.ModelProto, onnx.ModelProt
     unit-axis layout [B, K, 1, S] (between the Conv and its Squeeze) at ``axis``: 1 is the original's."""
     b = Builder(9)
     model = b.model([("x", ["B", S, C])], [b.op("Softmax", b.dense("x", C, K, bias=False), axis=-1)])
-    result = converter.rewrite(model, tokens=True, layout="keep-all", fold_transposes=False)
-    hand = onnx.ModelProto()
-    hand.CopyFrom(result.model)
-    squeeze, softmax = _node(hand, "Squeeze"), _node(hand, "Softmax")
-    conv_out, out = squeeze.input[0], softmax.output[0]
-    softmax.input[0], softmax.output[0] = conv_out, "softmax_nc1s"
+    hand, layers = _moved_into_token_layout("Softmax", model)
+    softmax = _node(hand, "Softmax")
     del softmax.attribute[:]
     softmax.attribute.append(helper.make_attribute("axis", axis))
-    squeeze.input[0] = "softmax_nc1s"
-    back = next(n for n in hand.graph.node if n.op_type == "Transpose" and n.input[0] == squeeze.output[0])
-    back.output[0] = out
-    nodes = [n for n in hand.graph.node if n is not softmax]
-    at = nodes.index(squeeze)
-    hand.graph.ClearField("node")
-    hand.graph.node.extend([*nodes[:at], softmax, *nodes[at:]])
-    return model, hand, result.report.layers
+    return model, hand, layers
 
 
 @pytest.mark.parametrize(("axis", "proved"), [(1, True), (-3, True), (2, False), (3, False), (0, False)])
