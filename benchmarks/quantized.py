@@ -13,6 +13,10 @@ MatMulInteger (uint8 x int8, NHWC), the ConvInteger the rule wrote before (uint8
 writes now (uint8 x uint8, weight and zero point + 128): onnxruntime's kernel choice, without the graph around it.
 
     python -m benchmarks.quantized [--runs 30] [--threads 1] [--json benchmarks/results/quantized.json]
+    python -m benchmarks.quantized --model keras --format dynamic --runs 20 --json /tmp/keras_dynamic.json
+
+``--model`` (a part of the model's label) and ``--format`` (qdq, qoperator, dynamic) pick rows, each repeatable;
+a run that picks rows writes its JSON only where ``--json`` says (the default file holds the whole table).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 import converter
-from benchmarks._results import publish
+from benchmarks._results import machine, publish
 from models import graphs
 from models.quantized import QDQ_FORMS, Form, quantize
 
@@ -162,8 +166,8 @@ def layer_timings(runs: int, threads: int) -> list[dict]:
 
 
 def _models(folder: Path) -> list[tuple[str, Callable[[Path], Path], list[int], tuple[Form, ...]]]:
-    """(label, float model writer, input shape, forms): the ONNX builders, and the Keras ConvNeXtTiny (QDQ and
-    QOperator, tf2onnx's Tensordots) where TensorFlow is installed."""
+    """(label, float model writer, input shape, forms): the ONNX builders, and the Keras ConvNeXtTiny (tf2onnx's
+    Tensordots, every form) where TensorFlow is installed."""
 
     def writer(build: Callable[[], onnx.ModelProto]) -> Callable[[Path], Path]:
         return lambda path: (onnx.save(build(), path), path)[1]
@@ -176,16 +180,20 @@ def _models(folder: Path) -> list[tuple[str, Callable[[Path], Path], list[int], 
     from models.quantized import keras_convnext_onnx
 
     keras = lambda path: keras_convnext_onnx(folder / "keras_convnext_tiny.onnx")  # noqa: E731
-    qoperator = tuple(f for f in FORMS if f.fmt == "qoperator")  # the dynamic Tensordot is not rewritten yet
-    return [*found, ("Keras ConvNeXtTiny (64x48, tf2onnx)", keras, [1, 64, 48, 3], (*QDQ_FORMS, *qoperator))]
+    return [*found, ("Keras ConvNeXtTiny (64x48, tf2onnx)", keras, [1, 64, 48, 3], FORMS)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/quantized.json"))
+    p.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/quantized.json, for a whole run")
+    p.add_argument("--model", action="append", default=[], help="only the models whose label holds this (repeatable)")
+    p.add_argument("--format", action="append", default=[], choices=("qdq", "qoperator", "dynamic"), help="only this form")
     args = p.parse_args(argv)
+    picked = bool(args.model or args.format)
+    if args.json is None and not picked:
+        args.json = Path("benchmarks/results/quantized.json")
     console = Console()
     rows: list[dict] = []
     table = Table(title=f"onnxruntime {ort.__version__} CPU: onnxruntime.quantization output, converted")
@@ -202,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for label, make, shape, forms in _models(folder):
+        for label, make, shape, all_forms in _models(folder):
+            if args.model and not any(m.lower() in label.lower() for m in args.model):
+                continue
+            forms = [f for f in all_forms if not args.format or f.fmt in args.format]
             source = make(folder / "float.onnx")
             x = onnx.load(source).graph.input[0].name
             for form in forms:
@@ -254,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{row[f'{n}_us']:.1f} ({row[f'{n}_us'] / base:.2f})" for n in forms]
         kernels.add_row(row["layer"], f"{base:.1f}", *cells)
     console.print(kernels)
+    if args.json is None:
+        console.print(f"machine: {machine()}\nnot saved: a run of picked rows writes only where --json says")
+        return 0
     publish(console, args.json, rows, threads=args.threads, runs=args.runs, layers=layers)
     return 0
 

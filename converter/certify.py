@@ -72,6 +72,10 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 QLINEAR_ELEMENTWISE: dict[tuple[str, str], tuple[int, ...]] = {
     ("com.microsoft", "QLinearAdd"): (1, 2, 4, 5, 6, 7),
     ("com.microsoft", "QLinearMul"): (1, 2, 4, 5, 6, 7),
+    # y = saturate(round(f(sx (X - zx)) / sy) + zy) element by element (f: sigmoid, or leaky relu with its alpha,
+    # which the attribute comparison holds); data is input 0, all five inputs present (the handler requires it)
+    ("com.microsoft", "QLinearSigmoid"): (1, 2, 3, 4),
+    ("com.microsoft", "QLinearLeakyRelu"): (1, 2, 3, 4),
 }
 # Quantized layers whose proof lives in certify_integer.py (QLinearMatMul -> QLinearConv, MatMulInteger -> ConvInteger).
 INTEGER_CONVS = frozenset({"QLinearConv", "ConvInteger"})
@@ -465,7 +469,7 @@ class _Original:
         self.graph = graph
         self.parent = parent
         self.model = model  # the main graph's model: where ranks are inferred from
-        self._ranks: dict[str, int | None] | None = None
+        self._shapes: dict[str, tuple[int | str | None, ...] | None] | None = None
         self.value_of = value_of
         self.opsets = list(opsets) if parent is None else parent.opsets
         self.inputs = {i.name for i in graph.input}
@@ -535,18 +539,58 @@ class _Original:
             merged = _merge_fact(node, self.canon(node.input[0]), self.canon(node.input[1]))
             if merged is not None:  # the same fact the walk gives the same node (``_Walk._merge``)
                 return merged
+            moved = self._transposed_ancestor(node)
+            if moved is not None:
+                return moved
         return Value(name)
+
+    def _transposed_ancestor(self, node: NodeProto) -> Value | None:
+        """A Reshape that ends a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a Transpose among them)
+        whose result is only a Transpose of a tensor earlier in the chain: that tensor under a layout (the
+        earliest such, so that every such tensor of one chain has one root). dynamo computes ``K^T`` as
+        ``[B,H,S,D] -> [B*H,S,D] -> [B*H,D,S] -> [B,H,D,S]``: ``Transpose(k, [0, 1, 3, 2])``."""
+        chain = [node]
+        while len(chain) < _MAX_STEPS:
+            prev = self.producers.get(chain[0].input[0]) if chain[0].input else None
+            if prev is None or not _is_default(prev) or prev.op_type not in _REARRANGE or len(prev.output) != 1:
+                break
+            chain.insert(0, prev)
+        if not any(n.op_type == "Transpose" for n in chain):
+            return None
+        for i, first in enumerate(chain):
+            start = first.input[0]
+            shape = self.shape(start)
+            steps = [_rearrange_step(n, self.canon, self.shape) for n in chain[i:]]
+            if shape is None or any(st is None for st in steps):
+                continue
+            dims = [d if isinstance(d, int | str) and d != "" else f"?{start}:{j}" for j, d in enumerate(shape)]
+            ours = _elements(dims, steps)  # type: ignore[arg-type]
+            m = None if ours is None else _relate(ours, _elements(dims, ()))
+            if m is None or None in m or not _same_elements(dims, steps, (("layout", m),)):  # type: ignore[arg-type]
+                continue
+            base = self.canon(start)
+            if isinstance(base, Value) and base.root and not _lifted(base.perm):
+                try:
+                    return Value(base.root, _then(base.perm, _plain(m)))
+                except ValueError:
+                    return None
+        return None
 
     def rank(self, name: str) -> int | None:
         """The rank onnx's shape inference gives an original tensor (inferred once, on first need), or None."""
         if name.startswith(_MERGED):
             return 3  # two dims kept, the rest merged into one
+        shape = self.shape(name)
+        return None if shape is None else len(shape)
+
+    def shape(self, name: str) -> tuple[int | str | None, ...] | None:
+        """The shape onnx's shape inference gives an original tensor (None entries: dims it cannot tell)."""
         top = self
         while top.parent is not None:
             top = top.parent
-        if top._ranks is None:
-            top._ranks = _inferred_ranks(top.model) if top.model is not None else {}
-        return top._ranks.get(name)
+        if top._shapes is None:
+            top._shapes = _inferred_shapes(top.model) if top.model is not None else {}
+        return top._shapes.get(name)
 
     def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
         """Nodes of this graph that read a tensor whose canonical root is ``root``, with the input slot."""
@@ -620,9 +664,10 @@ def _unit_axes(node: NodeProto, inner: Fact, fact_of: Callable[[str], Fact], ran
 _SMALL = 1024  # elements: constants kept for shape inference (shapes, axes); larger ones become typed inputs
 
 
-def _inferred_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
-    """Each tensor's rank as onnx's shape inference finds it, on a copy without the large weights'
-    data (None where it finds none, or where two graphs give one name two ranks)."""
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...] | None]:
+    """Each tensor's shape as onnx's shape inference (with data propagation, so that a Reshape target an
+    exporter computes from ``Shape`` is followed) finds it, on a copy without the large weights' data.
+    A dim it cannot tell is None; a tensor it finds no shape for, or two graphs give two ranks, is None."""
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -637,23 +682,37 @@ def _inferred_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
-    except Exception:  # noqa: BLE001 - no ranks: the Unsqueezes that needed one stay unfollowed
+    inferred = None
+    for data_prop in (True, False):  # data propagation fails on some graphs that plain inference takes
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
+            break
+        except Exception:  # noqa: BLE001, PERF203 - no shapes: what needed one stays unfollowed
+            continue
+    if inferred is None:
         return {}
-    ranks: dict[str, int | None] = {}
+    shapes: dict[str, tuple[int | str | None, ...] | None] = {}
+
+    def put(name: str, shape: tuple[int | str | None, ...] | None) -> None:
+        if name in shapes and (shapes[name] is None or shape is None or len(shapes[name]) != len(shape)):  # type: ignore[arg-type]
+            shapes[name] = None
+        else:
+            shapes[name] = shape
+
     stack = [inferred.graph]
     while stack:
         graph = stack.pop()
         for vi in (*graph.input, *graph.value_info, *graph.output):
             tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-            r = len(tt.shape.dim) if tt is not None and tt.HasField("shape") else None
-            ranks[vi.name] = r if ranks.get(vi.name, r) == r else None
+            dims = None
+            if tt is not None and tt.HasField("shape"):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+            put(vi.name, dims)
         for t in graph.initializer:
-            ranks[t.name] = len(t.dims) if ranks.get(t.name, len(t.dims)) == len(t.dims) else None
+            put(t.name, tuple(int(d) for d in t.dims))
         for node in graph.node:
             stack.extend(sub for _, sub in _graphs_of(node))
-    return ranks
+    return shapes
 
 
 def _run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray | None:
@@ -775,7 +834,12 @@ def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str
     sandwich = False
     in_pair = out_pair = None
     end = layer.output
-    if _is_default(node) and node.op_type == "MatMul" and node.output[0] == layer.anchor and _reshaped_pair(orig, node.input[0]):
+    if (
+        _is_default(node)
+        and node.op_type in ("MatMul", "Gemm")
+        and node.output[0] == layer.anchor
+        and _reshaped_pair(orig, node.input[0])
+    ):
         # A quantized sandwich claimed up to its MatMul's flat output (what the Conv computes before its
         # output pair): the layer ends at the second Reshape, after the output's pair if there is one.
         readers = [n for n in orig.graph.node if layer.anchor in n.input]
@@ -836,15 +900,17 @@ def _original_layer(orig: _Original, layer: RewrittenLayer) -> _DenseLayer | str
         return kc if alpha == 1.0 else (kc * np.asarray(alpha, dtype=kc.dtype)).astype(kc.dtype)
 
     gemm_c = orig.canon(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if in_pair or out_pair:
-        return "a Gemm between quantization pairs"
+    if (in_pair or out_pair) and add_bias is not None:
+        return "a quantized sandwich with a bias folded from outside its quantization pairs"
     if gemm_c is not None and not isinstance(gemm_c, Const):
         return "the Gemm's bias is not a constant"
     if gemm_c is not None and add_bias is not None:
         return "both the Gemm's bias and an Add after it"
     if gemm_c is not None:
-        return _DenseLayer(act, gemm_kc, _bias_vector(gemm_c, weight, beta, trans_b))
-    return _DenseLayer(act, gemm_kc, None if add_bias is None else _bias_vector(add_bias, weight, 1.0, trans_b))
+        bias = _bias_vector(gemm_c, weight, beta, trans_b)
+    else:
+        bias = None if add_bias is None else _bias_vector(add_bias, weight, 1.0, trans_b)
+    return _DenseLayer(act, gemm_kc, bias, in_pair, out_pair, node.output[0], end)
 
 
 class _Mismatch(Exception):
@@ -864,6 +930,134 @@ def _bias_vector(bias: Const, weight: Const, scale: float, k_first: bool = False
         return vec if scale == 1.0 else (vec * np.asarray(scale, dtype=b.dtype)).astype(b.dtype)
 
     return make
+
+
+# --- rearrangements: chains of Reshape, Transpose, Squeeze and Unsqueeze ------------------------
+#
+# Such a chain only moves the elements of its root. Both chains (the rewritten graph's and the original's)
+# are applied with numpy to the root's element indices, each symbolic size set to a prime of its own, and
+# compared: at two sets of sizes, so that a size written as a constant where the root's is symbolic cannot
+# pass. (The cleanup that writes these chains reasons with ``rearrange.py``; none of it is used here.)
+
+_VIEW = "\0view:"
+_SHAPE = "\0shape:"  # the shape vector of a tensor, read in a layout: only a Gather of it is followed
+_REARRANGE = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+_MAX_REARRANGEMENTS = 64  # original tensors looked at from one root
+_MAX_STEPS = 6
+_CHECK_ELEMENTS = 1 << 22  # a root larger than this (with symbolic sizes set) is not followed
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29)
+# ("layout", perm with None entries) | ("transpose", perm) | ("squeeze"/"unsqueeze", axes)
+# | ("reshape", target with None for "what is left", allowzero)
+_Step = tuple[object, ...]
+
+
+def _rearrange_step(
+    node: NodeProto, fact_of: Callable[[str], Fact], out_shape: Callable[[str], tuple[int | str | None, ...] | None]
+) -> _Step | None:
+    """What ``node`` does to the elements, from its attributes and constant inputs (a Reshape whose target
+    is computed: the output shape inference found, with one dim it cannot tell as "what is left")."""
+    attrs = _attrs(node)
+    if node.op_type == "Transpose":
+        perm = attrs.get("perm")
+        return ("transpose", tuple(perm)) if perm is not None else None  # type: ignore[arg-type]
+    if node.op_type == "Reshape":
+        if len(node.input) != 2:
+            return None
+        f = fact_of(node.input[1])
+        allowzero = bool(attrs.get("allowzero", 0))
+        if isinstance(f, Const):
+            t = np.asarray(f.get())
+            if t.dtype.kind not in "iu" or t.ndim != 1:
+                return None
+            return ("reshape", tuple(int(v) for v in t), allowzero)
+        shape = out_shape(node.output[0])
+        if shape is None:
+            return None
+        return ("reshape", tuple(d if isinstance(d, int) else None for d in shape), True)
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1:
+        f = fact_of(node.input[1])
+        if isinstance(f, Const):
+            t = np.asarray(f.get())
+            axes = [int(v) for v in t.reshape(-1)] if t.dtype.kind in "iu" and t.ndim <= 1 else None
+    return (node.op_type.lower(), tuple(axes)) if axes else None  # type: ignore[arg-type]
+
+
+def _sizes(dims: Sequence[int | str], first: int) -> list[int] | None:
+    """``dims`` with each symbolic size set to a prime of its own, starting from ``_PRIMES[first]``."""
+    symbols: dict[str, int] = {}
+    out = []
+    for d in dims:
+        if isinstance(d, str):
+            if d not in symbols:
+                if first + len(symbols) >= len(_PRIMES):
+                    return None
+                symbols[d] = _PRIMES[first + len(symbols)]
+            out.append(symbols[d])
+        else:
+            out.append(int(d))
+    return out if int(np.prod(out)) <= _CHECK_ELEMENTS else None
+
+
+def _elements(dims: Sequence[int | str], steps: Sequence[_Step], first: int = 0) -> np.ndarray | None:
+    """The root's flat element index at each position of the tensor ``steps`` make of it (symbolic sizes set
+    by ``_sizes``), or None when a step does not apply."""
+    sizes = _sizes(dims, first)
+    if sizes is None:
+        return None
+    try:
+        return _apply_steps(np.arange(int(np.prod(sizes)), dtype=np.int64).reshape(sizes), steps)
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _same_elements(dims: Sequence[int | str], ours: Sequence[_Step], theirs: Sequence[_Step]) -> bool:
+    """Whether both chains of steps pick the same root element at every position, at two sets of sizes
+    (a size a chain wrote as a constant where the root's is symbolic holds at one of them at most)."""
+    for first in (0, 1):
+        a, b = _elements(dims, ours, first), _elements(dims, theirs, first)
+        if a is None or b is None or a.shape != b.shape or not np.array_equal(a, b):
+            return False
+    return True
+
+
+def _axis_step(a: np.ndarray, axis: int) -> int:
+    """How far, in root elements, one step along ``axis`` goes from the first element."""
+    at = [0] * a.ndim
+    at[axis] = 1
+    return int(a[tuple(at)]) - int(a.flat[0])
+
+
+def _relate(ours: np.ndarray, theirs: np.ndarray | None) -> tuple[int | None, ...] | None:
+    """The layout ``m`` with ``ours`` = ``theirs`` laid out by ``m`` (None entries: unit axes ``theirs`` lacks),
+    read from the element each axis steps to (the caller checks every element); None when no axis matches,
+    or ``theirs`` has a unit axis (a tensor with unit axes is described through the one without them)."""
+    if theirs is None or ours.size != theirs.size or ours.size < 2 or 1 in theirs.shape:
+        return None
+    axes = {(_axis_step(theirs, j), theirs.shape[j]): j for j in range(theirs.ndim)}
+    m: list[int | None] = []
+    for i, n in enumerate(ours.shape):
+        j = None if n == 1 else axes.pop((_axis_step(ours, i), n), -1)
+        if j == -1:
+            return None
+        m.append(j)
+    return tuple(m) if not axes else None
+
+
+def _apply_steps(x: np.ndarray, steps: Sequence[_Step]) -> np.ndarray:
+    for step in steps:
+        kind, args = step[0], step[1]
+        if kind in ("layout", "transpose"):
+            x = x.transpose([p for p in args if p is not None])  # type: ignore[union-attr]
+            x = np.expand_dims(x, tuple(i for i, p in enumerate(args) if p is None))  # type: ignore[arg-type]
+        elif kind == "squeeze":
+            x = np.squeeze(x, tuple(args))  # type: ignore[arg-type]
+        elif kind == "unsqueeze":
+            x = np.expand_dims(x, tuple(args))  # type: ignore[arg-type]
+        else:
+            target = [-1 if t is None else (x.shape[i] if t == 0 and not step[2] else t) for i, t in enumerate(args)]  # type: ignore[union-attr]
+            x = x.reshape(target)
+    return x
 
 
 # --- the rewritten side: the walk -------------------------------------------------------------
@@ -897,6 +1091,7 @@ class _Walk:
             self.facts[s.values.name] = Value(s.values.name)
         self._compared: dict[tuple[object, ...], str | None] = {}
         self._layouts: dict[str, tuple[int | None, ...]] = {}  # each proved layer's Conv: how it reads its activation
+        self._views: dict[str, tuple[str, tuple[_Step, ...]]] = {}  # synthetic roots: (original root, steps from it)
 
     def fact(self, name: str) -> Fact:
         if not name:
@@ -919,6 +1114,7 @@ class _Walk:
         self._skip: set[int] = set()  # nodes a written-out LayerNormalization already accounted for
         self._readers: dict[str, list[NodeProto]] | None = None
         self._made_by: dict[str, NodeProto] | None = None  # the rewritten graph's producers, when first needed
+        self._orig_readers: dict[str, list[NodeProto]] | None = None  # the original's rearranging nodes by input
         for node in self._nodes:
             if id(node) not in self._skip:
                 self._visit(node)
@@ -1278,6 +1474,11 @@ class _Walk:
             self.facts[node.output[0]] = Value(out.root, _then(out.perm, perm))
         else:
             self.facts[node.output[0]] = Value(_FLAT + original.output[0], perm)
+            # DynamicQuantizeLinear's scale and zero point come from the minimum and maximum of all the values,
+            # which the first Reshape and any layout keep: the original's, as they are.
+            for j in range(1, min(len(node.output), len(original.output))):
+                if node.output[j]:
+                    self.facts[node.output[j]] = self.orig.canon(original.output[j])
 
     def _same_pair_node(self, node: NodeProto, original: NodeProto, perm: Perm) -> str | None:
         """Why ``node`` on the 4D tensor laid out by ``perm`` is not ``original`` on the flat one, or None."""
@@ -1295,6 +1496,8 @@ class _Walk:
         plain = lambda n: [a for a in _plain_attributes(n) if a[0] != "axis"]  # noqa: E731
         if plain(node) != plain(original):
             return "its attributes differ from the original's"
+        if len(node.input) < 2:
+            return None  # DynamicQuantizeLinear: its scale and zero point are outputs (below)
         scale = np.asarray(self.fact(node.input[1]).get())  # type: ignore[union-attr]
         if scale.size > 1:  # per channel: the flat tensor's axis 1 is C, axis 3 of [N, H, W, C], where P puts it
             flat_axis = _norm(int(_attrs(original).get("axis", 1)), 2)  # type: ignore[call-overload]
@@ -1358,6 +1561,8 @@ class _Walk:
         # heads [S, B, H, D] before out_proj): the rewritten graph merges them with Reshape [0, 0, C].
         expected.append((_TOKENS, Value(_merged(want), _TOKENS)))
         layout = next((k for k, v in expected if v == x), None)
+        if layout is None and x.root in self._views:  # the cleanup folded the way there into a rearrangement
+            layout = self._folded_input(x, want)
         if layout is None:
             want_in, form = expected[0][1], "in NCHW" if expected[0][0] == _NCHW else "as [B, C, 1, S]"
             return LayerProof("refuted", f"its input is {_show(x)}, not {layer.input!r} {form} ({_show(want_in)})")
@@ -1397,6 +1602,13 @@ class _Walk:
                     self.facts[out] = unknown
             return
         anchor = next((i for i, f in enumerate(ins) if isinstance(f, Value) and f.root), None)
+        if anchor is not None and ins[anchor].root.startswith(_FLAT):  # type: ignore[union-attr]
+            from .certify_integer import flat_elementwise  # a dynamic Tensordot's rescale, moved past its second Reshape
+
+            why = flat_elementwise(self, node, ins, anchor)
+            if why is not None:
+                self._unknown(node, f"no counterpart in the original ({why})")
+            return
         if anchor is None:
             candidates = self._same_output(node)
         else:
@@ -1417,8 +1629,135 @@ class _Walk:
             if verdict is None:
                 return
             reasons.append((cand.op_type != node.op_type, verdict))  # the same op's reason says more: first
+        if _is_default(node) and node.op_type in _REARRANGE and len(node.output) == 1 and self._rearranged(node, ins):
+            return
+        if _is_default(node) and node.op_type in ("Shape", "Gather") and self._shape_read(node, ins):
+            return
         why = min(reasons, key=lambda r: r[0])[1] if reasons else "no node of the original reads the same tensors"
         self._unknown(node, f"no counterpart in the original ({why})")
+
+    def _rearranged(self, node: NodeProto, ins: list[Fact]) -> bool:
+        """A Reshape, Transpose, Squeeze or Unsqueeze with no counterpart that only moves the elements of an
+        original tensor ``R``: its output is an original tensor made from ``R`` by such ops, under a layout
+        (or, until one is found further on, a root of its own: ``R`` and the steps from it)."""
+        x = ins[0] if ins else None
+        step = _rearrange_step(node, self.fact, lambda name: None)
+        if not isinstance(x, Value) or not x.root or step is None:
+            return False
+        root, steps = self._views.get(x.root, (x.root, ()))
+        if root.startswith("\0"):
+            return False  # a merged or flat root: no sizes to follow
+        if x.perm is not None:
+            steps = (*steps, ("layout", x.perm))
+        steps = (*steps, step)
+        dims = self._dims(root)
+        ours = None if dims is None else _elements(dims, steps)
+        if dims is None or ours is None:
+            return False
+        found = self._original_rearrangements(root)
+        # The same tensor may be several original tensors under layouts; the one of the same name first
+        # (a folded chain keeps its last tensor's name), so that what reads it finds its counterpart.
+        found.sort(key=lambda f: f[0] != node.output[0])
+        for name, theirs in found:
+            m = _relate(ours, _elements(dims, theirs))
+            canon = self.orig.canon(name) if m is not None else None
+            if m is None or not isinstance(canon, Value) or not canon.root or _lifted(canon.perm):
+                continue
+            if not _same_elements(dims, steps, (*theirs, ("layout", m))):
+                continue  # the same at one set of sizes only
+            try:
+                self.facts[node.output[0]] = Value(canon.root, _then(canon.perm, _plain(m)))
+            except ValueError:
+                continue
+            return True
+        synthetic = f"{_VIEW}{root}:{steps!r}"
+        self._views[synthetic] = (root, steps)
+        self.facts[node.output[0]] = Value(synthetic)
+        return True
+
+    def _shape_read(self, node: NodeProto, ins: list[Fact]) -> bool:
+        """``Gather(Shape(x'), idx)`` where ``x'`` is an original tensor ``R`` laid out by ``P``: the dims
+        ``P[idx]`` of ``R``. That is the output of an original ``Shape(y, start, end)`` with ``y`` = ``R`` laid
+        out by ``Q`` when ``Q[start:end] == P[idx]``. (The Shape alone gets a fact of its own, which only
+        this Gather reads.)"""
+        attrs = _attrs(node)
+        if node.op_type == "Shape":
+            x = ins[0] if ins else None
+            if len(node.output) != 1 or "start" in attrs or "end" in attrs or not isinstance(x, Value) or not x.root:
+                return False
+            if _lifted(x.perm) or x.root.startswith("\0"):
+                return False
+            self.facts[node.output[0]] = Value(f"{_SHAPE}{x.root}", x.perm)
+            return True
+        if len(ins) != 2 or not isinstance(ins[0], Value) or not ins[0].root.startswith(_SHAPE) or int(attrs.get("axis", 0)):  # type: ignore[call-overload]
+            return False
+        if not isinstance(ins[1], Const):
+            return False
+        root, perm = ins[0].root[len(_SHAPE) :], ins[0].perm
+        rank = len(perm) if perm is not None else self.orig.rank(root)
+        idx = np.asarray(ins[1].get())
+        if rank is None or idx.dtype.kind not in "iu" or idx.ndim != 1 or not all(-rank <= i < rank for i in idx):
+            return False
+        axes = tuple(perm if perm is not None else range(rank))
+        picked = tuple(axes[int(i) % rank] for i in idx)
+        # Equal shapes may be several original tensors: the one of the same name first (see _rearranged).
+        cands = sorted(self.orig.consumers_by_root(root), key=lambda c: c[0].output[0] != node.output[0])
+        for cand, slot in cands:
+            if cand.op_type != "Shape" or not _is_default(cand) or slot != 0:
+                continue
+            q = self.orig.canon(cand.input[0])
+            if not isinstance(q, Value) or _lifted(q.perm):
+                continue
+            c_attrs = _attrs(cand)
+            theirs = tuple(q.perm if q.perm is not None else range(rank))
+            start, end = int(c_attrs.get("start", 0)), int(c_attrs.get("end", rank))  # type: ignore[call-overload]
+            if len(theirs) == rank and theirs[slice(start, end)] == picked:
+                self.facts[node.output[0]] = self.orig.canon(cand.output[0])
+                return True
+        return False
+
+    def _folded_input(self, x: Value, want: Value) -> tuple[int | None, ...] | None:
+        """The layout in which ``x`` (a rearrangement of an original tensor) is the layer's activation ``want``:
+        in NCHW, as [B, C, 1, S], or with its trailing dims merged as [B, C, 1, S] (see ``_prove_layer``)."""
+        root, steps = self._views[x.root]
+        dims = self._dims(root)
+        if want.root != root or dims is None:
+            return None
+        ours = (*steps, ("layout", x.perm)) if x.perm is not None else steps
+        base = (("layout", want.perm),) if want.perm is not None else ()
+        forms = [
+            (_NCHW, (*base, ("layout", _NCHW))),
+            (_TOKENS, (*base, ("layout", _TOKENS))),
+            (_TOKENS, (*base, ("reshape", (0, 0, None), False), ("layout", _TOKENS))),
+        ]
+        return next((layout for layout, theirs in forms if _same_elements(dims, ours, theirs)), None)
+
+    def _dims(self, root: str) -> list[int | str] | None:
+        shape = self.orig.shape(root)
+        if shape is None:
+            return None
+        return [d if isinstance(d, int | str) and d != "" else f"?{root}:{i}" for i, d in enumerate(shape)]
+
+    def _original_rearrangements(self, root: str) -> list[tuple[str, tuple[_Step, ...]]]:
+        """Original tensors made from ``root`` by Reshapes, Transposes, Squeezes and Unsqueezes alone, each with
+        the steps from ``root`` (breadth first, a few levels)."""
+        if self._orig_readers is None:
+            self._orig_readers = defaultdict(list)
+            for n in self.orig.graph.node:
+                if n.input and _is_default(n) and n.op_type in _REARRANGE and len(n.output) == 1:
+                    self._orig_readers[n.input[0]].append(n)
+        found: list[tuple[str, tuple[_Step, ...]]] = [(root, ())]
+        i = 0
+        while i < len(found) and len(found) < _MAX_REARRANGEMENTS:
+            name, steps = found[i]
+            i += 1
+            if len(steps) >= _MAX_STEPS:
+                continue
+            for n in self._orig_readers.get(name, []):
+                step = _rearrange_step(n, self.orig.canon, self.orig.shape)
+                if step is not None:
+                    found.append((n.output[0], (*steps, step)))
+        return found
 
     def _same_output(self, node: NodeProto) -> list[NodeProto]:
         if not node.output or not node.output[0]:
@@ -1516,7 +1855,8 @@ class _Walk:
     def _one_value_each(self, node: NodeProto, ins: list[Fact], orig_ins: list[Fact], slots: Sequence[int]) -> str | None:
         """Why the scale and zero point inputs ``slots`` are not each one constant value, bit for bit the original's."""
         for i in slots:
-            r, o = ins[i], orig_ins[i]
+            r = ins[i] if i < len(ins) else EMPTY  # a trailing optional input left off
+            o = orig_ins[i] if i < len(orig_ins) else EMPTY
             if r == EMPTY and o == EMPTY:
                 continue  # an absent zero point on both sides
             if not isinstance(r, Const) or not isinstance(o, Const):
@@ -1678,6 +2018,9 @@ def _differs(actual: np.ndarray, expected: np.ndarray, role: str) -> str | None:
 
 
 def _show(f: Fact) -> str:
+    if isinstance(f, Value) and f.root.startswith(_VIEW):
+        root = f.root[len(_VIEW) :].split(":(", 1)[0]
+        return f"a rearrangement of {root!r} that no original tensor is"
     if isinstance(f, Value):
         if f.perm is None:
             return repr(f.root)

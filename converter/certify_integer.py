@@ -19,7 +19,13 @@ graph alone, that holds when:
 - QLinearConv has no bias input (the original's bias is a separate op, kept).
 
 Then ``conv[n, k, h, w] = orig[n, h, w, k]`` exactly: both ops are defined by the same integer sums
-and the same requantization per output element. What the numeric checks need (``IntegerLayer``) is
+and the same requantization per output element.
+
+A Tensordot's layer (the integer op on the flat rows ``Reshape(x, [-1, C])``) ends in the flat output seen
+as ``[N, H, W, K]`` (``Value(_FLAT + flat, P)``, certify.py). A dynamic one is rescaled on that flat output
+(``Mul(Cast(Y), sa * sw)``) before its second Reshape, and the rewritten graph rescales in 4D after it:
+:func:`flat_elementwise` proves each such op against the original's on the flat tensor, and the tensor the
+second Reshape alone reads is that Reshape's output. What the numeric checks need (``IntegerLayer``) is
 the original's weight and parameters, never the rewritten ones. Like certify.py, this shares no code with the
 rules it checks.
 """
@@ -32,7 +38,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import NodeProto
 
-from .certify import _FLAT, _NCHW, EMPTY, Const, LayerProof, Unknown, Value, _differs, _is_default, _plain_conv, _show, _then
+from .certify import (
+    _FLAT,
+    _NCHW,
+    ELEMENTWISE,
+    EMPTY,
+    Const,
+    LayerProof,
+    Unknown,
+    Value,
+    _differs,
+    _is_default,
+    _plain_attributes,
+    _plain_conv,
+    _show,
+    _then,
+)
 from .report import RewrittenLayer
 
 if TYPE_CHECKING:
@@ -74,6 +95,80 @@ def sandwich_end(walk: _Walk, flat: str) -> str:
     if len(readers) == 1 and _is_default(readers[0]) and readers[0].op_type == "Reshape" and readers[0].input[0] == flat:
         return readers[0].output[0]
     return ""
+
+
+def flat_elementwise(walk: _Walk, node: NodeProto, ins: list[Fact], anchor: int) -> str | None:
+    """An elementwise ``node`` whose input ``anchor`` is a Tensordot's flat tensor ``t`` seen as ``[N, H, W, K]`` in
+    layout ``P`` (``Value(_FLAT + t, P)``): a dynamic Tensordot's rescale, moved past the second Reshape.
+
+    Its counterpart is an original op of the same kind and attributes reading ``t`` in the same slot, whose other
+    operands broadcast alike on ``[N*H*W, K]`` and on ``[N, H, W, K]``: a constant with one value per row or less
+    (every dim but the last 1), or a computed tensor of rank 0 or 1 (the rescale's ``sa * sw``); read here in
+    layout ``P`` as any elementwise operand is (``_Walk._broadcast``). Each output is then the original's, seen the
+    same way, and the one the layer's second Reshape alone reads (rank 4) is that Reshape's output, in ``P``.
+    None when proved (its outputs' facts set), else why not.
+    """
+    r = ins[anchor]
+    assert isinstance(r, Value) and r.root.startswith(_FLAT)
+    flat = r.root[len(_FLAT) :]
+    if not _is_default(node) or node.op_type not in ELEMENTWISE:
+        return f"{node.op_type} reads a quantized layer's flat output in 4D, which only elementwise ops may"
+    if r.perm is not None and (len(r.perm) != 4 or None in r.perm):
+        return "it reads a quantized layer's flat output with unit axes"
+    reasons = []
+    for cand, slot in walk.orig.consumers_by_root(flat):
+        if slot != anchor or cand.op_type != node.op_type or not _is_default(cand):
+            continue
+        if len(cand.input) != len(node.input) or len(cand.output) != len(node.output):
+            reasons.append("a different number of inputs or outputs")
+            continue
+        if _plain_attributes(cand) != _plain_attributes(node):
+            reasons.append("different attributes")
+            continue
+        problem = _flat_operands(walk, ins, [walk.orig.canon(n) for n in cand.input], Value(flat), r)
+        if problem:
+            reasons.append(problem)
+            continue
+        for j, out in enumerate(node.output):
+            if not out:
+                continue
+            end = sandwich_end(walk, cand.output[j])
+            restored = walk.orig.canon(end) if end and walk.orig.rank(end) == 4 else None
+            if isinstance(restored, Value) and restored.root:
+                walk.facts[out] = Value(restored.root, _then(restored.perm, r.perm))
+            else:
+                walk.facts[out] = Value(_FLAT + cand.output[j], r.perm)
+        return None
+    return reasons[0] if reasons else f"no {node.op_type} of the original reads the flat {flat!r}"
+
+
+def _flat_operands(walk: _Walk, ins: list[Fact], orig_ins: list[Fact], flat: Value, seen: Value) -> str | None:
+    """Why the operands ``ins`` are not the original's ``orig_ins`` with ``flat`` seen as ``seen``, or None."""
+    for i, (mine, o) in enumerate(zip(ins, orig_ins, strict=True)):
+        if o == flat:
+            if mine != seen:
+                return f"input {i} is {_show(mine)}, the original reads the flat output ({_show(seen)})"
+            continue
+        if isinstance(o, Unknown):
+            return o.reason
+        if isinstance(o, Const):
+            value = np.asarray(o.get())
+            if value.size != (value.shape[-1] if value.ndim else 1):
+                return f"input {i} is a constant of shape {list(value.shape)}: not one value per row or less"
+            if not isinstance(mine, Const):
+                return f"input {i} is computed here but a constant in the original"
+            problem = walk._same_laid_out(mine, o, seen.perm)
+            if problem:
+                return problem
+            continue
+        if not isinstance(o, Value) or not o.root:
+            return f"input {i} is {_show(o)} in the original"
+        rank = len(o.perm) if o.perm is not None else walk.orig.rank(o.root)
+        if rank is None or rank > 1:
+            return f"input {i} ({_show(o)}) is not known to have rank 0 or 1"
+        if mine != walk._broadcast(o, seen.perm):
+            return f"input {i} is {_show(mine)}, the original reads {_show(o)} (layout {seen.perm})"
+    return None
 
 
 # Conv op -> (original op, the original's input slot for each conv slot except the weight, weight slot in each,

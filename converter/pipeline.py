@@ -3,8 +3,10 @@
 Order of RULES: larger patterns come before the smaller ones they contain, so that a MatMul
 inside a Reshape sandwich is claimed by the sandwich rule first (the plain rule would only see a
 rank-2 MatMul and decline it with ``rank_not_4``); the same holds for a quantized (QDQ) sandwich
-before the QDQ MatMul rule, and a QOperator sandwich (QLinearMatMul on flattened rows) before the
-plain QLinearMatMul rule. The token rule (rank 3, only with ``tokens``)
+before the QDQ MatMul rule (the QDQ Gemm sandwich comes before the float one, so that its own reason is
+reported for a quantized Gemm, not the float rule's ``weight_not_constant``), and a QOperator sandwich
+(QLinearMatMul on flattened rows) before the plain QLinearMatMul rule, as a dynamic one (MatMulInteger
+on flattened rows) before the plain MatMulInteger rule. The token rule (rank 3, only with ``tokens``)
 comes before the rank-4 rule so that a rank-3 layer it declines is reported with its own reason, not
 ``rank_not_4``; on anything but rank 3 it steps aside. The integer-kernel rules (QLinearMatMul,
 MatMulInteger) anchor on ops no float or QDQ rule takes, so their place among those does not matter.
@@ -30,19 +32,22 @@ import onnx
 
 from .cleanup import CleanupOptions, Pass, run_passes
 from .cleanup.cancel_transposes import CancelTransposes
+from .cleanup.fold_rearranges import FoldRearranges
 from .cleanup.sink_transposes import SinkTransposes
 from .detached import DetachedWeights
 from .errors import InputError
-from .graph import count_ops
+from .graph import collect_types, count_ops
 from .layout import DEFAULT_LAYOUT, LAYOUTS, Refusals, Snapshot, activations, census, choose
 from .load import load as load_onnx
 from .load import load_with_sources
 from .report import ConvertReport, LayoutReport, RewriteReport
 from .rules import (
     GemmSandwichToConv,
+    IntegerSandwichToConv,
     MatMulAddToConv,
     MatMulIntegerToConv,
     MatMulTokensToConv,
+    QdqGemmSandwichToConv,
     QdqMatMulToConv,
     QdqSandwichToConv,
     QLinearMatMulToConv,
@@ -58,6 +63,7 @@ from .verify import DEFAULT_TIMEOUT, verify, verify_reference
 
 RULES: tuple[Rule, ...] = (
     TensordotToConv(),
+    QdqGemmSandwichToConv(),
     GemmSandwichToConv(),
     QdqSandwichToConv(),
     QdqMatMulToConv(),
@@ -65,12 +71,13 @@ RULES: tuple[Rule, ...] = (
     MatMulAddToConv(),
     QLinearSandwichToConv(),
     QLinearMatMulToConv(),
+    IntegerSandwichToConv(),
     MatMulIntegerToConv(),
 )
 
 # After the rules: merging/cancelling runs first so that sinking sees the fewest Transposes, and
 # both repeat until nothing changes (sinking creates pairs that the next cancel removes).
-CLEANUP: tuple[Pass, ...] = (CancelTransposes(), SinkTransposes())
+CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes())
 
 
 @dataclass
@@ -188,13 +195,16 @@ def _rewrite_once(
     """One rewrite of ``out``, in place: the rules (declining the ``refuse``d anchors), then the cleanup."""
     before = count_ops(out.graph)
     options = RewriteOptions(providers=resolve_providers(providers), refuse=refuse, tokens=tokens)
-    decisions = apply_rules(out, RULES, options, detached, progress)
+    types = collect_types(out)  # before the rewrite: the original's tensors keep their values (and sizes)
+    decisions = apply_rules(out, RULES, options, detached, progress, types)
     report = RewriteReport(decisions=decisions, ops_before=before)
     report.ops_rewritten = count_ops(out.graph)
     report.layout = LayoutReport(mode="", transposes_rewritten=census(out, edges=False).layout)
     if fold_transposes and any(d.rewritten for d in decisions):
         value_of = detached.value if detached is not None else None
-        report.cleanup = run_passes(out, CLEANUP, value_of=value_of, options=cleanup or CleanupOptions()).to_dict()
+        report.cleanup = run_passes(
+            out, CLEANUP, value_of=value_of, options=cleanup or CleanupOptions(), types=types.get(())
+        ).to_dict()
     report.ops_after = count_ops(out.graph)
     return report
 

@@ -10,6 +10,8 @@ becomes a QLinearConv and every MatMulInteger a ConvInteger (but a uint8 per-cha
 onnxruntime's ConvInteger refuses; an int8 weight and its zero point written as uint8 + 128), proved, with no
 more Transposes than the original (the cleanup moves them through QLinearAdd / QLinearMul /
 DynamicQuantizeLinear and the rescale) and outputs equal to the original's bit for bit (onnxruntime, as written).
+tf2onnx's Tensordots (Reshape -> dense -> Reshape, Keras ConvNeXtTiny's) in QDQ, QOperator and dynamic form: the same,
+the Reshapes gone.
 """
 
 from __future__ import annotations
@@ -337,12 +339,16 @@ def test_a_quantized_tensordot_needs_its_pairs_to_be_the_originals(tmp_path: Pat
     assert not cert.proved and cert.refuted
 
 
+DYNAMIC_FORMS = tuple(f for f in INTEGER_FORMS if f.fmt == "dynamic")
+
+
 @pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.tf
-@pytest.mark.parametrize("form", QDQ_FORMS, ids=lambda f: f.name)
+@pytest.mark.parametrize("form", (*QDQ_FORMS, *DYNAMIC_FORMS), ids=lambda f: f.name)
 def test_keras_convnext_tiny_quantized_converts(form: Form, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    """The zoo's Keras ConvNeXtTiny (tf2onnx Tensordots), quantized QDQ: all 36 dense layers rewritten, verified."""
+    """The zoo's Keras ConvNeXtTiny (tf2onnx Tensordots), quantized QDQ or dynamic: all 36 pointwise dense layers
+    rewritten (the dynamic uint8 per-channel form aside: ConvInteger takes one weight zero point), verified."""
     pytest.importorskip("tensorflow")
     from models.quantized import keras_convnext_onnx
 
@@ -354,10 +360,50 @@ def test_keras_convnext_tiny_quantized_converts(form: Form, tmp_path_factory: py
     assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
     assert report.verify.structure["proved"]
     rw = report.rewrite
+    if form.fmt == "dynamic":
+        _assert_keras_dynamic(form, report)
+        if form == Form("dynamic", True, False):  # quantize_dynamic's defaults, through the command
+            command = [sys.executable, "-m", "converter", str(quantized), "-o", str(tmp_path / "cli.onnx")]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            summary = "PASSED: rewrote 36 of 37 candidates, verified (36 layers proved by structure and checked by numbers)"
+            assert summary in done.stdout, done.stdout
+        return
     assert rw.rewritten == 36 and {d.rule for d in rw.decisions if d.rewritten} == {"qdq_sandwich_to_conv"}
     # Left: the classifier head, a Dense on the pooled [N, 768] (rank 2, no 4D tensor to lay out).
     assert rw.ops_after.get("MatMul", 0) == 1 and [d.reason for d in rw.decisions if not d.rewritten] == ["rank_not_4"]
     assert rw.ops_after.get("Transpose", 0) <= rw.ops_before.get("Transpose", 0)
+
+
+def _assert_keras_dynamic(form: Form, report: converter.ConvertReport) -> None:
+    """quantize_dynamic's Tensordots (Reshape -> DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Reshape):
+    36 become ConvIntegers, every layer proved and its int32 sums the original's bit for bit, and the Transposes
+    cancel as in the QOperator form (37 -> 1: the one left is tf2onnx's, in front of the stem)."""
+    rw = report.rewrite
+    declined = [(d.rule, d.reason) for d in rw.decisions if not d.rewritten]
+    if form.per_channel and not form.signed:  # the quantizer's uint8 zero points differ per channel
+        assert rw.rewritten == 0 and rw.ops_after == rw.ops_before
+        assert sorted(set(declined)) == [
+            ("integer_sandwich_to_conv", "per_channel_zero_point_unsupported"),
+            ("matmul_integer_to_conv", "rank_not_4"),
+        ]
+        return
+    assert rw.rewritten == 36 and {d.rule for d in rw.decisions if d.rewritten} == {"integer_sandwich_to_conv"}
+    # Left: the classifier head, a Dense on the pooled [N, 768] (rank 2, no 4D tensor to lay out).
+    assert declined == [("matmul_integer_to_conv", "rank_not_4")] and rw.ops_after["MatMulInteger"] == 1
+    assert rw.ops_after["ConvInteger"] == rw.ops_before["ConvInteger"] + 36
+    assert (rw.ops_before["Transpose"], rw.ops_after["Transpose"]) == (37, 1)
+    assert rw.ops_after["Reshape"] == rw.ops_before["Reshape"] - 72  # the Tensordots' two each
+    for op in ("Shape", "Gather", "Concat", "ReduceProd"):  # their target shapes, computed at run time, gone with them
+        assert rw.ops_after.get(op, 0) == 0, op
+    # A per-channel rescale ([K] scales) is read in NCHW through one Unsqueeze to [1, K, 1, 1]; a per-tensor one as it is.
+    assert rw.ops_after.get("Unsqueeze", 0) == (36 if form.per_channel else 0)
+    for op in ("DynamicQuantizeLinear", "Mul"):  # moved, none added or lost (the rescales read 4D tensors)
+        assert rw.ops_after[op] == rw.ops_before[op], op
+    assert report.verify is not None and len(report.verify.layers) == 36
+    for check in report.verify.layers:
+        assert (check.structure, check.numbers) == ("proved", "passed"), check
+        assert check.numbers_detail == "integer output equal to the original's, bit for bit", check
 
 
 def test_a_coarsely_quantized_activation_does_not_fail_the_layer_input_check(tmp_path: Path) -> None:
@@ -444,6 +490,44 @@ def test_a_qoperator_tensordot_with_a_changed_scale_or_weight_is_refuted(what: s
     conv.input[slot] = "tampered"
     cert = certify(original, result, report.rewrite.layers)
     assert not cert.proved and cert.refuted
+
+
+# --- tf2onnx's Tensordot, dynamic: Reshape -> DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Reshape -----
+
+
+@pytest.mark.parametrize("form", DYNAMIC_FORMS, ids=lambda f: f.name)
+def test_a_dynamic_tensordot_becomes_a_conv_integer(form: Form, tmp_path: Path) -> None:
+    source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", form, {"x": [2, 3, 4, 6]})
+    report = converter.convert(source, tmp_path / "out.onnx")
+    assert report.ok and report.verify is not None and report.verify.passed, report.to_dict()
+    assert report.verify.structure["proved"]
+    rw = report.rewrite
+    if form.per_channel and not form.signed:  # uint8 zero points that differ per channel: ConvInteger takes one
+        assert rw.rewritten == 0 and {d.reason for d in rw.decisions} == {"per_channel_zero_point_unsupported"}
+        return
+    assert [d.rule for d in rw.decisions if d.rewritten] == ["integer_sandwich_to_conv"]
+    assert rw.ops_after.get("MatMulInteger", 0) == 0 and rw.ops_after.get("Reshape", 0) == 0 and rw.ops_after["ConvInteger"] == 1
+    for op in ("DynamicQuantizeLinear", "Mul", "Add"):  # moved out of the Reshapes (the scales' Mul too), none added
+        assert rw.ops_after[op] == rw.ops_before[op], op
+    assert rw.ops_after["Transpose"] == 2  # into NCHW after the input, back before the output: the model's own layout
+    (check,) = report.verify.layers
+    assert check.numbers_detail == "integer output equal to the original's, bit for bit", check
+
+    original, result = onnx.load(source), onnx.load(tmp_path / "out.onnx")
+    _assert_conv_integer_weights(original, result, shifted=form.signed)
+    r_prod = {o: n for n in result.graph.node for o in n.output}
+    o_mm = next(n for n in original.graph.node if n.op_type == "MatMulInteger")
+    o_dq = next(n for n in original.graph.node if n.output[0] == o_mm.input[0])
+    conv = next(n for n in result.graph.node if n.op_type == "ConvInteger")
+    dq = r_prod[conv.input[0]]  # the activation quantized in NCHW, with the original's scale and zero point names
+    assert dq.op_type == "DynamicQuantizeLinear" and r_prod[dq.input[0]].op_type == "Transpose"
+    assert list(dq.output[1:]) == list(o_dq.output[1:]) and conv.input[2] == o_mm.input[2]
+
+    feed = {"x": np.random.default_rng(3).standard_normal((3, 3, 4, 6)).astype(np.float32)}  # N > 1, H != W
+    want, got = _as_written(original).run(None, feed)[0], _as_written(result).run(None, feed)[0]
+    assert got.shape == want.shape == (3, 3, 4, 5) and got.tobytes() == want.tobytes()
+    want, got = _session(original).run(None, feed)[0], _session(result).run(None, feed)[0]
+    assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())  # MatMulIntegerToFloat's rounding
 
 
 # --- Keras ConvNeXtTiny's QOperator Tensordot: x is already quantized (Transpose / QLinearMul -> Reshape) --------

@@ -106,13 +106,21 @@ def test_constant_biases_are_folded_identity_fed_ones_too(name: str, converted: 
     assert unmet(c.layers, c.report.rewrite.decisions, entry.allowed_declines, tokens=entry.tokens)["bias_not_folded"] == []
 
 
+# Token entries that end with more Transposes than they had (measured; benchmarks/torch_zoo.py counts them).
+# ViT, DeiT and the dynamo TransformerEncoder do not: the cleanup folds attention's Reshape/Transpose chains
+# (fold_rearranges.py).
+MORE_TRANSPOSES = {
+    "timm_mixer_s16": "--tokens carries Mixer's LayerNorms into the channel axis (nchw): 17 -> 18 Transposes",
+    "torch_encoder_dynbatch_ts": "TorchScript's nn.TransformerEncoder: the qkv split's Reshape target is computed and "
+    "shape inference leaves two of its dims unknown, so that chain does not fold: 16 -> 22 Transposes",
+}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_no_more_transposes_than_the_original(name: str, converted: Callable[[str], Converted]) -> None:
-    if TORCH_ZOO[name].tokens:
-        pytest.skip(
-            "--tokens keeps every token layer (its default layout is nchw): attention's Reshapes stop its Transposes; "
-            "benchmarks/torch_zoo.py counts them"
-        )
+    more = next((why for prefix, why in MORE_TRANSPOSES.items() if name.startswith(prefix)), None)
+    if TORCH_ZOO[name].tokens and more:
+        pytest.skip(more)
     rw = converted(name).report.rewrite
     before, after = rw.ops_before.get("Transpose", 0), rw.ops_after.get("Transpose", 0)
     assert after <= before, f"Transposes {before} -> {after} (right after the rules: {rw.ops_rewritten.get('Transpose', 0)})"

@@ -11,7 +11,7 @@ worse than the rewrite alone left it (the workspace puts it back without having 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +20,7 @@ import onnx
 from onnx import GraphProto, NodeProto
 
 from converter.cleanup._workspace import Workspace
-from converter.graph import NameAllocator, postorder_graphs
+from converter.graph import NameAllocator, TensorType, postorder_graphs
 
 PASS_KEY = "converter.pass"
 
@@ -52,8 +52,10 @@ class PassContext:
         model: onnx.ModelProto,
         value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
         options: CleanupOptions | None = None,
+        types: Mapping[str, TensorType] | None = None,
     ) -> None:
         self.model = model
+        self.types = types  # the main graph's tensor types as shape inference found them before the rewrite
         self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
         self.ir_version = model.ir_version
@@ -116,9 +118,11 @@ def run_passes(
     max_rounds: int = 64,
     value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
     options: CleanupOptions | None = None,
+    types: Mapping[str, TensorType] | None = None,
 ) -> CleanupReport:
-    """Run ``passes`` to a fixed point on every graph of ``model``, in place (``value_of`` reads constants)."""
-    ctx = PassContext(model, value_of, options)
+    """Run ``passes`` to a fixed point on every graph of ``model``, in place (``value_of`` reads constants;
+    ``types``: the main graph's tensor types, for the passes that need sizes)."""
+    ctx = PassContext(model, value_of, options, types)
     report = CleanupReport()
     changes: dict[str, int] = defaultdict(int)
     for graph in list(postorder_graphs(model.graph)):

@@ -78,6 +78,8 @@ def _worth_it(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeP
     moved, so each copy costs one more Transpose until it cancels further down."""
     t = transpose.output[0]
     shared = ws.count_readers(t) > 1
+    if not _copied(node, plan):
+        return None  # no Transpose made (a Shape's): the move only takes a reader away
     if _ends_at_graph_outputs(ws, node, plan) and (shared or ws.count_readers(transpose.input[0]) > 1):
         # The copy could only sit before a graph output: no loss only when the Transpose then goes
         # and no other reader of its input could take it as the inverse copy it needs.
@@ -161,7 +163,9 @@ def _apply(ctx: PassContext, ws: Workspace, node: NodeProto, plan: Plan, pass_na
     # Transposes whose every reader moved go.
     for name in dict.fromkeys(old_inputs):
         producer = ws.producer(name) if name else None
-        if producer is not None and producer.op_type == "Transpose" and not ws.is_read(name):
+        if producer is not None and producer.op_type == "Transpose" and ws.is_read(name):
+            ws.mark(producer)  # fewer readers: it may now end a chain that folds (fold_rearranges)
+        elif producer is not None and producer.op_type == "Transpose":
             ws.remove(producer)
             ctx.vanished.add(name)
             if ws.scope.source(producer.input[0]).is_constant:

@@ -2,9 +2,11 @@
 
 from ._engine import Decline, RewriteOptions, Rule, apply_rules
 from .gemm_sandwich_to_conv import GemmSandwichToConv
+from .integer_sandwich_to_conv import IntegerSandwichToConv
 from .matmul_add_to_conv import MatMulAddToConv
 from .matmul_integer_to_conv import MatMulIntegerToConv
 from .matmul_tokens_to_conv import MatMulTokensToConv
+from .qdq_gemm_sandwich_to_conv import QdqGemmSandwichToConv
 from .qdq_matmul_to_conv import QdqMatMulToConv
 from .qdq_sandwich_to_conv import QdqSandwichToConv
 from .qlinear_matmul_to_conv import QLinearMatMulToConv
@@ -14,9 +16,11 @@ from .tensordot_to_conv import TensordotToConv
 __all__ = [
     "Decline",
     "GemmSandwichToConv",
+    "IntegerSandwichToConv",
     "MatMulAddToConv",
     "MatMulIntegerToConv",
     "MatMulTokensToConv",
+    "QdqGemmSandwichToConv",
     "QdqMatMulToConv",
     "QdqSandwichToConv",
     "QLinearMatMulToConv",

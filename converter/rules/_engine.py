@@ -29,6 +29,7 @@ from converter.graph import (
     GraphPath,
     NameAllocator,
     Scope,
+    TensorType,
     add_initializer,
     collect_types,
     drop_unused,
@@ -217,13 +218,15 @@ def apply_rules(
     options: RewriteOptions,
     detached: DetachedWeights | None = None,
     progress: Callable[[int, int], None] | None = None,
+    types: dict[GraphPath, dict[str, TensorType]] | None = None,
 ) -> list[Decision]:
     """Rewrite ``model`` in place with ``rules``; return one decision per candidate node.
 
     With ``detached``, the main graph's new weights stay arrays there (the caller saves or attaches them).
     ``progress(done, total)`` hears how many candidates were looked at, about a hundred times a run.
+    ``types``: ``collect_types(model)`` when the caller has it already.
     """
-    types = collect_types(model)
+    types = collect_types(model) if types is None else types
     names = NameAllocator(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     by_op: dict[str, list[Rule]] = {}

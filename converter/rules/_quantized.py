@@ -5,7 +5,9 @@ parameters are per tensor (``scale`` has one element) or per axis (``scale`` is 
 Rewriting a ``[C, K]`` weight into a ``[K, C, 1, 1]`` Conv weight moves the integer data only:
 ``q`` is transposed and reshaped, ``scale`` and ``zero_point`` are kept as they are (the same
 tensors), and a per-axis ``axis`` follows its dim (1 -> 0 for per-output-channel, 0 -> 1 for
-per-input-channel). No value is requantized, so the dequantized weight is the original's, bit for bit.
+per-input-channel). A weight stored ``[K, C]`` (Gemm's ``transB=1``) is only reshaped, and its axis stays
+(0 is K, 1 is C, in both layouts). No value is requantized, so the dequantized weight is the original's,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Params:
     scale_dtype: int
 
 
+def _one_value(dims: list[int]) -> bool:
+    return len(dims) <= 1 and all(d == 1 for d in dims)
+
+
 def read_params(
     ctx: Context, node: NodeProto, scale_slot: int, zp_slot: int, data_dims: list[int | str | None], role: str
 ) -> Params:
@@ -71,7 +77,8 @@ def read_params(
     attrs = attrs_of(node)
     if attrs.get("block_size", 0):
         raise Decline("blocked_quantization", f"{node.op_type} {node.name!r} quantizes in blocks (block_size)")
-    if zp_dims is not None and zp_dims != dims:
+    # A one-element scale and zero point of rank <= 1 agree (onnxruntime's quantizer writes an int32 bias's as [1] and []).
+    if zp_dims is not None and zp_dims != dims and not (_one_value(dims) and _one_value(zp_dims)):
         raise Decline("quantization_params_mismatch", f"the {role} scale has shape {dims}, its zero point {zp_dims}")
     if len(dims) == 0 or (len(dims) == 1 and dims[0] == 1 and "axis" not in attrs):
         return Params(scale_name, zp_name, None, scale.data_type)
@@ -89,7 +96,10 @@ def read_params(
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    """A dense layer's ``[C, K]`` integer weight and its parameters, read only when the Conv weight is made."""
+    """A dense layer's integer weight and its parameters, read only when the Conv weight is made.
+
+    Stored ``[C, K]``, or ``[K, C]`` with ``stored_kc`` (Gemm's ``transB=1``: Conv's layout already).
+    """
 
     tensor: TensorProto
     name: str
@@ -97,6 +107,7 @@ class QuantizedWeight:
     k: int
     dtype: np.dtype
     params: Params
+    stored_kc: bool = False
 
     @property
     def conv_shape(self) -> tuple[int, int, int, int]:
@@ -105,15 +116,28 @@ class QuantizedWeight:
     @property
     def conv_axis(self) -> int | None:
         """The per-axis dim in the ``[K, C, 1, 1]`` layout: K (0) for per-output-channel, C (1) for per-input-channel."""
-        return None if self.params.axis is None else 1 - self.params.axis
+        if self.params.axis is None:
+            return None
+        return self.params.axis if self.stored_kc else 1 - self.params.axis
+
+    @property
+    def key(self) -> str:
+        """What the Conv weight is made of ``tensor`` (for sharing it: a square weight may be read both ways)."""
+        return "conv_weight_t" if self.stored_kc else "conv_weight"
 
     def conv(self, read: Any) -> np.ndarray:
-        """``q^T`` as ``[K, C, 1, 1]``: the integer data moved, not changed."""
-        return transpose_2d(read(self.tensor).reshape(self.c, self.k)).reshape(self.conv_shape)
+        """``q^T`` (``q`` when stored ``[K, C]``) as ``[K, C, 1, 1]``: the integer data moved, not changed."""
+        q = read(self.tensor)
+        if self.stored_kc:
+            return np.ascontiguousarray(q.reshape(self.conv_shape))
+        return transpose_2d(q.reshape(self.c, self.k)).reshape(self.conv_shape)
 
 
-def require_quantized_weight(ctx: Context, name: str, scale_slot: int, zp_slot: int, node: NodeProto) -> QuantizedWeight:
-    """The constant integer ``[C, K]`` weight ``name`` with the parameters ``node`` reads at the given slots."""
+def require_quantized_weight(
+    ctx: Context, name: str, scale_slot: int, zp_slot: int, node: NodeProto, transposed: bool = False
+) -> QuantizedWeight:
+    """The constant integer ``[C, K]`` weight ``name`` (``[K, C]`` when ``transposed``) with the parameters
+    ``node`` reads at the given slots."""
     t = require_constant_tensor(ctx, name, "weight")
     dims = list(t.dims)
     if t.data_type not in QUANTIZED_TYPES:
@@ -124,7 +148,8 @@ def require_quantized_weight(ctx: Context, name: str, scale_slot: int, zp_slot: 
     if len(dims) != 2:
         raise Decline("weight_rank", f"quantized weight {name!r} has rank {len(dims)}; a dense layer needs [C, K]")
     params = read_params(ctx, node, scale_slot, zp_slot, dims, "weight")
-    return QuantizedWeight(t, name, dims[0], dims[1], QUANTIZED_TYPES[t.data_type], params)
+    c, k = (dims[1], dims[0]) if transposed else (dims[0], dims[1])
+    return QuantizedWeight(t, name, c, k, QUANTIZED_TYPES[t.data_type], params, transposed)
 
 
 @dataclass(frozen=True)
@@ -182,8 +207,11 @@ def moved_attrs(node: NodeProto, params: Params, new_axis: int | None) -> dict[s
     return attrs
 
 
-def require_qdq_weight(ctx: Context, node: NodeProto, activation_type: int) -> tuple[QuantizedWeight, NodeProto]:
-    """The ``DequantizeLinear`` of a constant integer ``[C, K]`` weight that a QDQ MatMul reads, and that weight.
+def require_qdq_weight(
+    ctx: Context, node: NodeProto, activation_type: int, transposed: bool = False
+) -> tuple[QuantizedWeight, NodeProto]:
+    """The ``DequantizeLinear`` of a constant integer ``[C, K]`` weight (``[K, C]`` when ``transposed``) that a QDQ
+    MatMul or Gemm reads (input 1), and that weight.
 
     Raises ``Decline(NO_PATTERN)`` when the weight is no DequantizeLinear, ``weight_dtype_mismatch`` when it
     dequantizes to another float type than the activation's.
@@ -191,7 +219,7 @@ def require_qdq_weight(ctx: Context, node: NodeProto, activation_type: int) -> t
     weight_dq = produced_by(ctx, node.input[1], "DequantizeLinear")
     if weight_dq is None:
         raise Decline(Decline.NO_PATTERN, "the weight is not a DequantizeLinear")
-    w = require_quantized_weight(ctx, weight_dq.input[0], 1, 2, weight_dq)
+    w = require_quantized_weight(ctx, weight_dq.input[0], 1, 2, weight_dq, transposed)
     if w.params.scale_dtype != activation_type:
         raise Decline(
             "weight_dtype_mismatch",
@@ -215,7 +243,30 @@ def qdq_pair_nodes(
 
 def qdq_weight_node(ctx: Context, rule: str, origin: str, base: str, w: QuantizedWeight, weight_dq: NodeProto) -> NodeProto:
     """``DequantizeLinear(Wq^T as [K, C, 1, 1], scale, zero_point)``: the same integers moved, the same parameters."""
-    wq = ctx.derived_initializer("conv_weight", w.name, lambda: w.conv(ctx.scope.value_of), like=(w.conv_shape, w.dtype))
+    wq = ctx.derived_initializer(w.key, w.name, lambda: w.conv(ctx.scope.value_of), like=(w.conv_shape, w.dtype))
     weight = ctx.names.fresh(f"{base}_conv_weight")
     attrs = moved_attrs(weight_dq, w.params, w.conv_axis)
     return ctx.node(rule, origin, "DequantizeLinear", [wq, *weight_dq.input[1:]], [weight], f"{base}_weight", **attrs)
+
+
+def quantized_bias(ctx: Context, name: str, k: int, dtype: int) -> NodeProto | None:
+    """The ``DequantizeLinear`` that makes ``name`` from a constant int32 ``[K]`` with constant parameters dequantizing
+    to ``dtype`` (the QDQ recipe's bias: scale ``x_scale * w_scale``, zero point 0), or None."""
+    dq = produced_by(ctx, name, "DequantizeLinear")
+    if dq is None or not ctx.scope.source(dq.input[0]).is_constant:
+        return None
+    q = ctx.scope.constant_tensor(dq.input[0])
+    if q.data_type != TensorProto.INT32 or list(q.dims) != [k]:
+        return None
+    try:
+        params = read_params(ctx, dq, 1, 2, [k], "bias")
+    except Decline:
+        return None
+    return dq if params.scale_dtype == dtype else None
+
+
+def qdq_bias_node(ctx: Context, rule: str, origin: str, base: str, bias_dq: NodeProto) -> NodeProto:
+    """The Conv's bias: ``bias_dq`` again beside the Conv (the same int32 data and parameters); the original goes
+    with the layer when only the layer read it."""
+    out = ctx.names.fresh(f"{base}_conv_bias")
+    return ctx.node(rule, origin, "DequantizeLinear", list(bias_dq.input), [out], f"{base}_bias", **attrs_of(bias_dq))

@@ -24,6 +24,26 @@ from ._sandwich import attr_value
 from .tensordot_to_conv import SandwichPlan, plan_sandwich, rewrite_sandwich
 
 
+def gemm_attributes(node: NodeProto) -> tuple[float, float, bool]:
+    """``(alpha, beta, transB)`` of a Gemm that reads the activation as it is (``transA=1`` is declined)."""
+    if attr_value(node, "transA", 0):
+        raise Decline("gemm_trans_a", "Gemm with transA=1 multiplies the transposed activation")
+    alpha, beta = float(attr_value(node, "alpha", 1.0)), float(attr_value(node, "beta", 1.0))  # type: ignore[arg-type]
+    return alpha, beta, bool(attr_value(node, "transB", 0))
+
+
+def gemm_bias(ctx: Context, node: NodeProto, k: int, beta: float) -> Bias | None:
+    """Gemm's constant C as the Conv's bias, ``beta * C`` as a ``[K]`` vector (C ``[K]``, ``[1, K]`` or one value);
+    None when the Gemm has no C."""
+    if len(node.input) <= 2 or not node.input[2]:
+        return None
+    value = require_constant(ctx, node.input[2], "bias")
+    if value.size not in (1, k) or any(d != 1 for d in value.shape[:-1]):
+        raise Decline("bias_not_per_channel", f"Gemm bias of shape {list(value.shape)} is not per output")
+    vector = np.broadcast_to(value.reshape(-1), (k,)) * np.asarray(beta, dtype=value.dtype)
+    return Bias(node, node.input[2], vector.astype(value.dtype), "" if beta == 1.0 else f"_b{beta:g}", beta)
+
+
 class GemmSandwichToConv(Rule):
     name = "gemm_sandwich_to_conv"
     op_type = "Gemm"
@@ -32,19 +52,9 @@ class GemmSandwichToConv(Rule):
         producer = ctx.scope.producers.get(node.input[0])
         if producer is None or producer.op_type != "Reshape":
             raise Decline(Decline.NO_PATTERN, "the input is not a Reshape")
-        if attr_value(node, "transA", 0):
-            raise Decline("gemm_trans_a", "Gemm with transA=1 multiplies the transposed activation")
-        alpha, beta = float(attr_value(node, "alpha", 1.0)), float(attr_value(node, "beta", 1.0))  # type: ignore[arg-type]
-        trans_b = bool(attr_value(node, "transB", 0))
+        alpha, beta, trans_b = gemm_attributes(node)
         w = require_weight(ctx, node.input[1], transposed=trans_b, alpha=alpha)
-        k = w.k
-        bias = None
-        if len(node.input) > 2 and node.input[2]:
-            value = require_constant(ctx, node.input[2], "bias")
-            if value.size not in (1, k) or any(d != 1 for d in value.shape[:-1]):
-                raise Decline("bias_not_per_channel", f"Gemm bias of shape {list(value.shape)} is not per output")
-            vector = np.broadcast_to(value.reshape(-1), (k,)) * np.asarray(beta, dtype=value.dtype)
-            bias = Bias(node, node.input[2], vector.astype(value.dtype), "" if beta == 1.0 else f"_b{beta:g}", beta)
+        bias = gemm_bias(ctx, node, w.k, beta)
         key = f"conv_weight{'_t' if trans_b else ''}{'' if alpha == 1.0 else f'_a{alpha:g}'}"
         plan = plan_sandwich(self, node, ctx, node.input[1], w, key, bias)
         if bias is not None and beta != 1.0:

@@ -46,12 +46,12 @@ from ._quantized import (
     ActivationQDQ,
     QuantizedWeight,
     activation_qdq,
-    attrs_of,
     nchw_axis,
     produced_by,
+    qdq_bias_node,
     qdq_pair_nodes,
     qdq_weight_node,
-    read_params,
+    quantized_bias,
     require_qdq_weight,
 )
 
@@ -76,22 +76,8 @@ def _quantized_bias(ctx: Context, y: str, k: int, dtype: int) -> tuple[NodeProto
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
         return None
     other = add.input[1] if add.input[0] == y else add.input[0]
-    dq = produced_by(ctx, other, "DequantizeLinear")
-    if dq is None or other == y:
-        return None
-    src = ctx.scope.source(dq.input[0])
-    if not src.is_constant:
-        return None
-    q = ctx.scope.constant_tensor(dq.input[0])
-    if q.data_type != TensorProto.INT32 or list(q.dims) != [k]:
-        return None
-    try:
-        params = read_params(ctx, dq, 1, 2, [k], "bias")
-    except Decline:
-        return None
-    if params.scale_dtype != dtype:
-        return None
-    return add, dq
+    dq = quantized_bias(ctx, other, k, dtype) if other != y else None
+    return None if dq is None else (add, dq)
 
 
 class QdqMatMulToConv(Rule):
@@ -162,9 +148,9 @@ class QdqMatMulToConv(Rule):
         weight = weight_node.output[0]
         bias = None
         if plan.bias_dq is not None:
-            bias = ctx.names.fresh(f"{base}_conv_bias")
             dq = plan.bias_dq
-            nodes.append(ctx.node(rule, origin, "DequantizeLinear", list(dq.input), [bias], f"{base}_bias", **attrs_of(dq)))
+            nodes.append(qdq_bias_node(ctx, rule, origin, base, dq))
+            bias = nodes[-1].output[0]
             if any(n is dq for n in plan.removed):
                 vanished.append(dq.output[0])
             vanished.append(matmul.output[0])

@@ -18,8 +18,9 @@ from converter.cleanup.handlers.dynamic import dynamic_quantize
 from converter.cleanup.handlers.elementwise import BINARY, UNARY, VARIADIC, unary
 from converter.cleanup.handlers.layernorm import layernorm
 from converter.cleanup.handlers.qdq import broadcast_quantized, qdq
-from converter.cleanup.handlers.qlinear import qlinear_binary
+from converter.cleanup.handlers.qlinear import qlinear_binary, qlinear_unary
 from converter.cleanup.handlers.reductions import REDUCE, reduce
+from converter.cleanup.handlers.shape import shape
 from converter.cleanup.handlers.split_concat import concat, split
 
 HANDLERS: dict[str, Handler] = {
@@ -34,6 +35,7 @@ HANDLERS: dict[str, Handler] = {
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Gather": gather,
+    "Shape": shape,
     "QuantizeLinear": qdq,
     "DequantizeLinear": qdq,
     "DynamicQuantizeLinear": dynamic_quantize,
@@ -43,6 +45,8 @@ HANDLERS: dict[str, Handler] = {
 OTHER_DOMAINS: dict[tuple[str, str], Handler] = {
     ("com.microsoft", "QLinearAdd"): qlinear_binary,
     ("com.microsoft", "QLinearMul"): qlinear_binary,
+    ("com.microsoft", "QLinearSigmoid"): qlinear_unary,
+    ("com.microsoft", "QLinearLeakyRelu"): qlinear_unary,
 }
 
 # Besides the elementwise ops: ops whose moved output is at each position a function of the same position

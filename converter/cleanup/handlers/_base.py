@@ -215,9 +215,25 @@ def outputs_go_on(ws: Workspace, node: NodeProto, copied: Sequence[str] | None =
             return Decline("output_is_graph_output", f"{out} is a graph output: its Transpose would stay")
         for r in ws.readers(out):
             transpose = r.op_type == "Transpose" and r.domain in DEFAULT_DOMAINS
-            if not transpose and handler_for(r) is None:
+            if not transpose and handler_for(r) is None and not _reshapes_into_transpose(ws, r):
                 return Decline("outputs_stay_transposed", f"{out} is read by {r.op_type}, which no Transpose moves through")
     return None
+
+
+_RESHAPING = frozenset({"Reshape", "Squeeze", "Unsqueeze"})
+
+
+def _reshapes_into_transpose(ws: Workspace, node: NodeProto, depth: int = 6) -> bool:
+    """Whether ``node`` starts a run of Reshapes, Squeezes and Unsqueezes, each read only by the next, that ends
+    in a Transpose: a Transpose copied in front of it may fold with that one (``fold_rearranges.py``)."""
+    while depth and node.op_type in _RESHAPING and node.domain in DEFAULT_DOMAINS and len(node.output) == 1:
+        readers = ws.readers(node.output[0])
+        if len(readers) != 1 or node.output[0] in ws.outputs:
+            return False
+        node, depth = readers[0], depth - 1
+        if node.op_type == "Transpose" and node.domain in DEFAULT_DOMAINS:
+            return True
+    return False
 
 
 # -- reading inputs -------------------------------------------------------------------------------
@@ -290,9 +306,19 @@ def expanded(args: HandlerArgs, expand: NodeProto) -> Expanded | None:
         return None
     c_dims = list(ws.scope.constant_tensor(c).dims)
     known = _shape_values(ws, shape)
-    if known is None or len(c_dims) > rank or len(known) != rank:
+    length = len(known) if known is not None else _length(args.ctx, ws, shape)
+    if length is None or len(c_dims) > rank or length != rank:
         return None
     return Expanded(args, expand, laid_out(c, c_dims, args.perm))
+
+
+def _length(ctx: PassContext, ws: Workspace, name: str) -> int | None:
+    """A 1-D tensor's length as shape inference found it (TorchScript's class token: ``Expand(cls,
+    Where(...))`` of a shape computed from ``Shape``), main graph only."""
+    t = ctx.types.get(name) if ctx.types and ws.graph is ctx.model.graph else None
+    if t is None or t.shape is None or t.conflict or len(t.shape) != 1 or not isinstance(t.shape[0], int):
+        return None
+    return t.shape[0]
 
 
 def _shape_values(ws: Workspace, name: str, depth: int = 0) -> list[int | None] | None:

@@ -1,0 +1,188 @@
+"""Where each element of a tensor comes from, after Reshapes, Transposes, Squeezes and Unsqueezes.
+
+The cleanup folds chains of those ops (``cleanup/fold_rearranges.py``) and the certificate proves the
+result (``certify.py``); both describe a tensor made from a root tensor by such ops as a :data:`View`:
+one tuple of :data:`Piece` per axis. A piece ``(a, stride, size)`` is ``size`` indices of the root's
+axis ``a``, ``stride`` apart; an axis made of several pieces runs over them like a number in mixed radix
+(the last piece fastest). A unit axis has no piece. After :func:`normal` (pieces of size 1 dropped,
+neighbours that continue each other merged) two views are equal exactly when they pick the same
+root element at every index, so comparing views compares tensors.
+
+Sizes may be symbolic (a dim_param, or a dim nothing knows): such an axis is only ever kept whole, so
+it is a piece of stride 1. A Reshape that would split or merge it with a known size is declined, except
+merging whole axes (``[B, H, S, D] -> [B*H, S, D]``), which keeps each symbolic axis a piece of its own.
+
+No onnx here: callers read the dims and the Reshape targets. Written here because no library we use
+reasons about reshapes symbolically (onnx's shape inference gives shapes, not element mappings).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+# A size: known (an int) or a product of symbols times an int, kept as (int, sorted symbols).
+Size = tuple[int, tuple[str, ...]]
+Dim = int | str  # what callers give: an int, or a symbol naming an unknown size
+Piece = tuple[int, int, Size]
+View = tuple[tuple[Piece, ...], ...]
+
+ONE: Size = (1, ())
+
+
+def size_of(d: Dim) -> Size:
+    return (d, ()) if isinstance(d, int) else (1, (d,))
+
+
+def times(a: Size, b: Size) -> Size:
+    return (a[0] * b[0], tuple(sorted(a[1] + b[1])))
+
+
+def divide(a: Size, b: Size) -> Size | None:
+    """``a / b`` when it is a size (b's symbols among a's, the known part dividing), else None."""
+    left = Counter(a[1])
+    left.subtract(b[1])
+    if any(v < 0 for v in left.values()) or b[0] == 0 or a[0] % b[0]:
+        return None
+    return (a[0] // b[0], tuple(sorted(left.elements())))
+
+
+def identity(dims: Sequence[Dim]) -> View:
+    """The root itself."""
+    return normal(tuple(((a, 1, size_of(d)),) for a, d in enumerate(dims)))
+
+
+def axis_size(axis: Sequence[Piece]) -> Size:
+    out = ONE
+    for p in axis:
+        out = times(out, p[2])
+    return out
+
+
+def dims_of(view: View) -> list[Size]:
+    return [axis_size(axis) for axis in view]
+
+
+def normal(view: View) -> View:
+    """Pieces of size 1 dropped; a piece followed by one of the same root axis that continues it merged."""
+    out = []
+    for axis in view:
+        merged: list[Piece] = []
+        for a, stride, size in axis:
+            if size == ONE:
+                continue
+            if merged:
+                pa, pstride, psize = merged[-1]
+                if pa == a and not psize[1] and not size[1] and pstride == stride * size[0]:
+                    merged[-1] = (a, stride, times(psize, size))
+                    continue
+            merged.append((a, stride, size))
+        out.append(tuple(merged))
+    return tuple(out)
+
+
+def transpose(view: View, perm: Sequence[int]) -> View | None:
+    if sorted(perm) != list(range(len(view))):
+        return None
+    return tuple(view[p] for p in perm)
+
+
+def unsqueeze(view: View, axes: Sequence[int]) -> View | None:
+    rank = len(view) + len(axes)
+    new = {a + rank if a < 0 else a for a in axes}
+    if len(new) != len(axes) or any(not 0 <= a < rank for a in new):
+        return None
+    rest = iter(view)
+    return tuple(() if i in new else next(rest) for i in range(rank))
+
+
+def squeeze(view: View, axes: Sequence[int]) -> View | None:
+    gone = {a + len(view) if a < 0 else a for a in axes}
+    if len(gone) != len(axes) or any(not 0 <= a < len(view) or view[a] for a in gone):
+        return None  # only unit axes go
+    return tuple(axis for i, axis in enumerate(view) if i not in gone)
+
+
+def target_sizes(view: View, target: Sequence[int | None], allowzero: bool = False) -> list[Size] | None:
+    """A Reshape's target read as onnx does (0 copies the input's dim, -1 is what is left); None entries
+    (dims shape inference could not tell) count as -1. None when it does not resolve."""
+    dims = dims_of(view)
+    sizes: list[Size | None] = []
+    for i, t in enumerate(target):
+        if t is None or t == -1:
+            sizes.append(None)
+        elif t == 0 and not allowzero:
+            if i >= len(dims):
+                return None
+            sizes.append(dims[i])
+        elif t > 0:
+            sizes.append((int(t), ()))
+        else:
+            return None
+    if sizes.count(None) > 1:
+        return None
+    if None in sizes:
+        known = ONE
+        for s in sizes:
+            if s is not None:
+                known = times(known, s)
+        total = ONE
+        for d in dims:
+            total = times(total, d)
+        rest = divide(total, known)
+        if rest is None:
+            return None
+        sizes[sizes.index(None)] = rest
+    return sizes  # type: ignore[return-value]
+
+
+def reshape(view: View, sizes: Sequence[Size]) -> View | None:
+    """The view after a Reshape to ``sizes`` (resolved, see :func:`target_sizes`); None when a size cuts a
+    symbolic piece or the sizes do not add up."""
+    pieces = [p for axis in view for p in axis]
+    out: list[tuple[Piece, ...]] = []
+    i = 0
+    for want in sizes:
+        axis: list[Piece] = []
+        need = want
+        while need != ONE:
+            if i >= len(pieces):
+                return None
+            a, stride, size = pieces[i]
+            rest = divide(need, size)
+            if rest is not None:  # the whole piece fits
+                axis.append(pieces[i])
+                need = rest
+                i += 1
+                continue
+            # Split a known piece: its outer part is what the axis still needs.
+            if size[1] or need[1] or size[0] % need[0]:
+                return None
+            inner = size[0] // need[0]
+            axis.append((a, stride * inner, need))
+            pieces[i] = (a, stride, (inner, ()))
+            need = ONE
+        out.append(tuple(axis))
+    if i != len(pieces):
+        return None
+    return normal(tuple(out))
+
+
+def relate(view: View, other: View) -> tuple[int | None, ...] | None:
+    """``view``'s axes as ``other``'s: entry i is the axis of ``other`` that is ``view``'s axis i, None for a
+    unit axis ``other`` lacks. None when ``view`` is no Transpose (with unit axes added) of ``other``, or
+    ``other`` has a unit axis (a tensor with unit axes is described through the one without them)."""
+    if any(not axis for axis in other):
+        return None
+    where = {axis: j for j, axis in enumerate(other)}
+    if len(where) != len(other):
+        return None
+    out: list[int | None] = []
+    for axis in view:
+        if not axis:
+            out.append(None)
+        elif axis in where:
+            out.append(where.pop(axis))
+        else:
+            return None
+    return tuple(out) if not where else None

@@ -1,0 +1,95 @@
+"""The certificate's proof of folded rearrangements and of shapes read in a layout: each check has a test
+that fails without it (a batch written as a constant, pieces cut in the wrong order, a shape read in the
+wrong order)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from converter.certify import certify
+from models.graphs import Builder
+from tests.cleanup._harness import N, constant, nodes_of, run
+from tests.cleanup.test_fold_rearranges import H, S, folded, heads_merge, i64, qkv_split
+
+
+def set_constant(model: onnx.ModelProto, name: str, value: list[int]) -> None:
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(onnx.numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+            return
+    raise KeyError(name)
+
+
+def test_a_symbolic_batch_written_as_a_constant_is_not_proved() -> None:
+    model = qkv_split("B")
+    out = folded(model)
+    (reshape,) = nodes_of(out, "Reshape")
+    target = constant(out, reshape.input[1]).tolist()
+    assert target[0] == 0
+    set_constant(out, reshape.input[1], [N, *target[1:]])  # right for a batch of N only
+    x = np.random.default_rng(0).standard_normal((N, 3 * H * 4, S)).astype(np.float32)
+    np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])  # numbers at N cannot tell
+    assert not certify(model, out, []).proved  # the second set of sizes does
+
+
+def test_pieces_put_in_the_wrong_order_are_refused() -> None:
+    model = qkv_split()
+    out = folded(model)
+    (transpose,) = nodes_of(out, "Transpose")
+    assert list(transpose.attribute[0].ints) == [1, 0, 2, 4, 3] and H == 3
+    transpose.attribute[0].ints[:] = [2, 0, 1, 4, 3]  # heads taken as q/k/v: the same shape, other elements
+    x = np.random.default_rng(0).standard_normal((N, 3 * H * 4, S)).astype(np.float32)
+    assert not np.array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
+    assert not certify(model, out, []).proved
+
+
+def test_a_merge_folded_in_the_wrong_order_is_refused() -> None:
+    model = heads_merge()
+    out = folded(model)
+    (transpose,) = nodes_of(out, "Transpose")
+    transpose.attribute[0].ints[:] = [0, 3, 1, 2]  # D before H: [B, D, H, S] merged, the same shape
+    assert not certify(model, out, []).proved
+    assert certify(model, folded(model), []).proved
+
+
+def shape_read() -> onnx.ModelProto:
+    """``t = Transpose(x, [0, 2, 1])``; ``y = Reshape(Relu(t), Concat(Gather(Shape(t), 0), [-1]))`` (a target
+    an exporter computes from the shape of a transposed tensor) and ``Transpose`` back."""
+    b = Builder(6)
+    t = b.op("Transpose", "x", perm=[0, 2, 1])
+    first = b.op("Gather", b.op("Shape", t), i64(b, [0]), axis=0)
+    target = b.op("Concat", first, i64(b, [S, -1]), axis=0)
+    y = b.op("Reshape", b.op("Relu", t), target)
+    return b.model([("x", ["B", 12, S])], [b.op("Transpose", y, perm=[0, 2, 1])])
+
+
+def test_a_shape_read_in_a_layout_is_proved_and_a_wrong_order_refused() -> None:
+    model = shape_read()
+    out = folded(model)
+    gathers = [n for n in nodes_of(out, "Gather") if n.input[0] != nodes_of(model, "Gather")[0].input[0]]
+    shape = next(n for n in nodes_of(out, "Shape"))
+    assert shape.input[0] == "x"  # the Shape reads the untransposed tensor
+    moved = next(n for n in nodes_of(out, "Gather") if n.input[0] == shape.output[0])
+    assert constant(out, moved.input[1]).tolist() == [0, 2, 1] and gathers
+    x = np.random.default_rng(1).standard_normal((N, 12, S)).astype(np.float32)
+    np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
+    assert certify(model, out, []).proved
+    set_constant(out, moved.input[1], [1, 2, 0])  # reads S where the original reads B
+    assert not certify(model, out, []).proved
+
+
+def test_a_shape_with_start_reads_the_moved_dims() -> None:
+    b = Builder(7)
+    t = b.op("Transpose", "x", perm=[0, 2, 1])
+    target = b.op("Concat", i64(b, [-1]), b.op("Shape", t, start=1), axis=0)  # [-1, S, 12]
+    y = b.op("Reshape", b.op("Relu", t), target)
+    model = b.model([("x", ["B", 12, S])], [b.op("Transpose", y, perm=[0, 2, 1])])
+    out = folded(model)
+    shape = next(n for n in nodes_of(out, "Shape"))
+    assert shape.input[0] == "x" and not shape.attribute
+    moved = next(n for n in nodes_of(out, "Gather") if n.input[0] == shape.output[0])
+    assert constant(out, moved.input[1]).tolist() == [2, 1]  # dims 1.. of [B, S, 12] are x's dims 2 and 1
+    x = np.random.default_rng(2).standard_normal((N, 12, S)).astype(np.float32)
+    np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
+    assert certify(model, out, []).proved
