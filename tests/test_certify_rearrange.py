@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
+import converter
 from converter.certify import certify
 from models.graphs import Builder
 from tests.cleanup._harness import N, constant, nodes_of, run
@@ -93,3 +95,71 @@ def test_a_shape_with_start_reads_the_moved_dims() -> None:
     x = np.random.default_rng(2).standard_normal((N, 12, S)).astype(np.float32)
     np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
     assert certify(model, out, []).proved
+
+
+# -- what a bad-input hunt found: correct conversions the certificate could not follow -------------------
+
+
+def dense(b: Builder, x: str, c: int, k: int) -> str:
+    rng = np.random.default_rng(c * 31 + k)
+    return b.op("Add", b.op("MatMul", x, b.const(rng.standard_normal((c, k)))), b.const(rng.standard_normal(k)))
+
+
+def converted_and_proved(model: onnx.ModelProto, tokens: bool = False) -> converter.RewriteResult:
+    result = converter.rewrite(model, tokens=tokens)
+    assert all(d.rewritten for d in result.report.decisions), result.report.decisions
+    cert = certify(model, result.model, result.report.layers)
+    assert cert.proved, (cert.unproved, {k: v.detail for k, v in cert.layers.items()})
+    return result
+
+
+@pytest.mark.parametrize("batch", [N, 1, "B"])
+def test_a_fold_at_batch_one_is_proved(batch: int | str) -> None:
+    """Batch 1 puts a unit axis in every tensor of the chain; no element order tells unit axes apart."""
+    for model in (qkv_split(batch), heads_merge(batch)):
+        out = folded(model)
+        assert certify(model, out, []).proved
+
+
+def test_a_reshape_between_two_layers_is_proved() -> None:
+    """x [N, 3, 5, 8] -> dense -> Reshape [-1, 15, 1, 8] -> dense: the second layer's input is a Reshape of the
+    first layer's output, which the cleanup folds with the layout Transposes into one Reshape."""
+    b = Builder(9)
+    r = b.op("Reshape", dense(b, "x", 8, 8), i64(b, [-1, 15, 1, 8]))
+    model = b.model([("x", ["N", 3, 5, 8])], [dense(b, r, 8, 4)])
+    result = converted_and_proved(model)
+    assert nodes_of(result.model, "Transpose") and len(nodes_of(result.model, "Transpose")) == 2  # in and out only
+
+
+@pytest.mark.parametrize("batch", [1, "B"])
+def test_a_token_reshape_that_moves_a_unit_axis_is_proved(batch: int | str) -> None:
+    """x [B, 6, 12] -> dense -> Reshape [-1, 1, 12] -> dense under --tokens (at batch 1 the Reshape only moves
+    a unit axis, so the layer's input is a layout of the first layer's output)."""
+    b = Builder(10)
+    r = b.op("Reshape", dense(b, "x", 12, 12), i64(b, [-1, 1, 12]))
+    model = b.model([("x", [batch, 6, 12])], [dense(b, r, 12, 5)])
+    converted_and_proved(model, tokens=True)
+
+
+def test_a_shape_with_an_added_unit_axis_is_proved() -> None:
+    """The Shape of an Unsqueeze output on the moved path: its dims hold the added 1."""
+    b = Builder(11)
+    u = b.op("Unsqueeze", dense(b, "x", 12, 12), i64(b, [-3]))  # [B, 1, 6, 12]
+    total = b.op("Cast", b.op("ReduceSum", b.op("Shape", u, start=-3), keepdims=0), to=onnx.TensorProto.FLOAT)
+    r = b.op("Reshape", b.op("Squeeze", u, i64(b, [1])), i64(b, [-1, 3, 2, 12]))
+    y = dense(b, b.op("Reshape", r, i64(b, [-1, 36, 2])), 2, 5)
+    model = b.model([("x", ["B", 6, 12])], [b.op("Add", y, total)], opset=18)
+    converted_and_proved(model, tokens=True)
+
+
+def test_an_output_that_a_reshape_round_trip_leaves_equal_is_proved() -> None:
+    """A graph output ``Transpose(Reshape(Reshape(a, [-1, 6, 2, 6]), [-1, 6, 12]))``: after the fold it is a
+    Transpose of ``a`` itself, the same tensor as the original's under another description."""
+    b = Builder(12)
+    a = dense(b, "x", 12, 12)
+    r = b.op("Reshape", b.op("Reshape", a, i64(b, [-1, 6, 2, 6])), i64(b, [-1, 6, 12]))
+    t = b.op("Transpose", r, perm=[1, 0, 2])
+    u = b.op("Unsqueeze", b.op("Reshape", t, i64(b, [6, -1])), i64(b, [2]))
+    y = dense(b, b.op("Reshape", u, i64(b, [-1, 3, 2])), 2, 5)
+    model = b.model([("x", ["B", 6, 12])], [y, t])
+    converted_and_proved(model, tokens=True)
