@@ -84,9 +84,10 @@ def test_a_shape_read_in_a_layout_is_proved_and_a_wrong_order_refused() -> None:
 def test_a_shape_with_start_reads_the_moved_dims() -> None:
     b = Builder(7)
     t = b.op("Transpose", "x", perm=[0, 2, 1])
-    target = b.op("Concat", i64(b, [-1]), b.op("Shape", t, start=1), axis=0)  # [-1, S, 12]
-    y = b.op("Reshape", b.op("Relu", t), target)
-    model = b.model([("x", ["B", 12, S])], [b.op("Transpose", y, perm=[0, 2, 1])])
+    dims = b.op("Shape", t, start=1)  # [S, 12]
+    total = b.op("Cast", b.op("ReduceProd", dims, keepdims=0), to=onnx.TensorProto.FLOAT)
+    y = b.op("Add", b.op("Transpose", b.op("Relu", t), perm=[0, 2, 1]), total)
+    model = b.model([("x", ["B", 12, S])], [y])
     out = folded(model)
     shape = next(n for n in nodes_of(out, "Shape"))
     assert shape.input[0] == "x" and not shape.attribute
@@ -95,6 +96,8 @@ def test_a_shape_with_start_reads_the_moved_dims() -> None:
     x = np.random.default_rng(2).standard_normal((N, 12, S)).astype(np.float32)
     np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
     assert certify(model, out, []).proved
+    set_constant(out, moved.input[1], [1, 2])  # the same dims, other order: the same product, not the same shape
+    assert not certify(model, out, []).proved
 
 
 # -- what a bad-input hunt found: correct conversions the certificate could not follow -------------------

@@ -60,8 +60,29 @@ class FoldRearranges:
             for n in nodes[:-1]:
                 ctx.vanished.add(n.output[0])
             ws.add_after(anchor, [ctx.tag(n, self.name) for n in made])
+            _drop_unread(ctx, ws, [name for n in nodes for name in n.input[1:] if name])
             changes += 1
         return PassResult(bool(changes), changes)
+
+
+def _drop_unread(ctx: PassContext, ws: Workspace, names: list[str]) -> None:
+    """What computed the folded nodes' targets and axes, now read by nothing (an exporter's
+    ``Shape -> Slice -> Concat``): its nodes go, its constants are released."""
+    frontier = list(names)
+    while frontier:
+        name = frontier.pop()
+        if ws.is_read(name):
+            continue
+        node = ws.producer(name)
+        if node is None:
+            ctx.released.add(name)  # an initializer: dropped at the end when nothing reads it
+            continue
+        outs = [out for out in node.output if out]
+        if node.domain not in DEFAULT_DOMAINS or ws.holds_graphs(node) or any(ws.is_read(out) for out in outs):
+            continue
+        ws.remove(node)
+        ctx.vanished.update(outs)
+        frontier.extend(inp for inp in node.input if inp)
 
 
 def _movable(ws: Workspace, node: NodeProto) -> bool:

@@ -169,3 +169,27 @@ def test_a_shared_transpose_is_copied_into_gathers_whose_chains_fold() -> None:
     out = folded(model)
     assert transposes(model) == 4 and transposes(out) == 3
     numbers_and_proof(model, out)
+
+
+def test_what_computed_a_folded_target_goes_with_it() -> None:
+    """x [N, 3, 5, 8] -> dense -> Reshape to a target computed from Shape (Concat(Shape[0:1], [1], H*W, [8]))
+    -> dense: the fold writes a constant target, and the Shape/Slice/Mul/Concat that made the old one go."""
+    import converter
+
+    b = Builder(13)
+    rng = np.random.default_rng(13)
+    a = b.op("Add", b.op("MatMul", "x", b.const(rng.standard_normal((8, 8)))), b.const(rng.standard_normal(8)))
+    shape = b.op("Shape", a)
+    part = lambda lo, hi: b.op("Slice", shape, i64(b, [lo]), i64(b, [hi]))  # noqa: E731
+    target = b.op("Concat", part(0, 1), i64(b, [1]), b.op("Mul", part(1, 2), part(2, 3)), i64(b, [8]), axis=0)
+    r = b.op("Reshape", a, target)
+    y = b.op("Add", b.op("MatMul", r, b.const(rng.standard_normal((8, 4)))), b.const(rng.standard_normal(4)))
+    model = b.model([("x", ["N", 3, 5, 8])], [y])
+    result = converter.rewrite(model)
+    graph = result.model.graph
+    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    assert [n.op_type for n in graph.node if not any(o in read for o in n.output)] == []
+    assert not nodes_of(result.model, "Shape") and not nodes_of(result.model, "Concat")
+    assert certify(model, result.model, result.report.layers).proved
+    x = np.random.default_rng(0).standard_normal((3, 3, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(model, {"x": x})[0], run(result.model, {"x": x})[0], rtol=1e-5, atol=1e-5)
