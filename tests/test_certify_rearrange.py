@@ -166,3 +166,39 @@ def test_an_output_that_a_reshape_round_trip_leaves_equal_is_proved() -> None:
     y = dense(b, b.op("Reshape", u, i64(b, [-1, 3, 2])), 2, 5)
     model = b.model([("x", ["B", 6, 12])], [y, t])
     converted_and_proved(model, tokens=True)
+
+
+# -- the same classes through the real command: exit 0, PASSED, the file written, the input unchanged -------
+
+
+def _attention_at_batch_one() -> onnx.ModelProto:
+    """A ViT attention block at batch 1: qkv Linear, heads split and permuted, q @ k^T, softmax, @ v, merged, proj."""
+    b = Builder(14)
+    c, h, d, s = 8, 2, 4, 6
+    qkv = dense(b, "x", c, 3 * c)
+    heads = b.op("Transpose", b.op("Reshape", qkv, i64(b, [1, s, 3, h, d])), perm=[2, 0, 3, 1, 4])
+    q, k, v = (b.op("Gather", heads, i64(b, i), axis=0) for i in range(3))
+    scores = b.op("Softmax", b.op("MatMul", q, b.op("Transpose", k, perm=[0, 1, 3, 2])), axis=-1)
+    merged = b.op("Reshape", b.op("Transpose", b.op("MatMul", scores, v), perm=[0, 2, 1, 3]), i64(b, [1, s, c]))
+    return b.model([("x", [1, s, c])], [dense(b, merged, c, c)])
+
+
+def _reshape_between_layers() -> onnx.ModelProto:
+    b = Builder(9)
+    r = b.op("Reshape", dense(b, "x", 8, 8), i64(b, [-1, 15, 1, 8]))
+    return b.model([("x", ["N", 3, 5, 8])], [dense(b, r, 8, 4)])
+
+
+@pytest.mark.parametrize(
+    ("make", "flags"), [(_attention_at_batch_one, ["--tokens"]), (_reshape_between_layers, [])], ids=["batch1-attention", "rank4"]
+)
+def test_the_command_passes_what_the_certificate_once_could_not_follow(make, flags: list[str], tmp_path) -> None:  # noqa: ANN001
+    from tests.test_cli import run as run_cli
+
+    source = tmp_path / "m.onnx"
+    onnx.save(make(), source)
+    before = source.read_bytes()
+    r = run_cli(source, "-o", tmp_path / "out.onnx", *flags)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED" in r.stdout and "Traceback" not in r.stderr
+    assert (tmp_path / "out.onnx").exists() and source.read_bytes() == before

@@ -122,3 +122,32 @@ def test_the_plan_edits_nothing_until_applied() -> None:
     before = model.SerializeToString()
     assert isinstance(plan_for(model, "Concat"), Plan)
     assert model.SerializeToString() == before
+
+
+def test_a_class_token_shape_only_shape_inference_can_measure_is_relaid() -> None:
+    """TorchScript's ``cls.expand(B, -1, -1)``: ``Expand(cls, Where(Equal(r, -1 * ones), ones, r))`` with
+    ``ones = ConstantOfShape(Shape(r))``. The shape's length (3) is not readable from the graph's constants; the
+    cleanup takes it from shape inference (the pipeline passes the types)."""
+    from converter.cleanup import run_passes
+    from converter.graph import collect_types
+    from tests.cleanup._harness import PASSES
+
+    b = Builder(42)
+    i64 = lambda v: b.const(np.array(v), np.int64)  # noqa: E731
+    batch = b.op("Unsqueeze", b.op("Gather", b.op("Shape", "x"), i64(0), axis=0), i64([0]))
+    r = b.op("Reshape", b.op("Concat", batch, i64([-1]), i64([-1]), axis=0), i64([-1]))
+    ones = b.op("ConstantOfShape", b.op("Shape", r), value=onnx.numpy_helper.from_array(np.array([1], np.int64)))
+    target = b.op("Where", b.op("Equal", r, b.op("Mul", ones, i64(-1))), ones, r)
+    e = b.op("Expand", b.const(np.random.default_rng(3).standard_normal((1, 1, C))), target)
+    cat = b.op("Concat", e, b.op("Transpose", "x", perm=SWAP), axis=1)
+    y = b.op("Add", cat, b.const(np.random.default_rng(4).standard_normal((1, S + 1, C))))
+    model = b.model([("x", [N, C, S])], [b.op("Transpose", y, perm=SWAP)])
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    run_passes(out, PASSES, types=collect_types(model)[()])
+    assert transposes(model) == 2 and transposes(out) == 0
+    same_numbers(model, out)
+    without = onnx.ModelProto()
+    without.CopyFrom(model)
+    run_passes(without, PASSES)  # no types: the length is unknown, the Expand stays as it is
+    assert transposes(without) == 2
