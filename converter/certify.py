@@ -563,7 +563,7 @@ class _Original:
             steps = [_rearrange_step(n, self.canon, self.shape) for n in chain[i:]]
             if shape is None or any(st is None for st in steps):
                 continue
-            dims = [d if isinstance(d, int | str) and d != "" else f"?{start}:{j}" for j, d in enumerate(shape)]
+            dims = _symbolic(start, shape)
             ours = _elements(dims, steps)  # type: ignore[arg-type]
             m = None if ours is None else _relate(ours, _elements(dims, ()))
             if m is None or None in m or not _same_elements(dims, steps, (("layout", m),)):  # type: ignore[arg-type]
@@ -981,6 +981,11 @@ def _rearrange_step(
             t = np.asarray(f.get())
             axes = [int(v) for v in t.reshape(-1)] if t.dtype.kind in "iu" and t.ndim <= 1 else None
     return (node.op_type.lower(), tuple(axes)) if axes else None  # type: ignore[arg-type]
+
+
+def _symbolic(name: str, shape: Sequence[int | str | None]) -> list[int | str]:
+    """``name``'s dims with each one shape inference could not tell made a symbol of its own."""
+    return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(shape)]
 
 
 def _sizes(dims: Sequence[int | str], first: int) -> list[int] | None:
@@ -1757,9 +1762,7 @@ class _Walk:
 
     def _dims(self, root: str) -> list[int | str] | None:
         shape = self.orig.shape(root)
-        if shape is None:
-            return None
-        return [d if isinstance(d, int | str) and d != "" else f"?{root}:{i}" for i, d in enumerate(shape)]
+        return None if shape is None else _symbolic(root, shape)
 
     def _original_rearrangements(self, root: str) -> list[tuple[str, tuple[_Step, ...]]]:
         """Original tensors made from ``root`` by Reshapes, Transposes, Squeezes and Unsqueezes alone, each with
