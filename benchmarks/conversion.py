@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._results import publish
-from converter.save import save
+from converter.files.save import save
 from models.graphs import big_dense, dense_chain
 
 CONVERT = str(Path(sys.executable).with_name("convert"))

@@ -24,7 +24,7 @@ from rich.table import Table
 
 import converter
 from benchmarks._results import publish
-from converter import feeds as feeding
+from converter.verifier import inputs as feeding
 from models.graphs import convnext_stage, dense_chain
 
 CASES: dict[str, Callable[[], onnx.ModelProto]] = {

@@ -27,15 +27,16 @@ from rich.table import Table
 
 import converter
 from benchmarks._results import publish
-from converter.save import save
+from converter.files.save import save
 from models.graphs import big_dense, dense_chain
 
 CONVERT = str(Path(sys.executable).with_name("convert"))
 
 
 def bugs(console: Console) -> list[dict]:
-    from tests.bugs import BUGS, inject
     from tests.test_verify import BUG_MODELS
+
+    from tests.bugs import BUGS, inject
 
     rows = []
     for model_name, make in BUG_MODELS.items():

@@ -197,10 +197,10 @@ def patch_rewrite(bug: str) -> None:
     """
     import converter.pipeline as pipeline
 
-    real = pipeline._rewrite_in_place
+    real = pipeline.rewrite_in_place
 
-    def broken(out, providers, fold_transposes, detached=None, **options):  # noqa: ANN001, ANN003, ANN202
-        report = real(out, providers, fold_transposes, detached, **options)
+    def broken(out, options, detached=None, progress=None):  # noqa: ANN001, ANN202
+        report = real(out, options, detached, progress)
         if detached is not None:
             detached.attach(out)
         if report.layers and not inject(out, report.layers, bug):
@@ -208,4 +208,4 @@ def patch_rewrite(bug: str) -> None:
         INJECTED.append(bug)
         return report
 
-    pipeline._rewrite_in_place = broken
+    pipeline.rewrite_in_place = broken

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 import converter
 from converter.cli import _round_up
-from converter.compare import compare
+from converter.verifier.numbers.outputs import compare
 from models.graphs import convnext_block
 from tests.conftest import W_, C, H, dense_model, with_output_shapes
 

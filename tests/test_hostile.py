@@ -791,7 +791,7 @@ def test_write_errors_are_one_line(
 ) -> None:
     import tempfile
 
-    save_module = sys.modules["converter.save"]  # converter.save is also the name of the function
+    save_module = sys.modules["converter.files.save"]  # converter.files.save is also the name of the function
 
     from models.graphs import big_dense
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from converter.save import EXTERNAL_DATA_ABOVE, save
+from converter.files.save import EXTERNAL_DATA_ABOVE, save
 from models.graphs import big_dense
 
 CONVERT = str(Path(sys.executable).parent / "convert")

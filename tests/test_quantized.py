@@ -227,7 +227,7 @@ def test_the_integer_forms_keep_their_transposes_without_the_quantized_handlers(
 ) -> None:
     """Without the handlers for QLinearAdd / QLinearMul and DynamicQuantizeLinear, the layers' Transposes stay and
     the default policy declines them: what the handlers are for."""
-    from converter.cleanup import handlers
+    from converter.rewriter.cleanup import handlers
 
     monkeypatch.setattr(handlers, "OTHER_DOMAINS", {})
     monkeypatch.delitem(handlers.HANDLERS, "DynamicQuantizeLinear")
@@ -323,7 +323,7 @@ def test_a_quantized_tensordot_becomes_a_qdq_conv(form: Form, tmp_path: Path) ->
 
 def test_a_quantized_tensordot_needs_its_pairs_to_be_the_originals(tmp_path: Path) -> None:
     """The certificate compares the moved pairs with the original's: a changed activation scale is refuted."""
-    from converter.certify import certify
+    from converter.verifier.certificate.walk import certify
 
     source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", QDQ_FORMS[0], {"x": [2, 3, 4, 6]})
     report = converter.convert(source, tmp_path / "out.onnx")
@@ -471,7 +471,7 @@ def test_a_qoperator_tensordot_becomes_a_qlinear_conv(form: Form, tmp_path: Path
 @pytest.mark.parametrize("what", ["scale", "weight", "quantize_scale"])
 def test_a_qoperator_tensordot_with_a_changed_scale_or_weight_is_refuted(what: str, tmp_path: Path) -> None:
     """The conv's activation scale, its integer weight, or the moved QuantizeLinear's scale changed: not proved."""
-    from converter.certify import certify
+    from converter.verifier.certificate.walk import certify
 
     source = quantize(_sandwich_source(tmp_path), tmp_path / "q.onnx", QOPERATOR_FORMS[0], {"x": [2, 3, 4, 6]})
     report = converter.convert(source, tmp_path / "out.onnx")
@@ -657,7 +657,7 @@ def test_a_qoperator_tensordot_on_a_quantized_input_becomes_a_qlinear_conv(form:
 def test_a_qoperator_tensordot_on_a_quantized_input_with_a_changed_conv_is_refuted(what: str, tmp_path: Path) -> None:
     """The second layer's integer weight, its activation zero point, or its input (the first layer's output
     instead of the QLinearMul's) changed: refuted."""
-    from converter.certify import certify
+    from converter.verifier.certificate.walk import certify
 
     source = quantize(_quantized_input_source(tmp_path), tmp_path / "q.onnx", QOPERATOR_FORMS[0], {"x": [2, 3, 6, 8]})
     report = converter.convert(source, tmp_path / "out.onnx")
@@ -681,9 +681,9 @@ def test_a_contrib_elementwise_op_carries_a_known_size_past_a_symbolic_one() -> 
     """Broadcasting a symbolic dim with a known size > 1 gives that size (a valid graph's dim is 1 or the result):
     Keras ConvNeXtTiny's GELU multiplies onnx-named dims by the 384 channels, and the next layer needs C = 384."""
     from converter.graph import NameAllocator, Scope, collect_types
-    from converter.rules import RewriteOptions
-    from converter.rules._engine import Context
-    from converter.rules._integer import integer_type
+    from converter.rewriter.rules import RuleOptions
+    from converter.rewriter.rules._engine import Context
+    from converter.rewriter.rules._integer import integer_type
 
     params = [numpy_helper.from_array(np.array(v, t), n) for n, v, t in [("s", 0.5, np.float32), ("z", 3, np.uint8)]]
     mul = helper.make_node("QLinearMul", ["a", "s", "z", "b", "s", "z", "s", "z"], ["y"], domain="com.microsoft")
@@ -699,7 +699,7 @@ def test_a_contrib_elementwise_op_carries_a_known_size_past_a_symbolic_one() -> 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
     scope = Scope(model.graph, (), collect_types(model).get((), {}))
-    ctx = Context(scope, NameAllocator(model), RewriteOptions(), 13, model.ir_version, {}, None)
+    ctx = Context(scope, NameAllocator(model), RuleOptions(), 13, model.ir_version, {}, None)
     t = integer_type(ctx, "y")
     assert t is not None and (t.elem_type, t.shape) == (TensorProto.UINT8, ("N", 2, 3, 4))
 

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.cli.test_cli import random_op_model
 from tests.conftest import dense_model
-from tests.test_cli import random_op_model
 
 CONVERT = str(Path(sys.executable).parent / "convert")
 
@@ -161,7 +161,7 @@ def test_force_writes_after_a_mismatch_and_says_so(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("external_data", [False, True])
 def test_same_input_same_bytes(tmp_path: Path, external_data: bool) -> None:
-    from converter.save import save
+    from converter.files.save import save
     from models.graphs import convnext_block
 
     save(convnext_block(), tmp_path / "in.onnx", external_data=external_data, size_threshold=0)

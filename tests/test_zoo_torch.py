@@ -36,7 +36,7 @@ NAMES = [
 
 def command_layout(tokens: bool = False) -> dict[str, object]:
     """The default layout mode (the acceptance's "default result"), the same for the command and the API;
-    with --tokens the command's default is nchw (pipeline.resolve_layout)."""
+    with --tokens the command's default is nchw (options.RewriteOptions.mode)."""
     if tokens:
         return {"layout": None, "tokens": True}
     return {"layout": converter.DEFAULT_LAYOUT}

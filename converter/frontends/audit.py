@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from converter.frontends.allowlist import ALLOWED_OPS
-from converter.wire import read_varint
+from converter.graph.wire import read_varint
 
 # Field numbers, from tensorflow/core/protobuf/{saved_model,meta_graph,saver,saved_object_graph}.proto
 # and tensorflow/core/framework/{graph,function,node_def,attr_value,op_def}.proto.

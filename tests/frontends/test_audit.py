@@ -13,7 +13,7 @@ import pytest
 
 from converter.frontends.allowlist import ALLOWED_OPS, DENIED_OPS, LOADING_OPS, TF2ONNX_OPS
 from converter.frontends.audit import MAX_DEPTH, CorruptSavedModel, audit_saved_model, printable
-from converter.wire import tag, varint
+from converter.graph.wire import tag, varint
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

@@ -1,0 +1,259 @@
+"""Fold a chain of Reshapes, Squeezes and Unsqueezes that holds two Transposes or more into one Transpose.
+
+Before (ViT's attention after ``--tokens``: the token layout meets the heads' split)::
+
+    t = Transpose(Squeeze(qkv_conv, [2]), [0, 2, 1])          [B, 3C, 1, S] -> [B, S, 3C]
+    v = Reshape(t, [-1, S, 3, H, D])
+    y = Transpose(v, [2, 0, 3, 1, 4])                         [3, B, H, S, D]
+
+After::
+
+    y = Transpose(Reshape(qkv_conv, [0, 3, H, D, S]), [1, 0, 2, 4, 3])
+
+Any chain of those ops only moves elements, so ``rearrange.py`` can say where every element of its
+last tensor comes from in its first: a list of pieces of the first tensor's axes. Splitting the first
+tensor into those pieces (a Reshape), putting them in the order the last tensor reads them (one
+Transpose) and merging them into its axes (a Reshape) is the same tensor. Each Reshape is left out when
+it would do nothing, and the Transpose when its order is the identity (``k``'s way to ``K^T``:
+``[B,H,S,D] -> [B*H,S,D] -> [B*H,D,S] -> [B,H,D,S]`` from a laid-out ``[B,H,D,S]`` needs none).
+
+A chain: nodes each read by the next alone, none of their outputs a graph output, at least two
+Transposes. Sizes come from shape inference (``PassContext.types``: the original's tensors keep their
+values under the rewrite, so their shapes stand); a symbolic dim is kept whole (``rearrange.py``).
+A chain whose sizes are not known, or whose Reshape cuts a symbolic dim, stays as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import GraphProto, NodeProto
+
+from converter.rewriter.cleanup import PassContext, PassResult
+from converter.rewriter.cleanup import rearrange as ra
+from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity, make_transpose, new_node
+from converter.rewriter.cleanup._workspace import Workspace
+
+_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze"})
+
+
+class FoldRearranges:
+    name = "fold_rearranges"
+
+    def run(self, graph: GraphProto, ctx: PassContext) -> PassResult:
+        ws = ctx.workspace(graph)
+        if not ctx.types or graph is not ctx.model.graph:
+            return PassResult(False)  # sizes are known for the main graph only
+        changes = 0
+        for t_node in ws.take(self.name):
+            if t_node.op_type != "Transpose" or not ws.alive(t_node):
+                continue
+            nodes = _chain(ws, t_node)
+            if sum(n.op_type == "Transpose" for n in nodes) < 2:
+                continue
+            folded = _fold(ctx, ws, nodes)
+            if folded is None:
+                continue
+            nodes, made = folded
+            anchor = nodes[-1]
+            for n in nodes:
+                ws.remove(n)
+            for n in nodes[:-1]:
+                ctx.vanished.add(n.output[0])
+            ws.add_after(anchor, [ctx.tag(n, self.name) for n in made])
+            _drop_unread(ctx, ws, [name for n in nodes for name in n.input[1:] if name])
+            changes += 1
+        return PassResult(bool(changes), changes)
+
+
+def _drop_unread(ctx: PassContext, ws: Workspace, names: list[str]) -> None:
+    """What computed the folded nodes' targets and axes, now read by nothing (an exporter's
+    ``Shape -> Slice -> Concat``): its nodes go, its constants are released."""
+    frontier = list(names)
+    while frontier:
+        name = frontier.pop()
+        if ws.is_read(name):
+            continue
+        node = ws.producer(name)
+        if node is None:
+            ctx.released.add(name)  # an initializer: dropped at the end when nothing reads it
+            continue
+        outs = [out for out in node.output if out]
+        if node.domain not in DEFAULT_DOMAINS or ws.holds_graphs(node) or any(ws.is_read(out) for out in outs):
+            continue
+        ws.remove(node)
+        ctx.vanished.update(outs)
+        frontier.extend(inp for inp in node.input if inp)
+
+
+def _movable(ws: Workspace, node: NodeProto) -> bool:
+    return node.op_type in _OPS and node.domain in DEFAULT_DOMAINS and len(node.output) == 1 and not ws.holds_graphs(node)
+
+
+def _inner(ws: Workspace, name: str) -> bool:
+    """Whether ``name`` may vanish: read by one node, directly, and not a graph output."""
+    readers = ws.readers(name)
+    return name not in ws.outputs and len(readers) == 1 and not ws.reads_inside(readers[0], name)
+
+
+def _chain(ws: Workspace, t_node: NodeProto) -> list[NodeProto]:
+    """The longest run of chain ops through ``t_node``, each read only by the next."""
+    nodes = [t_node]
+    while True:
+        prev = ws.producer(nodes[0].input[0])
+        if prev is None or not _movable(ws, prev) or not _inner(ws, prev.output[0]):
+            break
+        nodes.insert(0, prev)
+    while _inner(ws, nodes[-1].output[0]):
+        (nxt,) = ws.readers(nodes[-1].output[0])
+        if not _movable(ws, nxt) or nxt.input[0] != nodes[-1].output[0]:
+            break
+        nodes.append(nxt)
+    return nodes
+
+
+def _dims(ctx: PassContext, name: str) -> list[ra.Dim] | None:
+    t = ctx.types.get(name) if ctx.types else None
+    if t is None or t.shape is None or t.conflict:
+        return None
+    # A dim nothing knows is a size of its own: a symbol no other dim has.
+    return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(t.shape)]
+
+
+def _axes(ws: Workspace, node: NodeProto) -> list[int] | None:
+    for a in node.attribute:
+        if a.name in ("axes", "perm"):
+            return list(a.ints)
+    if len(node.input) > 1 and node.input[1] and ws.scope.source(node.input[1]).is_constant:
+        value = np.asarray(ws.scope.constant_value(node.input[1]))
+        if value.dtype.kind in "iu" and value.ndim <= 1:
+            return [int(v) for v in value.reshape(-1)]
+    return None
+
+
+def step(ws: Workspace, ctx: PassContext, node: NodeProto, view: ra.View) -> ra.View | None:
+    """The view after ``node``; None when it cannot be told."""
+    args = _axes(ws, node)
+    if node.op_type == "Reshape":
+        if any(a.name == "allowzero" and a.i for a in node.attribute) and args is not None and 0 in args:
+            return None
+        if args is None:  # a computed target: the shape inference found for the output
+            out = _dims(ctx, node.output[0])
+            args = None if out is None else [d if isinstance(d, int) else None for d in out]  # type: ignore[misc]
+        sizes = None if args is None else ra.target_sizes(view, args)
+        return None if sizes is None else ra.reshape(view, sizes)
+    if args is None:
+        return None
+    if node.op_type == "Transpose":
+        return ra.transpose(view, args)
+    return ra.unsqueeze(view, args) if node.op_type == "Unsqueeze" else ra.squeeze(view, args)
+
+
+def _start(ws: Workspace, ctx: PassContext, nodes: list[NodeProto]) -> tuple[int, list[ra.Dim]] | None:
+    """Where the chain can start and the first tensor's dims: found at the first tensor with known dims,
+    carried back through the Transposes, Squeezes and Unsqueezes before it."""
+    names = [nodes[0].input[0], *(n.output[0] for n in nodes)]
+    for i, name in enumerate(names):
+        dims = _dims(ctx, name)
+        if dims is None:
+            continue
+        j = i
+        while j > 0 and nodes[j - 1].op_type != "Reshape":
+            back = _back(ws, nodes[j - 1], dims)
+            if back is None:
+                break
+            dims, j = back, j - 1
+        return j, dims
+    return None
+
+
+def _back(ws: Workspace, node: NodeProto, dims: list[ra.Dim]) -> list[ra.Dim] | None:
+    """The input's dims from the output's, through a Transpose, Squeeze or Unsqueeze."""
+    args = _axes(ws, node)
+    if args is None:
+        return None
+    if node.op_type == "Transpose":
+        if sorted(args) != list(range(len(dims))):
+            return None
+        out: list[ra.Dim] = [0] * len(dims)
+        for i, p in enumerate(args):
+            out[p] = dims[i]
+        return out
+    if node.op_type == "Unsqueeze":
+        gone = {a + len(dims) if a < 0 else a for a in args}
+        return [d for i, d in enumerate(dims) if i not in gone]
+    rank = len(dims) + len(args)
+    added = {a + rank if a < 0 else a for a in args}
+    rest = iter(dims)
+    return [1 if i in added else next(rest) for i in range(rank)]
+
+
+def _fold(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> tuple[list[NodeProto], list[NodeProto]] | None:
+    """The nodes of the chain that fold (from where its sizes are known) and what replaces them."""
+    found = _start(ws, ctx, nodes)
+    if found is None:
+        return None
+    first, dims = found
+    nodes = nodes[first:]
+    if sum(n.op_type == "Transpose" for n in nodes) < 2:
+        return None
+    source = ra.identity(dims)
+    view: ra.View | None = source
+    for node in nodes:
+        view = step(ws, ctx, node, view)  # type: ignore[arg-type]
+        if view is None:
+            return None
+    made = _write(ctx, ws, nodes, dims, view)
+    return None if made is None else (nodes, made)
+
+
+def _write(ctx: PassContext, ws: Workspace, nodes: list[NodeProto], dims: list[ra.Dim], final: ra.View) -> list[NodeProto] | None:
+    """Reshape into the pieces, one Transpose into the final order, Reshape into the final axes."""
+    pieces = [p for axis in final for p in axis]
+    ordered = sorted(pieces, key=lambda p: (p[0], -p[1]))  # the first tensor's order
+    perm = [ordered.index(p) for p in pieces]
+    x = nodes[0].input[0]
+    out = nodes[-1].output[0]
+    base = nodes[-1].name or out
+    made: list[NodeProto] = []
+    split = [p[2] for p in ordered]
+    if split != [ra.size_of(d) for d in dims]:
+        target = _target(split, [ra.size_of(d) for d in dims])
+        if target is None:
+            return None
+        y = ctx.names.fresh(f"{base}_pieces")
+        made.append(_reshape(ctx, ws, x, y, target, base))
+        x = y
+    final_sizes = ra.dims_of(final)
+    if not is_identity(perm):
+        y = out if final_sizes == split_after(split, perm) else ctx.names.fresh(f"{base}_ordered")
+        made.append(make_transpose(x, y, perm, ctx.names.fresh(f"{base}_transpose")))
+        x = y
+    if x != out:
+        target = _target(final_sizes, split_after(split, perm))
+        if target is None:
+            return None
+        made.append(_reshape(ctx, ws, x, out, target, base))
+    return made
+
+
+def split_after(split: list[ra.Size], perm: list[int]) -> list[ra.Size]:
+    return [split[p] for p in perm]
+
+
+def _target(sizes: list[ra.Size], inputs: list[ra.Size]) -> list[int] | None:
+    """A Reshape target for ``sizes`` from a tensor of ``inputs``: known sizes as they are, a symbolic one
+    as 0 where the input has it at the same index, else as the one -1."""
+    out: list[int] = []
+    for i, s in enumerate(sizes):
+        if not s[1]:
+            out.append(s[0])
+        elif i < len(inputs) and inputs[i] == s:
+            out.append(0)
+        else:
+            out.append(-1)
+    return out if out.count(-1) <= 1 else None
+
+
+def _reshape(ctx: PassContext, ws: Workspace, x: str, y: str, target: list[int], base: str) -> NodeProto:
+    shape = ws.add_constant(ctx.names.fresh(f"{base}_shape"), np.array(target, dtype=np.int64))
+    return new_node("Reshape", [x, shape], [y], ctx.names.fresh(f"{base}_reshape"))

@@ -1,0 +1,323 @@
+"""Runs rewrite rules over a model and every subgraph in it, safely and with reasons.
+
+A rule has two stateless phases: ``check(node, ctx)`` decides whether the node can be
+rewritten and returns a plan (or raises ``Decline``), ``rewrite(plan, ctx)`` builds the
+replacement. The engine owns what every rule needs and no rule should get wrong:
+
+- the universal safety check: nodes a plan removes may not have outputs used outside the plan
+  unless the replacement produces them again, and no node is claimed by two plans;
+- a provenance tag on every node a rule creates;
+- splicing replacements into the graph in place (everything else is left untouched), then
+  dropping only what the rewrite itself made dead: released constants and the value_info of
+  tensors that no longer exist.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from onnx import GraphProto, NodeProto
+
+from converter.graph import (
+    GraphPath,
+    NameAllocator,
+    Scope,
+    TensorType,
+    add_initializer,
+    collect_types,
+    drop_unused,
+    iter_graphs,
+    new_node,
+    subgraphs,
+)
+from converter.graph.detached import DetachedWeights
+from converter.report import Decision, RewrittenLayer
+
+PROVENANCE_KEY = "converter.rule"
+# Node metadata_props exist from IR version 10 on; older models get the tag in doc_string.
+_NODE_METADATA_IR = 10
+
+
+class Decline(Exception):
+    """A rule (or a check deep inside one) refusing a node, with a stable code and a sentence.
+
+    ``NO_PATTERN`` means the rule's shape is simply not there: the engine then reports another
+    rule's reason for the node (a real reason from any rule beats "not my pattern").
+    """
+
+    NO_PATTERN = "no_pattern"
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+_INLINE_ELEMENTS = 64  # see Context.derived_initializer
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """What the rewrite must respect. The providers are those the result will be run (and verified) on.
+
+    ``refuse`` declines chosen candidates before any rule sees them: (graph key, anchor output) ->
+    (code, sentence), where the graph key is ``RewrittenLayer.graph``. A caller that judged a layer
+    after an earlier rewrite (the layout policy: its Transposes could not be absorbed) uses it.
+
+    ``tokens`` also rewrites dense layers on rank-3 token sequences ``[B, S, C]`` (opt-in: ``--tokens``).
+    """
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    refuse: Mapping[tuple[tuple[tuple[str, str], ...], str], tuple[str, str]] = field(default_factory=dict)
+    tokens: bool = False
+
+
+@dataclass
+class Plan:
+    """What a rule intends to replace. Rules subclass this to carry what rewrite() needs."""
+
+    removed: list[NodeProto]  # the first one is the anchor: new nodes go where it was
+    outputs: list[str]  # outputs of removed nodes that the replacement produces again
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Replacement:
+    nodes: list[NodeProto]
+    released: list[str] = field(default_factory=list)  # constants the removed nodes read
+    vanished: list[str] = field(default_factory=list)  # tensors that no longer exist
+    # The claim the verifier checks: (activation read, original tensor produced, Conv node's name).
+    layer: tuple[str, str, str] | None = None
+
+
+class Context:
+    """What a rule sees of the model while it works on one graph."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        names: NameAllocator,
+        options: RuleOptions,
+        opset: int,
+        ir_version: int,
+        derived: dict[tuple[Any, ...], str],
+        detached: DetachedWeights | None = None,
+    ) -> None:
+        self.scope = scope
+        self.names = names
+        self.options = options
+        self.opset = opset
+        self.ir_version = ir_version
+        self._derived = derived
+        self._detached = detached
+
+    # Small constants (axes, shapes) stay in the graph: onnxruntime's shape inference reads their values
+    # when it loads the model, and a detached placeholder has none there.
+    def derived_initializer(
+        self,
+        key: str,
+        source: str,
+        make: Callable[[], np.ndarray],
+        like: tuple[tuple[int, ...], np.dtype] | None = None,
+        exact: tuple[Any, ...] = (),
+    ) -> str:
+        """A constant computed from ``source``, created once per graph however many nodes share it.
+
+        Two requests share the constant only when ``key``, ``exact`` (the transformation's exact
+        parameters) and ``like`` (shape and dtype) agree.
+
+        In the main graph it is detached when the caller asked for that (detached.py says why);
+        with ``like`` (its shape and dtype) even ``make`` waits until the weight is written, so
+        the new weights never all exist at once. Elsewhere it goes straight into the graph (one
+        copy of the data, not three). Names are fresh, so the scope's view of the graph stays valid.
+        """
+        # The cache key holds everything the value depends on, exactly: its name is rounded for
+        # reading (``_a1`` for alpha 1.000001), and a broadcast bias takes its length from the layer.
+        # Copies of one constant read through Identity share what is derived from it.
+        source = self.scope.identity_root(source)
+        cache_key = (self.scope.path, key, source, exact, like)
+        if cache_key not in self._derived:
+            name = self.names.fresh(f"{source}_{key}")
+            detached = self._detached if not self.scope.path else None
+            if detached is not None and like is not None and detached.accepts(like[1]):
+                detached.add_lazy(self.scope.graph, name, make, *like, source=source)
+            else:
+                value = make()
+                if detached is not None and detached.accepts(value.dtype) and value.size > _INLINE_ELEMENTS:
+                    detached.add(self.scope.graph, name, value)
+                else:
+                    add_initializer(self.scope.graph, name, value)
+            self._derived[cache_key] = name
+        return self._derived[cache_key]
+
+    def node(
+        self, rule: str, origin: str, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any
+    ) -> NodeProto:
+        """A new node with a unique name and a tag saying which rule made it from which node."""
+        node = new_node(op_type, inputs, outputs, self.names.fresh(name), **attrs)
+        if self.ir_version >= _NODE_METADATA_IR:
+            node.metadata_props.add(key=PROVENANCE_KEY, value=f"{rule} from {origin}")
+        else:
+            node.doc_string = f"{PROVENANCE_KEY}: {rule} from {origin}"
+        return node
+
+
+class Rule(ABC):
+    name: ClassVar[str]
+    op_type: ClassVar[str]  # the anchor op a candidate starts from
+
+    @abstractmethod
+    def check(self, node: NodeProto, ctx: Context) -> Plan:
+        """Return a plan for rewriting ``node`` or raise Decline."""
+
+    @abstractmethod
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        """Build the replacement for a plan that passed check() and the engine's safety check."""
+
+
+def node_label(node: NodeProto) -> str:
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+def _check_safe(plan: Plan, scope: Scope, claimed: set[int]) -> None:
+    removed = {id(n) for n in plan.removed}
+    if removed & claimed:
+        raise Decline("overlapping_match", "another rewrite already claimed one of these nodes")
+    for node in plan.removed:
+        for out in node.output:
+            if not out or out in plan.outputs:
+                continue
+            if out in scope.output_names:
+                raise Decline("matched_nodes_have_other_uses", f"{out!r} is a graph output")
+            if any(id(c) not in removed for c in scope.consumers(out)):
+                raise Decline("matched_nodes_have_other_uses", f"{out!r} is used by a node outside the match")
+
+
+def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]]) -> None:
+    anchors = {id(plan.removed[0]): rep for plan, rep in done}
+    removed = {id(n) for plan, _ in done for n in plan.removed}
+    nodes: list[NodeProto] = []
+    for node in scope.nodes:
+        if id(node) in anchors:
+            nodes.extend(anchors[id(node)].nodes)
+        elif id(node) not in removed:
+            nodes.append(node)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+
+
+def apply_rules(
+    model: onnx.ModelProto,
+    rules: Sequence[Rule],
+    options: RuleOptions,
+    detached: DetachedWeights | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    types: dict[GraphPath, dict[str, TensorType]] | None = None,
+) -> list[Decision]:
+    """Rewrite ``model`` in place with ``rules``; return one decision per candidate node.
+
+    With ``detached``, the main graph's new weights stay arrays there (the caller saves or attaches them).
+    ``progress(done, total)`` hears how many candidates were looked at, about a hundred times a run.
+    ``types``: ``collect_types(model)`` when the caller has it already.
+    """
+    types = collect_types(model) if types is None else types
+    names = NameAllocator(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    by_op: dict[str, list[Rule]] = {}
+    for rule in rules:
+        by_op.setdefault(rule.op_type, []).append(rule)
+    total = seen = 0
+    if progress is not None:
+        total = sum(n.op_type in by_op for _, g in iter_graphs(model.graph) for n in g.node)
+    every = max(1, total // 100)
+    derived: dict[tuple[Any, ...], str] = {}
+    decisions: list[Decision] = []
+    # Per owning scope (by id): constants whose readers were replaced, tensors that no longer exist.
+    released: dict[int, set[str]] = defaultdict(set)
+    vanished: dict[int, set[str]] = defaultdict(set)
+
+    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: tuple[tuple[str, str], ...]) -> None:
+        nonlocal seen
+        scope = Scope(graph, path, types.get(path, {}), parent, label, detached.value if detached is not None else None)
+        # Inner graphs first: their paths index this graph's nodes as they are before splicing.
+        for i, node in enumerate(scope.nodes):
+            for attr_name, sub in subgraphs(node):
+                inner_key = (*key, (holder_key(node), attr_name))
+                visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}", inner_key)
+        ctx = Context(scope, names, options, opset, model.ir_version, derived, detached)
+        claimed: set[int] = set()
+        done: list[tuple[Plan, Replacement]] = []
+        for node in scope.nodes:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            candidates = by_op.get(node.op_type, [])
+            if candidates and progress is not None:
+                seen += 1
+                if seen % every == 0 or seen == total:
+                    progress(seen, total)
+            first_decline: Decline | None = None
+            declined_by = ""
+            refused = options.refuse.get((key, node.output[0] if node.output else "")) if candidates else None
+            if refused is not None:
+                first_decline, declined_by, candidates = Decline(*refused), "caller", []
+            for rule in candidates:
+                try:
+                    plan = rule.check(node, ctx)
+                    _check_safe(plan, scope, claimed)
+                except Decline as d:
+                    if first_decline is None or first_decline.code == Decline.NO_PATTERN:
+                        first_decline, declined_by = d, rule.name
+                    continue
+                rep = rule.rewrite(plan, ctx)
+                anchor = node.output[0] if node.output else ""
+                layer = None if rep.layer is None else RewrittenLayer(key, anchor, *rep.layer)
+                claimed.update(id(n) for n in plan.removed)
+                done.append((plan, rep))
+                for name in rep.released:
+                    owner = scope.source(name).owner
+                    released[id(owner or scope)].add(name)
+                vanished[id(scope)].update(rep.vanished)
+                decisions.append(
+                    Decision(
+                        label,
+                        node_label(node),
+                        node.op_type,
+                        rule.name,
+                        True,
+                        new_nodes=[n.name for n in rep.nodes],
+                        notes=plan.notes,
+                        layer=layer,
+                    )
+                )
+                break
+            else:
+                if first_decline is not None and first_decline.code != Decline.NO_PATTERN:
+                    decisions.append(
+                        Decision(
+                            label,
+                            node_label(node),
+                            node.op_type,
+                            declined_by,
+                            False,
+                            reason=first_decline.code,
+                            detail=first_decline.detail,
+                        )
+                    )
+        if done:
+            _splice(graph, scope, done)
+        drop_unused(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
+
+    visit(model.graph, (), None, "main", ())
+    return decisions
+
+
+def holder_key(node: NodeProto) -> str:
+    """How a node that holds subgraphs is found again after a rewrite: its first output (names are
+    SSA and rules never replace such nodes), or its name when it has no output."""
+    return node.output[0] if node.output and node.output[0] else node.name
