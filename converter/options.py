@@ -23,9 +23,13 @@ from typing import Any
 
 from converter.errors import InputError
 
-# The layout policies (rewriter/layout.py says what each does).
-LAYOUTS = ("never-worse", "keep-all", "nchw")
-DEFAULT_LAYOUT = "never-worse"
+# The layout policies (rewriter/layout/ says what each does).
+LAYOUTS = ("optimal", "keep-all")
+DEFAULT_LAYOUT = "optimal"
+# Older names, still accepted: ``never-worse`` (declining the layers whose Transposes a greedy cleanup could not
+# absorb) and ``nchw`` (writing every LayerNorm out channels-first) are what ``optimal`` now decides per layer and
+# per LayerNorm, for the whole graph at once.
+LAYOUT_ALIASES = {"never-worse": "optimal", "nchw": "optimal"}
 
 DEFAULT_TRIALS = 2
 DEFAULT_TIMEOUT = 600.0  # seconds for the whole verification
@@ -33,6 +37,8 @@ DEFAULT_MAX_MEMORY = 4 << 30  # bytes of inputs and outputs verification may hol
 # The longest --timeout a deadline can hold (time.monotonic() + timeout must stay a finite float that
 # threading's waits accept): about 31 years.
 MAX_TIMEOUT = 1e9
+# The most input sets one verification runs (each runs both models; the plan of trials is a list).
+MAX_TRIALS = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,10 +67,11 @@ class RewriteOptions:
     """What the rewrite does: rules, the Transpose cleanup and the layout policy.
 
     Attributes:
-        layout: ``never-worse`` (the default; ``nchw`` with ``tokens``) declines the layers whose Transposes
-            the cleanup cannot absorb, so the result has no more than the original; ``keep-all`` converts every
-            layer the rules accept, whatever it costs; ``nchw`` is ``keep-all`` that also writes LayerNorms over
-            the channel axis out in channels-first. None: the default (``mode`` is the policy that runs).
+        layout: ``optimal`` (the default) chooses every tensor's layout for the whole graph at once and converts
+            every dense layer whose conversion costs no Transpose at that optimum (the result never has more
+            Transposes inside the model than the original); ``keep-all`` converts every layer the rules accept,
+            with the Transposes placed as well as that allows. ``never-worse`` and ``nchw``, the older names,
+            mean ``optimal``. None: the default (``mode`` is the policy that runs).
         fold_transposes: run the layout cleanup after the rules (``--no-fold-transposes`` turns it off,
             which only ``keep-all`` allows).
         tokens: also rewrite dense layers on rank-3 token sequences ``[B, S, C]`` into 1x1 Convs in the
@@ -80,7 +87,7 @@ class RewriteOptions:
     providers: str | tuple[str, ...] = "cpu"
 
     def __post_init__(self) -> None:
-        if self.layout is not None and self.layout not in LAYOUTS:
+        if self.layout is not None and self.layout not in LAYOUTS and self.layout not in LAYOUT_ALIASES:
             raise InputError(f"unknown layout {self.layout!r} (choose one of {', '.join(LAYOUTS)})")
         if not self.fold_transposes and self.layout not in (None, "keep-all"):
             raise InputError(f"layout {self.layout} needs the Transpose cleanup; without it (--no-fold-transposes) use keep-all")
@@ -91,8 +98,8 @@ class RewriteOptions:
     def mode(self) -> str:
         """The layout policy that runs: ``layout``, or the default for the other choices when it is None."""
         if self.layout is not None:
-            return self.layout
-        return "keep-all" if not self.fold_transposes else "nchw" if self.tokens else DEFAULT_LAYOUT
+            return LAYOUT_ALIASES.get(self.layout, self.layout)
+        return "keep-all" if not self.fold_transposes else DEFAULT_LAYOUT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +111,7 @@ class VerifyOptions:
         atol, rtol: the end-to-end tolerance, ``|rewritten - original| <= atol + rtol * |original|``;
             None: per dtype (float32 1e-5 / 1e-4, float16 1e-2 / 1e-2).
         seed: seeds the random inputs (``--seed``, >= 0).
-        trials: input sets per run (None: 2).
+        trials: input sets per run (None: 2; at most ``MAX_TRIALS``).
         max_memory: bytes of inputs and outputs verification may hold (None: 4 GiB), all trials together.
         timeout: seconds for the whole verification (None: 600; at most ``MAX_TIMEOUT``).
         input_shapes: a concrete shape for inputs with symbolic dims, by input name.
@@ -128,8 +135,8 @@ class VerifyOptions:
                 raise InputError(f"{name} must be a finite number >= 0, not {value}")
         if self.seed < 0:
             raise InputError(f"the seed must be >= 0, not {self.seed}")
-        if self.trials is not None and self.trials < 1:
-            raise InputError(f"trials must be at least 1, not {self.trials}")
+        if self.trials is not None and not 1 <= self.trials <= MAX_TRIALS:
+            raise InputError(f"trials must be from 1 to {MAX_TRIALS}, not {self.trials}")
         if self.max_memory is not None and self.max_memory <= 0:
             raise InputError(f"max_memory must be positive, not {self.max_memory}")
         if self.timeout is not None and not (0 < self.timeout <= MAX_TIMEOUT):

@@ -11,9 +11,15 @@ comes before the rank-4 rule so that a rank-3 layer it declines is reported with
 ``rank_not_4``; on anything but rank 3 it steps aside. The integer-kernel rules (QLinearMatMul,
 MatMulInteger) anchor on ops no float or QDQ rule takes, so their place among those does not matter.
 
-Around rules and cleanup sits the layout policy (layout.py): it judges the result by its Transposes
-and, under ``never-worse``, runs rules and cleanup again from the original, declining the layers
-that cost Transposes. It comes last because only the cleaned result shows what a layer costs.
+Between rules and cleanup sits the layout optimizer (layout/): the rules prepare every layer they accept
+without splicing it in, the optimizer chooses every tensor's layout for the whole graph at once (which
+layers convert, which nodes run channels-first), the chosen layers are spliced in and the cleanup carries
+the chosen layout into the graph. Each runs once.
+
+CLEANUP is the order of the passes when a layout was chosen: moving Transposes first (the optimizer's
+placed Transposes must be taken in by the nodes it moves before anything cancels them), then merging and
+cancelling, then folding chains of Reshapes. GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
+layout): merging and cancelling first so that sinking sees the fewest Transposes.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ from converter.graph.detached import DetachedWeights
 from converter.options import RewriteOptions
 from converter.providers import resolve_providers
 from converter.report import LayoutReport, RewriteReport
-from converter.rewriter.cleanup import CleanupOptions, Pass, run_passes
+from converter.rewriter.cleanup import Pass, run_passes
 from converter.rewriter.cleanup.cancel_transposes import CancelTransposes
 from converter.rewriter.cleanup.fold_rearranges import FoldRearranges
 from converter.rewriter.cleanup.sink_transposes import SinkTransposes
-from converter.rewriter.layout import Refusals, Snapshot, activations, census, choose
+from converter.rewriter.layout import LAYOUT_COST, UNKNOWN, activations, census, optimize
 from converter.rewriter.rules import (
     GemmSandwichToConv,
     IntegerSandwichToConv,
@@ -50,7 +56,7 @@ from converter.rewriter.rules import (
     Rule,
     RuleOptions,
     TensordotToConv,
-    apply_rules,
+    prepare_rules,
 )
 
 RULES: tuple[Rule, ...] = (
@@ -67,9 +73,8 @@ RULES: tuple[Rule, ...] = (
     MatMulIntegerToConv(),
 )
 
-# After the rules: merging/cancelling runs first so that sinking sees the fewest Transposes, and
-# both repeat until nothing changes (sinking creates pairs that the next cancel removes).
-CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes())
+CLEANUP: tuple[Pass, ...] = (SinkTransposes(), CancelTransposes(), FoldRearranges())
+GREEDY_CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes())
 
 
 @dataclass
@@ -100,62 +105,48 @@ def rewrite_in_place(
     detached: DetachedWeights | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RewriteReport:
-    """Rewrite ``out`` in place under the layout policy (layout.py).
+    """Rewrite ``out`` in place: rules, the layout optimizer, the cleanup (each once).
 
     Args:
         out: the model, changed in place.
         options: the caller's choices; ``options.mode`` is the layout policy that runs.
         detached: where new weights go (and the caller's detached weights are read from).
         progress: called with (candidates done, candidates) while the rules run.
-
-    Under ``never-worse`` the graph is kept (``Snapshot``: its nodes as bytes, its weights by
-    reference) and put back when layers must be declined and the model rewritten again.
     """
     mode = options.mode
-    cleanup = CleanupOptions(layernorm_to_nchw=True) if mode == "nchw" else None
     providers = resolve_providers(options.providers)
     started = time.perf_counter()
     with _no_cyclic_gc():
         kinds = activations(out)
         before = census(out)
-        snapshot = Snapshot(out) if mode == "never-worse" else None
-        placeholders = [t.name for t in out.graph.initializer if DetachedWeights.is_placeholder(t)]
-
-        def attempt(refuse: Refusals) -> RewriteReport:
-            if refuse:  # again, from the original: the weights made last time are forgotten
-                assert snapshot is not None
-                snapshot.restore(out)
-                if detached is not None:
-                    detached.keep_only(placeholders)
-            rules = RuleOptions(providers=providers, refuse=refuse, tokens=options.tokens)
-            return _rewrite_once(out, rules, options.fold_transposes, detached, cleanup, progress)
-
-        report = choose(out, snapshot, attempt, mode, kinds, before)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _rewrite_once(
-    out: onnx.ModelProto,
-    options: RuleOptions,
-    fold_transposes: bool,
-    detached: DetachedWeights | None,
-    cleanup: CleanupOptions | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> RewriteReport:
-    """One rewrite of ``out``, in place: the rules (declining the ``options.refuse``d anchors), then the cleanup."""
-    before = count_ops(out.graph)
-    types = collect_types(out)  # before the rewrite: the original's tensors keep their values (and sizes)
-    decisions = apply_rules(out, RULES, options, detached, progress, types)
-    report = RewriteReport(decisions=decisions, ops_before=before)
-    report.ops_rewritten = count_ops(out.graph)
-    report.layout = LayoutReport(mode="", transposes_rewritten=census(out, edges=False).layout)
-    if fold_transposes and any(d.rewritten for d in decisions):
+        ops_before = count_ops(out.graph)
+        types = collect_types(out)  # before the rewrite: the original's tensors keep their values (and sizes)
+        rules = RuleOptions(providers=providers, tokens=options.tokens)
+        prepared = prepare_rules(out, RULES, rules, detached, progress, types)
         value_of = detached.value if detached is not None else None
-        report.cleanup = run_passes(
-            out, CLEANUP, value_of=value_of, options=cleanup or CleanupOptions(), types=types.get(())
-        ).to_dict()
-    report.ops_after = count_ops(out.graph)
+        choice = None
+        if options.fold_transposes:
+            choice = optimize(out, prepared, types, keep_all=mode == "keep-all", value_of=value_of)
+        decisions = prepared.finish(choice.declined if choice is not None else None)
+        report = RewriteReport(decisions=decisions, ops_before=ops_before)
+        report.ops_rewritten = count_ops(out.graph)
+        record = LayoutReport(mode=mode, transposes_rewritten=census(out, edges=False).layout)
+        if choice is not None and any(d.rewritten for d in decisions):
+            report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=types.get(()), guides=choice.guides(out)).to_dict()
+        report.ops_after = count_ops(out.graph)
+        after = census(out)
+    record.transposes_original, record.edge_original = before.layout, before.edge
+    record.transposes_final, record.edge_final = after.layout, after.edge
+    if choice is not None:
+        record.transposes_optimum, record.edge_optimum = choice.inside, choice.edge
+        record.layernorms_written_out, record.seconds = choice.written_out, choice.seconds
+    record.declined = sum(d.reason == LAYOUT_COST for d in decisions)
+    by_label = {(c.decision.graph, c.decision.node): c.layer for c in prepared.candidates if c.layer is not None}
+    for d in decisions:  # a declined layer's decision has no claim left: its candidate's tells what it read
+        layer = d.layer if d.layer is not None else by_label.get((d.graph, d.node))
+        d.activation = kinds.get((layer.graph, layer.input), UNKNOWN) if layer is not None else None
+    report.layout = record
+    report.seconds = time.perf_counter() - started
     return report
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -44,8 +44,34 @@ class PassResult:
     changes: int = 0
 
 
+@runtime_checkable
+class Guide(Protocol):
+    """The layout the caller chose for one graph (rewriter/layout): which nodes run in the other layout.
+
+    With a guide the cleanup decides nothing itself: a Transpose moves through a node exactly when the guide
+    says that node runs in the layout the Transpose's input has, and the handlers' own cost checks are off.
+    """
+
+    def moves(self, node: NodeProto, read: str, perm: Sequence[int]) -> bool:
+        """Whether ``node``, reading ``read = Transpose(a, perm)``, is to run on ``a`` instead."""
+        ...
+
+    def absorbs(self, node: NodeProto, read: str) -> bool:
+        """Whether ``node`` starts a chain of Reshapes and Transposes that is to take ``read``'s Transpose in."""
+        ...
+
+    def place(self, ws: object, ctx: PassContext) -> int:
+        """Put the Transposes the chosen layout starts from into the graph (once, before the passes run); how many."""
+        ...
+
+
 class PassContext:
-    """What passes share over a whole run: options, unique names, provenance tags, constants they made dead."""
+    """What passes share over a whole run: options, unique names, provenance tags, constants they made dead.
+
+    ``guides`` (graph -> Guide, by id of the GraphProto) turn the cleanup into the materialization of a layout
+    chosen beforehand (rewriter/layout). ``assume`` (probe mode, see probe.py) names tensors that handlers may
+    take as already available in the layout asked about.
+    """
 
     def __init__(
         self,
@@ -53,8 +79,12 @@ class PassContext:
         value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
         options: CleanupOptions | None = None,
         types: Mapping[str, TensorType] | None = None,
+        guides: Mapping[int, Guide] | None = None,
     ) -> None:
         self.model = model
+        self.guides = dict(guides or {})
+        self.guide: Guide | None = None  # the guide of the graph being cleaned
+        self.assume: frozenset[str] | None = None
         self.types = types  # the main graph's tensor types as shape inference found them before the rewrite
         self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
@@ -79,6 +109,12 @@ class PassContext:
             main = ws is not None and ws.graph is self.model.graph
             self._names = NameAllocator(None, ws.names_in_use()) if main else NameAllocator(self.model)  # type: ignore[union-attr]
         return self._names
+
+    @property
+    def decided(self) -> bool:
+        """Whether a layout was chosen for this graph (or a probe asks what a handler can do): the handlers'
+        own cost checks are then off."""
+        return self.guide is not None or self.assume is not None
 
     def workspace(self, graph: GraphProto) -> Workspace:
         """The index of the graph being cleaned, built once for all passes and rounds."""
@@ -119,21 +155,36 @@ def run_passes(
     value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
     options: CleanupOptions | None = None,
     types: Mapping[str, TensorType] | None = None,
+    guides: Mapping[int, Guide] | None = None,
 ) -> CleanupReport:
-    """Run ``passes`` to a fixed point on every graph of ``model``, in place (``value_of`` reads constants;
-    ``types``: the main graph's tensor types, for the passes that need sizes)."""
-    ctx = PassContext(model, value_of, options, types)
+    """Run ``passes`` to a fixed point on every graph of ``model``, in place.
+
+    Args:
+        model: the model, edited in place.
+        passes: run in this order, in rounds, until a round changes nothing (at most ``max_rounds``).
+        max_rounds: the bound on rounds.
+        value_of: reads constants (detached ones too).
+        options: what the caller chose (CleanupOptions).
+        types: the main graph's tensor types, for the passes that need sizes.
+        guides: per graph (by id of its GraphProto), the layout chosen for it (see Guide): the graph's
+            Transposes are placed first, then moved only where the guide says. Graphs without one are cleaned
+            greedily, and never end with more Transposes than they started with.
+    """
+    ctx = PassContext(model, value_of, options, types, guides)
     report = CleanupReport()
     changes: dict[str, int] = defaultdict(int)
     for graph in list(postorder_graphs(model.graph)):
         before = sum(n.op_type == "Transpose" for n in graph.node)
         report.transposes_before += before
         report.transposes_after += before
-        if not before:
+        if not before and id(graph) not in ctx.guides:
             continue  # every pass starts from a Transpose
         ctx.released, ctx.vanished, ctx.derived = set(), set(), {}
         ws = ctx.workspace(graph)
+        ctx.guide = ctx.guides.get(id(graph))
         local: dict[str, int] = defaultdict(int)
+        if ctx.guide is not None:
+            local["place_layout"] += ctx.guide.place(ws, ctx)
         for round_no in range(1, max_rounds + 1):
             modified = False
             for p in passes:
@@ -143,9 +194,12 @@ def run_passes(
             report.rounds = max(report.rounds, round_no)
             if not modified:
                 break
+        if ctx.guide is not None:
+            local["merge_transposes"] += merge_duplicates(ws, ctx)
         ctx._workspace = None
+        ctx.guide = None
         dead = ws.drop_released(ctx.released, ctx.vanished)
-        if ws.transposes > before:
+        if ws.transposes > before and ctx.guides.get(id(graph)) is None:
             ws.revert()  # worse than the rewrite alone: the graph goes back exactly as it was
             report.reverted_graphs += 1
             continue
@@ -155,3 +209,27 @@ def run_passes(
         report.transposes_after += ws.transposes - before
     report.changes = dict(changes)
     return report
+
+
+def merge_duplicates(ws: Workspace, ctx: PassContext) -> int:
+    """Transposes of one tensor by one perm become one (the cut of a chosen layout is paid once per tensor and
+    layout, whoever reads it: several layers reading one activation each brought their own)."""
+    merged = 0
+    for node in list(ws.nodes()):
+        if node.op_type != "Transpose" or not ws.alive(node) or not node.input:
+            continue
+        perm = ws.perm(node)
+        for twin in ws.readers(node.input[0]):
+            if twin is node or twin.op_type != "Transpose" or not ws.alive(twin) or ws.perm(twin) != perm:
+                continue
+            if twin.output[0] in ws.outputs:
+                continue
+            for reader in ws.readers(twin.output[0]):
+                for slot, name in enumerate(reader.input):
+                    if name == twin.output[0]:
+                        ws.set_input(reader, slot, node.output[0])
+            ws.remove(twin)
+            ctx.vanished.add(twin.output[0])
+            ws.unordered = True  # a reader of the twin may come before this Transpose in the list
+            merged += 1
+    return merged

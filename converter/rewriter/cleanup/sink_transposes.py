@@ -48,11 +48,41 @@ class SinkTransposes:
                 # gains nothing, and the ops it would move through only ever see constants.
                 continue
             for op in ws.readers(t_node.output[0]):
+                if ctx.guide is not None:
+                    changes += _guided(ctx, ws, t_node, op, self.name)
+                    continue
                 plan = plan_move(ctx, ws, t_node, op)
                 if isinstance(plan, Plan):
                     _apply(ctx, ws, op, plan, self.name)
                     changes += 1
         return PassResult(bool(changes), changes)
+
+
+def _guided(ctx: PassContext, ws: Workspace, t_node: NodeProto, op: NodeProto, pass_name: str) -> int:
+    """With a chosen layout (``ctx.guide``): move ``t_node`` below ``op`` when the guide says ``op`` runs in the
+    layout of the Transpose's input; give a chain of Reshapes that is to take the Transpose in a copy of its own
+    (fold_rearranges folds a chain only when each of its tensors has one reader). The number of changes."""
+    guide, t = ctx.guide, t_node.output[0]
+    assert guide is not None
+    perm = ws.perm(t_node)
+    if perm is None:
+        return 0
+    if guide.absorbs(op, t):
+        if ws.count_readers(t) == 1 or op.op_type == "Transpose":
+            return 0  # fold_rearranges (or cancel_transposes) takes it as it is
+        copy = make_transpose(t_node.input[0], ctx.names.fresh(f"{t}_copy"), perm, ctx.names.fresh(f"{t_node.name or t}_copy"))
+        ws.add_after(t_node, [ctx.tag(copy, pass_name)])
+        for slot, name in enumerate(op.input):
+            if name == t:
+                ws.set_input(op, slot, copy.output[0])
+        return 1
+    if not guide.moves(op, t, perm):
+        return 0
+    plan = plan_move(ctx, ws, t_node, op)
+    if not isinstance(plan, Plan):
+        return 0
+    _apply(ctx, ws, op, plan, pass_name)
+    return 1
 
 
 def plan_move(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeProto) -> Plan | Decline:
@@ -68,7 +98,7 @@ def plan_move(ctx: PassContext, ws: Workspace, transpose: NodeProto, node: NodeP
     if perm is None or not slots:
         return Decline("not_read", f"{node.op_type} does not read {t} as an input")
     plan = handler(HandlerArgs(ctx, ws, transpose, node, tuple(perm), tuple(inverse(perm)), slots, handler_for))
-    if isinstance(plan, Plan):
+    if isinstance(plan, Plan) and ctx.guide is None:
         return _worth_it(ctx, ws, transpose, node, plan) or plan
     return plan
 

@@ -1,6 +1,6 @@
 """Rewrite rules: one file per rule, run by the engine in ``_engine.py``."""
 
-from converter.rewriter.rules._engine import Decline, Rule, RuleOptions, apply_rules
+from converter.rewriter.rules._engine import Decline, Prepared, Rule, RuleOptions, apply_rules, prepare_rules
 from converter.rewriter.rules.gemm_sandwich_to_conv import GemmSandwichToConv
 from converter.rewriter.rules.integer_sandwich_to_conv import IntegerSandwichToConv
 from converter.rewriter.rules.matmul_add_to_conv import MatMulAddToConv
@@ -28,5 +28,7 @@ __all__ = [
     "RuleOptions",
     "Rule",
     "TensordotToConv",
+    "Prepared",
     "apply_rules",
+    "prepare_rules",
 ]

@@ -98,11 +98,20 @@ def require_weight(
         raise Decline("weight_batched", f"weight {name!r} of shape {dims} varies over batch dims")
     rows, cols = dims[-2:]
     c, k = (cols, rows) if transposed else (rows, cols)
+    require_channels(name, dims, c, k)
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
     except (KeyError, TypeError, ValueError) as e:
         raise Decline("dtype_unsupported", f"weight {name!r} has no numpy dtype ({e})") from e
     return Weight(t, c, k, dtype, stored_kc=transposed, alpha=alpha, read=ctx.scope.value_of)
+
+
+def require_channels(name: str, dims: list[int], c: int, k: int) -> None:
+    """A weight ``[C, K]`` (as ``dims``) with input and output channels: a layer with none computes an empty
+    tensor, which onnxruntime's Conv refuses and no check can learn anything from."""
+    if not c or not k:
+        side = "output channels (K = 0)" if not k else "input channels (C = 0)"
+        raise Decline("zero_size", f"weight {name!r} of shape {dims} has no {side}; onnxruntime's Conv refuses empty tensors")
 
 
 def require_conv_dtype(ctx: Context, elem_type: int) -> None:

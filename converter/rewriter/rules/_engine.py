@@ -108,8 +108,10 @@ class Context:
         ir_version: int,
         derived: dict[tuple[Any, ...], str],
         detached: DetachedWeights | None = None,
+        created: set[str] | None = None,
     ) -> None:
         self.scope = scope
+        self.created = created if created is not None else set()  # constants made here: dropped again when unread
         self.names = names
         self.options = options
         self.opset = opset
@@ -154,6 +156,7 @@ class Context:
                 else:
                     add_initializer(self.scope.graph, name, value)
             self._derived[cache_key] = name
+            self.created.add(name)
         return self._derived[cache_key]
 
     def node(
@@ -212,19 +215,117 @@ def _splice(graph: GraphProto, scope: Scope, done: list[tuple[Plan, Replacement]
     graph.node.extend(nodes)
 
 
-def apply_rules(
+GraphKey = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Candidate:
+    """A candidate a rule accepted and prepared: its replacement is built but not yet in the graph.
+
+    ``layer`` is the claim the verifier checks, and what the layout policy needs to know of the layer:
+    the activation it reads and the tensor it produces (in the original's layout), and its Conv.
+    """
+
+    node: NodeProto
+    rule: Rule
+    plan: Plan
+    replacement: Replacement
+    decision: Decision
+
+    @property
+    def layer(self) -> RewrittenLayer | None:
+        return self.decision.layer
+
+    @property
+    def anchor(self) -> str:
+        return self.node.output[0] if self.node.output else ""
+
+
+@dataclass
+class _GraphWork:
+    graph: GraphProto
+    scope: Scope
+    key: GraphKey
+    entries: list[Candidate | Decision] = field(default_factory=list)  # in node order
+    created: set[str] = field(default_factory=set)  # constants the replacements made (kept only if read)
+
+
+class Prepared:
+    """Every graph's candidates, checked and with their replacements built, none spliced in yet.
+
+    ``finish`` splices the ones the caller keeps (inner graphs first) and turns the others into declines
+    with the caller's reason: a policy decides which layers to keep after seeing what each would claim,
+    and no rule runs twice.
+    """
+
+    def __init__(self, works: list[_GraphWork], released: dict[int, set[str]], vanished: dict[int, set[str]]) -> None:
+        self._works = works  # inner graphs before the graphs that hold them
+        self._released = released
+        self._vanished = vanished
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return [e for w in self._works for e in w.entries if isinstance(e, Candidate)]
+
+    def graphs(self) -> list[tuple[GraphKey, GraphProto, Scope, list[Candidate]]]:
+        """Each graph with a candidate: its key, the graph as it is before any splice, its index, its candidates."""
+        return [
+            (w.key, w.graph, w.scope, [e for e in w.entries if isinstance(e, Candidate)])
+            for w in self._works
+            if any(isinstance(e, Candidate) for e in w.entries)
+        ]
+
+    def finish(self, declined: Mapping[tuple[GraphKey, str], tuple[str, str, str]] | None = None) -> list[Decision]:
+        """Splice every candidate but the ``declined`` ones ((graph key, anchor) -> (rule, code, sentence)); one
+        decision per candidate node, in the order the graphs and their nodes were visited."""
+        declined = declined or {}
+        decisions: list[Decision] = []
+        for work in self._works:
+            kept: list[tuple[Plan, Replacement]] = []
+            released = set(work.created)
+            vanished: set[str] = set()
+            for entry in work.entries:
+                if isinstance(entry, Decision):
+                    decisions.append(entry)
+                    continue
+                refusal = declined.get((work.key, entry.anchor))
+                if refusal is None:
+                    kept.append((entry.plan, entry.replacement))
+                    released.update(entry.replacement.released)
+                    vanished.update(entry.replacement.vanished)
+                    decisions.append(entry.decision)
+                    continue
+                rule, code, sentence = refusal
+                d = entry.decision
+                decisions.append(Decision(d.graph, d.node, d.op_type, rule, False, reason=code, detail=sentence))
+            for name in released:  # a constant of an outer graph is dropped there, when nothing reads it
+                owner = work.scope.source(name).owner
+                self._released.setdefault(id(owner or work.scope), set()).add(name)
+            self._vanished.setdefault(id(work.scope), set()).update(vanished)
+            if kept:
+                _splice(work.graph, work.scope, kept)
+            drop_unused(work.graph, self._released.pop(id(work.scope), set()), self._vanished.pop(id(work.scope), set()))
+        return decisions
+
+
+def prepare_rules(
     model: onnx.ModelProto,
     rules: Sequence[Rule],
     options: RuleOptions,
     detached: DetachedWeights | None = None,
     progress: Callable[[int, int], None] | None = None,
     types: dict[GraphPath, dict[str, TensorType]] | None = None,
-) -> list[Decision]:
-    """Rewrite ``model`` in place with ``rules``; return one decision per candidate node.
+) -> Prepared:
+    """Check every candidate node of ``model`` (and its subgraphs) against ``rules`` and build the replacement
+    of each one a rule accepts; nothing is spliced in yet (``Prepared.finish`` does that).
 
-    With ``detached``, the main graph's new weights stay arrays there (the caller saves or attaches them).
-    ``progress(done, total)`` hears how many candidates were looked at, about a hundred times a run.
-    ``types``: ``collect_types(model)`` when the caller has it already.
+    Args:
+        model: the model; its graphs are edited only by ``finish``, but new constants are added to them now.
+        rules: in order: the first rule that accepts a node takes it.
+        options: what the rules must respect (providers, refused anchors, tokens).
+        detached: where the main graph's new weights go (the caller saves or attaches them).
+        progress: ``progress(done, total)`` hears how many candidates were looked at, about a hundred times a run.
+        types: ``collect_types(model)`` when the caller has it already.
     """
     types = collect_types(model) if types is None else types
     names = NameAllocator(model)
@@ -237,12 +338,9 @@ def apply_rules(
         total = sum(n.op_type in by_op for _, g in iter_graphs(model.graph) for n in g.node)
     every = max(1, total // 100)
     derived: dict[tuple[Any, ...], str] = {}
-    decisions: list[Decision] = []
-    # Per owning scope (by id): constants whose readers were replaced, tensors that no longer exist.
-    released: dict[int, set[str]] = defaultdict(set)
-    vanished: dict[int, set[str]] = defaultdict(set)
+    works: list[_GraphWork] = []
 
-    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: tuple[tuple[str, str], ...]) -> None:
+    def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: GraphKey) -> None:
         nonlocal seen
         scope = Scope(graph, path, types.get(path, {}), parent, label, detached.value if detached is not None else None)
         # Inner graphs first: their paths index this graph's nodes as they are before splicing.
@@ -250,9 +348,9 @@ def apply_rules(
             for attr_name, sub in subgraphs(node):
                 inner_key = (*key, (holder_key(node), attr_name))
                 visit(sub, (*path, (i, attr_name)), scope, f"{label}/{node_label(node)}.{attr_name}", inner_key)
-        ctx = Context(scope, names, options, opset, model.ir_version, derived, detached)
+        work = _GraphWork(graph, scope, key)
+        ctx = Context(scope, names, options, opset, model.ir_version, derived, detached, work.created)
         claimed: set[int] = set()
-        done: list[tuple[Plan, Replacement]] = []
         for node in scope.nodes:
             if node.domain not in ("", "ai.onnx"):
                 continue
@@ -278,27 +376,21 @@ def apply_rules(
                 anchor = node.output[0] if node.output else ""
                 layer = None if rep.layer is None else RewrittenLayer(key, anchor, *rep.layer)
                 claimed.update(id(n) for n in plan.removed)
-                done.append((plan, rep))
-                for name in rep.released:
-                    owner = scope.source(name).owner
-                    released[id(owner or scope)].add(name)
-                vanished[id(scope)].update(rep.vanished)
-                decisions.append(
-                    Decision(
-                        label,
-                        node_label(node),
-                        node.op_type,
-                        rule.name,
-                        True,
-                        new_nodes=[n.name for n in rep.nodes],
-                        notes=plan.notes,
-                        layer=layer,
-                    )
+                decision = Decision(
+                    label,
+                    node_label(node),
+                    node.op_type,
+                    rule.name,
+                    True,
+                    new_nodes=[n.name for n in rep.nodes],
+                    notes=plan.notes,
+                    layer=layer,
                 )
+                work.entries.append(Candidate(node, rule, plan, rep, decision))
                 break
             else:
                 if first_decline is not None and first_decline.code != Decline.NO_PATTERN:
-                    decisions.append(
+                    work.entries.append(
                         Decision(
                             label,
                             node_label(node),
@@ -309,12 +401,25 @@ def apply_rules(
                             detail=first_decline.detail,
                         )
                     )
-        if done:
-            _splice(graph, scope, done)
-        drop_unused(graph, released.pop(id(scope), set()), vanished.pop(id(scope), set()))
+        works.append(work)
 
     visit(model.graph, (), None, "main", ())
-    return decisions
+    return Prepared(works, defaultdict(set), defaultdict(set))
+
+
+def apply_rules(
+    model: onnx.ModelProto,
+    rules: Sequence[Rule],
+    options: RuleOptions,
+    detached: DetachedWeights | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    types: dict[GraphPath, dict[str, TensorType]] | None = None,
+) -> list[Decision]:
+    """Rewrite ``model`` in place with ``rules`` (every candidate a rule accepts); one decision per candidate node.
+
+    ``prepare_rules`` documents the arguments.
+    """
+    return prepare_rules(model, rules, options, detached, progress, types).finish()
 
 
 def holder_key(node: NodeProto) -> str:

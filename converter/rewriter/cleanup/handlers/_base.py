@@ -87,7 +87,7 @@ class Expanded:
 @dataclass(frozen=True)
 class Unsqueezed:
     """A computed tensor of lower rank, read in ``a``'s layout through ``Unsqueeze(name, axes)`` (its own axes
-    keep their order; the unit axes go where the layout puts them). See :func:`parameter`."""
+    keep their order; the unit axes go where the layout puts them). See :func:`lower_rank`."""
 
     args: HandlerArgs
     name: str
@@ -203,7 +203,10 @@ def one_output(args: HandlerArgs) -> Decline | None:
 
 def outputs_move_on(args: HandlerArgs) -> Decline | None:
     """The cost check for moves that leave more Transposes than they take: every reader of every
-    output must be a Transpose (they merge) or an op a handler knows (the Transpose can go on)."""
+    output must be a Transpose (they merge) or an op a handler knows (the Transpose can go on).
+    Off when a layout was chosen for the graph (the chooser counted the cost)."""
+    if args.ctx.decided:
+        return None
     return outputs_go_on(args.ws, args.node, args.handler_for)
 
 
@@ -272,7 +275,7 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
     """Input ``slot`` in ``a``'s layout, if it comes free: the Transpose's input, a constant laid out by
     the inverse perm, the input of another Transpose by the same perm, an existing Transpose of it
     by the inverse perm (the residual of a block whose input was transposed for the rewrite), an
-    ``Expand`` of a constant (see :func:`expanded`), or a dynamic quantization scale (:func:`parameter`)."""
+    ``Expand`` of a constant (see :func:`expanded`), or a computed tensor of lower rank (:func:`lower_rank`)."""
     name = args.node.input[slot]
     if name == args.t:
         return args.a
@@ -291,7 +294,9 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
         return existing
     if producer is not None and producer.op_type == "Expand" and producer.domain in DEFAULT_DOMAINS:
         return expanded(args, producer)
-    return parameter(args, name)
+    if args.ctx.assume is not None and name in args.ctx.assume:
+        return name  # a probe: the caller will make it available in this layout (see probe.py)
+    return lower_rank(args, name)
 
 
 def expanded(args: HandlerArgs, expand: NodeProto) -> Expanded | None:
@@ -408,15 +413,20 @@ def simple_node_with_axis(args: HandlerArgs, default: int | None, inputs: dict[i
     return plan
 
 
-# -- dynamic quantization parameters (dynamic.py's rescale) ---------------------------------------------
+# -- computed operands of lower rank (a run-time bias or scale, dynamic quantization parameters) ----------
 
 # Ops that keep a parameter a parameter: elementwise on scalars and constants (the quantizer's Mul of two scales).
 _PARAMETER_OPS = frozenset({"Mul", "Div", "Add", "Sub", "Cast", "Reciprocal"})
 
 
-def parameter(args: HandlerArgs, name: str) -> Operand | None:
-    """``name`` in ``a``'s layout when it is a dynamic quantization parameter (see dynamic.py's docstring), else None."""
+def lower_rank(args: HandlerArgs, name: str) -> Operand | None:
+    """``name``, a computed tensor of lower rank than ``a`` that broadcasts against it (a bias or scale computed at
+    run time, a dynamic quantization parameter: dynamic.py's docstring), in ``a``'s layout: a scalar as it is,
+    else through ``Unsqueeze`` to the unit axes the layout puts around it, when its own axes keep their order
+    (else None: no Transpose of the operand is made)."""
     rank = parameter_rank(args.ws, name)
+    if rank is None:
+        rank = runtime_rank(args, name)
     if rank is None or rank >= args.rank:
         return None
     if rank == 0:
@@ -427,6 +437,15 @@ def parameter(args: HandlerArgs, name: str) -> Operand | None:
     if kept != sorted(kept):
         return None  # its own axes would have to be transposed
     return Unsqueezed(args, name, tuple(i for i, v in enumerate(laid) if v is None))
+
+
+def runtime_rank(args: HandlerArgs, name: str) -> int | None:
+    """The rank shape inference found for a tensor of the main graph (None elsewhere, or when it is not known)."""
+    ctx = args.ctx
+    t = ctx.types.get(name) if ctx.types and args.ws.graph is ctx.model.graph else None
+    if t is None or t.shape is None or t.conflict:
+        return None
+    return len(t.shape)
 
 
 def parameter_rank(ws: Workspace, name: str, depth: int = 0) -> int | None:

@@ -23,6 +23,6 @@ from converter.rewriter.cleanup.handlers._base import Decline, HandlerArgs, Plan
 
 def dynamic_quantize(args: HandlerArgs) -> Plan | Decline:
     node = args.node  # one input: the Transpose is its data
-    if declined := outputs_go_on(args.ws, node, args.handler_for, [node.output[0]]):
+    if not args.ctx.decided and (declined := outputs_go_on(args.ws, node, args.handler_for, [node.output[0]])):
         return declined
     return Plan({0: args.a}, [args.perm] + [None] * (len(node.output) - 1))

@@ -1,6 +1,7 @@
 """LayerNormalization over the last axes of a transposed tensor, written out on the untransposed one (opt-in).
 
-Only with ``CleanupOptions(layernorm_to_nchw=True)``. With ``t = Transpose(a, perm)`` and
+Only with ``CleanupOptions(layernorm_to_nchw=True)``, or where a chosen layout says so (the layout
+optimizer decides it per LayerNorm: written out, it takes more nodes and runs slower on CPUs). With ``t = Transpose(a, perm)`` and
 ``y = LayerNormalization(t, scale, bias, axis=k, epsilon=eps)`` (``k`` normalized; the statistics
 outputs unused), and ``A = sorted(perm[i] for i in k..rank-1)`` (ConvNeXt, perm [0,2,3,1], k=3: A=[1])::
 
@@ -39,7 +40,7 @@ from converter.rewriter.cleanup.handlers._base import (
 
 
 def layernorm(args: HandlerArgs) -> Plan | Decline:
-    if not args.ctx.options.layernorm_to_nchw:
+    if not (args.ctx.options.layernorm_to_nchw or args.ctx.decided):
         return Decline("option_off", "LayerNormalization is kept as it is unless CleanupOptions(layernorm_to_nchw=True)")
     if declined := data_input_only(args):
         return declined

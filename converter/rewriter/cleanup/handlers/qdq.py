@@ -69,6 +69,8 @@ def _goes_on(args: HandlerArgs) -> Decline | None:
     by Transposes and ops a handler knows (or a graph output: the count is the same on either side, and the
     op before the pair then writes the quantized tensor directly, as QDQ fusion wants)."""
     ws, node = args.ws, args.node
+    if args.ctx.decided:
+        return None
     if node.op_type == "DequantizeLinear":
         return _readers_go_on(args, node.output[0])
     for reader in ws.readers(node.output[0]):

@@ -1,0 +1,704 @@
+"""The layout problem of one graph: every tensor channels-last or channels-first, chosen for the whole graph at once.
+
+A dense layer becomes a 1x1 Conv, which reads and writes channels-first (CF: ``[N, C, H, W]``, or ``[B, C, S]``
+for a token sequence); what the export computes stays channels-last (CL: ``[N, H, W, C]``, ``[B, S, C]``) unless
+it has a channels-first form. A Transpose is paid exactly where a tensor is made in one layout and read in the
+other. So each tensor gets a label, CL or CF (absolute: where its channel axis is stored, not whether it changed),
+and the cost is the number of Transposes the labels imply. Written as a sum of costs over binary labels, every
+term is submodular, so a minimum cut finds the optimum exactly (mincut.py): this module writes the terms.
+
+Which tensors take part (the domain), and their storage in the original (the class): seeded by the candidate
+layers (their activation and result are CL), carried through
+
+- a Transpose that moves the channel axis between last and second (``[0, 2, 3, 1]``, ``[0, 3, 1, 2]``, or
+  ``[0, 2, 1]`` at rank 3): its input and output are one tensor in two storages (a *semantic*), so the
+  Transpose costs nothing where both sides agree;
+- a node the cleanup's handler table moves Transposes through (rewriter/cleanup/handlers): the handler itself is
+  asked (cleanup/probe.py) whether the node runs in the other layout and in which layout its outputs come. A
+  node that can is *movable*: its label is free, its inputs are wanted in its label, its outputs made in it;
+  outputs with no layout left (``Shape``, a reduction over every axis but the batch) are *layout-free*;
+- a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a window partition, a head split or merge, a patch
+  merge, a flatten): the chain's own permutation changes to absorb a Transpose at either end. What each of
+  the four label pairs of its ends costs is read off the chain's element mapping (rearrange.py), as the fold
+  pass (fold_rearranges.py) will compute it.
+
+Everything else keeps its layout (a fixed node: it wants its inputs as stored and makes its outputs as stored),
+and so do the graph's inputs and outputs (the interface does not change).
+
+The costs, in integer weights (mincut.py's capacities): a Transpose inside the graph ``W_T``; a Transpose at the
+graph's edge (on a graph input, or making a graph output: feeding the model channels-first removes it)
+``W_EDGE``; a LayerNormalization written out channels-first ``EPSILON`` per node it adds (more nodes, slower on a
+CPU); and a bonus ``DELTA`` for each layer converted. ``W_T`` outweighs all the others together, so the optimum
+has the fewest Transposes inside the graph; among those, the most layers converted; then the fewest at the edge
+and the fewest LayerNorms written out. One Transpose serves every reader that wants a tensor in the other
+layout (two auxiliary labels per tensor express "some reader wants the other layout").
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from onnx import GraphProto, NodeProto
+
+from converter.graph import Scope, transpose_perm
+from converter.rewriter.cleanup import PassContext
+from converter.rewriter.cleanup import rearrange as ra
+from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity
+from converter.rewriter.cleanup._workspace import Workspace
+from converter.rewriter.cleanup.fold_rearranges import step as chain_step
+from converter.rewriter.cleanup.handlers import Decline, handler_for
+from converter.rewriter.cleanup.probe import probe
+from converter.rewriter.layout.mincut import INFINITE, SINK, SOURCE, Energy
+from converter.rewriter.rules._engine import Candidate
+
+CL, CF = 0, 1
+_CHAIN_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+_CHAIN_ANCHORS = frozenset({"Reshape", "Transpose"})  # a Squeeze or Unsqueeze alone is moved by its handler
+
+
+def storage_perm(src: int, dst: int, rank: int) -> tuple[int, ...]:
+    """The perm ``P`` with ``x in dst = Transpose(x in src, P)`` (the identity when ``src == dst``)."""
+    if src == dst:
+        return tuple(range(rank))
+    if rank == 3:
+        return (0, 2, 1)
+    return (0, 2, 3, 1) if src == CF else (0, 3, 1, 2)
+
+
+@dataclass
+class Chain:
+    """Reshapes, Transposes, Squeezes and Unsqueezes from ``start`` to ``end``, each tensor between read only by the next."""
+
+    nodes: list[NodeProto]
+    start: str
+    end: str
+    # (storage read at the start, storage made at the end) -> Transposes after folding; a side whose tensor is
+    # outside the domain has only its stored layout
+    costs: dict[tuple[int, int], int] = field(default_factory=dict)
+
+
+@dataclass
+class Movable:
+    node: NodeProto
+    cls: int  # the storage of its inputs and outputs in the original
+    extra: int = 0  # nodes the move adds (a LayerNormalization written out)
+    free: bool = False  # no output keeps a layout: it follows its input at no cost
+
+
+@dataclass
+class Semantic:
+    """One tensor in one or two storages (joined by a channel-moving Transpose of the original)."""
+
+    members: list[str] = field(default_factory=list)
+    root: str = ""  # the member its producer writes (the others are Transposes of it)
+    edge: bool = False  # the root is a graph input
+
+
+@dataclass
+class Weights:
+    """The integer weight of each kind of cost; each kind outweighs everything below it (when that fits 31 bits)."""
+
+    transpose: int
+    delta: int
+    edge: int
+    epsilon: int
+    move: int = 1
+
+    @classmethod
+    def for_problem(cls, layers: int, added: int, edges: int, movable: int) -> Weights:
+        """Weights that order the goals strictly (see the module docstring): moving a node needlessly costs the
+        least (``move``), then a node a LayerNorm written out adds, a Transpose at the edge, a layer left out,
+        and a Transpose inside the graph the most, each more than all the kinds below it together."""
+        move = 1
+        epsilon = movable * move + 1
+        edge = added * epsilon + movable * move + 1
+        delta = 2 * (edges + 1) * edge + added * epsilon + movable * move + 1
+        transpose = (layers + 1) * delta + 1
+        if transpose * 8 * (layers + edges + 8) < INFINITE:
+            return cls(transpose, delta, edge, epsilon, move)
+        # Too large to order every goal strictly within 31 bits: the same order, no longer strict.
+        return cls(1 << 16, 1 << 8, 1 << 6, 1 << 2, 1)
+
+
+@dataclass
+class Solution:
+    """What the optimum says, in the terms the rewrite and the cleanup use."""
+
+    cls: dict[str, int]  # storage class of every domain tensor in the original
+    converted: set[str]  # layer anchors to rewrite
+    moved: set[str]  # first outputs of the nodes that run in the other layout
+    absorbing: set[str]  # first outputs of the chain heads that take a Transpose in
+    ends: dict[str, int]  # chain ends to be made in the other layout: tensor -> the layout
+    pairs: dict[str, list[str]]  # tensor -> first outputs of readers that want it in the other layout
+    ranks: dict[str, int]  # the rank of every domain tensor
+    inside: int = 0  # Transposes inside the graph at the optimum
+    edge: int = 0  # at its inputs and outputs
+    written_out: int = 0  # LayerNormalizations written out channels-first
+    value: int = 0
+
+
+class Problem:
+    """The layout problem of one graph, built from the graph before any rewrite and the prepared candidates.
+
+    Args:
+        graph: the graph, as the original has it.
+        scope: its index (producers, readers, constants, types).
+        ws: the cleanup's index of the same graph, for probing handlers.
+        ctx: a pass context for the probes (options, opset, the main graph's types).
+        candidates: the layers the rules accepted in this graph.
+        keep_all: every layer is converted, whatever it costs (the optimum places the Transposes).
+    """
+
+    def __init__(
+        self, graph: GraphProto, scope: Scope, ws: Workspace, ctx: PassContext, candidates: list[Candidate], keep_all: bool
+    ) -> None:
+        self.graph, self.scope, self.ws, self.ctx = graph, scope, ws, ctx
+        self.keep_all = keep_all
+        self.layers: dict[str, Candidate] = {c.anchor: c for c in candidates if c.layer is not None}
+        self.interior: dict[int, str] = {}  # node id -> the anchor of the layer it belongs to
+        for c in self.layers.values():
+            for n in c.plan.removed:
+                self.interior[id(n)] = c.anchor
+        self.outputs = set(scope.output_names)
+        self._ranks: dict[str, int] = {}  # ranks shape inference did not find
+        self.cls: dict[str, int] = {}
+        self.parent: dict[str, str] = {}  # union-find over tensors: the members of a semantic
+        self.merges: set[int] = set()  # channel-moving Transposes (ids)
+        self.movable: dict[int, Movable] = {}
+        self.fixed: set[int] = set()
+        self.chains: dict[int, Chain] = {}  # by id of the chain's first node
+        self.in_chain: dict[int, Chain] = {}  # every node of a chain -> its chain
+        self.boundary: dict[str, tuple[str, str]] = {}  # layer anchor -> (what it reads, what it makes)
+        self._queue: deque[str] = deque()
+        self._classify()
+
+    # -- what the graph is ------------------------------------------------------------------------------
+
+    def rank(self, name: str) -> int | None:
+        """The tensor's rank as shape inference found it, or as a handler's plan showed it (ops of other domains
+        that shape inference does not know, such as com.microsoft's QLinearAdd)."""
+        t = self.scope.type_of(name)
+        if t is None or t.shape is None or t.conflict:
+            return self._ranks.get(name)
+        return len(t.shape)
+
+    def dims(self, name: str) -> list[ra.Dim] | None:
+        """The tensor's dims (a symbol for each one not known; one per axis when only the rank is known)."""
+        t = self.scope.type_of(name)
+        if t is None or t.shape is None or t.conflict:
+            rank = self._ranks.get(name)
+            return None if rank is None else [f"?{name}:{i}" for i in range(rank)]
+        return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(t.shape)]
+
+    def _runtime(self, name: str) -> bool:
+        return bool(name) and not self.scope.source(name).is_constant
+
+    def _readers(self, name: str) -> list[NodeProto]:
+        return self.scope.consumers(name)
+
+    def find(self, name: str) -> str:
+        root = name
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(name, name) != root:
+            self.parent[name], name = root, self.parent[name]
+        return root
+
+    def _assign(self, name: str, c: int) -> bool:
+        """Give ``name`` its class; False when it has the other one already (a conflict)."""
+        if not self._runtime(name) or self.rank(name) not in (3, 4):
+            return False
+        if name in self.cls:
+            return self.cls[name] == c
+        self.cls[name] = c
+        self.parent.setdefault(name, name)
+        self._queue.append(name)
+        return True
+
+    def _boundary(self, c: Candidate) -> tuple[str, str]:
+        """The tensors a layer reads and makes, as the layout sees them: its claim's, unless those are the flattened
+        rows inside a Reshape sandwich (rank 2): then the 4D tensor its first Transpose reads, and what it makes."""
+        x, y = c.layer.input, c.layer.output  # type: ignore[union-attr]
+        if self.rank(x) is not None and self.rank(x) not in (3, 4):
+            first = next((n for n in c.replacement.nodes if n.op_type == "Transpose"), None)
+            x = first.input[0] if first is not None else x
+        if self.rank(y) is not None and self.rank(y) not in (3, 4) and c.plan.outputs:
+            y = c.plan.outputs[0]
+        return x, y
+
+    def _classify(self) -> None:
+        for c in self.layers.values():
+            x, y = self.boundary[c.anchor] = self._boundary(c)
+            rank = self.rank(x) or self.rank(y) or _replacement_rank(c)
+            for name in (x, y):  # shape inference may not know them (ops of other domains): a layer keeps the rank
+                if self.rank(name) is None and rank is not None:
+                    self._ranks[name] = rank
+            self._assign(x, CL)
+            self._assign(y, CL)
+        while self._queue:
+            t = self._queue.popleft()
+            producer = self.scope.producers.get(t)
+            if producer is not None:
+                self._visit(producer, t)
+            for reader in self._readers(t):
+                self._visit(reader, t)
+
+    def _visit(self, node: NodeProto, t: str) -> None:
+        key = id(node)
+        if key in self.fixed or key in self.merges or key in self.movable or key in self.in_chain:
+            if key in self.movable and self.movable[key].cls != self.cls[t]:
+                self._fix(node)
+            return
+        if node.domain not in DEFAULT_DOMAINS:
+            if handler_for(node) is None:
+                self.fixed.add(key)
+                return
+        op = node.op_type
+        c, r = self.cls[t], self.rank(t)
+        assert r is not None
+        if op == "Transpose" and node.domain in DEFAULT_DOMAINS:
+            perm = tuple(transpose_perm(node) or range(r)[::-1])
+            for side in (node.input[0], node.output[0]):
+                if self.rank(side) is None and len(perm) == r:
+                    self._ranks[side] = r  # a Transpose keeps the rank
+            if node.input[0] == t and perm == storage_perm(c, 1 - c, r) and self._assign(node.output[0], 1 - c):
+                self._merge(node, t, node.output[0])
+                return
+            if node.output[0] == t and perm == storage_perm(1 - c, c, r) and self._assign(node.input[0], 1 - c):
+                self._merge(node, node.input[0], t)
+                return
+        if key in self.interior:
+            return  # a layer's own node: the layer stands for it
+        if op in _CHAIN_ANCHORS and node.domain in DEFAULT_DOMAINS and self._chain(node, t):
+            return
+        if handler_for(node) is not None:
+            if self._probe(node, t):
+                return
+            if t not in node.input:
+                return  # not from its output: it may still be reached from an input
+        self._fix(node)
+
+    def _merge(self, node: NodeProto, a: str, b: str) -> None:
+        self.merges.add(id(node))
+        ra_, rb = self.find(a), self.find(b)
+        if ra_ != rb:
+            self.parent[rb] = ra_
+
+    def _fix(self, node: NodeProto) -> None:
+        self.movable.pop(id(node), None)
+        self.fixed.add(id(node))
+
+    # -- movable nodes: ask the handler -----------------------------------------------------------------
+
+    def _probe(self, node: NodeProto, t: str) -> bool:
+        c, r = self.cls[t], self.rank(t)
+        if t not in node.input:  # reached from an output: take the first computed input of the same rank
+            ins = [i for i in node.input if self._runtime(i) and self.rank(i) == r]
+            if not ins or not all(i not in self.cls or self.cls[i] == c for i in ins):
+                return False
+            read = ins[0]
+        else:
+            read = t
+        co = [i for i in node.input if i != read and self._runtime(i) and self.rank(i) == r]
+        plan = probe(self.ws, self.ctx, node, read, storage_perm(1 - c, c, r), assume=co)
+        if isinstance(plan, Decline):
+            return False
+        outs: list[str] = []
+        for out, q in zip(node.output, plan.outputs, strict=False):
+            if not out:
+                continue
+            rank = self.rank(out)
+            if q is None or is_identity(q):
+                continue  # no layout left
+            if rank is None and len(q) in (3, 4):
+                rank = self._ranks[out] = len(q)
+            if rank not in (3, 4) or tuple(q) != storage_perm(1 - c, c, rank) or not self._runtime(out):
+                return False
+            outs.append(out)
+        # Co-inputs the handler took as given (not as a constant laid out, an Expand, a lower-rank operand):
+        # they take part, in the same class.
+        taken = [node.input[s] for s, v in plan.inputs.items() if isinstance(v, str) and s < len(node.input) and v == node.input[s]]
+        if any(self.cls.get(i, c) != c for i in [*taken, *outs, read]):
+            return False
+        for name in [read, *taken, *outs]:
+            self._assign(name, c)
+        extra = 0
+        if plan.replace is not None and node.op_type == "LayerNormalization":
+            extra = 7  # ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div (+ scale and bias, as before)
+        self.movable[id(node)] = Movable(node, c, extra, free=not outs)
+        return True
+
+    # -- chains of Reshapes and Transposes ------------------------------------------------------------
+
+    def _single(self, name: str) -> NodeProto | None:
+        readers = self._readers(name)
+        if name in self.outputs or len(readers) != 1:
+            return None
+        r = readers[0]
+        if r.op_type not in _CHAIN_OPS or r.domain not in DEFAULT_DOMAINS or not r.input or r.input[0] != name:
+            return None
+        return None if id(r) in self.interior else r
+
+    def _chain(self, node: NodeProto, t: str) -> bool:
+        """Find the chain ``node`` is in, from the tensor ``t`` it reads or makes; False when it is no chain."""
+        nodes = [node]
+        while nodes[0].input and nodes[0].input[0] not in self.cls:  # back to the first op of the run
+            prev = self.scope.producers.get(nodes[0].input[0])
+            if prev is None or self._single(nodes[0].input[0]) is not nodes[0] or prev.op_type not in _CHAIN_OPS:
+                break
+            if prev.domain not in DEFAULT_DOMAINS or id(prev) in self.interior or self._is_merge(prev) or id(prev) in self.in_chain:
+                break
+            nodes.insert(0, prev)
+        while nodes[-1].output[0] not in self.cls:
+            nxt = self._single(nodes[-1].output[0])
+            if nxt is None or self._is_merge(nxt) or id(nxt) in self.in_chain:
+                break
+            nodes.append(nxt)
+        chain = Chain(nodes, nodes[0].input[0], nodes[-1].output[0])
+        for n in nodes:
+            self.in_chain[id(n)] = chain
+        self.chains[id(nodes[0])] = chain
+        for side in (chain.start, chain.end):
+            if side not in self.cls:
+                found = self._class_through(chain, side)
+                if found is not None:
+                    self._assign(side, found)
+        return True
+
+    def _is_merge(self, node: NodeProto) -> bool:
+        if node.op_type != "Transpose" or not node.input:
+            return False
+        r = self.rank(node.input[0])
+        perm = tuple(transpose_perm(node) or ())
+        return r in (3, 4) and perm in (storage_perm(CL, CF, r), storage_perm(CF, CL, r))
+
+    def _view(self, chain: Chain, start: int | None, end: int | None) -> tuple[ra.View, int] | None:
+        """The end's view of the start when the start is read in ``start`` and the end made in ``end`` (None: as
+        stored), and how many Transposes that takes before folding."""
+        dims = self.dims(chain.start)
+        if dims is None:
+            return None
+        c0 = self.cls.get(chain.start)
+        transposes = sum(n.op_type == "Transpose" for n in chain.nodes)
+        if start is not None and c0 is not None and start != c0:
+            r = len(dims)
+            p = storage_perm(c0, start, r)
+            dims = [dims[i] for i in p]  # the start as read
+            view: ra.View | None = ra.transpose(ra.identity(dims), storage_perm(start, c0, r))
+            transposes += 1
+        else:
+            view = ra.identity(dims)
+        for n in chain.nodes:
+            view = chain_step(self.ws, self.ctx, n, view) if view is not None else None
+        c1 = self.cls.get(chain.end)
+        if view is not None and end is not None and c1 is not None and end != c1:
+            view = ra.transpose(view, storage_perm(c1, end, len(view)))
+            transposes += 1
+        return (view, transposes) if view is not None else None
+
+    def _class_through(self, chain: Chain, side: str) -> int | None:
+        """The end's class from the start's (or the start's from the end's): where the channel axis lands whole."""
+        if side == chain.end:
+            c0 = self.cls.get(chain.start)
+            found = self._view(chain, None, None)
+            if c0 is None or found is None:
+                return None
+            view, _ = found
+            r0 = len(self.dims(chain.start) or [])
+            channel = r0 - 1 if c0 == CL else 1
+            size = (self.dims(chain.start) or [])[channel]
+            whole = ((channel, 1, ra.size_of(size)),)
+            if len(view) not in (3, 4):
+                return None
+            if view[-1] == whole:
+                return CL
+            if view[1] == whole:
+                return CF
+            return None
+        # from the end back: read the start's axes in the end's view
+        c1 = self.cls.get(chain.end)
+        found = self._view(chain, None, None)
+        if c1 is None or found is None:
+            return None
+        view, _ = found
+        if len(view) not in (3, 4):
+            return None
+        channel_axis = view[-1] if c1 == CL else view[1]
+        dims = self.dims(chain.start) or []
+        if len(channel_axis) != 1 or len(dims) not in (3, 4):
+            return None
+        root_axis, stride, size = channel_axis[0]
+        if stride != 1 or size != ra.size_of(dims[root_axis]):
+            return None  # a piece of an axis, not the whole of it
+        return CL if root_axis == len(dims) - 1 else CF if root_axis == 1 else None
+
+    def _chain_costs(self, chain: Chain) -> dict[tuple[int, int], int]:
+        starts = [CL, CF] if chain.start in self.cls else [None]
+        ends = [CL, CF] if chain.end in self.cls else [None]
+        costs: dict[tuple[int, int], int] = {}
+        for a in starts:
+            for b in ends:
+                found = self._view(chain, a, b)
+                transposes = (
+                    sum(n.op_type == "Transpose" for n in chain.nodes)
+                    + (a is not None and a != self.cls[chain.start])
+                    + (b is not None and b != self.cls[chain.end])
+                )
+                if found is not None and found[1] >= 2:
+                    view, _ = found
+                    pieces = [p for axis in view for p in axis]
+                    cost = 0 if pieces == sorted(pieces, key=lambda p: (p[0], -p[1])) else 1
+                else:
+                    cost = transposes
+                sa = a if a is not None else self.cls.get(chain.start, CL)
+                sb = b if b is not None else self.cls.get(chain.end, CL)
+                costs[(sa, sb)] = cost
+        return costs
+
+    # -- the costs ---------------------------------------------------------------------------------
+
+    def semantics(self) -> dict[str, Semantic]:
+        out: dict[str, Semantic] = {}
+        for name in self.cls:
+            out.setdefault(self.find(name), Semantic()).members.append(name)
+        for sem in out.values():
+            for m in sem.members:
+                producer = self.scope.producers.get(m)
+                if producer is None or id(producer) not in self.merges:
+                    sem.root = m
+            if not sem.root:
+                sem.root = sem.members[0]
+            # At the graph's edge exactly (not through elementwise ops, as the census counts an edge Transpose):
+            # the optimum then puts such a Transpose right on the input or output, where a caller who feeds or
+            # reads the model in the other layout can drop it.
+            sem.edge = self.scope.producers.get(sem.root) is None and sem.root in self.scope.input_names
+        return out
+
+    def solve(self, pin: set[str] | None = None) -> Solution:
+        """The optimum; the layers in ``pin`` (anchors) are converted whatever it costs."""
+        energy = Energy()
+        for chain in self.chains.values():  # now that both ends' classes are known
+            chain.costs = self._chain_costs(chain)
+        sems = self.semantics()
+        layer_var = {a: energy.variable() for a in self.layers}
+        node_var = {k: energy.variable() for k, m in self.movable.items() if not m.free}
+        chain_var = {k: energy.variable() for k, ch in self.chains.items() if ch.end in self.cls}
+        added = sum(m.extra for m in self.movable.values())
+        graph_inputs = sum(1 for s in sems.values() if s.edge)
+        graph_outputs = sum(1 for m in self.cls if m in self.outputs)
+        w = Weights.for_problem(len(self.layers), added, graph_inputs + graph_outputs, len(node_var) + len(chain_var))
+        self._w = w
+
+        def producer_var(sem: Semantic) -> int:
+            p = self.scope.producers.get(sem.root)
+            if p is None:
+                return energy.fixed(self.cls[sem.root])
+            anchor = self.interior.get(id(p))
+            if anchor is not None and anchor in layer_var:
+                return layer_var[anchor]
+            if id(p) in node_var:
+                return node_var[id(p)]
+            chain = self.in_chain.get(id(p))
+            if chain is not None and chain.end == sem.root and id(chain.nodes[0]) in chain_var:
+                return chain_var[id(chain.nodes[0])]
+            return energy.fixed(self.cls[sem.root])
+
+        sem_var = {root: producer_var(s) for root, s in sems.items()}
+        records: list[tuple] = []  # what the value counts, to tell the Transposes apart in the report
+        for root, sem in sems.items():
+            x = sem_var[root]
+            wants: list[int] = []  # the layout each reader wants, as a variable (a fixed one for a fixed label)
+            outputs: list[int] = []  # the same for the graph outputs among the members
+            for m in sem.members:
+                if m in self.outputs:
+                    outputs.append(energy.fixed(self.cls[m]))
+                for reader in self._readers(m):
+                    if id(reader) in self.merges and self.find(reader.output[0]) == root:
+                        continue
+                    anchor = self.interior.get(id(reader))
+                    if anchor is not None:
+                        x_in = self.boundary[anchor][0]
+                        if anchor in layer_var and x_in in self.cls and self.find(x_in) == root:
+                            wants.append(layer_var[anchor])
+                        else:
+                            wants.append(energy.fixed(self.cls[m]))
+                        continue
+                    if id(reader) in node_var:
+                        wants.append(node_var[id(reader)])
+                        continue
+                    if id(reader) in self.movable:  # layout-free: follows at no cost
+                        continue
+                    chain = self.chains.get(id(reader))
+                    if chain is not None and chain.start == m:
+                        self._chain_terms(energy, chain, x, chain_var.get(id(reader)), w, records)
+                        continue
+                    wants.append(energy.fixed(self.cls[m]))
+            if sem.edge:  # a graph input: whatever reads it in the other layout, the Transpose sits on the input
+                for direction, aux in self._wants(energy, x, [*wants, *outputs], w.edge).items():
+                    records.append(("copy", x, direction, aux, None))
+            else:  # counted once (``edge``), and as one inside the graph when a reader other than an output wants it
+                anyone = self._wants(energy, x, [*wants, *outputs], w.edge)
+                inner = self._wants(energy, x, wants, w.transpose - w.edge)
+                for direction, aux in anyone.items():
+                    records.append(("copy", x, direction, aux, inner.get(direction)))
+        for anchor, v in layer_var.items():
+            if self.keep_all or (pin and anchor in pin):
+                energy.pay_if(v, CL, INFINITE)
+            energy.pay_if(v, CL, w.delta)
+        for k, v in node_var.items():
+            m = self.movable[k]
+            energy.pay_if(v, 1 - m.cls, m.extra * w.epsilon + w.move)
+        for k, v in chain_var.items():
+            energy.pay_if(v, 1 - self.cls[self.chains[k].end], w.move)
+        labels, value = energy.solve()
+        return self._solution(labels, value, sems, sem_var, layer_var, node_var, chain_var, records)
+
+    def _wants(self, energy: Energy, x: int, wants: list[int], weight: int) -> dict[int, int]:
+        """Cost ``weight`` once per direction when some reader wants the tensor (made in ``x``) in the other layout:
+        one Transpose serves every such reader. The auxiliary label of each direction (CF: 1 when some reader wants
+        channels-first; CL: 0 when some reader wants channels-last)."""
+        wants = list(dict.fromkeys(wants))
+        aux: dict[int, int] = {}
+        if weight <= 0:
+            return aux
+        if any(v != SOURCE for v in wants) and x != SINK:
+            a = aux[CF] = energy.variable()
+            for v in wants:
+                energy.pay_if_0_then_1(a, v, INFINITE)
+            energy.pay_if_0_then_1(x, a, weight)
+        if any(v != SINK for v in wants) and x != SOURCE:
+            b = aux[CL] = energy.variable()
+            for v in wants:
+                energy.pay_if_0_then_1(v, b, INFINITE)
+            energy.pay_if_0_then_1(b, x, weight)
+        return aux
+
+    def _full_costs(self, chain: Chain) -> dict[tuple[int, int], int]:
+        """The chain's cost for every label pair (a side outside the domain keeps its stored layout)."""
+        costs = chain.costs
+        c0, c1 = self.cls.get(chain.start, CL), self.cls.get(chain.end, CL)
+        out = {}
+        for a in (CL, CF):
+            for b in (CL, CF):
+                sa = a if chain.start in self.cls else c0
+                sb = b if chain.end in self.cls else c1
+                out[(a, b)] = costs.get((sa, sb), 0)
+        return out
+
+    def _chain_terms(self, energy: Energy, chain: Chain, x: int, y: int | None, w: Weights, records: list) -> None:
+        full = self._full_costs(chain)
+        c1 = self.cls.get(chain.end, CL)
+        if y is None:  # the end keeps its layout: a cost on the start's label alone
+            for a in (CL, CF):
+                energy.pay_if(x, a, full[(a, c1)] * w.transpose)
+        elif not energy.table(x, y, *(full[(a, b)] * w.transpose for a in (CL, CF) for b in (CL, CF))):
+            energy.pay_if(y, 1 - c1, INFINITE)  # not submodular (no chain we know of): the end keeps its layout
+            for a in (CL, CF):
+                energy.pay_if(x, a, full[(a, c1)] * w.transpose)
+        records.append(("chain", chain, x, y))
+
+    def _solution(self, labels, value, sems, sem_var, layer_var, node_var, chain_var, records) -> Solution:  # noqa: ANN001
+        converted = {a for a, v in layer_var.items() if labels[v] == CF}
+        moved: set[str] = set()
+        for anchor in converted:  # what a layer's replacement computes after its Conv's way back (a sandwich's rescale)
+            y = self.boundary[anchor][1]
+            if y in self.cls and labels[sem_var[self.find(y)]] != self.cls[y]:
+                moved.update(_trailers(self.layers[anchor]))
+        for k, v in node_var.items():
+            m = self.movable[k]
+            if labels[v] != m.cls:
+                moved.add(m.node.output[0])
+        sem_label = {root: labels[v] for root, v in sem_var.items()}
+        for m in self.movable.values():
+            if m.free:  # follows its input
+                read = next((i for i in m.node.input if i in self.cls), None)
+                if read is not None and sem_label[self.find(read)] != self.cls[read]:
+                    moved.add(m.node.output[0])
+        absorbing: set[str] = set()
+        ends: dict[str, int] = {}
+        for k, chain in self.chains.items():
+            end_label = labels[chain_var[k]] if k in chain_var else self.cls.get(chain.end, CL)
+            if chain.start in self.cls:
+                x = sem_label[self.find(chain.start)]
+                full = self._full_costs(chain)
+                pure = full[(CL, CL)] == 0 and full[(CF, CF)] == 0 and full[(CL, CF)] and full[(CF, CL)]
+                if x != self.cls[chain.start] and (not pure or end_label == x):
+                    absorbing.add(chain.nodes[0].output[0])
+            if k in chain_var and end_label != self.cls[chain.end]:
+                ends[chain.end] = end_label
+        pairs: dict[str, list[str]] = defaultdict(list)
+        for root, sem in sems.items():
+            x = sem_label[root]
+            for m in sem.members:
+                producer = self.scope.producers.get(m)
+                if x != self.cls[m] or (producer is not None and id(producer) in self.merges):
+                    continue
+                for reader in self._readers(m):
+                    if id(reader) in node_var and labels[node_var[id(reader)]] != self.cls[m]:
+                        pairs[m].append(reader.output[0])
+        inside = edge = 0
+        for record in records:
+            if record[0] == "chain":
+                _, chain, x, y = record
+                b = labels[y] if y is not None else self.cls.get(chain.end, CL)
+                inside += self._full_costs(chain)[(labels[x], b)]
+                continue
+            _, x, direction, anyone, inner = record
+            made = labels[anyone] == 1 and labels[x] == 0 if direction == CF else labels[anyone] == 0 and labels[x] == 1
+            if not made:
+                continue
+            within = inner is not None and (labels[inner] == 1 if direction == CF else labels[inner] == 0)
+            if within:
+                inside += 1
+            else:
+                edge += 1
+        inside += self._untouched()
+        written = sum(1 for k, v in node_var.items() if self.movable[k].extra and labels[v] != self.movable[k].cls)
+        ranks = {name: self.rank(name) or 0 for name in self.cls}
+        return Solution(dict(self.cls), converted, moved, absorbing, ends, dict(pairs), ranks, inside, edge, written, value)
+
+    def _untouched(self) -> int:
+        """The graph's Transposes of computed tensors that no label changes (neither a channel-moving one nor part
+        of a chain): they stay as they are, whatever the optimum."""
+        count = 0
+        for node in self.scope.nodes:
+            if node.op_type != "Transpose" or node.domain not in DEFAULT_DOMAINS or not node.input:
+                continue
+            if id(node) in self.merges or id(node) in self.in_chain or not self._runtime(node.input[0]):
+                continue
+            if id(node) in self.interior:
+                continue  # a layer's own (its rule folds it in)
+            count += 1
+        return count
+
+    @property
+    def weights(self) -> Weights:
+        return self._w
+
+
+def _trailers(c: Candidate) -> list[str]:
+    """The first outputs of the nodes a layer's replacement puts after its last Transpose."""
+    nodes = c.replacement.nodes
+    last = max((i for i, n in enumerate(nodes) if n.op_type == "Transpose"), default=None)
+    return [] if last is None else [n.output[0] for n in nodes[last + 1 :] if n.output]
+
+
+def _replacement_rank(c: Candidate) -> int | None:
+    """The rank of a layer's activation as its replacement reads it: the first Transpose's."""
+    for n in c.replacement.nodes:
+        if n.op_type == "Transpose":
+            perm = transpose_perm(n)
+            return len(perm) if perm else None
+    return None
+
+
+def layer_cost_sentence(extra: int) -> str:
+    """Why a layer is declined, with the number: what converting it would cost at the optimum."""
+    more = f"{extra} more Transpose{'s' * (extra != 1)}" if extra > 0 else "more Transposes"
+    return f"converting it would cost {more} than leaving it, even with every tensor's layout chosen for the whole graph"
+
+
+def ceil_units(value: int, unit: int) -> int:
+    return math.ceil(value / unit) if unit else 0
