@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from converter.verifier.certificate.integer import IntegerLayer
+from converter.verifier.certificate import IntegerLayer
 from converter.verifier.certificate.walk import certify
 from converter.verifier.numbers.layers import check_integer_layer
 from tests.conftest import W_, C, H, K, N, assert_rewritten, with_output_shapes

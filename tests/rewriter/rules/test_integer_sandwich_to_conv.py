@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.graph import count_ops
-from converter.verifier.certificate.integer import IntegerLayer
+from converter.verifier.certificate import IntegerLayer
 from converter.verifier.certificate.walk import certify
 from models.graphs import with_output_shapes
 from tests.conftest import W_, C, H, K, N

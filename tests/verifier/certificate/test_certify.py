@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
-from converter.verifier.certificate.walk import certify
+from converter.verifier.certificate import certify
 from models import graphs
 from models.graphs import Builder
 from tests.conftest import W_, C, H, K, dense_model

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converter.verifier.certificate.walk import certify
+from converter.verifier.certificate import certify
 from tests.rewriter.cleanup._harness import cleaned, nodes_of
 from tests.rewriter.cleanup.test_qlinear import C, block
 

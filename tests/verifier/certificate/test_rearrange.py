@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import converter
-from converter.verifier.certificate.walk import certify
+from converter.verifier.certificate import certify
 from models.graphs import Builder
 from tests.rewriter.cleanup._harness import N, constant, nodes_of, run
 from tests.rewriter.cleanup.test_fold_rearranges import H, S, folded, heads_merge, i64, qkv_split

@@ -13,7 +13,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 import converter
-from converter.verifier.certificate.walk import _relative, _squeezed, _then, _unsqueezed, certify
+from converter.verifier.certificate import certify
+from converter.verifier.certificate.layouts import compose, relative, squeezed, unsqueezed
 from models.graphs import Builder
 from tests.conftest import C, K
 from tests.rewriter.rules.test_matmul_tokens_to_conv import S, token_mixing, tokens_model, transformer_block
@@ -30,14 +31,14 @@ def _proved(model: onnx.ModelProto, **kw) -> tuple[converter.RewriteResult, obje
 
 def test_unit_axes_compose_with_transposes() -> None:
     swap = (0, 2, 1)
-    assert _unsqueezed(swap, None, [2]) == (0, 2, None, 1)  # [B, S, C] -> [B, C, S] -> [B, C, 1, S]
-    assert _unsqueezed(None, 3, [-1]) == (0, 1, 2, None)
-    assert _squeezed((0, 2, None, 1), [2]) == swap
-    assert _then((0, 2, None, 1), (0, 2, 3, 1)) == (0, None, 1, 2)  # NCHW back to NHWC-like order
-    assert _squeezed(_then((0, 2, None, 1), (0, 2, 3, 1)), [1]) is None  # the original itself
+    assert unsqueezed(swap, None, [2]) == (0, 2, None, 1)  # [B, S, C] -> [B, C, S] -> [B, C, 1, S]
+    assert unsqueezed(None, 3, [-1]) == (0, 1, 2, None)
+    assert squeezed((0, 2, None, 1), [2]) == swap
+    assert compose((0, 2, None, 1), (0, 2, 3, 1)) == (0, None, 1, 2)  # NCHW back to NHWC-like order
+    assert squeezed(compose((0, 2, None, 1), (0, 2, 3, 1)), [1]) is None  # the original itself
     # what one layout is, seen from another of the same root
-    assert _relative((0, 2, 1), (0, 2, None, 1)) == (0, 1, None, 2)
-    assert _then((0, 2, 1), _relative((0, 2, 1), (0, 2, None, 1))) == (0, 2, None, 1)
+    assert relative((0, 2, 1), (0, 2, None, 1)) == (0, 1, None, 2)
+    assert compose((0, 2, 1), relative((0, 2, 1), (0, 2, None, 1))) == (0, 2, None, 1)
 
 
 @pytest.mark.parametrize(
@@ -51,14 +52,14 @@ def test_unit_axes_compose_with_transposes() -> None:
 )
 def test_squeezing_an_axis_of_the_root_is_not_a_layout_change(perm, axes) -> None:  # noqa: ANN001
     with pytest.raises(ValueError):
-        _squeezed(perm, axes)
+        squeezed(perm, axes)
 
 
 def test_a_layout_that_drops_an_axis_is_not_relative_to_one_that_has_it() -> None:
     with pytest.raises(ValueError):
-        _relative((0, None, 1), (0, 1))  # the unit axis is gone: not a Transpose of it
+        relative((0, None, 1), (0, 1))  # the unit axis is gone: not a Transpose of it
     with pytest.raises(ValueError):
-        _relative((0, 1, 2), (0, 2))
+        relative((0, 1, 2), (0, 2))
 
 
 # -- rewrites are proved ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The certificate's proof of a layer computed by an integer convolution (QLinearConv, ConvInteger).
+"""The proof of a layer computed by an integer convolution (QLinearConv, ConvInteger).
 
 A rule claims that a ``QLinearConv`` (or ``ConvInteger``) in the rewritten graph computes, in NCHW, what
 a ``QLinearMatMul`` (or ``MatMulInteger``) of the original computes in NHWC. Read from the original
@@ -6,7 +6,7 @@ graph alone, that holds when:
 
 - the original node producing the layer's output is that op, reading the layer's input as its activation;
 - the convolution is a plain 1x1 one (stride 1, no padding or dilation, one group) and reads the
-  original activation in NCHW (``Value(root, perm then [0, 3, 1, 2])``);
+  original activation in NCHW (``SameAs(root, layout then [0, 3, 1, 2])``);
 - its integer weight is, bit for bit, the original's ``[C, K]`` weight transposed to ``[K, C, 1, 1]``
   (same dtype); or, for ConvInteger only, an int8 original written as uint8 ``w + 128`` (computed in
   int16) with its weight zero point written as uint8 ``zw + 128`` too (an absent one is 0): both shifted,
@@ -22,132 +22,100 @@ Then ``conv[n, k, h, w] = orig[n, h, w, k]`` exactly: both ops are defined by th
 and the same requantization per output element.
 
 A Tensordot's layer (the integer op on the flat rows ``Reshape(x, [-1, C])``) ends in the flat output seen
-as ``[N, H, W, K]`` (``Value(_FLAT + flat, P)``, certify.py). A dynamic one is rescaled on that flat output
+as ``[N, H, W, K]`` (``SameAs(FLAT + flat, P)``). A dynamic one is rescaled on that flat output
 (``Mul(Cast(Y), sa * sw)``) before its second Reshape, and the rewritten graph rescales in 4D after it:
 :func:`flat_elementwise` proves each such op against the original's on the flat tensor, and the tensor the
 second Reshape alone reads is that Reshape's output. What the numeric checks need (``IntegerLayer``) is
-the original's weight and parameters, never the rewritten ones. Like certify.py, this shares no code with the
-rules it checks.
+the original's weight and parameters, never the rewritten ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 from onnx import NodeProto
 
 from converter.report import RewrittenLayer
-from converter.verifier.certificate.walk import (
-    _FLAT,
-    _NCHW,
-    ELEMENTWISE,
-    EMPTY,
-    Const,
-    LayerProof,
-    Unknown,
-    Value,
-    _differs,
-    _is_default,
-    _plain_attributes,
-    _plain_conv,
-    _show,
-    _then,
-)
-
-if TYPE_CHECKING:
-    from converter.verifier.certificate.walk import Fact, _Walk
+from converter.verifier.certificate.constants import differs
+from converter.verifier.certificate.context import Context
+from converter.verifier.certificate.facts import EMPTY, FLAT, Const, Fact, SameAs, Unknown, describe
+from converter.verifier.certificate.layouts import NCHW, Layout, compose
+from converter.verifier.certificate.nodes import is_default, plain_attributes, plain_conv
+from converter.verifier.certificate.ops.elementwise import ELEMENTWISE
+from converter.verifier.certificate.original import Original
+from converter.verifier.certificate.proofs import IntegerLayer, LayerProof
 
 
-@dataclass(frozen=True)
-class IntegerLayer:
-    """What the numeric checks of an integer layer need, as read from the original graph.
-
-    ``weight_kc`` the integer weight as [K, C]; ``w_zero`` the weight's zero point as [K]; ``x_zero`` None
-    when computed at run time (DynamicQuantizeLinear's: the verifier supplies it). The scales and
-    ``y_zero`` are QLinearConv's only (None for ConvInteger).
-    """
-
-    weight_kc: np.ndarray
-    w_zero: np.ndarray
-    x_zero: np.ndarray | None = None
-    x_scale: np.ndarray | None = None
-    w_scale: np.ndarray | None = None
-    y_scale: np.ndarray | None = None
-    y_zero: np.ndarray | None = None
-    end: str = ""  # a Tensordot's: the original 4D tensor its second Reshape restores from the flat output
-
-
-def sandwich_entry(orig: object, node: NodeProto) -> NodeProto | None:
+def sandwich_entry(orig: Original, node: NodeProto) -> NodeProto | None:
     """The node that quantizes a Tensordot's flat rows for the original integer op ``node``: a QuantizeLinear
     (QOperator) or DynamicQuantizeLinear of a Reshape's output, or None when ``node`` reads no such rows."""
-    entry = orig.producers.get(node.input[0])  # type: ignore[attr-defined]
-    if entry is None or not _is_default(entry) or entry.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear"):
+    entry = orig.producers.get(node.input[0])
+    if entry is None or not is_default(entry) or entry.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear"):
         return None
-    first = orig.producers.get(entry.input[0])  # type: ignore[attr-defined]
-    return entry if first is not None and _is_default(first) and first.op_type == "Reshape" else None
+    first = orig.producers.get(entry.input[0])
+    return entry if first is not None and is_default(first) and first.op_type == "Reshape" else None
 
 
-def sandwich_end(walk: _Walk, flat: str) -> str:
+def sandwich_end(ctx: Context, flat: str) -> str:
     """The second Reshape's output when it alone reads the original's flat ``flat``, else ""."""
-    readers = [n for n in walk.orig.graph.node if flat in n.input]
-    if len(readers) == 1 and _is_default(readers[0]) and readers[0].op_type == "Reshape" and readers[0].input[0] == flat:
+    readers = [n for n in ctx.orig.graph.node if flat in n.input]
+    if len(readers) == 1 and is_default(readers[0]) and readers[0].op_type == "Reshape" and readers[0].input[0] == flat:
         return readers[0].output[0]
     return ""
 
 
-def flat_elementwise(walk: _Walk, node: NodeProto, ins: list[Fact], anchor: int) -> str | None:
+def flat_elementwise(ctx: Context, node: NodeProto, ins: list[Fact], anchor: int) -> str | None:
     """An elementwise ``node`` whose input ``anchor`` is a Tensordot's flat tensor ``t`` seen as ``[N, H, W, K]`` in
-    layout ``P`` (``Value(_FLAT + t, P)``): a dynamic Tensordot's rescale, moved past the second Reshape.
+    layout ``P`` (``SameAs(FLAT + t, P)``): a dynamic Tensordot's rescale, moved past the second Reshape.
 
     Its counterpart is an original op of the same kind and attributes reading ``t`` in the same slot, whose other
     operands broadcast alike on ``[N*H*W, K]`` and on ``[N, H, W, K]``: a constant with one value per row or less
     (every dim but the last 1), or a computed tensor of rank 0 or 1 (the rescale's ``sa * sw``); read here in
-    layout ``P`` as any elementwise operand is (``_Walk._broadcast``). Each output is then the original's, seen the
+    layout ``P`` as any elementwise operand is (``Context.broadcast``). Each output is then the original's, seen the
     same way, and the one the layer's second Reshape alone reads (rank 4) is that Reshape's output, in ``P``.
     None when proved (its outputs' facts set), else why not.
     """
     r = ins[anchor]
-    assert isinstance(r, Value) and r.root.startswith(_FLAT)
-    flat = r.root[len(_FLAT) :]
-    if not _is_default(node) or node.op_type not in ELEMENTWISE:
+    assert isinstance(r, SameAs) and r.root.startswith(FLAT)
+    flat = r.root[len(FLAT) :]
+    if not is_default(node) or node.op_type not in ELEMENTWISE:
         return f"{node.op_type} reads a quantized layer's flat output in 4D, which only elementwise ops may"
-    if r.perm is not None and (len(r.perm) != 4 or None in r.perm):
+    if r.layout is not None and (len(r.layout) != 4 or None in r.layout):
         return "it reads a quantized layer's flat output with unit axes"
     reasons = []
-    for cand, slot in walk.orig.consumers_by_root(flat):
-        if slot != anchor or cand.op_type != node.op_type or not _is_default(cand):
+    for cand, slot in ctx.orig.consumers_by_root(flat):
+        if slot != anchor or cand.op_type != node.op_type or not is_default(cand):
             continue
         if len(cand.input) != len(node.input) or len(cand.output) != len(node.output):
             reasons.append("a different number of inputs or outputs")
             continue
-        if _plain_attributes(cand) != _plain_attributes(node):
+        if plain_attributes(cand) != plain_attributes(node):
             reasons.append("different attributes")
             continue
-        problem = _flat_operands(walk, ins, [walk.orig.canon(n) for n in cand.input], Value(flat), r)
+        problem = _flat_operands(ctx, ins, [ctx.orig.canon(n) for n in cand.input], SameAs(flat), r)
         if problem:
             reasons.append(problem)
             continue
         for j, out in enumerate(node.output):
             if not out:
                 continue
-            end = sandwich_end(walk, cand.output[j])
-            restored = walk.orig.canon(end) if end and walk.orig.rank(end) == 4 else None
-            if isinstance(restored, Value) and restored.root:
-                walk.facts[out] = Value(restored.root, _then(restored.perm, r.perm))
+            end = sandwich_end(ctx, cand.output[j])
+            restored = ctx.orig.canon(end) if end and ctx.orig.rank(end) == 4 else None
+            if isinstance(restored, SameAs) and restored.root:
+                ctx.facts[out] = SameAs(restored.root, compose(restored.layout, r.layout))
             else:
-                walk.facts[out] = Value(_FLAT + cand.output[j], r.perm)
+                ctx.facts[out] = SameAs(FLAT + cand.output[j], r.layout)
         return None
     return reasons[0] if reasons else f"no {node.op_type} of the original reads the flat {flat!r}"
 
 
-def _flat_operands(walk: _Walk, ins: list[Fact], orig_ins: list[Fact], flat: Value, seen: Value) -> str | None:
+def _flat_operands(ctx: Context, ins: list[Fact], orig_ins: list[Fact], flat: SameAs, seen: SameAs) -> str | None:
     """Why the operands ``ins`` are not the original's ``orig_ins`` with ``flat`` seen as ``seen``, or None."""
     for i, (mine, o) in enumerate(zip(ins, orig_ins, strict=True)):
         if o == flat:
             if mine != seen:
-                return f"input {i} is {_show(mine)}, the original reads the flat output ({_show(seen)})"
+                return f"input {i} is {describe(mine)}, the original reads the flat output ({describe(seen)})"
             continue
         if isinstance(o, Unknown):
             return o.reason
@@ -157,18 +125,27 @@ def _flat_operands(walk: _Walk, ins: list[Fact], orig_ins: list[Fact], flat: Val
                 return f"input {i} is a constant of shape {list(value.shape)}: not one value per row or less"
             if not isinstance(mine, Const):
                 return f"input {i} is computed here but a constant in the original"
-            problem = walk._same_laid_out(mine, o, seen.perm)
+            problem = ctx.same_laid_out(mine, o, seen.layout)
             if problem:
                 return problem
             continue
-        if not isinstance(o, Value) or not o.root:
-            return f"input {i} is {_show(o)} in the original"
-        rank = len(o.perm) if o.perm is not None else walk.orig.rank(o.root)
+        if not isinstance(o, SameAs) or not o.root:
+            return f"input {i} is {describe(o)} in the original"
+        rank = len(o.layout) if o.layout is not None else ctx.orig.rank(o.root)
         if rank is None or rank > 1:
-            return f"input {i} ({_show(o)}) is not known to have rank 0 or 1"
-        if mine != walk._broadcast(o, seen.perm):
-            return f"input {i} is {_show(mine)}, the original reads {_show(o)} (layout {seen.perm})"
+            return f"input {i} ({describe(o)}) is not known to have rank 0 or 1"
+        if mine != ctx.broadcast(o, seen.layout):
+            return f"input {i} is {describe(mine)}, the original reads {describe(o)} (layout {seen.layout})"
     return None
+
+
+INTEGER_CONVS = frozenset({"QLinearConv", "ConvInteger"})
+
+
+def prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> tuple[LayerProof, Layout]:
+    """The proof of an integer layer's Conv (it reads the activation in NCHW); records what the numeric checks
+    need in ``ctx.cert.originals``."""
+    return _prove(ctx, conv, layer), NCHW
 
 
 # Conv op -> (original op, the original's input slot for each conv slot except the weight, weight slot in each,
@@ -181,29 +158,29 @@ _SHAPES: dict[str, tuple[str, dict[int, int], tuple[int, int], tuple[int, ...]]]
 }
 
 
-def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
-    """The proof of one integer layer; records what the numeric checks need in ``walk.cert.originals``."""
+def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
+    """The proof of one integer layer; records what the numeric checks need in ``ctx.cert.originals``."""
     orig_op, slots, (w_conv, w_orig), per_k = _SHAPES[conv.op_type]
     w_zero_slot = per_k[-1]
-    node = walk.orig.producers.get(layer.output)
-    if node is None or not _is_default(node) or node.op_type != orig_op or node.output[0] != layer.anchor:
-        walk.cert.originals[conv.name] = f"the original's {layer.output!r} is not the output of a {orig_op}"
-        return LayerProof("refuted", walk.cert.originals[conv.name])  # type: ignore[arg-type]
+    node = ctx.orig.producers.get(layer.output)
+    if node is None or not is_default(node) or node.op_type != orig_op or node.output[0] != layer.anchor:
+        why = ctx.cert.originals[conv.name] = f"the original's {layer.output!r} is not the output of a {orig_op}"
+        return LayerProof("refuted", why)
     if node.input[0] != layer.input:
-        walk.cert.originals[conv.name] = f"the {orig_op} reads {node.input[0]!r}, not {layer.input!r}"
-        return LayerProof("refuted", walk.cert.originals[conv.name])  # type: ignore[arg-type]
+        why = ctx.cert.originals[conv.name] = f"the {orig_op} reads {node.input[0]!r}, not {layer.input!r}"
+        return LayerProof("refuted", why)
     if len(conv.output) != 1:
         return LayerProof("refuted", f"the {conv.op_type} has {len(conv.output)} outputs")
-    problem = _plain_conv(conv)
+    problem = plain_conv(conv)
     if problem:
         return LayerProof("refuted", problem)
     limit = 8 if conv.op_type == "QLinearConv" else 4
     if len([i for i in conv.input]) > limit and any(conv.input[limit:]):
         return LayerProof("refuted", "the QLinearConv has a bias the original layer does not")
 
-    weight = walk.orig.canon(node.input[w_orig])
+    weight = ctx.orig.canon(node.input[w_orig])
     if not isinstance(weight, Const):
-        walk.cert.originals[conv.name] = "the original weight is not a constant"
+        ctx.cert.originals[conv.name] = "the original weight is not a constant"
         return LayerProof("refuted", "the original weight is not a constant")
     w = np.asarray(weight.get())
     if w.ndim != 2 or w.dtype.kind not in "iu":
@@ -211,33 +188,35 @@ def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> 
     c, k = w.shape
     expected_w = np.ascontiguousarray(w.T).reshape(k, c, 1, 1)
 
-    x = walk.fact(conv.input[0])
-    want = walk.orig.canon(layer.input)
+    x = ctx.fact(conv.input[0])
+    want = ctx.orig.canon(layer.input)
     if isinstance(x, Unknown):
         return LayerProof("unproved", f"its input is not known: {x.reason}")
-    if not isinstance(want, Value) or not isinstance(x, Value):
+    if not isinstance(want, SameAs) or not isinstance(x, SameAs):
         return LayerProof("refuted", "its input is a constant")
-    # A Tensordot's flat rows [N*H*W, C], read by the Conv as [N, H, W, C] in NCHW (its entry's fact, certify.py).
-    flat = sandwich_entry(walk.orig, node) is not None
-    first = walk.orig.producers.get(node.input[0])
+    # A Tensordot's flat rows [N*H*W, C], read by the Conv as [N, H, W, C] in NCHW (its entry's fact, layers.sandwich).
+    flat = sandwich_entry(ctx.orig, node) is not None
+    first = ctx.orig.producers.get(node.input[0])
     if flat:
-        want = Value(_FLAT + layer.input)
-    elif first is not None and _is_default(first) and first.op_type == "Reshape":  # the quantized x's rows
-        want, flat = walk.orig.canon(first.input[0]), True
+        want = SameAs(FLAT + layer.input)
+    elif first is not None and is_default(first) and first.op_type == "Reshape":  # the quantized x's rows
+        want, flat = ctx.orig.canon(first.input[0]), True
+    if not isinstance(want, SameAs):
+        return LayerProof("refuted", f"the original activation {layer.input!r} is a constant")
     try:
-        expected_in = Value(want.root, _then(want.perm, _NCHW))
+        expected_in = SameAs(want.root, compose(want.layout, NCHW))
     except ValueError:
         return LayerProof("refuted", f"the original activation {layer.input!r} is not rank 4")
-    if x != expected_in and not _same_quantized(walk, x, expected_in):
-        return LayerProof("refuted", f"its input is {_show(x)}, not {layer.input!r} in NCHW ({_show(expected_in)})")
+    if x != expected_in and not _same_quantized(ctx, x, expected_in):
+        return LayerProof("refuted", f"its input is {describe(x)}, not {layer.input!r} in NCHW ({describe(expected_in)})")
 
-    got_w = walk.fact(conv.input[w_conv]) if len(conv.input) > w_conv else Unknown("no weight")
+    got_w = ctx.fact(conv.input[w_conv]) if len(conv.input) > w_conv else Unknown("no weight")
     if not isinstance(got_w, Const):
         return LayerProof("refuted", "the integer weight is not a constant")
     got_w_value = np.asarray(got_w.get())
     # ConvInteger's int8 weight written as uint8 + 128: its zero point must be shifted with it (below).
     shifted = conv.op_type == "ConvInteger" and w.dtype == np.int8 and got_w_value.dtype == np.uint8
-    problem = _differs(got_w_value, _shifted(expected_w) if shifted else expected_w, "integer weight" + _SHIFTED * shifted)
+    problem = differs(got_w_value, _shifted(expected_w) if shifted else expected_w, "integer weight" + _SHIFTED * shifted)
     if problem:
         return LayerProof("refuted", problem)
 
@@ -245,8 +224,8 @@ def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> 
     for conv_slot, orig_slot in slots.items():
         if conv_slot == 0:
             continue
-        got = walk.fact(conv.input[conv_slot]) if len(conv.input) > conv_slot else walk.fact("")
-        expected = walk.orig.canon(node.input[orig_slot]) if len(node.input) > orig_slot else walk.fact("")
+        got = ctx.fact(conv.input[conv_slot]) if len(conv.input) > conv_slot else ctx.fact("")
+        expected = ctx.orig.canon(node.input[orig_slot]) if len(node.input) > orig_slot else ctx.fact("")
         role = _ROLES[conv.op_type][conv_slot]
         if shifted and conv_slot == w_zero_slot:
             problem = _same_shifted_zero(got, expected, k, role)
@@ -258,37 +237,37 @@ def prove_integer_layer(walk: _Walk, conv: NodeProto, layer: RewrittenLayer) -> 
 
     numbers = _numbers(conv.op_type, expected_w.reshape(k, c), params, k)
     if flat:
-        numbers = replace(numbers, end=sandwich_end(walk, layer.output) or _FLAT + layer.output)
-    walk.cert.originals[conv.name] = numbers
+        numbers = replace(numbers, end=sandwich_end(ctx, layer.output) or FLAT + layer.output)
+    ctx.cert.originals[conv.name] = numbers
     return LayerProof("proved")
 
 
-def _same_quantized(walk: _Walk, a: Value, b: Value) -> bool:
+def _same_quantized(ctx: Context, a: SameAs, b: SameAs) -> bool:
     """Whether ``a`` and ``b`` are provably equal as two per-tensor QuantizeLinear of the original on the same
     values in two layouts: ``Transpose(Q(u), p) = Q(Transpose(u, p))`` when the scale and zero point are one
     element each, so two such Q with bit-identical parameters and attributes, on inputs equal after their
     perms, give equal tensors. (The QOperator quantizer writes ``Q(x)`` and ``Q(Transpose(x))`` with one
     scale; once the layout cleanup moves the Transpose, the Conv reads the first where the layer read the second.)
     """
-    qa, qb = walk.orig.producers.get(a.root), walk.orig.producers.get(b.root)
-    if qa is None or qb is None or any(q.op_type != "QuantizeLinear" or not _is_default(q) for q in (qa, qb)):
+    qa, qb = ctx.orig.producers.get(a.root), ctx.orig.producers.get(b.root)
+    if qa is None or qb is None or any(q.op_type != "QuantizeLinear" or not is_default(q) for q in (qa, qb)):
         return False
     if sorted(_attr_bytes(qa)) != sorted(_attr_bytes(qb)) or len(qa.input) != len(qb.input):
         return False
     for slot in range(1, len(qa.input)):
-        fa, fb = walk.orig.canon(qa.input[slot]), walk.orig.canon(qb.input[slot])
+        fa, fb = ctx.orig.canon(qa.input[slot]), ctx.orig.canon(qb.input[slot])
         if not isinstance(fa, Const) or not isinstance(fb, Const):
             if fa != fb:
                 return False
             continue
         va, vb = np.asarray(fa.get()), np.asarray(fb.get())
-        if va.size != 1 or _differs(va, vb, "parameter"):
+        if va.size != 1 or differs(va, vb, "parameter"):
             return False
-    ua, ub = walk.orig.canon(qa.input[0]), walk.orig.canon(qb.input[0])
-    if not isinstance(ua, Value) or not isinstance(ub, Value) or ua.root != ub.root:
+    ua, ub = ctx.orig.canon(qa.input[0]), ctx.orig.canon(qb.input[0])
+    if not isinstance(ua, SameAs) or not isinstance(ub, SameAs) or ua.root != ub.root:
         return False
     try:
-        return _then(ua.perm, a.perm) == _then(ub.perm, b.perm)
+        return compose(ua.layout, a.layout) == compose(ub.layout, b.layout)
     except ValueError:
         return False
 
@@ -314,10 +293,10 @@ def _same_param(got: Fact, expected: Fact, k: int, role: str) -> str | None:
             if a.size not in (1, k) or b.size not in (1, k):
                 return f"the {role} has {a.size} elements, the original's {b.size}; expected one or {k}"
             a, b = np.broadcast_to(a.reshape(-1), (k,)), np.broadcast_to(b.reshape(-1), (k,))
-        return _differs(a, b, role)
+        return differs(a, b, role)
     if got == expected:  # the same computed tensor (DynamicQuantizeLinear's zero point), or both absent
         return None
-    return f"its {role} is {_show(got)}, the original's is {_show(expected)}"
+    return f"its {role} is {describe(got)}, the original's is {describe(expected)}"
 
 
 _SHIFTED = " (int8 + 128 as uint8)"
@@ -334,20 +313,20 @@ def _same_shifted_zero(got: Fact, expected: Fact, k: int, role: str) -> str | No
     if isinstance(got, Unknown):
         return f"unknown: its {role} is not known: {got.reason}"
     if not isinstance(got, Const):
-        return f"its {role} is {_show(got)}, not a constant; the shifted weight needs the original's + 128"
+        return f"its {role} is {describe(got)}, not a constant; the shifted weight needs the original's + 128"
     if expected == EMPTY:
         original = np.zeros(k, np.int8)
     elif isinstance(expected, Const):
         original = np.asarray(expected.get())
     else:
-        return f"the original's {role} is {_show(expected)}, not a constant"
+        return f"the original's {role} is {describe(expected)}, not a constant"
     a = np.asarray(got.get())
     if original.dtype != np.int8:
         return f"the original's {role} is {original.dtype}; the weight is int8"
     if a.size not in (1, k) or original.size not in (1, k):
         return f"the {role} has {a.size} elements, the original's {original.size}; expected one or {k}"
     a, b = np.broadcast_to(a.reshape(-1), (k,)), np.broadcast_to(_shifted(original).reshape(-1), (k,))
-    return _differs(a, b, role + _SHIFTED)
+    return differs(a, b, role + _SHIFTED)
 
 
 def _numbers(op: str, w_kc: np.ndarray, params: dict[int, np.ndarray | None], k: int) -> IntegerLayer:

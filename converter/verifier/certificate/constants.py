@@ -1,0 +1,145 @@
+"""Constants: comparing them bit for bit, laying them out, and computing the small constant subgraphs exporters leave.
+
+Ops on constants whose result the rewrite may treat as a constant (exporters leave them on initializers)
+are computed here by onnx's reference evaluator, not by the rewrite's code. DequantizeLinear of constants is
+a quantized weight or bias: its value is the float tensor the layer uses, so a layer read through it is
+compared by that value (the integers, scale and zero point at once); it is written out here
+(:func:`dequantize`), the evaluator lacking it before opset 19.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, NodeProto, TensorProto, numpy_helper
+
+from converter.verifier.certificate.facts import Const, Fact, SameAs
+from converter.verifier.certificate.layouts import Layout, norm_axis
+from converter.verifier.certificate.nodes import Attributes
+
+# Ops on constants whose result is a constant of the original (and of the rewritten graph).
+CONSTANT_OPS = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "DequantizeLinear"})
+
+
+def differs(actual: np.ndarray, expected: np.ndarray, role: str) -> str | None:
+    """Why ``actual`` is not bit for bit ``expected``, or None."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.dtype != expected.dtype:
+        return f"the {role} is {actual.dtype}, expected {expected.dtype}"
+    if actual.shape != expected.shape:
+        return f"the {role} has shape {list(actual.shape)}, expected {list(expected.shape)}"
+    if actual.dtype.kind == "O":
+        same = actual.tolist() == expected.tolist()
+    else:
+        same = np.array_equal(np.ascontiguousarray(actual).view(np.uint8), np.ascontiguousarray(expected).view(np.uint8))
+    if same:
+        return None
+    if actual.dtype.kind in "fc" and actual.size:
+        diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        n = int(np.count_nonzero(actual != expected))
+        return (
+            f"the {role} differs from the original's in {n} of {actual.size} elements (max difference {float(np.nanmax(diff)):.3g})"
+        )
+    return f"the {role} differs from the original's"
+
+
+def laid_out(value: np.ndarray, layout: Layout) -> np.ndarray | str:
+    """An original constant operand as an op read in ``layout`` must read it: broadcast to the layout's rank
+    (unit axes in front), transposed, with the layout's added unit axes; a one-element constant of rank <= 1
+    stays as it is. A string when it cannot be (a constant of higher rank than the layout)."""
+    if layout is None or (value.size == 1 and value.ndim <= 1):
+        return value
+    axes = [p for p in layout if p is not None]  # the original's axes, in the order shown
+    if value.ndim > len(axes):
+        return "a constant of higher rank than the layout"
+    value = np.transpose(value.reshape((1,) * (len(axes) - value.ndim) + value.shape), axes)
+    if len(axes) != len(layout):  # and the added unit axes where the layout has them
+        shape = iter(value.shape)
+        value = value.reshape([1 if p is None else next(shape) for p in layout])
+    return value
+
+
+def run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray | None:
+    """The node's output computed by onnx's reference evaluator, or None when it rejects the node."""
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type == "DequantizeLinear":
+        return dequantize(node, ins)
+
+    try:
+        inits = []
+        for n, f in zip(node.input, ins, strict=True):
+            if not n:
+                continue
+            if not isinstance(f, Const):
+                return None
+            inits.append(numpy_helper.from_array(np.asarray(f.get()), n))
+        out = onnx.helper.make_tensor_value_info(node.output[0], TensorProto.UNDEFINED, None)
+        graph = onnx.helper.make_graph([node], "constant", [], [out], inits)
+        model = onnx.helper.make_model(graph, opset_imports=list(opsets) or [onnx.helper.make_opsetid("", 17)])
+        results = ReferenceEvaluator(model).run(None, {})  # a list (a dict only with intermediate=True)
+        return np.asarray(results[0] if isinstance(results, list) else results[node.output[0]])
+    except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
+        return None
+
+
+def evaluated(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray:
+    """A constant node's value that :func:`run_on_constants` computed once already (to know it is one), again."""
+    value = run_on_constants(node, ins, opsets)
+    if value is None:
+        raise ValueError(f"the constant {node.output[0]!r} could not be computed again")
+    return value
+
+
+def dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
+    """DequantizeLinear of integer constants: ``float(int64(q) - int64(zero_point)) * scale`` in the scale's
+    dtype, the scale and zero point scalar or 1-D along ``axis`` (default 1). Written out here because onnx's
+    reference evaluator has no DequantizeLinear before opset 19 (the op is the same from opset 13 on for
+    these types); None for what it does not cover (blocks, an output_dtype other than the scale's, float8 or
+    packed 4-bit data). A one-element 1-D scale is one value for the whole tensor, as onnxruntime reads it."""
+    if len(ins) < 2 or not isinstance(ins[0], Const) or not isinstance(ins[1], Const):
+        return None
+    try:
+        attrs = Attributes(node)
+        if attrs.get_int("block_size", 0):
+            return None
+        q = np.asarray(ins[0].get())
+        scale = np.asarray(ins[1].get())
+        zero = np.asarray(ins[2].get()) if len(ins) > 2 and isinstance(ins[2], Const) else np.zeros_like(scale, dtype=np.int64)
+        if q.dtype.kind not in "iu" or q.dtype.itemsize > 4 or scale.dtype.kind != "f" or zero.dtype.kind not in "iu":
+            return None
+        out_type = attrs.get_int("output_dtype", 0)
+        if out_type and onnx.helper.tensor_dtype_to_np_dtype(out_type) != scale.dtype:
+            return None  # (opset 23: the output type may differ from the scale's; not covered)
+        if scale.ndim == 1 and scale.size == 1 and zero.size == 1:
+            scale, zero = scale.reshape(()), zero.reshape(())  # one value for the whole tensor, as onnxruntime reads it
+        if zero.shape != scale.shape or scale.ndim > 1:
+            return None
+        if scale.ndim == 1:
+            axis = norm_axis(attrs.get_int("axis", 1), q.ndim)
+            if axis is None or q.shape[axis] != scale.shape[0]:
+                return None
+            shape = [1] * q.ndim
+            shape[axis] = scale.shape[0]
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        diff = q.astype(np.int64) - zero.astype(np.int64)
+        return np.asarray(diff.astype(scale.dtype) * scale, dtype=scale.dtype)
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return None
+
+
+def constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
+    """A Constant node's value as a fact (string or sparse constants: a computed tensor of their own)."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == AttributeProto.TENSOR:
+            return Const(key, partial(numpy_helper.to_array, a.t))
+        if a.name in ("value_float", "value_int"):
+            v = a.f if a.name == "value_float" else a.i
+            return Const(key, partial(np.array, v, np.float32 if a.name == "value_float" else np.int64))
+        if a.name in ("value_floats", "value_ints"):
+            vs = list(a.floats) if a.name == "value_floats" else list(a.ints)
+            return Const(key, partial(np.array, vs, np.float32 if a.name == "value_floats" else np.int64))
+    return SameAs(node.output[0])  # string or sparse constants: compared like any computed tensor

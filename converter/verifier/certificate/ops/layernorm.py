@@ -1,0 +1,202 @@
+"""A LayerNormalization written out over other axes (what the cleanup makes of one to keep a block in NCHW).
+
+The body is the op's definition in the ONNX spec: ``[Cast to the stash type]``, ``mean = ReduceMean(x, A)``,
+``d = Sub(x, mean)``, ``var = ReduceMean(Mul(d, d), A)``, ``n = Div(d, Sqrt(Add(var, eps)))``, ``[Cast back]``,
+``Mul(n, scale)``, ``[Add(., bias)]``, every intermediate read only inside it. Read from ``x`` = the original's
+input ``X`` in layout ``P``, it is ``LayerNormalization(X, scale, bias, axis=k)`` in ``P`` when
+
+- ``A`` is the axes ``a`` with ``P[a] >= k`` (the normalized axes, wherever ``P`` shows them), keepdims 1;
+- ``eps`` is the original's epsilon in the stash type, the Casts (both or neither) go to the stash type and
+  back to the scale's type (without them, the scale's type is the stash type);
+- ``scale`` and ``bias`` are the original's laid out by ``P`` (broadcast from the trailing axes);
+- the original's other outputs (mean, inverse deviation) are read by nothing.
+
+The proof starts at the body's first node (a Cast or a ReduceMean) and accounts for the whole body: the
+walk skips the rest, whose tensors are inside the op (not followed further).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import NodeProto, TensorProto
+
+from converter.verifier.certificate.constants import differs
+from converter.verifier.certificate.context import Context
+from converter.verifier.certificate.facts import EMPTY, Const, SameAs, Unknown
+from converter.verifier.certificate.layouts import compose, norm_axis, relative
+from converter.verifier.certificate.nodes import Attributes, is_default
+
+
+@dataclass(frozen=True)
+class _Body:
+    """The nodes of one written-out body, in order; ``cast`` and ``back`` both or neither."""
+
+    cast: NodeProto | None
+    mean: NodeProto
+    sub: NodeProto
+    square: NodeProto
+    var: NodeProto
+    add_eps: NodeProto
+    sqrt: NodeProto
+    div: NodeProto
+    back: NodeProto | None
+    mul: NodeProto
+
+    @property
+    def nodes(self) -> list[NodeProto]:
+        found = [self.cast, self.mean, self.sub, self.square, self.var, self.add_eps, self.sqrt, self.div, self.back, self.mul]
+        return [n for n in found if n is not None]
+
+
+def written_out(ctx: Context, first: NodeProto) -> bool:
+    """Whether ``first`` starts the body of an original LayerNormalization read in another layout (the facts
+    of the body's tensors set, the rest of it skipped)."""
+    if first.op_type not in ("Cast", "ReduceMean") or not is_default(first):
+        return False
+    found = _body(ctx, first)
+    if found is None:
+        return False
+    data, body = found
+    r = ctx.fact(data)
+    if not isinstance(r, SameAs) or not r.root:
+        return False
+    for cand, slot in ctx.orig.consumers_by_root(r.root):
+        if slot != 0 or cand.op_type != "LayerNormalization" or not is_default(cand):
+            continue
+        proved = _counterpart(ctx, cand, r, body)
+        if proved is not None:
+            for node in proved[1:]:
+                ctx.skip(node)
+            return True
+    return False
+
+
+def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
+    """The tensor the body normalizes and the body's nodes, when ``first`` starts one; else None."""
+    readers = ctx.readers()
+    outputs = ctx.outputs()
+
+    def sole(name: str, op: str) -> NodeProto | None:
+        found = readers.get(name, [])
+        if len(found) != 1 or name in outputs or not is_default(found[0]) or found[0].op_type != op:
+            return None
+        return found[0]
+
+    cast: NodeProto | None = None
+    if first.op_type == "Cast":
+        cast, data, x_in = first, first.input[0], first.output[0]
+        found = readers.get(x_in, [])
+        mean = next((n for n in found if n.op_type == "ReduceMean" and is_default(n)), None)
+        if mean is None or len(found) != 2 or x_in in outputs:
+            return None
+    else:
+        data = x_in = first.input[0]
+        mean = first
+    sub = sole(mean.output[0], "Sub")
+    if sub is None or list(sub.input) != [x_in, mean.output[0]] or (cast is not None and sub not in readers.get(x_in, [])):
+        return None
+    d = sub.output[0]
+    d_readers = readers.get(d, [])
+    square = next((n for n in d_readers if n.op_type == "Mul" and list(n.input) == [d, d]), None)
+    div = next((n for n in d_readers if n.op_type == "Div" and n.input[0] == d), None)
+    if square is None or div is None or len(d_readers) != 2 or d in outputs:
+        return None
+    var = sole(square.output[0], "ReduceMean")
+    add_eps = sole(var.output[0], "Add") if var is not None else None
+    sqrt = sole(add_eps.output[0], "Sqrt") if add_eps is not None else None
+    if (
+        var is None
+        or add_eps is None
+        or sqrt is None
+        or sole(sqrt.output[0], "Div") is not div
+        or add_eps.input[0] != var.output[0]
+    ):
+        return None
+    n = div.output[0]
+    back = None
+    if cast is not None:
+        back = sole(n, "Cast")
+        if back is None:
+            return None
+        n = back.output[0]
+    mul = sole(n, "Mul")
+    if mul is None or mul.input[0] != n:
+        return None
+    return data, _Body(cast, mean, sub, square, var, add_eps, sqrt, div, back, mul)
+
+
+def _reduced_axes(ctx: Context, reduce: NodeProto, rank: int) -> list[int] | None:
+    """A ReduceMean's axes normalized and sorted, when it keeps the dims; else None."""
+    attrs = Attributes(reduce)
+    got = attrs.get_ints("axes")
+    if got is None and len(reduce.input) > 1:
+        f = ctx.fact(reduce.input[1])
+        if isinstance(f, Const):
+            got = [int(a) for a in np.asarray(f.get()).reshape(-1)]
+    if got is None or attrs.get_int("keepdims", 1) != 1:
+        return None
+    axes = [norm_axis(a, rank) for a in got]
+    return sorted(a for a in axes if a is not None) if None not in axes else None
+
+
+def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[NodeProto] | None:
+    """The body's nodes (its bias Add included) when it is ``cand`` read in layout ``P``, its output's fact set."""
+    o = ctx.orig.canon(cand.input[0])
+    if not isinstance(o, SameAs) or o.root != r.root or any(out and ctx.orig.reads(out) for out in cand.output[1:]):
+        return None
+    try:
+        perm = relative(o.layout, r.layout)
+    except ValueError:
+        return None
+    if perm is None:
+        return None
+    rank, attrs = len(perm), Attributes(cand)
+    k = norm_axis(attrs.get_int("axis", -1), sum(p is not None for p in perm))
+    if k is None:
+        return None
+    axes = sorted(a for a, p in enumerate(perm) if p is not None and p >= k)
+    if any(_reduced_axes(ctx, reduce, rank) != axes for reduce in (body.mean, body.var)):
+        return None
+    stash = attrs.get_int("stash_type", TensorProto.FLOAT)
+    stash_np = onnx.helper.tensor_dtype_to_np_dtype(stash)
+    scale_o = ctx.orig.canon(cand.input[1]) if len(cand.input) > 1 else EMPTY
+    scale_r = ctx.fact(body.mul.input[1])
+    if not isinstance(scale_o, Const) or not isinstance(scale_r, Const):
+        return None
+    dtype = np.asarray(scale_o.get()).dtype
+    if body.cast is not None and body.back is not None:
+        cast_to, back_to = Attributes(body.cast).get_int("to", 0), Attributes(body.back).get_int("to", 0)
+        if cast_to != stash or back_to != onnx.helper.np_dtype_to_tensor_dtype(dtype):
+            return None
+    elif dtype != stash_np:
+        return None
+    eps = ctx.fact(body.add_eps.input[1])
+    epsilon = np.array(attrs.get_float("epsilon", 1e-5), dtype=stash_np)
+    if not isinstance(eps, Const) or differs(np.asarray(eps.get()).reshape(()), epsilon, "epsilon"):
+        return None
+    if ctx.same_laid_out(scale_r, scale_o, perm):
+        return None
+    group = body.nodes
+    out = body.mul.output[0]
+    if len(cand.input) > 2 and cand.input[2]:
+        readers = ctx.readers().get(out, [])
+        add = readers[0] if readers else None
+        if add is None or len(readers) != 1 or out in ctx.outputs() or add.op_type != "Add" or add.input[0] != out:
+            return None
+        bias_o, bias_r = ctx.orig.canon(cand.input[2]), ctx.fact(add.input[1])
+        if not isinstance(bias_o, Const) or not isinstance(bias_r, Const) or ctx.same_laid_out(bias_r, bias_o, perm):
+            return None
+        group = [*group, add]
+        out = add.output[0]
+    result = ctx.orig.canon(cand.output[0])
+    if not isinstance(result, SameAs) or not result.root:
+        return None
+    inside = Unknown(f"a tensor inside the written-out LayerNormalization {cand.name or cand.output[0]!r}")
+    for node in group:
+        for name in node.output:
+            ctx.facts[name] = inside
+    ctx.facts[out] = SameAs(result.root, compose(result.layout, perm))
+    return group

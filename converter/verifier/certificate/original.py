@@ -1,0 +1,253 @@
+"""The original graph's index: producers, constants, shapes, and each tensor's canonical fact.
+
+A tensor of the original is described by the fact of what it equals, read through the nodes that only
+re-lay a tensor, so that one tensor has one description on both sides:
+
+- a Transpose's output is its input under that perm, an Identity's output is its input;
+- an Unsqueeze's output is its input with unit axes, a Squeeze of only such unit axes takes them away
+  again, and ``Reshape(x, [0, 0, c])`` is ``x`` merged (:mod:`.canonical`, shared with the rewritten side);
+- a Reshape that ends a chain of rearrangements whose result is only a Transpose of a tensor earlier in the
+  chain is that tensor under a layout (:meth:`Original._transposed_ancestor`);
+- an initializer, a Constant, or a small op on constants (:data:`constants.CONSTANT_OPS`) is a ``Const``;
+- anything else is a root of its own, ``SameAs(name)``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import numpy as np
+import onnx
+from onnx import GraphProto, NodeProto, TensorProto
+
+from converter.verifier.certificate.canonical import merge_fact, unit_axes
+from converter.verifier.certificate.constants import CONSTANT_OPS, constant_node_fact, evaluated, run_on_constants
+from converter.verifier.certificate.elements import (
+    MAX_STEPS,
+    REARRANGE,
+    Shape,
+    elements,
+    rearrange_step,
+    relate,
+    same_elements,
+    symbolic,
+)
+from converter.verifier.certificate.facts import EMPTY, MERGED, Const, Fact, SameAs, Unknown
+from converter.verifier.certificate.layouts import compose, lifted, plain
+from converter.verifier.certificate.nodes import graphs_of, is_default, transpose_layout
+
+_SMALL = 1024  # elements: constants kept for shape inference (shapes, axes); larger ones become typed inputs
+
+
+class Original:
+    """One original graph: producers, constants, and each tensor's canonical fact."""
+
+    def __init__(
+        self,
+        graph: GraphProto,
+        parent: Original | None,
+        value_of: Callable[[TensorProto], np.ndarray],
+        opsets: Sequence[onnx.OperatorSetIdProto] = (),
+        model: onnx.ModelProto | None = None,
+    ) -> None:
+        self.graph = graph
+        self.parent = parent
+        self.model = model  # the main graph's model: where ranks are inferred from
+        self._shapes: dict[str, Shape | None] | None = None
+        self.value_of = value_of
+        self.opsets: list[onnx.OperatorSetIdProto] = list(opsets) if parent is None else parent.opsets
+        self.inputs = {i.name for i in graph.input}
+        self.initializers = {t.name: t for t in graph.initializer if t.name not in self.inputs}
+        self.sparse = {s.values.name for s in graph.sparse_initializer}
+        self.producers: dict[str, NodeProto] = {}
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producers[out] = node
+        self._canon: dict[str, Fact] = {}
+        self._by_root: dict[str, list[tuple[NodeProto, int]]] | None = None
+
+    @property
+    def opset(self) -> int:
+        """The default domain's opset version (1 when none is imported)."""
+        return next((o.version for o in self.opsets if o.domain in ("", "ai.onnx")), 1)
+
+    def owner(self, name: str) -> Original | None:
+        scope: Original | None = self
+        while scope is not None:
+            if name in scope.producers or name in scope.initializers or name in scope.inputs or name in scope.sparse:
+                return scope
+            scope = scope.parent
+        return None
+
+    def canon(self, name: str) -> Fact:
+        if not name:
+            return EMPTY
+        scope = self.owner(name)
+        if scope is None:
+            return Unknown(f"{name!r} is not defined in the original")
+        if scope is not self:
+            return scope.canon(name)
+        if name in self._canon:
+            return self._canon[name]
+        fact = self._compute(name)
+        self._canon[name] = fact
+        return fact
+
+    def _compute(self, name: str) -> Fact:
+        if name in self.initializers:
+            return Const((id(self), name), partial(self.value_of, self.initializers[name]))
+        node = self.producers.get(name)
+        if node is None:
+            return SameAs(name)  # a graph input or a sparse initializer
+        default = is_default(node)
+        if default and node.op_type == "Constant":
+            return constant_node_fact(node, (id(self), name))
+        if default and node.op_type == "Identity":
+            return self.canon(node.input[0])
+        if default and node.op_type in CONSTANT_OPS and len(node.output) == 1:
+            ins = [self.canon(n) for n in node.input]
+            if ins and all(isinstance(f, Const) or f is EMPTY for f in ins) and isinstance(ins[0], Const):
+                # Evaluated once now to know it is a constant at all (a node the evaluator rejects stays a
+                # computed tensor), and again when read, so that no value is held in between.
+                if run_on_constants(node, ins, self.opsets) is not None:
+                    return Const((id(self), name), partial(evaluated, node, ins, self.opsets))
+        if default and node.op_type == "Transpose":
+            perm = transpose_layout(node)
+            inner = self.canon(node.input[0])
+            if not isinstance(perm, bool) and isinstance(inner, SameAs):
+                try:
+                    return SameAs(inner.root, compose(inner.layout, perm))
+                except ValueError:
+                    return SameAs(name)
+        if default and node.op_type in ("Unsqueeze", "Squeeze") and len(node.output) == 1:
+            unit = unit_axes(node, self.canon(node.input[0]), self.canon, self.rank)
+            if unit is not None:
+                return unit
+        if default and node.op_type == "Reshape" and len(node.input) == 2:
+            merged = merge_fact(node, self.canon(node.input[0]), self.canon(node.input[1]))
+            if merged is not None:  # the same fact the walk gives the same node (ops.layout_ops.merge)
+                return merged
+            moved = self._transposed_ancestor(node)
+            if moved is not None:
+                return moved
+        return SameAs(name)
+
+    def _transposed_ancestor(self, node: NodeProto) -> SameAs | None:
+        """A Reshape that ends a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a Transpose among them)
+        whose result is only a Transpose of a tensor earlier in the chain: that tensor under a layout (the
+        earliest such, so that every such tensor of one chain has one root). dynamo computes ``K^T`` as
+        ``[B,H,S,D] -> [B*H,S,D] -> [B*H,D,S] -> [B,H,D,S]``: ``Transpose(k, [0, 1, 3, 2])``."""
+        chain = [node]
+        while len(chain) < MAX_STEPS:
+            prev = self.producers.get(chain[0].input[0]) if chain[0].input else None
+            if prev is None or not is_default(prev) or prev.op_type not in REARRANGE or len(prev.output) != 1:
+                break
+            chain.insert(0, prev)
+        if not any(n.op_type == "Transpose" for n in chain):
+            return None
+        for i, first in enumerate(chain):
+            start = first.input[0]
+            shape = self.shape(start)
+            found = [rearrange_step(n, self.canon, self.shape) for n in chain[i:]]
+            steps = [st for st in found if st is not None]
+            if shape is None or len(steps) != len(found):
+                continue
+            dims = symbolic(start, shape)
+            ours = elements(dims, steps)
+            m = None if ours is None else relate(ours, elements(dims, ()))
+            if m is None or None in m or not same_elements(dims, steps, (("layout", m),)):
+                continue
+            base = self.canon(start)
+            if isinstance(base, SameAs) and base.root and not lifted(base.layout):
+                try:
+                    return SameAs(base.root, compose(base.layout, plain(m)))
+                except ValueError:
+                    return None
+        return None
+
+    def rank(self, name: str) -> int | None:
+        """The rank onnx's shape inference gives an original tensor (inferred once, on first need), or None."""
+        if name.startswith(MERGED):
+            return 3  # two dims kept, the rest merged into one
+        shape = self.shape(name)
+        return None if shape is None else len(shape)
+
+    def shape(self, name: str) -> Shape | None:
+        """The shape onnx's shape inference gives an original tensor (None entries: dims it cannot tell)."""
+        top = self
+        while top.parent is not None:
+            top = top.parent
+        if top._shapes is None:
+            top._shapes = _inferred_shapes(top.model) if top.model is not None else {}
+        return top._shapes.get(name)
+
+    def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
+        """Nodes of this graph that read a tensor whose canonical root is ``root``, with the input slot."""
+        if self._by_root is None:
+            index: dict[str, list[tuple[NodeProto, int]]] = defaultdict(list)
+            for node in self.graph.node:
+                for slot, inp in enumerate(node.input):
+                    fact = self.canon(inp)
+                    if isinstance(fact, SameAs) and fact.root:
+                        index[fact.root].append((node, slot))
+            self._by_root = index
+        return self._by_root.get(root, [])
+
+    def reads(self, name: str) -> bool:
+        """Whether anything in this graph reads ``name``, or it is an output of the graph."""
+        return any(name in n.input for n in self.graph.node) or name in {o.name for o in self.graph.output}
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
+    """Each tensor's shape as onnx's shape inference (with data propagation, so that a Reshape target an
+    exporter computes from ``Shape`` is followed) finds it, on a copy without the large weights' data.
+    A dim it cannot tell is None; a tensor it finds no shape for, or two graphs give two ranks, is None."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    g.sparse_initializer.extend(model.graph.sparse_initializer)
+    declared = {i.name for i in g.input}
+    for t in model.graph.initializer:
+        if t.data_location != TensorProto.EXTERNAL and int(np.prod(t.dims)) <= _SMALL and (t.raw_data or t.dims):
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    inferred = None
+    for data_prop in (True, False):  # data propagation fails on some graphs that plain inference takes
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=data_prop)
+            break
+        except Exception:  # noqa: BLE001, PERF203 - no shapes: what needed one stays unfollowed
+            continue
+    if inferred is None:
+        return {}
+    shapes: dict[str, Shape | None] = {}
+
+    def put(name: str, shape: Shape | None) -> None:
+        known = shapes.get(name)
+        if name in shapes and (known is None or shape is None or len(known) != len(shape)):
+            shapes[name] = None
+        else:
+            shapes[name] = shape
+
+    stack = [inferred.graph]
+    while stack:
+        graph = stack.pop()
+        for vi in (*graph.input, *graph.value_info, *graph.output):
+            tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+            dims = None
+            if tt is not None and tt.HasField("shape"):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+            put(vi.name, dims)
+        for t in graph.initializer:
+            put(t.name, tuple(int(d) for d in t.dims))
+        for node in graph.node:
+            stack.extend(sub for _, sub in graphs_of(node))
+    return shapes
