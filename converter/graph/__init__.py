@@ -157,10 +157,14 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
     for path, g in iter_graphs(skel.graph):
         declared[path] = list(g.value_info)
         g.ClearField("value_info")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - a model inference cannot handle still has declared shapes
-        inferred = skel
+    inferred = _infer(skel)
+    # Pads, targets and bounds computed from constants (and from the shapes of tensors whose every dim is known)
+    # are given their values, and inference runs again while that teaches it anything (a stage's pads read the
+    # shape the stage before it padded to).
+    for _ in range(_INFERENCE_ROUNDS):
+        if not _constant_parameters(skel, inferred):
+            break
+        inferred = _infer(skel)
     types: dict[GraphPath, dict[str, TensorType]] = {}
     for path, g in iter_graphs(inferred.graph):
         table = _TypeTable()
@@ -177,11 +181,67 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
                 table[vi.name] = claim if known is None or claim.shape is not None else known
             elif claim.shape is not None and len(claim.shape) != len(known.shape):
                 table[vi.name] = TensorType(known.elem_type, None, conflict=True)
+            elif claim.shape is not None and any(_unknown(d) for d in known.shape):
+                # Where inference gave up on a dim (a Pad whose pads it could not compute), the exporter's own
+                # shape, when it knows one, fills it in; a dim both know stays inference's.
+                merged = tuple(c if _unknown(k) and not _unknown(c) else k for k, c in zip(known.shape, claim.shape, strict=True))
+                table[vi.name] = TensorType(known.elem_type, merged)
         types[path] = table
     return types
 
 
-SourceKind = Literal["initializer", "constant_node", "folded", "initializer_graph_input", "graph_input", "computed", "unknown"]
+_INFERENCE_ROUNDS = 4
+# Inputs that shape inference reads the values of (past the data input): pads, targets, bounds, sizes, axes.
+_SHAPE_READERS = frozenset(
+    {"Pad", "Reshape", "Slice", "Expand", "Tile", "ConstantOfShape", "Resize", "Upsample", "Unsqueeze", "Squeeze"}
+)
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model inference cannot handle still has declared shapes
+        return model
+
+
+def _constant_parameters(model: onnx.ModelProto, inferred: onnx.ModelProto) -> bool:
+    """In ``model`` (a skeleton made for shape inference), give the shape-reading inputs that are computed from
+    constants alone (Scope's ``evaluated``: the TorchScript exporter's pads, say) their values as initializers,
+    so that inference knows the shapes they make; ``inferred`` is what inference found so far. The main graph
+    only. Whether anything was given."""
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    candidates = [n for n in graph.node if n.op_type in _SHAPE_READERS and n.domain in ("", "ai.onnx") and len(n.input) > 1]
+    if opset is None or not candidates:
+        return False
+    types = _TypeTable()
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        types.add(vi)
+    scope = Scope(graph, (), types, opset=opset)
+    made: dict[str, str] = {}
+    for node in candidates:
+        for slot in range(1, len(node.input)):
+            name = node.input[slot]
+            if not name or scope.source(name).kind != "evaluated":
+                continue
+            if name not in made:
+                made[name] = f"{name}\x00value"
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(scope.constant_tensor(name))
+                tensor.name = made[name]
+                graph.initializer.append(tensor)
+            node.input[slot] = made[name]
+    return bool(made)
+
+
+def _unknown(dim: int | str | None) -> bool:
+    """A dim nothing knows: absent, or a symbol shape inference made up (``unk__3``)."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
+
+
+SourceKind = Literal[
+    "initializer", "constant_node", "folded", "evaluated", "initializer_graph_input", "graph_input", "computed", "unknown"
+]
 
 
 @dataclass(frozen=True)
@@ -191,6 +251,10 @@ class Source:
     ``folded``: the output of one of ``FOLDABLE`` whose inputs are all constants (the TorchScript
     exporter reads deduplicated initializers through Identity; exporters also leave Cast, Reshape,
     Transpose, Squeeze and Unsqueeze of initializers). It is as constant as an initializer.
+    ``evaluated``: a small integer tensor computed from integer constants alone (and from the shapes of
+    tensors whose every dim is known) by any deterministic ops: the TorchScript exporter computes Pad's pads,
+    Slice's bounds and Reshape targets that way; onnx's reference implementation evaluates it once
+    (``Scope.opset`` must be given).
     """
 
     kind: SourceKind
@@ -198,7 +262,7 @@ class Source:
 
     @property
     def is_constant(self) -> bool:
-        return self.kind in ("initializer", "constant_node", "folded")
+        return self.kind in ("initializer", "constant_node", "folded", "evaluated")
 
 
 # Ops on constants that are read as constants. The values are computed with numpy below rather
@@ -290,8 +354,12 @@ class Scope:
         parent: Scope | None = None,
         label: str = "main",
         value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+        opset: int | None = None,
     ) -> None:
         self.graph = graph
+        # The default domain's opset, for evaluating small constant expressions (None: they stay computed).
+        self.opset = opset if opset is not None else (parent.opset if parent is not None else None)
+        self._evaluated: dict[str, onnx.TensorProto | None] = {}
         # Reads a constant's values: a detached store knows the placeholders' (see detached.py).
         self.value_of = value_of or (parent.value_of if parent is not None else numpy_helper.to_array)
         self.path = path
@@ -343,6 +411,8 @@ class Scope:
                     return Source("constant_node", scope)
                 if node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and scope._fold(name) is not None:
                     return Source("folded", scope)
+                if scope._evaluate(name) is not None:
+                    return Source("evaluated", scope)
                 return Source("computed", scope)
             scope = scope.parent
         return Source("unknown")
@@ -382,7 +452,7 @@ class Scope:
             except (ValueError, TypeError, IndexError, OverflowError, MemoryError):
                 value = None  # the runtime would reject it: leave it computed, as the model wrote it
             if value is not None:
-                result = numpy_helper.from_array(np.ascontiguousarray(value), name)
+                result = numpy_helper.from_array(np.array(value, order="C"), name)  # (ascontiguousarray makes a scalar 1-D)
         self._folded[name] = result
         return result
 
@@ -434,6 +504,10 @@ class Scope:
                 self._constant_expr[top] = False
                 stack.pop()
                 continue
+            if node.op_type == "Shape" and self._static_shape(node) is not None:
+                self._constant_expr[top] = True  # the shape of a tensor whose every dim is known
+                stack.pop()
+                continue
             pending = [i for i in node.input if i and i not in self._constant_expr]
             if pending:
                 stack.extend(pending)
@@ -456,12 +530,126 @@ class Scope:
             folded = src.owner._fold(name)
             assert folded is not None
             return folded
+        if src.kind == "evaluated":
+            evaluated = src.owner._evaluate(name)
+            assert evaluated is not None
+            return evaluated
         attr = _constant_attr(src.owner.producers[name])
         assert attr is not None
         return attr.t
 
     def consumers(self, name: str) -> list[NodeProto]:
         return self.uses.get(name, [])
+
+    def _static_shape(self, node: NodeProto) -> list[int] | None:
+        """What a Shape node gives when its input's every dim is known (``start``/``end`` applied), else None."""
+        if node.domain not in ("", "ai.onnx") or not node.input:
+            return None
+        t = self.type_of(node.input[0])
+        if t is None or t.shape is None or t.conflict or not all(isinstance(d, int) for d in t.shape):
+            return None
+        dims = list(t.shape)
+        start = _attr(node, "start")
+        end = _attr(node, "end")
+        rank = len(dims)
+        lo = start.i if start is not None else 0
+        hi = end.i if end is not None else rank
+        lo, hi = (min(max(v + rank if v < 0 else v, 0), rank) for v in (lo, hi))
+        return dims[lo:hi]  # type: ignore[return-value]
+
+    def _leaf(self, name: str) -> onnx.TensorProto | None:
+        """A constant an expression may read without evaluating it: an initializer (not a graph input), a Constant
+        node's value, a folded chain over those, or an outer scope's constant (None otherwise)."""
+        if name in self.initializers:
+            return None if name in self.input_names else self.initializers[name]
+        node = self.producers.get(name)
+        if node is None:
+            if name in self.input_names or self.parent is None:
+                return None
+            src = self.parent.source(name)
+            return src.owner.constant_tensor(name) if src.is_constant and src.owner is not None else None
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            attr = _constant_attr(node)
+            return attr.t if attr is not None else None
+        if node.op_type in FOLDABLE:
+            return self._fold(name)
+        return self._evaluated.get(name)  # already evaluated (never evaluated here: that would recurse)
+
+    def _evaluate(self, name: str) -> onnx.TensorProto | None:
+        """The value of a small integer tensor this scope computes from constants alone, or None."""
+        if name in self._evaluated:
+            return self._evaluated[name]
+        self._evaluated[name] = None
+        node = self.producers.get(name)
+        if self.opset is None or node is None or node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
+            return None
+        if subgraphs(node) or not self._constant_expression(name):
+            return None
+        nodes: dict[int, NodeProto] = {}
+        leaves: dict[str, onnx.TensorProto] = {}
+        stack = [name]
+        while stack:  # the expression's nodes, back to its constants (no recursion: a chain may be long)
+            top = stack.pop()
+            if top in leaves or (top in self.producers and id(self.producers[top]) in nodes):
+                continue
+            producer = self.producers.get(top)
+            static = self._static_shape(producer) if producer is not None and producer.op_type == "Shape" else None
+            if static is not None:
+                leaves[top] = numpy_helper.from_array(np.asarray(static, dtype=np.int64), top)
+                continue
+            leaf = self._leaf(top) if top != name else None
+            if leaf is not None:
+                if _elements(leaf) > _EVALUATE_ELEMENTS or leaf.data_type not in _INTEGER_TYPES:
+                    return None  # shape arithmetic reads integers only (a float cast to int is the runtime's own)
+                leaves[top] = numpy_helper.from_array(np.asarray(self.value_of(leaf)), top)
+                continue
+            if producer is None or subgraphs(producer) or len(nodes) >= _EVALUATE_NODES:
+                return None
+            nodes[id(producer)] = producer
+            stack.extend(i for i in producer.input if i)
+        ordered = [n for n in self.nodes if id(n) in nodes]
+        value = _reference_run(ordered, leaves, name, self.opset)
+        if value is None or value.dtype.kind not in "iu" or value.size > _EVALUATE_ELEMENTS:
+            return None
+        self._evaluated[name] = numpy_helper.from_array(np.array(value, order="C"), name)  # (ascontiguousarray makes a scalar 1-D)
+        return self._evaluated[name]
+
+
+# Constant expressions evaluated (Source "evaluated"): at most this many nodes, and this many elements in every
+# constant read and in the result: the shape arithmetic exporters write, not weights.
+_EVALUATE_NODES = 64
+_EVALUATE_ELEMENTS = 4096
+_INTEGER_TYPES = frozenset(
+    {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
+    }
+)
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    return math.prod(tensor.dims)
+
+
+def _reference_run(nodes: list[NodeProto], leaves: dict[str, onnx.TensorProto], name: str, opset: int) -> np.ndarray | None:
+    """``name`` computed by ``nodes`` from ``leaves`` with onnx's reference implementation; None when it fails."""
+    from onnx.reference import ReferenceEvaluator  # imported when a model has such an expression at all
+
+    graph = onnx.helper.make_graph(nodes, "constant_expression", [], [onnx.ValueInfoProto(name=name)], list(leaves.values()))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    try:
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # noqa: BLE001 - whatever the reference implementation rejects stays computed
+        return None
 
 
 def _constant_attr(node: NodeProto) -> AttributeProto | None:

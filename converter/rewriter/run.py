@@ -118,9 +118,9 @@ def rewrite_in_place(
     started = time.perf_counter()
     with _no_cyclic_gc():
         kinds = activations(out)
-        before = census(out)
         ops_before = count_ops(out.graph)
         types = collect_types(out)  # before the rewrite: the original's tensors keep their values (and sizes)
+        before = census(out, types=types.get(()))
         rules = RuleOptions(providers=providers, tokens=options.tokens)
         prepared = prepare_rules(out, RULES, rules, detached, progress, types)
         value_of = detached.value if detached is not None else None
@@ -134,12 +134,15 @@ def rewrite_in_place(
         if choice is not None and any(d.rewritten for d in decisions):
             report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=types.get(()), guides=choice.guides(out)).to_dict()
         report.ops_after = count_ops(out.graph)
-        after = census(out)
+        after = census(out, types=types.get(()))
     record.transposes_original, record.edge_original = before.layout, before.edge
     record.transposes_final, record.edge_final = after.layout, after.edge
-    if choice is not None:
+    if choice is not None and report.rewritten:
         record.transposes_optimum, record.edge_optimum = choice.inside, choice.edge
         record.layernorms_written_out, record.seconds = choice.written_out, choice.seconds
+    elif choice is not None:  # nothing converted: the model is left as it is, and so are its Transposes
+        record.transposes_optimum, record.edge_optimum = before.layout - before.edge, before.edge
+        record.seconds = choice.seconds
     record.declined = sum(d.reason == LAYOUT_COST for d in decisions)
     by_label = {(c.decision.graph, c.decision.node): c.layer for c in prepared.candidates if c.layer is not None}
     for d in decisions:  # a declined layer's decision has no claim left: its candidate's tells what it read

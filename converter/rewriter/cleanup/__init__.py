@@ -85,6 +85,9 @@ class PassContext:
         self.guides = dict(guides or {})
         self.guide: Guide | None = None  # the guide of the graph being cleaned
         self.assume: frozenset[str] | None = None
+        # New names that hold exactly what an original tensor holds (a copy of a Transpose, the way back of a
+        # placed pair): the passes that need sizes read the original's type.
+        self.aliases: dict[str, str] = {}
         self.types = types  # the main graph's tensor types as shape inference found them before the rewrite
         self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
@@ -119,7 +122,8 @@ class PassContext:
     def workspace(self, graph: GraphProto) -> Workspace:
         """The index of the graph being cleaned, built once for all passes and rounds."""
         if self._workspace is None or self._workspace.graph is not graph:
-            self._workspace = Workspace(graph, self.value_of)
+            main = graph is self.model.graph
+            self._workspace = Workspace(graph, self.value_of, self.opset, self.types if main else None)
         return self._workspace
 
     def tag(self, node: NodeProto, pass_name: str) -> NodeProto:

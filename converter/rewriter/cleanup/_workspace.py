@@ -14,13 +14,23 @@ What callers can rely on:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, numpy_helper
 
-from converter.graph import FOLDABLE, GRAPH_OPS, Scope, iter_graphs, referenced_names, set_transpose_perm, subgraphs, transpose_perm
+from converter.graph import (
+    FOLDABLE,
+    GRAPH_OPS,
+    Scope,
+    TensorType,
+    iter_graphs,
+    referenced_names,
+    set_transpose_perm,
+    subgraphs,
+    transpose_perm,
+)
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS
 
 _DROPPABLE = FOLDABLE | {"Constant"}  # nodes that only make a constant
@@ -29,10 +39,17 @@ _DROPPABLE = FOLDABLE | {"Constant"}  # nodes that only make a constant
 class Workspace:
     """The live index of one graph: producers, readers (subgraph reads included), node order, worklists, undo."""
 
-    def __init__(self, graph: GraphProto, value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        graph: GraphProto,
+        value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
+        opset: int | None = None,
+        types: Mapping[str, TensorType] | None = None,
+    ) -> None:
         self.graph = graph
-        # Scope answers "is this a constant, and what is it"; its producer map is kept current here.
-        self.scope = Scope(graph, (), {}, value_of=value_of)
+        # Scope answers "is this a constant, and what is it" (the shape of a tensor whose every dim ``types`` knows is
+        # a constant too); its producer map is kept current here.
+        self.scope = Scope(graph, (), types if types is not None else {}, value_of=value_of, opset=opset)  # type: ignore[arg-type]
         self.producers = self.scope.producers
         self.outputs = self.scope.output_names
         self._readers: dict[str, dict[int, NodeProto]] = {}  # made from scope.uses when first asked

@@ -112,6 +112,7 @@ def _chain(ws: Workspace, t_node: NodeProto) -> list[NodeProto]:
 
 
 def _dims(ctx: PassContext, name: str) -> list[ra.Dim] | None:
+    name = ctx.aliases.get(name, name)
     t = ctx.types.get(name) if ctx.types else None
     if t is None or t.shape is None or t.conflict:
         return None

@@ -28,7 +28,7 @@ from converter.rewriter.cleanup import PassContext, PassResult
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, inverse, is_identity, make_transpose, set_attribute
 from converter.rewriter.cleanup._workspace import Workspace
 from converter.rewriter.cleanup.handlers import Decline, HandlerArgs, Plan, handler_for, per_element
-from converter.rewriter.cleanup.handlers._base import Fresh, Operand, Relaid, outputs_go_on
+from converter.rewriter.cleanup.handlers._base import Fresh, Operand, Relaid, Transposed, outputs_go_on
 from converter.rewriter.cleanup.handlers.elementwise import BINARY, UNARY, VARIADIC
 
 ELEMENTWISE = UNARY | BINARY | VARIADIC
@@ -71,6 +71,7 @@ def _guided(ctx: PassContext, ws: Workspace, t_node: NodeProto, op: NodeProto, p
         if ws.count_readers(t) == 1 or op.op_type == "Transpose":
             return 0  # fold_rearranges (or cancel_transposes) takes it as it is
         copy = make_transpose(t_node.input[0], ctx.names.fresh(f"{t}_copy"), perm, ctx.names.fresh(f"{t_node.name or t}_copy"))
+        ctx.aliases[copy.output[0]] = ctx.aliases.get(t, t)
         ws.add_after(t_node, [ctx.tag(copy, pass_name)])
         for slot, name in enumerate(op.input):
             if name == t:
@@ -232,6 +233,16 @@ def _resolve(ctx: PassContext, ws: Workspace, value: Operand) -> str:
         return value
     if isinstance(value, Fresh):
         return ws.add_constant(ctx.names.fresh(value.base), value.value)
+    if isinstance(value, Transposed):
+        key = ("transposed", value.name, value.perm)
+        if key not in ctx.derived:
+            out = ctx.names.fresh(f"{value.name}_{''.join(map(str, value.perm))}")
+            node = make_transpose(value.name, out, value.perm, ctx.names.fresh(f"{value.name}_transpose"))
+            anchor = ws.producer(value.name)
+            assert anchor is not None, f"{value.name} is computed, so a node makes it"
+            ws.add_after(anchor, [ctx.tag(node, "sink_transposes")])
+            ctx.derived[key] = out
+        return ctx.derived[key]
     assert isinstance(value, Relaid)
     key = (value.source, *value.key)
     if key not in ctx.derived:

@@ -98,8 +98,8 @@ def optimize(
     started = time.perf_counter()
     choice = Choice()
     for key, graph, scope, candidates in prepared.graphs():
-        ws = Workspace(graph, value_of)
         ctx = PassContext(model, value_of, CleanupOptions(), types.get(scope.path) if not scope.path else None)
+        ws = Workspace(graph, value_of, ctx.opset, ctx.types)
         problem = Problem(graph, scope, ws, ctx, candidates, keep_all)
         solution = problem.solve()
         choice.solutions[key] = solution

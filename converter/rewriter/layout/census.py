@@ -10,13 +10,13 @@ NCHW), ``grouped tokens`` (a window partition: a Reshape out of a rank-5+ tensor
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import onnx
 from onnx import GraphProto, NodeProto
 
-from converter.graph import GRAPH_OPS, subgraphs, transpose_perm
+from converter.graph import GRAPH_OPS, Scope, TensorType, subgraphs, transpose_perm
 from converter.rewriter.cleanup.handlers.elementwise import BINARY, UNARY, VARIADIC
 from converter.rewriter.rules._engine import GraphKey, holder_key
 
@@ -52,15 +52,16 @@ class Census:
         return self.layout - self.edge
 
 
-def census(model: onnx.ModelProto, edges: bool = True) -> Census:
+def census(model: onnx.ModelProto, edges: bool = True, types: Mapping[str, TensorType] | None = None) -> Census:
     """The model's Transposes of computed tensors; with ``edges``, also which sit at the model's edge
-    (the walk that costs: without it, a count for the report)."""
+    (the walk that costs: without it, a count for the report). ``types``: the main graph's tensor types, when
+    the caller has them (a Transpose of the shape of a tensor whose every dim is known is a constant too)."""
     found = Census()
     main_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     stack: list[tuple[GraphProto, _Frame | None, NodeProto | None]] = [(model.graph, None, None)]
     while stack:
         graph, parent, holder = stack.pop()
-        frame = _Frame(graph, parent, holder, main_inputs)
+        frame = _Frame(graph, parent, holder, main_inputs, types if parent is None else None)
         for node in graph.node:
             op = node.op_type
             if op != "Transpose":
@@ -69,6 +70,8 @@ def census(model: onnx.ModelProto, edges: bool = True) -> Census:
                 continue
             if not node.input or _is_constant(node.input[0], frame.producers, frame.constants):
                 continue
+            if frame.scope.is_constant_expression(node.input[0]):
+                continue  # computed from constants alone (an exporter's pads): folded before anything runs
             found.layout += 1
             out = node.output[0] if node.output else ""
             if edges and (frame.from_edge(node.input[0]) or frame.to_edge(out)):
@@ -92,8 +95,21 @@ class _Frame:
 
     # The indexes are built on first use: most graphs a census walks hold few Transposes or none.
 
-    def __init__(self, graph: GraphProto, parent: _Frame | None, holder: NodeProto | None, main_inputs: set[str]) -> None:
+    def __init__(
+        self,
+        graph: GraphProto,
+        parent: _Frame | None,
+        holder: NodeProto | None,
+        main_inputs: set[str],
+        types: Mapping[str, TensorType] | None = None,
+    ) -> None:
         self.graph, self.parent, self.holder, self.main_inputs = graph, parent, holder, main_inputs
+        self.types = types
+
+    @functools.cached_property
+    def scope(self) -> Scope:
+        """The graph's index, for telling constant expressions (an outer scope's names count as computed)."""
+        return Scope(self.graph, (), self.types if self.types is not None else {})  # type: ignore[arg-type]
 
     @functools.cached_property
     def producers(self) -> dict[str, NodeProto]:

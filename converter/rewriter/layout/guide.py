@@ -89,4 +89,5 @@ def _pair(ws: Workspace, ctx: PassContext, name: str, stored: int, label: int, r
         for slot, inp in enumerate(r.input):
             if inp == name:
                 ws.set_input(r, slot, back)
+    ctx.aliases[back] = name
     return back

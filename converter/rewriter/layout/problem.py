@@ -193,7 +193,9 @@ class Problem:
         return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(t.shape)]
 
     def _runtime(self, name: str) -> bool:
-        return bool(name) and not self.scope.source(name).is_constant
+        """Whether ``name`` is computed at run time: a tensor computed from constants alone is not (onnxruntime folds
+        it, and any layout of it, before anything runs)."""
+        return bool(name) and not self.scope.is_constant_expression(name)
 
     def _readers(self, name: str) -> list[NodeProto]:
         return self.scope.consumers(name)
@@ -473,7 +475,7 @@ class Problem:
             # At the graph's edge exactly (not through elementwise ops, as the census counts an edge Transpose):
             # the optimum then puts such a Transpose right on the input or output, where a caller who feeds or
             # reads the model in the other layout can drop it.
-            sem.edge = self.scope.producers.get(sem.root) is None and sem.root in self.scope.input_names
+            sem.edge = self._is_input(sem.root)
         return out
 
     def solve(self, pin: set[str] | None = None) -> Solution:
@@ -543,6 +545,15 @@ class Problem:
                 inner = self._wants(energy, x, wants, w.transpose - w.edge)
                 for direction, aux in anyone.items():
                     records.append(("copy", x, direction, aux, inner.get(direction)))
+        for k, chain in self.chains.items():  # chains whose start is outside the domain: a cost on the end alone
+            if chain.start in self.cls:
+                continue
+            y = chain_var.get(k)
+            full = self._full_costs(chain)
+            if y is not None:
+                for b in (CL, CF):
+                    energy.pay_if(y, b, full[(CL, b)] * w.transpose)
+            records.append(("chain", chain, None, y))
         for anchor, v in layer_var.items():
             if self.keep_all or (pin and anchor in pin):
                 energy.pay_if(v, CL, INFINITE)
@@ -587,16 +598,36 @@ class Problem:
                 out[(a, b)] = costs.get((sa, sb), 0)
         return out
 
+    def _is_input(self, name: str) -> bool:
+        """Whether ``name`` is an input of this graph, or (in a subgraph) a name of an outer graph that is one of its
+        inputs: a Transpose right on it sits at the model's edge."""
+        scope: Scope | None = self.scope
+        while scope is not None:
+            if name in scope.producers or name in scope.initializers:
+                return False
+            if name in scope.input_names:
+                return True
+            scope = scope.parent
+        return False
+
+    def _chain_weight(self, chain: Chain, w: Weights) -> int:
+        """A chain that ends in a graph output (or starts at a graph input): what it costs beyond the original's
+        Transposes sits at the model's edge."""
+        return w.edge if chain.end in self.outputs or self._is_input(chain.start) else w.transpose
+
     def _chain_terms(self, energy: Energy, chain: Chain, x: int, y: int | None, w: Weights, records: list) -> None:
         full = self._full_costs(chain)
-        c1 = self.cls.get(chain.end, CL)
+        c0, c1 = self.cls.get(chain.start, CL), self.cls.get(chain.end, CL)
+        base = full[(c0, c1)]  # the original's own: a constant
+        weight = self._chain_weight(chain, w)
+        cost = {k: (v - base) * weight if v >= base else (v - base) * w.transpose for k, v in full.items()}
         if y is None:  # the end keeps its layout: a cost on the start's label alone
             for a in (CL, CF):
-                energy.pay_if(x, a, full[(a, c1)] * w.transpose)
-        elif not energy.table(x, y, *(full[(a, b)] * w.transpose for a in (CL, CF) for b in (CL, CF))):
+                energy.pay_if(x, a, cost[(a, c1)]) if cost[(a, c1)] >= 0 else energy.pay_if(x, 1 - a, -cost[(a, c1)])
+        elif not energy.table(x, y, *(cost[(a, b)] for a in (CL, CF) for b in (CL, CF))):
             energy.pay_if(y, 1 - c1, INFINITE)  # not submodular (no chain we know of): the end keeps its layout
             for a in (CL, CF):
-                energy.pay_if(x, a, full[(a, c1)] * w.transpose)
+                energy.pay_if(x, a, max(cost[(a, c1)], 0))
         records.append(("chain", chain, x, y))
 
     def _solution(self, labels, value, sems, sem_var, layer_var, node_var, chain_var, records) -> Solution:  # noqa: ANN001
@@ -642,8 +673,15 @@ class Problem:
         for record in records:
             if record[0] == "chain":
                 _, chain, x, y = record
+                a = labels[x] if x is not None else CL  # (a start outside the domain keeps its layout: any label)
                 b = labels[y] if y is not None else self.cls.get(chain.end, CL)
-                inside += self._full_costs(chain)[(labels[x], b)]
+                full = self._full_costs(chain)
+                here = full[(a, b)]
+                if self._chain_weight(chain, self._w) == self._w.edge and self._w.edge != self._w.transpose:
+                    base = full[(self.cls.get(chain.start, CL), self.cls.get(chain.end, CL))]
+                    edge += max(here - base, 0)
+                    here = min(here, base)
+                inside += here
                 continue
             _, x, direction, anyone, inner = record
             made = labels[anyone] == 1 and labels[x] == 0 if direction == CF else labels[anyone] == 0 and labels[x] == 1

@@ -342,7 +342,8 @@ def prepare_rules(
 
     def visit(graph: GraphProto, path: GraphPath, parent: Scope | None, label: str, key: GraphKey) -> None:
         nonlocal seen
-        scope = Scope(graph, path, types.get(path, {}), parent, label, detached.value if detached is not None else None)
+        value_of = detached.value if detached is not None else None
+        scope = Scope(graph, path, types.get(path, {}), parent, label, value_of, opset)
         # Inner graphs first: their paths index this graph's nodes as they are before splicing.
         for i, node in enumerate(scope.nodes):
             for attr_name, sub in subgraphs(node):

@@ -107,7 +107,17 @@ class Unsqueezed:
         return out, [new_node("Unsqueeze", [name], [out], node_name, axes=list(self.axes))]
 
 
-Operand = str | Relaid | Fresh | Expanded | Unsqueezed
+@dataclass(frozen=True)
+class Transposed:
+    """A tensor computed from constants alone (a relative position bias gathered from its table, an MLP over a
+    fixed coordinate grid), read in ``a``'s layout through ``Transpose(name, perm)``: onnxruntime folds it, with
+    the expression, before anything runs, so it costs nothing at run time (and the census does not count it)."""
+
+    name: str
+    perm: tuple[int, ...]
+
+
+Operand = str | Relaid | Fresh | Expanded | Unsqueezed | Transposed
 OutPerm = Sequence[int] | None  # the Transpose that restores an output; None: the output is unchanged
 
 
@@ -275,7 +285,8 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
     """Input ``slot`` in ``a``'s layout, if it comes free: the Transpose's input, a constant laid out by
     the inverse perm, the input of another Transpose by the same perm, an existing Transpose of it
     by the inverse perm (the residual of a block whose input was transposed for the rewrite), an
-    ``Expand`` of a constant (see :func:`expanded`), or a computed tensor of lower rank (:func:`lower_rank`)."""
+    ``Expand`` of a constant (see :func:`expanded`), a tensor computed from constants alone (:class:`Transposed`),
+    or a computed tensor of lower rank (:func:`lower_rank`)."""
     name = args.node.input[slot]
     if name == args.t:
         return args.a
@@ -285,6 +296,8 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
     if ws.scope.source(name).is_constant:
         dims = list(ws.scope.constant_tensor(name).dims)
         return laid_out(name, dims, args.perm) if len(dims) <= args.rank else None
+    if args.ctx.assume is not None and name in args.ctx.assume:
+        return name  # a probe: the caller will make it available in this layout (see probe.py)
     producer = ws.producer(name)
     if producer is not None and producer.op_type == "Transpose" and producer.domain in DEFAULT_DOMAINS:
         if ws.perm(producer) == list(args.perm):
@@ -293,9 +306,11 @@ def operand(args: HandlerArgs, slot: int) -> Operand | None:
     if existing is not None:
         return existing
     if producer is not None and producer.op_type == "Expand" and producer.domain in DEFAULT_DOMAINS:
-        return expanded(args, producer)
-    if args.ctx.assume is not None and name in args.ctx.assume:
-        return name  # a probe: the caller will make it available in this layout (see probe.py)
+        found = expanded(args, producer)
+        if found is not None:
+            return found
+    if ws.scope.is_constant_expression(name) and runtime_rank(args, name) == args.rank:
+        return Transposed(name, tuple(args.perm_inv))
     return lower_rank(args, name)
 
 
