@@ -10,28 +10,68 @@ converter.rewrite("model.onnx"), converter.rewrite(graph)  # a path, or an onnx-
 converter.convert("m.onnx", options=converter.ConvertOptions(verify=converter.VerifyOptions(atol=1e-4)))
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
 
-try:  # the installed distribution's version, so `convert --version` and pip agree
-    __version__ = _version("dense2conv")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:  # what type checkers and readers see; at run time each name is imported on first use
+    from converter.errors import ConverterError, InputError, ProviderUnavailable
+    from converter.files.save import save
+    from converter.options import (
+        DEFAULT_LAYOUT,
+        LAYOUTS,
+        ConvertOptions,
+        OutputOptions,
+        RewriteOptions,
+        TensorFlowOptions,
+        VerifyOptions,
+    )
+    from converter.pipeline import RULES, RewriteResult, convert, load, rewrite
+    from converter.report import ConvertReport, Decision, LayoutReport, OutputCheck, RewriteReport, VerifyReport
+    from converter.verifier.run import verify, verify_reference
 
-from converter.errors import ConverterError, InputError, ProviderUnavailable
-from converter.files.save import save
-from converter.options import (
-    DEFAULT_LAYOUT,
-    LAYOUTS,
-    ConvertOptions,
-    OutputOptions,
-    RewriteOptions,
-    TensorFlowOptions,
-    VerifyOptions,
-)
-from converter.pipeline import RULES, RewriteResult, convert, load, rewrite
-from converter.report import ConvertReport, Decision, LayoutReport, OutputCheck, RewriteReport, VerifyReport
-from converter.verifier.run import verify, verify_reference
+# Where each public name lives. Importing ``converter`` (which ``converter.cli`` does first) imports none of
+# onnx, numpy or onnxruntime: ``convert --help`` answers without them.
+_EXPORTS = {
+    **dict.fromkeys(("ConverterError", "InputError", "ProviderUnavailable"), "converter.errors"),
+    "save": "converter.files.save",
+    **dict.fromkeys(
+        ("DEFAULT_LAYOUT", "LAYOUTS", "ConvertOptions", "OutputOptions", "RewriteOptions", "TensorFlowOptions", "VerifyOptions"),
+        "converter.options",
+    ),
+    **dict.fromkeys(("RULES", "RewriteResult", "convert", "load", "rewrite"), "converter.pipeline"),
+    **dict.fromkeys(
+        ("ConvertReport", "Decision", "LayoutReport", "OutputCheck", "RewriteReport", "VerifyReport"), "converter.report"
+    ),
+    **dict.fromkeys(("verify", "verify_reference"), "converter.verifier.run"),
+}
+
+
+def _version() -> str:
+    """The installed distribution's version, so that ``convert --version`` and pip agree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dense2conv")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # importlib.metadata costs a tenth of a second: only when asked
+        globals()[name] = _version()
+        return globals()[name]
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'converter' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "DEFAULT_LAYOUT",

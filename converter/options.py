@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ class RewriteOptions:
             which only ``keep-all`` allows).
         tokens: also rewrite dense layers on rank-3 token sequences ``[B, S, C]`` into 1x1 Convs in the
             ``[B, C, 1, S]`` layout (``--tokens``).
+        matmul_nbits: also rewrite onnxruntime's MatMulNBits (4- and 8-bit weights in blocks) into
+            ``DequantizeLinear`` in blocks -> 1x1 Conv (``--matmul-nbits``); off by default, as onnxruntime's CPU runs
+            MatMulNBits much faster (docs/quantized.md).
         providers: the onnxruntime execution providers the result is meant to run on, as the user names
             them (``"cpu"``, ``"cuda"``) or as onnxruntime does: a dtype becomes Conv only where they have a
             Conv kernel for it.
@@ -84,6 +88,7 @@ class RewriteOptions:
     layout: str | None = None
     fold_transposes: bool = True
     tokens: bool = False
+    matmul_nbits: bool = False
     providers: str | tuple[str, ...] = "cpu"
 
     def __post_init__(self) -> None:
@@ -141,10 +146,26 @@ class VerifyOptions:
             raise InputError(f"max_memory must be positive, not {self.max_memory}")
         if self.timeout is not None and not (0 < self.timeout <= MAX_TIMEOUT):
             raise InputError(f"the timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {self.timeout}")
-        shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.input_shapes or {}).items()}
+        shapes = {str(k): _shape(k, v) for k, v in dict(self.input_shapes or {}).items()}
         object.__setattr__(self, "input_shapes", shapes)
         if isinstance(self.providers, list):
             object.__setattr__(self, "providers", tuple(self.providers))
+
+
+def _shape(name: object, dims: object) -> tuple[int, ...]:
+    """One ``input_shapes`` entry as Python ints: whole numbers only (2.5, "3" or True are refused, not rounded).
+    Whether the sizes make sense (at least 1, fit the budget) is verification's to say (verifier/inputs.py)."""
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        raise InputError(f"input_shapes[{name!r}] must be a sequence of dims, not {dims!r}")
+    out = []
+    for d in dims:
+        try:
+            if isinstance(d, bool):
+                raise TypeError
+            out.append(operator.index(d))  # int and numpy's integers; never a float or a string
+        except TypeError:
+            raise InputError(f"input_shapes[{name!r}]: {d!r} is not a dim (a whole number)") from None
+    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +208,7 @@ class ConvertOptions:
 # rewrite's and the verification's (the rewrite only makes Convs that the verifying provider can run).
 SHORTCUTS: dict[str, tuple[tuple[str, str], ...]] = {
     **{k: (("tensorflow", k),) for k in ("signature", "tag", "opset", "allow_h5", "trust_model", "native_logs")},
-    **{k: (("rewrite", k),) for k in ("layout", "fold_transposes", "tokens")},
+    **{k: (("rewrite", k),) for k in ("layout", "fold_transposes", "tokens", "matmul_nbits")},
     "providers": (("rewrite", "providers"), ("verify", "providers")),
     **{k: (("verify", k),) for k in ("atol", "rtol", "seed", "trials", "max_memory", "timeout", "input_shapes", "inputs")},
     **{k: (("output", k),) for k in ("dry_run", "force")},
@@ -225,10 +246,11 @@ def with_shortcuts(options: ConvertOptions | None, shortcuts: Mapping[str, Any])
 
 
 def rewrite_options(options: RewriteOptions | None, shortcuts: Mapping[str, Any]) -> RewriteOptions:
-    """``options`` with ``rewrite``'s keyword shortcuts (``layout``, ``fold_transposes``, ``tokens``, ``providers``)."""
-    unknown = set(shortcuts) - {"layout", "fold_transposes", "tokens", "providers"}
+    """``options`` with ``rewrite``'s keyword shortcuts (``layout``, ``fold_transposes``, ``tokens``, ``matmul_nbits``,
+    ``providers``)."""
+    unknown = set(shortcuts) - {"layout", "fold_transposes", "tokens", "matmul_nbits", "providers"}
     if unknown:
-        raise TypeError(f"unknown rewrite option {sorted(unknown)[0]!r} (layout, fold_transposes, tokens, providers)")
+        raise TypeError(f"unknown rewrite option {sorted(unknown)[0]!r} (layout, fold_transposes, tokens, matmul_nbits, providers)")
     given = {k: v for k, v in shortcuts.items() if v is not None}
     return dataclasses.replace(options or RewriteOptions(), **given) if given else options or RewriteOptions()
 

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 
 from converter.errors import InputError
+from converter.files.load import check_acyclic, load_with_sources
 from converter.files.load import load as load_onnx
-from converter.files.load import load_with_sources
 from converter.files.paths import check_output
 from converter.files.save import save
 from converter.graph.detached import DetachedWeights
@@ -57,12 +57,25 @@ def rewrite(
             raise TypeError(f"rewrite() takes an onnx.ModelProto, a path or a gs.Graph, not {type(model).__name__}")
         result = rewrite_model(gs.to_model(model), options)
         return RewriteResult(gs.to_graph(result.model), result.report)
+    else:
+        # A file was checked as it was loaded (gs.to_model checks a gs.Graph); a model built in memory may hold a
+        # cycle, and the rules' checks follow producers.
+        check_acyclic(model, "the model")
     return rewrite_model(model, options)
 
 
 def default_output(input_path: str | os.PathLike[str]) -> Path:
-    """Where ``convert`` writes when no output is given: ``<stem>_conv.onnx`` beside the input."""
-    p = Path(input_path)
+    """Where ``convert`` writes when no output is given: ``<stem>_conv.onnx`` beside the input.
+
+    Raises:
+        InputError: the input path has no name to make one from (``.``, ``..``, ``/``, an empty path).
+    """
+    raw = os.fsdecode(os.fspath(input_path))
+    if not raw:
+        raise InputError("the input path is empty")
+    p = Path(raw)
+    if p.name in ("", ".", ".."):
+        raise InputError(f"{raw}: has no file or folder name to name the output after; give an output path (-o)")
     return p.with_name(f"{p.stem}_conv.onnx")
 
 
@@ -118,9 +131,10 @@ def convert(
     source_path = Path(input_path)
     if output_path is None and options.output.path is not None:
         output_path = options.output.path
-    output = Path(output_path) if output_path is not None else default_output(input_path)
-    if not options.output.dry_run:  # every path we write is checked before any work
-        output = check_output(output, source_path)
+    target = output_path if output_path is not None else default_output(input_path)
+    # Every path we write is checked before any work, here and only here (the command leaves it to us); as given,
+    # since a Path would turn "out/" into "out" and "" into ".".
+    output = Path(target) if options.output.dry_run else check_output(target, source_path)
     _refuse_overwriting_input(source_path, output)
     if is_tensorflow_input(source_path):
         from converter.frontends.savedmodel import open_tensorflow, run_tensorflow

@@ -1,13 +1,42 @@
 """Plain records of what happened, with ``to_dict()`` for the JSON report.
 
 They hold data only; the CLI decides how to show them.
+
+The JSON report (``convert --report FILE.json``, ``ConvertReport.to_dict()``), schema version 2. Top-level keys:
+
+- ``schema_version`` (int): 2. Reports without the key are version 1: the same keys, except that an unchanged
+  model's ``status`` read ``"passed"`` (or ``"not verified"``) and ``verdict`` / ``verification`` were absent,
+  and non-finite numbers were written as ``Infinity`` / ``NaN``, which strict JSON readers refuse.
+- ``verdict`` (str): the first word(s) of the command's last line, what the run amounts to: ``"PASSED"``
+  (rewritten and verified), ``"FAILED"`` (verification found a mismatch), ``"INCOMPLETE"`` (nothing disagreed,
+  evidence is missing), ``"UNCHANGED"`` (nothing to rewrite; the model is written as it was), ``"DONE"``
+  (rewritten, not verified: ``--no-verify``) or ``"DRY RUN"`` (nothing verified or written).
+- ``status`` (str): ``"passed"``, ``"failed"``, ``"incomplete"``, ``"unchanged"``, ``"not verified"`` or
+  ``"dry run"``, the verdict in the words version 1 used (``"unchanged"`` is new in version 2).
+- ``verification`` (str): what verification found, whatever was rewritten: ``"passed"``, ``"failed"``,
+  ``"incomplete"`` or ``"not run"`` (``--no-verify``, dry run).
+- ``ok`` (bool): false only after verification failed or was incomplete (then nothing is written unless forced).
+- ``input``, ``output`` (str; ``output`` null on a dry run), ``written``, ``dry_run``, ``forced`` (bool),
+  ``warnings`` (list of str), ``timings`` (seconds by step).
+- ``rewrite``: ``RewriteReport.to_dict()`` (candidates, decisions with their reasons, op counts, layout).
+- ``verify``, ``verify_reference``: ``VerifyReport.to_dict()`` or null (against the original model; against
+  TensorFlow for a SavedModel or Keras input).
+
+Numbers that are not finite (an error that is infinite because an output was missing) are written as the
+strings ``"inf"``, ``"-inf"`` and ``"nan"``, so the file is strict JSON.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+SCHEMA_VERSION = 2  # of ConvertReport.to_dict() (the JSON report); the module docstring has the schema
+
+# The verdicts, as the command's last line begins: the JSON report's "verdict".
+PASSED, FAILED, INCOMPLETE, UNCHANGED, DONE, DRY_RUN = "PASSED", "FAILED", "INCOMPLETE", "UNCHANGED", "DONE", "DRY RUN"
 
 
 @dataclass
@@ -50,11 +79,14 @@ class Decision:
 
 @dataclass
 class LayoutReport:
-    """The layout policy's account (layout.py): its mode, and the Transposes of computed tensors (every
-    graph) in the original, right after the rules, at the end, and what rewriting every layer left.
+    """The layout optimizer's account (rewriter/layout): its mode, and the Transposes of computed tensors (every
+    graph) in the original, right after the rules, at the optimum it chose, and at the end.
 
     ``edge_*``: of those, the ones between a model input or output and the nearest op that cares about
-    layout. ``never-worse`` holds the others (``final - edge_final``) to the original's.
+    layout. The optimum never has more of the others (``final - edge_final``) than the original.
+    ``transposes_optimum``/``edge_optimum`` are the optimizer's own count of the layout it chose (the Transposes
+    inside the graphs it optimized, and at their edges); ``layernorms_written_out`` how many LayerNorms it
+    writes out channels-first; ``seconds`` the time the optimizer took.
     """
 
     mode: str
@@ -65,7 +97,11 @@ class LayoutReport:
     edge_original: int = 0
     edge_final: int = 0
     declined: int = 0  # layers declined with layout_cost
-    attempts: int = 1  # rewrites run (more than one when layers had to be declined)
+    attempts: int = 1  # rewrites run (always one since the optimizer replaced the retrying policy)
+    transposes_optimum: int | None = None
+    edge_optimum: int | None = None
+    layernorms_written_out: int = 0
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +132,7 @@ class RewriteReport:
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
-        counts = Counter(d.reason for d in self.decisions if not d.rewritten)
+        counts = Counter(d.reason or "" for d in self.decisions if not d.rewritten)
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,15 +273,39 @@ class ConvertReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def status(self) -> str:
-        """passed | failed | incomplete (verification ran), not verified (--no-verify), or dry run."""
-        if self.dry_run:
-            return "dry run"
+    def verification(self) -> str:
+        """What verification found: passed | failed | incomplete, or not run (--no-verify, dry run)."""
         checks = [v for v in (self.verify, self.verify_reference) if v is not None]
-        if not checks:
-            return "not verified"
+        if self.dry_run or not checks:
+            return "not run"
         verdicts = {v.verdict for v in checks}
         return "failed" if "failed" in verdicts else "incomplete" if "incomplete" in verdicts else "passed"
+
+    @property
+    def status(self) -> str:
+        """passed | failed | incomplete (verification ran), unchanged (nothing was rewritten, and verification
+        did not fail), not verified (--no-verify), or dry run."""
+        if self.dry_run:
+            return "dry run"
+        found = self.verification
+        if found in ("failed", "incomplete"):
+            return found
+        if not self.rewrite.rewritten:
+            return "unchanged"
+        return "not verified" if found == "not run" else "passed"
+
+    @property
+    def verdict(self) -> str:
+        """The run in one word, as the command's last line begins: PASSED, FAILED, INCOMPLETE, UNCHANGED, DONE
+        (rewritten, not verified) or DRY RUN."""
+        return {
+            "dry run": DRY_RUN,
+            "failed": FAILED,
+            "incomplete": INCOMPLETE,
+            "unchanged": UNCHANGED,
+            "not verified": DONE,
+            "passed": PASSED,
+        }[self.status]
 
     @property
     def ok(self) -> bool:
@@ -253,17 +313,34 @@ class ConvertReport:
         return self.status not in ("failed", "incomplete")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "written": self.written,
-            "dry_run": self.dry_run,
-            "forced": self.forced,
-            "warnings": self.warnings,
-            "ok": self.ok,
-            "status": self.status,
-            "rewrite": self.rewrite.to_dict(),
-            "verify": None if self.verify is None else self.verify.to_dict(),
-            "verify_reference": None if self.verify_reference is None else self.verify_reference.to_dict(),
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-        }
+        """The JSON report (schema in the module docstring): plain data, non-finite numbers as strings."""
+        return _finite(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "verdict": self.verdict,
+                "status": self.status,
+                "verification": self.verification,
+                "ok": self.ok,
+                "input": self.input,
+                "output": self.output,
+                "written": self.written,
+                "dry_run": self.dry_run,
+                "forced": self.forced,
+                "warnings": self.warnings,
+                "rewrite": self.rewrite.to_dict(),
+                "verify": None if self.verify is None else self.verify.to_dict(),
+                "verify_reference": None if self.verify_reference is None else self.verify_reference.to_dict(),
+                "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            }
+        )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite as a string (``"inf"``, ``"-inf"``, ``"nan"``), for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

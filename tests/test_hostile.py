@@ -1,8 +1,11 @@
-"""Hostile models and paths (issue 11): the real command ends every bad case in one line and exit 2.
+"""Hostile models and paths (issue 11): the command ends every bad case in one line and exit 2.
 
 Each case runs ``convert`` and checks the promises of README's "Safety and reliability": the
 documented exit status, exactly one stderr line starting ``convert: error:`` (no traceback),
 every file in the folder unchanged, and nothing new left behind (no output, no temporary file).
+A case runs in this process (``converter.cli.main``, tests/conftest.py's ``run_cli``) unless
+a child process is the point: resource limits, peak memory, the locale, signals, library noise at
+start-up; those, and every in-process case once more through the installed script, are the slow tier.
 
 Classes: 2 paths we write, 3 what the user or the model caused (never a traceback), 4 resource
 bombs, 5 signals, 7 stderr stays one line. The tests of verification's budget and timeout
@@ -16,11 +19,11 @@ import io
 import json
 import os
 import resource
+import select
 import signal
 import stat
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,82 +34,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from converter.cli import build_parser, main
-from tests.conftest import dense_model
-from tests.test_reliability import CONVERT, external
+from converter.cli import main
+from tests.conftest import CliResult, GiB, RunCli, dense_model
+from tests.test_reliability import external
 
-GiB = 1 << 30
 SMALL = 256 << 20  # peak memory of a run that refuses early (the command itself takes about 60 MiB)
 STRICT_UTF8 = {"LC_ALL": "C.UTF-8"}  # a strict UTF-8 locale; PYTHONIOENCODING is always unset here
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: run the command, look at a folder
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-    maxrss: int  # bytes, the child's peak resident memory
-
-
-# Linux keeps a process's peak memory across exec, so a child forked from this (large) pytest
-# process would report pytest's size. A small launcher forks the command and reports its peak.
-_LAUNCH = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
-"""
-
-
-def run(
-    args: list[str | bytes | Path],
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    limits: dict[int, int] | None = None,
-    timeout: float = 120,
-) -> Result:
-    """The real command in a child, with its exit status, output and peak memory."""
-    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
-    full_env.update(env or {})
-    # Resource limits keep a case that would exhaust memory today from harming the machine.
-    limits = {resource.RLIMIT_AS: 8 * GiB, **(limits or {})}
-
-    def apply_limits() -> None:
-        for which, value in limits.items():
-            resource.setrlimit(which, (value, value))
-
-    files = {k: cwd.parent / f".{cwd.name}.{k}" for k in ("stdout", "stderr", "status")}
-    with open(files["stdout"], "wb") as out, open(files["stderr"], "wb") as err:
-        argv = [os.fsencode(a) for a in (sys.executable, "-S", "-c", _LAUNCH, files["status"], CONVERT)]
-        argv += [a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args]
-        p = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=apply_limits,
-            start_new_session=True,
-        )
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            pytest.fail(f"convert {args} hung for {timeout} s")
-    returncode, maxrss = map(int, files["status"].read_text().split())
-    stdout, stderr = (files[k].read_bytes().decode("utf-8", "backslashreplace") for k in ("stdout", "stderr"))
-    for f in files.values():
-        f.unlink()
-    return Result(returncode, stdout, stderr, maxrss * 1024)
+# Helpers: look at a folder
 
 
 def snapshot(folder: Path) -> dict[str, object]:
@@ -130,7 +67,7 @@ def snapshot(folder: Path) -> dict[str, object]:
     return seen
 
 
-def assert_one_line_error(r: Result, message: str | None = None) -> None:
+def assert_one_line_error(r: CliResult, message: str | None = None) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
     assert "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.splitlines()
@@ -161,6 +98,11 @@ class Case:
     limits: dict[int, int] = field(default_factory=dict)
     max_rss: int | None = None  # the child must not have used more than this
     timeout: float = 120
+
+    @property
+    def child(self) -> bool:
+        """Limits, peak memory and the locale need the command in a child process; the rest runs in this one."""
+        return bool(self.env or self.limits or self.max_rss is not None)
 
 
 def with_model(
@@ -563,16 +505,14 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_refused_in_one_line_with_nothing_written(tmp_path: Path, case: str) -> None:
-    c = CASES[case]
+def _refused(run_cli: RunCli, tmp_path: Path, c: Case, child: bool | None) -> None:
     folder = tmp_path / "work"
     folder.mkdir()
     (tmp_path / "outside.bin").write_bytes(b"a file beside the folder")
     args = c.setup(folder)
     before = snapshot(tmp_path)
     try:
-        r = run(args, folder, c.env, c.limits, c.timeout)
+        r = run_cli(*args, cwd=folder, env=c.env, limits=c.limits, timeout=c.timeout, child=child)
         after = snapshot(tmp_path)
     finally:
         for p in folder.rglob("*"):  # undo read-only modes so pytest can clean up
@@ -581,7 +521,20 @@ def test_refused_in_one_line_with_nothing_written(tmp_path: Path, case: str) -> 
     assert_one_line_error(r, c.message)
     assert after == before
     if c.max_rss is not None:
-        assert r.maxrss < c.max_rss, f"peak memory {r.maxrss / GiB:.2f} GiB"
+        assert r.maxrss is not None and r.maxrss < c.max_rss, f"peak memory {(r.maxrss or 0) / GiB:.2f} GiB"
+
+
+@pytest.mark.parametrize("case", [pytest.param(k, marks=[pytest.mark.slow] if c.child else []) for k, c in CASES.items()])
+def test_refused_in_one_line_with_nothing_written(run_cli: RunCli, tmp_path: Path, case: str) -> None:
+    _refused(run_cli, tmp_path, CASES[case], True if CASES[case].child else None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [k for k, c in CASES.items() if not c.child])
+def test_refused_by_the_installed_script_too(run_cli: RunCli, tmp_path: Path, case: str) -> None:
+    """The cases the fast tier runs in this process, through the real script in a child (a fresh interpreter, the
+    command's own start-up and imports, stdin closed)."""
+    _refused(run_cli, tmp_path, CASES[case], child=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,7 +684,7 @@ def test_spoiled_tensor_data_is_one_line(
     before = snapshot(tmp_path)
     rc = main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), *(["--no-verify"] if no_verify else [])])
     captured = capfd.readouterr()
-    assert_one_line_error(Result(rc, captured.out, captured.err, 0))
+    assert_one_line_error(CliResult(rc, captured.out, captured.err))
     assert snapshot(tmp_path) == before
 
 
@@ -744,10 +697,10 @@ def test_spoiled_tensor_data_is_one_line(
     ["[/bold]y", "[red]y[/red]", ":smile: y", "y\x1b[31mred\x1b[0m", "y\r\nPASSED: fake", "y\x07\x08", "y\u202egnp.exe"],
     ids=["closing tag", "markup", "emoji code", "ANSI escape", "CR LF", "bell", "bidi override"],
 )
-def test_model_names_are_printed_as_data(tmp_path: Path, name: str) -> None:
+def test_model_names_are_printed_as_data(run_cli: RunCli, tmp_path: Path, name: str) -> None:
     save_model(renamed_output(name), tmp_path / "m.onnx")
     for extra in ([], ["--dry-run"], ["-q"]):
-        r = run(["m.onnx", "-o", "out.onnx", *extra], tmp_path)
+        r = run_cli("m.onnx", "-o", "out.onnx", *extra, cwd=tmp_path)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr == ""
         assert not any(c in r.stdout for c in "\x1b\r\x07\x08\u202e"), repr(r.stdout)
@@ -757,12 +710,13 @@ def test_model_names_are_printed_as_data(tmp_path: Path, name: str) -> None:
     assert onnx.load(tmp_path / "out.onnx").graph.output[0].name == name
 
 
+@pytest.mark.slow  # the locale is read when the interpreter starts
 @pytest.mark.parametrize("locale_env", [STRICT_UTF8, {"LC_ALL": "C"}], ids=["C.UTF-8", "C"])
-def test_non_utf8_paths_on_the_success_path(tmp_path: Path, locale_env: dict[str, str]) -> None:
+def test_non_utf8_paths_on_the_success_path(run_cli: RunCli, tmp_path: Path, locale_env: dict[str, str]) -> None:
     folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/d\xff\xfe"))
     folder.mkdir()
     save_model(small_model(), folder / os.fsdecode(b"m\xe9.onnx"))
-    r = run([b"m\xe9.onnx", "--report", b"r\xff.json"], folder, locale_env)
+    r = run_cli(b"m\xe9.onnx", "--report", b"r\xff.json", cwd=folder, env=locale_env, child=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert (folder / os.fsdecode(b"m\xe9_conv.onnx")).exists()
     assert json.loads((folder / os.fsdecode(b"r\xff.json")).read_bytes())["ok"]
@@ -859,9 +813,9 @@ def test_write_errors_are_one_line(
 # Class 2: --report - writes the JSON to stdout and nothing else
 
 
-def test_report_to_stdout(tmp_path: Path) -> None:
+def test_report_to_stdout(run_cli: RunCli, tmp_path: Path) -> None:
     save_model(small_model(), tmp_path / "m.onnx")
-    r = run(["m.onnx", "--report", "-"], tmp_path)
+    r = run_cli("m.onnx", "--report", "-", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)  # stdout holds only the JSON
     assert report["ok"] and report["written"]
@@ -869,9 +823,9 @@ def test_report_to_stdout(tmp_path: Path) -> None:
     assert not (tmp_path / "-").exists()
 
 
-def test_report_dash_dash_names_a_file(tmp_path: Path) -> None:
+def test_report_dash_dash_names_a_file(run_cli: RunCli, tmp_path: Path) -> None:
     save_model(small_model(), tmp_path / "m.onnx")
-    r = run(["m.onnx", "--report", "./-"], tmp_path)
+    r = run_cli("m.onnx", "--report", "./-", cwd=tmp_path)
     assert r.returncode == 0 and json.loads((tmp_path / "-").read_text())["ok"]
 
 
@@ -879,43 +833,12 @@ def test_report_dash_dash_names_a_file(tmp_path: Path) -> None:
 # Class 4: a sparse data file much larger than its tensor is read only as far as needed
 
 
-def test_sparse_data_file_is_read_only_as_far_as_needed(tmp_path: Path) -> None:
+@pytest.mark.slow  # peak memory: a child's
+def test_sparse_data_file_is_read_only_as_far_as_needed(run_cli: RunCli, tmp_path: Path) -> None:
     args = external_of(8, [1, 2], 16 * GiB)(tmp_path)
-    r = run(args, tmp_path)
+    r = run_cli(*args, cwd=tmp_path, child=True)
     assert r.returncode == 0, r.stderr
-    assert r.maxrss < SMALL
-
-
-# ---------------------------------------------------------------------------------------------
-# The new options reach converter.convert
-
-
-def test_new_options_are_parsed_and_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import converter.cli as cli
-
-    p = build_parser()
-    for text, value in [
-        ("512M", 512 << 20),
-        ("8G", 8 << 30),
-        ("1.5G", 3 << 29),
-        ("1000", 1000),
-        ("64k", 64 << 10),
-        ("2GiB", 2 << 30),
-    ]:
-        assert p.parse_args(["m.onnx", "--max-memory", text]).max_memory == value, text
-    seen = {}
-
-    def fake_convert(*args, **kwargs):
-        seen.update(kwargs)
-        raise cli.InputError("stop here")
-
-    monkeypatch.setattr(cli, "convert", fake_convert)
-    save_model(small_model(), tmp_path / "m.onnx")
-    argv = [str(tmp_path / "m.onnx"), "--max-memory", "1G", "--timeout", "2.5", "--trials", "3", "--seed", "7"]
-    assert main(argv) == 2
-    assert (seen["max_memory"], seen["timeout"], seen["trials"], seen["seed"]) == (1 << 30, 2.5, 3, 7)
-    assert main([str(tmp_path / "m.onnx")]) == 2
-    assert (seen["max_memory"], seen["timeout"], seen["trials"], seen["seed"]) == (None, None, None, 0)
+    assert r.maxrss is not None and r.maxrss < SMALL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -931,103 +854,140 @@ def test_new_options_are_parsed_and_passed(tmp_path: Path, monkeypatch: pytest.M
     ],
     ids=["declared input of 4 MiB", "--input-shape of 1 MiB"],
 )
-def test_verification_budget(tmp_path: Path, args: list[str]) -> None:
+def test_verification_budget(run_cli: RunCli, tmp_path: Path, args: list[str]) -> None:
     dims = ("N", 128, 128, 16) if "--input-shape" in args else (4, 128, 128, 16)
     save_model(dense_model(x_shape=dims, weight_shape=(16, 6)), tmp_path / "m.onnx")
     before = snapshot(tmp_path)
-    r = run(["m.onnx", "-o", "out.onnx", *args], tmp_path)
-    assert_one_line_error(r)
+    r = run_cli("m.onnx", "-o", "out.onnx", *args, cwd=tmp_path)
+    assert_one_line_error(r, "--max-memory")
     assert snapshot(tmp_path) == before
 
 
 # Needs verification's budget: a huge declared input is refused before anything is allocated.
-def test_huge_declared_input_is_refused_before_allocating(tmp_path: Path) -> None:
+@pytest.mark.slow  # peak memory: a child's
+def test_huge_declared_input_is_refused_before_allocating(run_cli: RunCli, tmp_path: Path) -> None:
     save_model(declared_dims([1, 100_000, 100_000, 4])(), tmp_path / "m.onnx")
-    r = run(["m.onnx", "-o", "out.onnx"], tmp_path)
+    r = run_cli("m.onnx", "-o", "out.onnx", cwd=tmp_path, child=True)
     assert_one_line_error(r)
-    assert r.maxrss < GiB
+    assert r.maxrss is not None and r.maxrss < GiB
 
 
-# Needs verification's --timeout.
-def test_verification_timeout(tmp_path: Path) -> None:
+# Needs verification's --timeout. No wall-clock bound here (a loaded machine stretches any): the message says the
+# deadline cut a run short or came before one, which a timeout that never fired cannot print.
+def test_verification_timeout(run_cli: RunCli, tmp_path: Path) -> None:
     from models.graphs import big_dense
 
     save_model(big_dense(8, 1024, h=64, w=64), tmp_path / "m.onnx")
     before = snapshot(tmp_path)
-    started = time.monotonic()
-    r = run(["m.onnx", "-o", "out.onnx", "--timeout", "0.2"], tmp_path)
+    r = run_cli("m.onnx", "-o", "out.onnx", "--timeout", "0.2", cwd=tmp_path)
     assert_one_line_error(r)
-    assert time.monotonic() - started < 30
+    assert "did not finish in time" in r.stderr or "ran out of time" in r.stderr, r.stderr
     assert snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------------
-# Class 5: SIGTERM and SIGINT while the output is written leave the previous file and no temporary
+# Class 5: SIGTERM and SIGINT during the work and while the output is written leave the previous file and no
+# temporary. The command runs in a child whose work blocks at a chosen point and says so on a pipe; the signal
+# comes only then, so it always lands where the test says (no race with a fast machine, no sleep on a slow one).
+
+# argv: READY_FD WHERE convert-args...; WHERE is "work" (after the rewrite, before verification) or "saving" (the
+# temporary file written and synced, not yet renamed into place).
+_BLOCKED = """
+import os, sys, time
+ready, where = int(sys.argv.pop(1)), sys.argv.pop(1)
+
+def block():
+    os.write(ready, b"ready")
+    os.close(ready)
+    time.sleep(600)  # the signal's handler (the command's) raises out of this
+
+if where == "work":
+    import converter.pipeline as pipeline
+    real_rewrite = pipeline.rewrite_in_place
+
+    def rewrite_in_place(*args, **kwargs):
+        report = real_rewrite(*args, **kwargs)
+        block()
+        return report
+
+    pipeline.rewrite_in_place = rewrite_in_place
+else:
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            block()
+
+    os.fsync = fsync
+from converter.cli import main
+sys.argv[0] = "convert"
+sys.exit(main())
+"""
 
 
-@pytest.fixture(scope="module")
-def big_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.graphs import big_dense
-
-    path = tmp_path_factory.mktemp("big") / "big.onnx"
-    save_model(big_dense(8, 2048), path)  # 134 MB: saving takes a moment
-    return path
-
-
-@pytest.mark.parametrize(
-    ("sig", "code", "word"), [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")], ids=["TERM", "INT"]
-)
-def test_signal_while_saving(tmp_path: Path, big_model_file: Path, sig: int, code: int, word: str) -> None:
-    out = tmp_path / "out.onnx"
+def run_blocked(where: str, sig: int, args: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """The command in a child, blocked at ``where``; ``sig`` is sent once it says it got there."""
+    read_end, write_end = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
-    for _attempt in range(5):
-        out.write_bytes(b"the previous output")
-        p = subprocess.Popen(
-            [CONVERT, str(big_model_file), "-o", str(out), "--no-verify", "-q"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        caught = False
-        deadline = time.monotonic() + 120
-        while p.poll() is None and time.monotonic() < deadline:
-            if any(n.startswith(".out.onnx.") for n in os.listdir(tmp_path)):
-                p.send_signal(sig)
-                caught = True
-                break
-            time.sleep(0.002)
-        stdout, stderr = p.communicate(timeout=120)
-        if caught:
-            break
-    else:
-        pytest.skip("saving was too quick to interrupt")
-    assert p.returncode == code, (p.returncode, stderr)
-    lines = stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"convert: {word}") and "Traceback" not in stderr.decode(), stderr
-    assert stdout == b""
-    assert sorted(os.listdir(tmp_path)) == ["out.onnx"]
+    p = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED, str(write_end), where, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    try:
+        ready = select.select([read_end], [], [], 300)[0] and os.read(read_end, 16)
+    finally:
+        os.close(read_end)
+    if ready != b"ready":  # it ended (or hung) before getting there: a failure, not a skip
+        p.kill()
+        stdout, stderr = p.communicate(timeout=60)
+        pytest.fail(f"the command never reached {where}: exit {p.returncode}, {stderr.decode()[-2000:]}")
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=120)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
+SIGNALS = [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS, ids=["TERM", "INT"])
+def test_signal_while_saving(tmp_path: Path, sig: int, code: int, word: str) -> None:
+    save_model(small_model(), tmp_path / "m.onnx")
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"the previous output")
+    p = run_blocked("saving", sig, [str(tmp_path / "m.onnx"), "-o", str(out), "--no-verify", "-q"])
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"convert: {word}") and "Traceback" not in p.stderr.decode(), p.stderr
+    assert "nothing was written" in lines[0], lines[0]
+    assert p.stdout == b""
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "out.onnx"]
     assert out.read_bytes() == b"the previous output"
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["TERM", "INT"])
-def test_signal_during_the_work(tmp_path: Path, big_model_file: Path, sig: int, code: int) -> None:
-    p = subprocess.Popen(
-        [CONVERT, str(big_model_file), "-o", str(tmp_path / "out.onnx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    time.sleep(2.5)  # past Python's start and imports: loading, rewriting or verifying
-    p.send_signal(sig)
-    stdout, stderr = p.communicate(timeout=120)
-    if p.returncode == 0:
-        pytest.skip("finished before the signal")
-    assert p.returncode == code, (p.returncode, stderr)
-    assert len(stderr.decode().splitlines()) == 1 and "Traceback" not in stderr.decode(), stderr
-    assert os.listdir(tmp_path) == []
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), SIGNALS, ids=["TERM", "INT"])
+def test_signal_during_the_work(tmp_path: Path, sig: int, code: int, word: str) -> None:
+    (tmp_path / "in").mkdir()
+    save_model(small_model(), tmp_path / "in" / "m.onnx")
+    p = run_blocked("work", sig, [str(tmp_path / "in" / "m.onnx"), "-o", str(tmp_path / "out.onnx")])
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = p.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"convert: {word}") and "Traceback" not in p.stderr.decode(), p.stderr
+    assert os.listdir(tmp_path) == ["in"] and os.listdir(tmp_path / "in") == ["m.onnx"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Class 7: stderr stays empty on success and one line on failure, whatever libraries want to say
 
 
+@pytest.mark.slow  # what libraries print as a fresh process imports them
 @pytest.mark.parametrize(
     ("env", "fmt"),
     [
@@ -1041,17 +1001,17 @@ def test_signal_during_the_work(tmp_path: Path, big_model_file: Path, sig: int, 
     ],
     ids=["HOME unwritable", "cache unwritable", "onnxtxt", "json", "textproto", "PYTHONWARNINGS=always", "PYTHONWARNINGS=error"],
 )
-def test_no_library_noise_on_stderr(tmp_path: Path, env: dict[str, str], fmt: str) -> None:
+def test_no_library_noise_on_stderr(run_cli: RunCli, tmp_path: Path, env: dict[str, str], fmt: str) -> None:
     suffix = {"protobuf": "onnx", "onnxtxt": "onnxtxt", "json": "json", "textproto": "textproto"}[fmt]
     onnx.save(small_model(), tmp_path / f"m.{suffix}", format=fmt)
-    r = run([f"m.{suffix}", "-o", "out.onnx"], tmp_path, env)
+    r = run_cli(f"m.{suffix}", "-o", "out.onnx", cwd=tmp_path, env=env, child=True)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
-    r = run([f"m.{suffix}", "-o", "nope/out.onnx"], tmp_path, env)
+    r = run_cli(f"m.{suffix}", "-o", "nope/out.onnx", cwd=tmp_path, env=env, child=True)
     assert_one_line_error(r, "does not exist")
 
 
-def test_verbose_still_shows_the_traceback(tmp_path: Path) -> None:
+def test_verbose_still_shows_the_traceback(run_cli: RunCli, tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text("[1, 2]")
-    r = run(["m.json", "-v"], tmp_path)
+    r = run_cli("m.json", "-v", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.splitlines()[-1].startswith("convert: error:")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import heapq
 import io
 import math
 import mmap
@@ -29,6 +30,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -217,12 +219,139 @@ def check_model(model: onnx.ModelProto, where: str = "model", raw_sizes: list[in
             raise InputError(f"{where}: opset {opset.version} is newer than this onnx ({onnx.__version__}) knows ({known})")
     _check_tensor_headers(model, where)
     _check_declared_types(model, where)
+    check_acyclic(model, where)
     try:
         onnx.checker.check_model(skeleton(model))
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as e:
         raise InputError(f"{where}: invalid ONNX model ({_message(e)})") from e
     _check_tensor_data(model, where, raw_sizes)
     _check_constant_types(model, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Node order: a graph is acyclic (every walk that follows producers relies on it)
+
+
+class GraphCycle(InputError):
+    """The nodes of a graph form a cycle: no order runs them, and a walk that follows producers never ends."""
+
+
+def check_acyclic(model: onnx.ModelProto, where: str = "model") -> None:
+    """Refuse a model whose nodes form a cycle, in any graph: main, subgraphs or function bodies.
+
+    A node holding subgraphs depends on the outer names they read, so a body that reads a value
+    computed from its own node's output is a cycle too. Raises GraphCycle naming the nodes.
+    """
+    for label, nodes in _node_lists(model):
+        _, cycle = node_order(nodes)
+        if cycle:
+            raise GraphCycle(
+                f"{where}: invalid ONNX model (nodes form a cycle{label}: {_cycle_text(nodes, cycle)}; "
+                "a graph's nodes must be topologically sorted)"
+            )
+
+
+def sort_nodes(model: onnx.ModelProto, where: str = "model") -> None:
+    """Put the nodes of every graph of ``model`` (and of its functions) in a topological order, in place.
+
+    Graphs already in order are left as they are; others get the stable order ``node_order`` gives.
+    Raises GraphCycle when some graph's nodes form a cycle.
+    """
+    for label, nodes in _node_lists(model):
+        order, cycle = node_order(nodes)
+        if cycle:
+            raise GraphCycle(f"{where}: nodes form a cycle{label}: {_cycle_text(nodes, cycle)} (an ONNX graph must be acyclic)")
+        if order != list(range(len(nodes))):
+            ordered = [nodes[i] for i in order]  # each kept alive by this list while the field is rebuilt
+            copies = [onnx.NodeProto() for _ in ordered]
+            for c, n in zip(copies, ordered, strict=True):
+                c.CopyFrom(n)
+            del nodes[:]
+            nodes.extend(copies)
+
+
+def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[str, Any]]:
+    """Each node list of the model, with where it is (for messages); a graph is yielded before the graphs inside it,
+    and those are read after the caller is done with it (so a caller that reorders a list sees the new nodes)."""
+    for path, graph in iter_graphs(model.graph):
+        yield (f" in graph {graph.name!r}" if path else ""), graph.node
+    for f in model.functions:
+        yield f" in function {f.domain}.{f.name}", f.node
+        for node in f.node:
+            for _, sub in subgraphs(node):
+                for _, g in iter_graphs(sub):
+                    yield f" in graph {g.name!r} of function {f.domain}.{f.name}", g.node
+
+
+def node_order(nodes) -> tuple[list[int], list[int]]:  # noqa: ANN001 - a repeated NodeProto field
+    """``(order, [])``: the nodes' indices in a topological order, each node as early as its inputs allow and ties by
+    position (so a sorted list keeps its order); or ``([], cycle)``: the indices of the nodes of one cycle, in order.
+
+    A node depends on the nodes of this list that produce its inputs or the outer names its subgraphs read.
+    Names produced nowhere in the list (graph inputs, initializers, outer names) are no dependency. Iterative:
+    no recursion over the graph's depth.
+    """
+    producer: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if out:
+                producer.setdefault(out, i)
+    needs: list[set[int]] = []
+    for node in nodes:
+        names = {n for n in node.input if n}
+        for _, sub in subgraphs(node):
+            names |= _free_names(sub)
+        needs.append({producer[n] for n in names if n in producer})
+    if all(j < i for i, deps in enumerate(needs) for j in deps):
+        return list(range(len(needs))), []  # already in order: the common case
+    users: list[list[int]] = [[] for _ in needs]
+    waiting = [len(deps) for deps in needs]
+    for i, deps in enumerate(needs):
+        for j in deps:
+            users[j].append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) == len(needs):
+        return order, []
+    # Every node left waits on another node left: walking back along such waits must repeat a node.
+    left = {i for i, w in enumerate(waiting) if w > 0}
+    at, seen = min(left), {}
+    walk: list[int] = []
+    while at not in seen:
+        seen[at] = len(walk)
+        walk.append(at)
+        at = min(j for j in needs[at] if j in left)
+    cycle = walk[seen[at] :]
+    cycle.reverse()  # producers first: a -> b means b reads what a makes
+    first = cycle.index(min(cycle))  # told from the node that comes first in the list
+    return [], cycle[first:] + cycle[:first]
+
+
+def _free_names(graph: GraphProto) -> set[str]:
+    """Names a graph (with the graphs inside it) reads but does not define: what it takes from outer scopes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {s.values.name for s in graph.sparse_initializer}
+    read: set[str] = {o.name for o in graph.output}
+    for node in graph.node:
+        read.update(n for n in node.input if n)
+        for _, sub in subgraphs(node):
+            read |= _free_names(sub)
+        defined.update(n for n in node.output if n)
+    return read - defined
+
+
+def _cycle_text(nodes, cycle: list[int]) -> str:  # noqa: ANN001 - a repeated NodeProto field
+    names = [nodes[i].name or f"{nodes[i].op_type} #{i}" for i in cycle]
+    shown = names if len(names) <= 8 else [*names[:4], f"... {len(names) - 6} more ...", *names[-2:]]
+    return " -> ".join([*shown, names[0]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +373,15 @@ def _header_problem(t: TensorProto) -> str | None:
         return f"has an unknown data type {t.data_type}"
     if t.data_type == TensorProto.UNDEFINED:
         return "has no data type (UNDEFINED)"
-    if math.prod(dims) * max(1, _bits(t.data_type) // 8) > _INT64_MAX:
+    if _elements(dims) * max(1, _bits(t.data_type) // 8) > _INT64_MAX:
         return f"of shape {dims} is too large to exist"
     return None
+
+
+def _elements(dims: list[int]) -> int:
+    """Elements of a shape for size checks: an empty dim counts as 1, so ``[0, 2**40, 2**40]`` is as large as numpy
+    sees it (it refuses such an array) rather than 0."""
+    return math.prod(max(1, d) for d in dims)
 
 
 def _bits(data_type: int) -> int:
@@ -364,7 +499,7 @@ def _check_declared_types(model: onnx.ModelProto, where: str) -> None:
                 if any(d < 0 for d in fixed):
                     raise InputError(f"{where}: invalid ONNX model ({label} has a negative dim {fixed})")
                 if not path and kind == "input" and vi.name not in backed:
-                    if math.prod(fixed) * max(1, _bits(tt.elem_type) // 8) > _INT64_MAX:
+                    if _elements(fixed) * max(1, _bits(tt.elem_type) // 8) > _INT64_MAX:
                         raise InputError(f"{where}: invalid ONNX model ({label} of shape {fixed} is too large to exist)")
 
 

@@ -483,6 +483,7 @@ class Scope:
     def _constant_expression(self, name: str) -> bool:
         # Iterative, so a long chain cannot exhaust Python's stack.
         stack = [name]
+        entered: set[str] = set()  # names whose inputs were pushed: met again with inputs pending, a cycle runs through them
         while stack:
             top = stack[-1]
             if top in self._constant_expr:
@@ -509,7 +510,12 @@ class Scope:
                 stack.pop()
                 continue
             pending = [i for i in node.input if i and i not in self._constant_expr]
+            if pending and top in entered:  # a cycle (only a model built in memory has one): not a constant
+                self._constant_expr[top] = False
+                stack.pop()
+                continue
             if pending:
+                entered.add(top)
                 stack.extend(pending)
                 continue
             self._constant_expr[top] = all(self._constant_expr[i] for i in node.input if i)

@@ -174,8 +174,18 @@ def shapes_for(inputs: Sequence[Declared], symbols: Mapping[str, int], given: Ma
     return shapes
 
 
+# The largest dim a tensor can have: ONNX and numpy both hold dims as int64.
+MAX_DIM = 2**63 - 1
+
+
 def fixed_symbols(inputs: Sequence[Declared], given: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """Symbol values implied by the shapes the user gave (a dim name shared by several inputs gets one value)."""
+    """Symbol values implied by the shapes the user gave (a dim name shared by several inputs gets one value).
+
+    Raises:
+        InputError: a shape does not fit its input's declaration, or gives a symbolic dim a value that is not
+            a whole number from 1 to ``MAX_DIM`` (a 0 leaves the input empty: nothing would be verified, and
+            the size check would see 0 bytes however large the other dims are).
+    """
     by_name = {i.name: i for i in inputs}
     values: dict[str, int] = {}
     for name, shape in given.items():
@@ -184,16 +194,40 @@ def fixed_symbols(inputs: Sequence[Declared], given: Mapping[str, Sequence[int]]
             raise InputError(f"shape {list(shape)} does not fit input {name!r} declared as {inp.dims}")
         for axis, (d, g) in enumerate(zip(inp.dims, shape, strict=True)):
             if not isinstance(d, int):
+                problem = _dim_problem(g)
+                if problem:
+                    raise InputError(f"shape {list(shape)} for input {name!r}: dim {axis} {problem}")
+        for axis, (d, g) in enumerate(zip(inp.dims, shape, strict=True)):
+            if not isinstance(d, int):
                 values.setdefault(_key(inp, axis), int(g))
     return values
+
+
+def _dim_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return f"is {value!r}, not a whole number"
+    if value == 0:
+        return "is 0, which leaves the input empty (nothing would be verified); give at least 1"
+    if value < 0:
+        return f"is {value}; a dim is at least 1"
+    if value > MAX_DIM:
+        return f"is {value}, more than any tensor can have (at most {MAX_DIM})"
+    return None
 
 
 def fits(given: Sequence[int], dims: Sequence[int | str | None]) -> bool:
     return len(given) == len(dims) and all(not isinstance(d, int) or d == g for d, g in zip(dims, given, strict=True))
 
 
+def elements(shape: Sequence[int]) -> int:
+    """How many elements a tensor of ``shape`` holds, for budgets: in Python ints (numpy's int64 would wrap), and an
+    empty dim (0) or a nonsense negative one counts as 1, so that ``[0, 10**20]`` cannot pass as nothing."""
+    return math.prod(max(1, int(d)) for d in shape)
+
+
 def nbytes(inputs: Sequence[Declared], shapes: Mapping[str, Sequence[int]]) -> int:
-    return sum(math.prod(shapes[i.name]) * (i.dtype.itemsize if i.dtype.kind not in "OUS" else 8) for i in inputs)
+    """Bytes of the inputs at ``shapes`` (at least: see ``elements``); strings count 8 bytes each."""
+    return sum(elements(shapes[i.name]) * (i.dtype.itemsize if i.dtype.kind not in "OUS" else 8) for i in inputs)
 
 
 # Distributions by kind: trials alternate the sign of scalar booleans (so both branches of an If

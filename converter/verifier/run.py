@@ -40,14 +40,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from converter.errors import InputError
-from converter.graph import weight_bytes
+from converter.files.save import inline_bytes
 from converter.graph.detached import DetachedWeights
 from converter.options import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, DEFAULT_TRIALS, VerifyOptions, verify_options
 from converter.providers import dtype_name, resolve_providers
 from converter.report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
 from converter.verifier import inputs as feeding
-from converter.verifier.certificate.integer import IntegerLayer
-from converter.verifier.certificate.walk import INTEGER_CONVS, Certificate, certify, find_graphs
+from converter.verifier.certificate import INTEGER_CONVS, Certificate, IntegerLayer, certify, find_graphs
 from converter.verifier.numbers.layers import LayerNumbers, LayerTensors, check_integer_layer, check_layers
 from converter.verifier.numbers.outputs import compare, default_tolerances, degenerate, end_to_end_atol, failed
 from converter.verifier.sessions import Runner, VerificationTimeout
@@ -117,7 +116,7 @@ def verify(
     main = [c for c in claims if not c.graph]
     pair = _Pair(original, rewritten, main)
     pool = None
-    if weight_bytes(rewritten) < PARALLEL_BELOW:
+    if inline_bytes(rewritten) < PARALLEL_BELOW:  # Constants too: each session holds its own copy of them
         # Both sessions are built in the background while the structure is checked here.
         pool = ThreadPoolExecutor(max_workers=2)
         pair.early_original = pool.submit(_original_runner, pair, options)
@@ -135,14 +134,16 @@ def verify(
             pool.shutdown(wait=True, cancel_futures=True)
         raise
 
-    # Layers inside subgraphs: their graphs run as models of their own (they may read the original's outer weights).
+    # Layers inside subgraphs: their graphs run as models of their own (they may read the original's outer weights),
+    # while the main graph's trials are kept: they have what is left of the memory budget.
+    kept = sum(_nbytes(r) for r in originals.kept)
     by_graph: dict[tuple, list[RewrittenLayer]] = defaultdict(list)
     for c in claims:
         if c.graph:
             by_graph[tuple(tuple(s) for s in c.graph)].append(c)
     for key, group in by_graph.items():
         step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
-        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert)
+        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert, held=kept)
 
     if values is not None and release_original and pool is None:  # (with small weights the sessions were built early)
         # Nothing reads the original's weights from here on: keep only the rewritten model's.
@@ -201,6 +202,7 @@ def verify_reference(
     fixed = feeding.fixed_symbols(declared, shapes_given)
     symbols, why = next(feeding.candidates(original, declared, fixed))
     shapes = feeding.shapes_for(declared, {**fixed, **symbols}, shapes_given)
+    _check_budget(original, declared, shapes, DEFAULT_MAX_MEMORY if options.max_memory is None else options.max_memory)
     feeds = {**feeding.make_feeds([d for d in declared if d.name not in given], shapes, seed, 0), **given}
     report.dims = why
     report.inputs = [
@@ -255,6 +257,11 @@ class _Options:
     deadline: float
     step: Callable[[str], None]
     values: DetachedWeights | None = None
+    held: int = 0  # bytes the main graph's comparison keeps while subgraphs are checked: they have the rest of the budget
+
+    def with_held(self, held: int) -> _Options:
+        """The same options for runs made while ``held`` bytes of the budget are kept by another comparison."""
+        return _Options(**{**vars(self), "held": held})
 
 
 @dataclass
@@ -391,11 +398,13 @@ def _run_original(
     # Shapes: the first candidate the original accepts whose layers see distinct N, H, W.
     best: tuple[int, dict[str, int], list, dict[str, list[int]], dict[str, np.ndarray]] | None = None
     first_error = ""
+    n_trials = 1 if not random_inputs else max(1, o.trials or DEFAULT_TRIALS)
+    budget = o.budget - o.held
     for attempt, (symbols, why) in enumerate(feeding.candidates(pair.original, random_inputs, fixed)):
         if attempt >= _MAX_SHAPE_TRIES and best is not None:
             break
         shapes = feeding.shapes_for(declared, {**fixed, **symbols}, fixed_shapes)
-        _check_budget(pair.original, declared, shapes, o.budget)
+        _check_budget(pair.original, declared, shapes, budget, n_trials)
         feeds = {**feeding.make_feeds(random_inputs, shapes, o.seed, 0), **given}
         try:
             result = original.run(feeds, o.deadline)
@@ -429,7 +438,16 @@ def _run_original(
         else:  # backed by an initializer: onnxruntime uses its value
             out.inputs.append(InputSpec(vi.name, dtype_name(vi.type.tensor_type.elem_type), [], "initializer default"))
 
-    n_trials = 1 if not random_inputs else max(1, o.trials or DEFAULT_TRIALS)
+    # What one trial keeps is known now (the outputs and the layers' tensors): every trial's must fit.
+    inputs, per_trial = feeding.nbytes(declared, shapes), _nbytes(first)
+    held = _held(inputs, per_trial, n_trials)
+    if held > budget:
+        raise InputError(
+            f"verification would hold about {_size(held)}: {_size(per_trial)} of outputs and layer tensors per trial"
+            f"{_over_trials(n_trials)} and {_size(inputs)} of inputs, at shapes "
+            f"{', '.join(f'{k} {v}' for k, v in shapes.items())}, over the {_size(budget)} budget "
+            f"(give --max-memory, {'fewer --trials, ' if n_trials > 1 else ''}smaller --input-shape values, or --no-verify)"
+        )
     plans: list[tuple[int, str]] = [(t, "normal") for t in range(n_trials)]
     originals = _Originals(declared, random_inputs, given, shapes, plans, [first])
     for t, dist in plans[1:]:
@@ -437,9 +455,14 @@ def _run_original(
         originals.kept.append(original.run(originals.feeds(t, dist, o.seed), o.deadline))
     if random_inputs and _needs_positive(pair, originals, o.seed):
         t = len(plans)
-        plans.append((t, "positive"))
-        out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held NaN or Inf")
-        originals.kept.append(original.run(originals.feeds(t, "positive", o.seed), o.deadline))
+        if _held(inputs, max(per_trial, max(_nbytes(r) for r in originals.kept)), t + 1) > budget:
+            out.notes.append(
+                "some layer's input held NaN or Inf in every trial; a trial with positive inputs would not fit --max-memory"
+            )
+        else:
+            plans.append((t, "positive"))
+            out.notes.append(f"trial {t + 1} used positive inputs: with normal ones some layer's input held NaN or Inf")
+            originals.kept.append(original.run(originals.feeds(t, "positive", o.seed), o.deadline))
     out.trials = len(plans)
     return originals
 
@@ -732,14 +755,21 @@ def _merge(checks: list[OutputCheck]) -> OutputCheck:
     )
 
 
-def _check_budget(model: onnx.ModelProto, declared: list[feeding.Declared], shapes: dict[str, list[int]], budget: int) -> None:
-    """Refuse inputs (and declared outputs) that would not fit the memory budget, before allocating any."""
-    total = feeding.nbytes(declared, shapes)
+def _check_budget(
+    model: onnx.ModelProto, declared: list[feeding.Declared], shapes: dict[str, list[int]], budget: int, trials: int = 1
+) -> None:
+    """Refuse inputs and declared outputs that would not fit the memory budget over ``trials`` trials, before allocating any.
+
+    What is held at once (``_held``): a trial's inputs, the original model's outputs of every trial, and one
+    trial's outputs of the rewritten model. Sizes are Python ints (numpy's would wrap), an empty dim counts as 1.
+    """
+    inputs = feeding.nbytes(declared, shapes)
     symbols: dict[str, int] = {}
     for d in declared:
         for dim, v in zip(d.dims, shapes[d.name], strict=True):
             if isinstance(dim, str):
                 symbols[dim] = v
+    outputs = 0
     for vi in model.graph.output:
         tt = vi.type.tensor_type
         try:
@@ -747,14 +777,36 @@ def _check_budget(model: onnx.ModelProto, declared: list[feeding.Declared], shap
         except (KeyError, TypeError, ValueError):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else symbols.get(d.dim_param, 1) for d in tt.shape.dim]
-        total += math.prod(dims) * itemsize
-    # Both models' outputs are compared and a trial's worth of each is held: count the data twice.
-    if 2 * total > budget:
+        outputs += feeding.elements(dims) * itemsize
+    held = _held(inputs, outputs, trials)
+    if held > budget:
         raise InputError(
-            f"verification would hold about {_size(2 * total)} of inputs and outputs at shapes "
-            f"{', '.join(f'{k} {v}' for k, v in shapes.items())}, over the {_size(budget)} budget "
-            "(give --max-memory, smaller --input-shape values, or --no-verify)"
+            f"verification would hold about {_size(held)} of inputs and outputs at shapes "
+            f"{', '.join(f'{k} {v}' for k, v in shapes.items())}{_over_trials(trials)}, over the {_size(budget)} budget "
+            f"(give --max-memory, {'fewer --trials, ' if trials > 1 else ''}smaller --input-shape values, or --no-verify)"
         )
+
+
+def _held(inputs: int, per_trial: int, trials: int) -> int:
+    """Bytes verification holds at its peak: the original's outputs of every trial are kept until the rewritten
+    model has run on them all, beside one trial of the rewritten model's; a trial's inputs count twice (they are
+    made again for each trial while onnxruntime may still hold the last)."""
+    return 2 * inputs + (trials + 1) * per_trial
+
+
+def _over_trials(trials: int) -> str:
+    return f" over {trials} trials (the original's outputs of each are kept for the comparison)" if trials > 1 else ""
+
+
+def _nbytes(value: object) -> int:
+    """Bytes of an onnxruntime result: arrays, and the sequences and maps some outputs are."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
 
 
 def _size(n: float) -> str:
@@ -777,7 +829,9 @@ def _check_subgraph(
     symbols: dict[str, int],
     checks: dict[str, LayerCheck],
     cert: Certificate,
+    held: int = 0,
 ) -> None:
+    o = o.with_held(held)
     try:
         orig_model = standalone(original, key, symbols)
         rew_model = standalone(rewritten, key, symbols, like=orig_model)

@@ -22,8 +22,8 @@ import onnx
 import onnxruntime as ort
 
 from converter.errors import ConverterError, InputError
-from converter.files.save import EXTERNAL_DATA_ABOVE, save
-from converter.graph import weight_bytes, wire
+from converter.files.save import external_data_needed, save
+from converter.graph import wire
 from converter.graph.detached import DetachedWeights
 from converter.providers import make_session
 
@@ -108,10 +108,12 @@ def _session(
     held: dict[str, tuple[np.ndarray, ort.OrtValue]],
 ) -> ort.InferenceSession:
     at = values.placeholders(model.graph) if values is not None else []
+    # Every tensor counts (save.inline_bytes): a large Constant makes a message too large just as weights do.
+    large = external_data_needed(model)
     try:
-        if at and shares_buffers():
+        if at and shares_buffers() and not external_data_needed(model, placeholders=False):
             return _shared_session(model, extra, providers, which, values, at, held)  # type: ignore[arg-type]
-        if at or weight_bytes(model) >= EXTERNAL_DATA_ABOVE:
+        if at or large:
             # The data goes in the ordinary way: attached to a copy (onnxruntime does not take our
             # buffers), or, past protobuf's 2 GB, in external data that onnxruntime reads from disk.
             copy = onnx.ModelProto()
@@ -119,7 +121,7 @@ def _session(
             if at:
                 values.attach(copy)  # type: ignore[union-attr]
             copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
-            if weight_bytes(copy) < EXTERNAL_DATA_ABOVE:
+            if not large:
                 return make_session(copy.SerializeToString(), providers)
             with tempfile.TemporaryDirectory(prefix="converter-verify-") as folder:
                 path = Path(folder) / f"{which}.onnx"
@@ -129,7 +131,11 @@ def _session(
         return make_session(with_outputs(model, extra), providers)
     except ConverterError:
         raise
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types
+    except OSError as e:  # our own temporary files (a full disk, ulimit -f): the machine's problem, not the model's
+        raise ConverterError(
+            f"cannot write verification's temporary files in {tempfile.gettempdir()} ({e.strerror or _first_line(e)})"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many unrelated types (none of them an OSError)
         raise InputError(f"onnxruntime cannot load the {which} model: {_first_line(e)}") from e
 
 

@@ -1,10 +1,9 @@
-"""The real ``convert`` command in a subprocess: exit codes, files written or not, the JSON report."""
+"""The ``convert`` command: exit codes, files written or not, the JSON report (in this process through
+``converter.cli.main``; in a child where that is the point: ``python -m converter``, a terminal, TensorFlow unimported)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import W_, C, H, dense_model, with_output_shapes
-
-CONVERT = shutil.which("convert", path=str(Path(sys.executable).parent)) or "convert"
+from tests.conftest import W_, C, CliResult, H, dense_model, run_command, with_output_shapes
 
 
-def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([CONVERT, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+def run(*args: str | Path, cwd: Path | None = None) -> CliResult:
+    """The command in this process (tests/conftest.py's run_command); the tests that need a child start their own."""
+    return run_command(*args, cwd=cwd, env={"COLUMNS": "120"})
 
 
 def files(folder: Path) -> set[str]:
@@ -275,7 +272,7 @@ def test_verbose_lists_the_evidence_for_every_layer(tmp_path: Path) -> None:
 
 @pytest.fixture
 def windows_file(tmp_path: Path) -> Path:
-    from tests.rewriter.test_layout_policy import window_block
+    from tests.rewriter.layout.test_optimizer import window_block
 
     path = tmp_path / "windows.onnx"
     onnx.save(window_block(), path)
@@ -286,56 +283,72 @@ def _transposes(path: Path) -> int:
     return [n.op_type for n in onnx.load(path).graph.node].count("Transpose")
 
 
-def test_layout_policy_declines_what_would_add_transposes(windows_file: Path, tmp_path: Path) -> None:
-    """MaxViT-style windows: the default declines both Linears (layout_cost), says so, and writes a model with no
-    more Transposes than the original; --layout keep-all rewrites them and writes more."""
-    r = run(windows_file, "-o", tmp_path / "nw.onnx", "--report", tmp_path / "nw.json")
+@pytest.fixture
+def stuck_file(tmp_path: Path) -> Path:
+    from tests.rewriter.layout.test_optimizer import stuck_pair
+
+    path = tmp_path / "stuck.onnx"
+    onnx.save(stuck_pair(), path)
+    return path
+
+
+def test_the_optimizer_declines_what_would_add_transposes(stuck_file: Path, tmp_path: Path) -> None:
+    """Two Linears around an op no Transpose moves through (com.microsoft Gelu): converting either would add
+    Transposes inside the model at the optimum, so the default declines both (layout_cost, with the number) and
+    writes the model as it was; --layout keep-all converts them and writes more."""
+    r = run(stuck_file, "-o", tmp_path / "o.onnx", "--report", tmp_path / "o.json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Rewritten 0 of 2 candidates" in r.stdout
-    assert "Layout never-worse: Transposes 2 in the original -> 2 after the rewrite -> 2 final" in r.stdout
-    assert "(rewriting every layer left 4); 2 layers declined for layout_cost" in r.stdout
-    assert "skipped 2 x layout_cost" in r.stdout and "grouped tokens" in r.stdout
-    data = json.loads((tmp_path / "nw.json").read_text())["rewrite"]
-    assert data["layout"]["mode"] == "never-worse" and data["layout"]["declined"] == 2
-    assert (data["layout"]["transposes_original"], data["layout"]["transposes_keep_all"], data["layout"]["transposes_final"]) == (
-        2,
-        4,
-        2,
-    )
+    assert "Layout optimal: Transposes 0 in the original -> 0 final; 2 layers declined for layout_cost" in r.stdout
+    assert "skipped 2 x layout_cost" in r.stdout
+    data = json.loads((tmp_path / "o.json").read_text())["rewrite"]
+    assert data["layout"]["mode"] == "optimal" and data["layout"]["declined"] == 2
+    layout = data["layout"]
+    assert (layout["transposes_original"], layout["transposes_final"], layout["transposes_optimum"]) == (0, 0, 0)
     assert data["skipped_by_reason"] == {"layout_cost": 2}
-    assert [(d["reason"], d["activation"]) for d in data["decisions"]] == [("layout_cost", "grouped tokens")] * 2
-    assert _transposes(tmp_path / "nw.onnx") == 2
+    assert all("converting it would add 1 Transpose even with" in d["detail"] for d in data["decisions"])
+    assert _transposes(tmp_path / "o.onnx") == 0
 
-    r = run(windows_file, "-o", tmp_path / "all.onnx", "--layout", "keep-all", "--report", tmp_path / "all.json")
+    r = run(stuck_file, "-o", tmp_path / "all.onnx", "--layout", "keep-all", "--report", tmp_path / "all.json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("PASSED: rewrote 2 of 2 candidates")
-    assert "Layout keep-all: Transposes 2 in the original -> 6 after the rewrite -> 4 final" in r.stdout
+    assert "Layout keep-all: Transposes 0 in the original -> 4 final (0 -> 2 of them at the model's inputs/outputs)" in r.stdout
     assert json.loads((tmp_path / "all.json").read_text())["rewrite"]["layout"]["mode"] == "keep-all"
     assert _transposes(tmp_path / "all.onnx") == 4
 
 
-def test_dry_run_and_verbose_show_the_policy_per_candidate(windows_file: Path, tmp_path: Path) -> None:
+def test_the_optimizer_converts_windowed_layers_at_no_cost(windows_file: Path, tmp_path: Path) -> None:
+    """MaxViT-style windows (the greedy policy declined both Linears): the partition and its reverse take the
+    layout change in, the LayerNorm is written out channels-first, and both layers are converted, 2 -> 2."""
+    r = run(windows_file, "-o", tmp_path / "w.onnx", "--report", tmp_path / "w.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("PASSED: rewrote 2 of 2 candidates")
+    assert "Layout optimal: Transposes 2 in the original -> 2 final; 1 LayerNorm written out channels-first" in r.stdout
+    assert _transposes(tmp_path / "w.onnx") == 2
+
+
+def test_dry_run_and_verbose_show_the_policy_per_candidate(stuck_file: Path, tmp_path: Path) -> None:
     before = files(tmp_path)
-    r = run(windows_file, "--dry-run")
+    r = run(stuck_file, "--dry-run")
     assert r.returncode == 0, r.stderr
     table = r.stdout[r.stdout.index("Candidates") :]
-    assert table.count("decline (layout)") == 2 and table.count("│ grouped tokens │") == 2
+    assert table.count("decline (layout)") == 2
     assert r.stdout.strip().splitlines()[-1] == (
         "DRY RUN: 0 of 2 candidates would be rewritten (2 declined for layout_cost); nothing written"
     )
     assert files(tmp_path) == before
-    r = run(windows_file, "-o", tmp_path / "v.onnx", "--layout", "keep-all", "-v")
+    r = run(stuck_file, "-o", tmp_path / "v.onnx", "--layout", "keep-all", "-v")
     assert r.returncode == 0, r.stderr
     assert "Candidates" in r.stdout and r.stdout.count("rewrite (matmul_add_to_conv)") == 2
 
 
 def test_layout_help_and_bad_combinations(windows_file: Path, tmp_path: Path) -> None:
     r = run("--help")
-    assert r.returncode == 0 and "--layout {never-worse,keep-all,nchw}" in r.stdout and "layout_cost" in r.stdout
-    r = run(windows_file, "-o", tmp_path / "o.onnx", "--no-fold-transposes", "--layout", "never-worse")
+    assert r.returncode == 0 and "--layout {optimal,keep-all,never-worse,nchw}" in r.stdout and "layout_cost" in r.stdout
+    r = run(windows_file, "-o", tmp_path / "o.onnx", "--no-fold-transposes", "--layout", "optimal")
     assert r.returncode == 2 and not (tmp_path / "o.onnx").exists()
     assert r.stderr.strip().splitlines() == [
-        "convert: error: layout never-worse needs the Transpose cleanup; without it (--no-fold-transposes) use keep-all"
+        "convert: error: layout optimal needs the Transpose cleanup; without it (--no-fold-transposes) use keep-all"
     ]
     r = run(windows_file, "--dry-run", "--layout", "tidy")
     assert r.returncode == 2 and "invalid choice: 'tidy'" in r.stderr
@@ -365,8 +378,8 @@ def test_tokens_flag_rewrites_rank3_layers(tokens_file: Path, tmp_path: Path) ->
     assert r.returncode == 0, r.stdout + r.stderr
     data = json.loads((tmp_path / "t.json").read_text())["rewrite"]
     assert [(d["rule"], d["rewritten"]) for d in data["decisions"]] == [("matmul_tokens_to_conv", True)] * 2
-    assert data["layout"]["mode"] == "nchw"  # the default under --tokens
+    assert data["layout"]["mode"] == "optimal"  # one default, with or without --tokens
     ops = [n.op_type for n in onnx.load(tmp_path / "t.onnx").graph.node]
     assert ops.count("Conv") == 2 and "MatMul" not in ops and ops.count("Transpose") == 2
-    r = run(tokens_file, "--tokens", "--dry-run", "--layout", "never-worse")
-    assert r.returncode == 0 and "layout_cost" in r.stdout  # the policy still applies when asked for
+    r = run(tokens_file, "--tokens", "--dry-run", "--layout", "nchw", "--report", "-")
+    assert r.returncode == 0 and json.loads(r.stdout)["rewrite"]["layout"]["mode"] == "optimal"  # the older name

@@ -71,11 +71,13 @@ class RuleOptions:
     after an earlier rewrite (the layout policy: its Transposes could not be absorbed) uses it.
 
     ``tokens`` also rewrites dense layers on rank-3 token sequences ``[B, S, C]`` (opt-in: ``--tokens``).
+    ``matmul_nbits`` also rewrites onnxruntime's MatMulNBits (opt-in: ``--matmul-nbits``).
     """
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     refuse: Mapping[tuple[tuple[tuple[str, str], ...], str], tuple[str, str]] = field(default_factory=dict)
     tokens: bool = False
+    matmul_nbits: bool = False
 
 
 @dataclass
@@ -174,6 +176,7 @@ class Context:
 class Rule(ABC):
     name: ClassVar[str]
     op_type: ClassVar[str]  # the anchor op a candidate starts from
+    domain: ClassVar[str] = ""  # the anchor op's domain ("": the default one; "com.microsoft" for MatMulNBits)
 
     @abstractmethod
     def check(self, node: NodeProto, ctx: Context) -> Plan:
@@ -330,12 +333,12 @@ def prepare_rules(
     types = collect_types(model) if types is None else types
     names = NameAllocator(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    by_op: dict[str, list[Rule]] = {}
+    by_op: dict[tuple[str, str], list[Rule]] = {}
     for rule in rules:
-        by_op.setdefault(rule.op_type, []).append(rule)
+        by_op.setdefault((rule.domain, rule.op_type), []).append(rule)
     total = seen = 0
     if progress is not None:
-        total = sum(n.op_type in by_op for _, g in iter_graphs(model.graph) for n in g.node)
+        total = sum(_op_key(n) in by_op for _, g in iter_graphs(model.graph) for n in g.node)
     every = max(1, total // 100)
     derived: dict[tuple[Any, ...], str] = {}
     works: list[_GraphWork] = []
@@ -353,9 +356,7 @@ def prepare_rules(
         ctx = Context(scope, names, options, opset, model.ir_version, derived, detached, work.created)
         claimed: set[int] = set()
         for node in scope.nodes:
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            candidates = by_op.get(node.op_type, [])
+            candidates = by_op.get(_op_key(node), [])
             if candidates and progress is not None:
                 seen += 1
                 if seen % every == 0 or seen == total:
@@ -421,6 +422,11 @@ def apply_rules(
     ``prepare_rules`` documents the arguments.
     """
     return prepare_rules(model, rules, options, detached, progress, types).finish()
+
+
+def _op_key(node: NodeProto) -> tuple[str, str]:
+    """The rules' key of a node: (domain, op type), the default domain as ""."""
+    return ("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)
 
 
 def holder_key(node: NodeProto) -> str:

@@ -15,6 +15,8 @@ nodes for the cleanup to cancel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from onnx import NodeProto
 
@@ -36,9 +38,14 @@ def token_conv_nodes(
     *,
     channels_first: bool = False,
     fold_out: bool = False,
+    convolution: Callable[[str, str], list[NodeProto]] | None = None,
 ) -> list[NodeProto]:
     """The nodes above, reading ``x`` ([B, S, C], or [B, C, S] with ``channels_first``) and writing ``out``
-    ([B, S, K], or [B, K, S] with ``fold_out``: the Squeeze writes it). Exactly one node is the Conv."""
+    ([B, S, K], or [B, K, S] with ``fold_out``: the Squeeze writes it). Exactly one node is the Conv.
+
+    A quantized layer is another convolution: ``convolution(X4, Z4)`` gives the nodes that compute ``Z4`` from
+    ``X4`` in its place (a QDQ activation's pair and weight's DequantizeLinear, then the Conv; a QLinearConv; a
+    ConvInteger), and ``weight`` and ``bias`` are unused."""
 
     def make(op: str, inputs: list[str], output: str, suffix: str, **attrs: object) -> NodeProto:
         return ctx.node(rule, origin, op, inputs, [output], f"{base}_{suffix}", **attrs)
@@ -52,18 +59,24 @@ def token_conv_nodes(
     x4 = ctx.names.fresh(f"{base}_nc1t")
     conv_out = ctx.names.fresh(f"{base}_conv_nc1t")
     squeezed = out if fold_out else ctx.names.fresh(f"{base}_conv_nct")
-    nodes += [
-        make("Unsqueeze", [nct, *axes], x4, "unsqueeze", **axes_attr),
-        make("Conv", [x4, weight] + ([bias] if bias is not None else []), conv_out, "conv", kernel_shape=[1, 1]),
-        make("Squeeze", [conv_out, *axes], squeezed, "squeeze", **axes_attr),
-    ]
+    nodes.append(make("Unsqueeze", [nct, *axes], x4, "unsqueeze", **axes_attr))
+    if convolution is None:
+        nodes.append(make("Conv", [x4, weight] + ([bias] if bias is not None else []), conv_out, "conv", kernel_shape=[1, 1]))
+    else:
+        nodes += convolution(x4, conv_out)
+    nodes.append(make("Squeeze", [conv_out, *axes], squeezed, "squeeze", **axes_attr))
     if not fold_out:
         nodes.append(make("Transpose", [squeezed], out, "to_nsc", perm=SWAP))
     return nodes
 
 
-def conv_of(nodes: list[NodeProto]) -> NodeProto:
-    return next(n for n in nodes if n.op_type == "Conv")
+def conv_of(nodes: list[NodeProto], op: str = "Conv") -> NodeProto:
+    return next(n for n in nodes if n.op_type == op)
+
+
+def token_axis(axis: int | None) -> int | None:
+    """Where dim ``axis`` of a ``[B, S, C]`` tensor is in the ``[B, C, 1, S]`` layout (None stays None)."""
+    return None if axis is None else (0, 3, 1)[axis]
 
 
 def _axes(ctx: Context) -> list[str]:

@@ -47,7 +47,7 @@ import numpy as np
 from onnx import NodeProto, TensorProto
 
 from converter.graph import transpose_2d
-from converter.rewriter.rules._checks import require_constant_tensor, require_varying
+from converter.rewriter.rules._checks import require_channels, require_constant_tensor, require_varying
 from converter.rewriter.rules._engine import Context, Decline, Plan, Replacement, Rule, node_label
 from converter.rewriter.rules._integer import (
     require_integer_rank4,
@@ -117,6 +117,7 @@ def check_integer_core(ctx: Context, node: NodeProto, x_type: int, channels: int
     if len(t.dims) != 2:
         raise Decline("weight_rank", f"quantized weight {b!r} has rank {len(t.dims)}; a dense layer needs [C, K]")
     c, k = t.dims
+    require_channels(b, list(t.dims), c, k)
     if channels is not None and channels != c:
         raise Decline("shape_mismatch", f"{node.input[0]!r} has {channels} channels but the weight expects {c}")
     require_scalar(ctx, node, 2, "activation zero point")

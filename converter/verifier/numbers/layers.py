@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converter.verifier.certificate.integer import IntegerLayer
+from converter.verifier.certificate import IntegerLayer
 
 LAMBDA = 8.0
 INPUT_RTOL = {"float16": 3e-2, "bfloat16": 1e-1}
@@ -98,6 +98,8 @@ def check_layer(
     # (no full-size copy), and the arithmetic only at the sampled positions.
     x_blocks = functools.partial(_blocks, conv_in, True)
     result = LayerNumbers(True, shape=(n, h, w, c))
+    if not n * h * w * c:
+        return LayerNumbers(False, "its input was empty (a dim of 0)", shape=(n, h, w, c))
     finite_rows, distinct = _exercise(x_blocks())
     if not finite_rows:
         return LayerNumbers(False, "its input had no finite values", shape=(n, h, w, c))
@@ -225,6 +227,8 @@ def _batch_key(it: LayerTensors) -> tuple | None:
     if x.ndim != 4 or x.shape[1] != c or y.shape != (x.shape[0], k, x.shape[2], x.shape[3]):
         return None  # check_layer says what is wrong
     n, _, h, w = x.shape
+    if not n * h * w * c * k:
+        return None  # an empty tensor: check_layer says the layer was not exercised (a stacked max has no identity)
     if n * h * w * max(c, k) > _BATCH_ELEMENTS or it.orig_in is None or np.shape(it.orig_in) != (n, h, w, c):
         return None
     calibrate = it.calibrate and it.orig_out is not None and np.shape(it.orig_out) == (n, h, w, k)
@@ -510,6 +514,9 @@ def check_integer_layer(
         return LayerNumbers(False, problem=f"the Conv's output has shape {list(conv_out.shape)}, expected {[n, k, h, w]}")
     shape = (n, h, w, c)
     orig_in, orig_out = _positions(orig_in, n, h, w, c), _positions(orig_out, n, h, w, k)
+    if h == 1:  # a token layer: the original's [B, S, C] holds the Conv's [B, C, 1, S] positions as [B, 1, S, C]
+        tokens = [np.asarray(t)[:, None] if np.ndim(t) == 3 and np.shape(t)[:2] == (n, w) else t for t in (orig_in, orig_out)]
+        orig_in, orig_out = tokens
     zx = 0 if x_zero is None else int(np.asarray(x_zero).reshape(-1)[0])
     x_rows = conv_in.transpose(0, 2, 3, 1).reshape(-1, c)
     if not (x_rows != x_rows.flat[0]).any():

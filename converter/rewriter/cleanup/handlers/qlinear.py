@@ -29,7 +29,7 @@ Transpose left after one would count where the one before it did not).
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from converter.rewriter.cleanup.handlers._base import Decline, HandlerArgs, Operand, Plan, one_output, operand, outputs_move_on
 
@@ -84,6 +84,6 @@ def _per_tensor(args: HandlerArgs, slots: tuple[int, ...]) -> Decline | None:
             continue  # an absent zero point: zero
         if not ws.scope.source(name).is_constant:
             return Decline("scale_not_constant", f"{node.op_type}'s parameter {name} is computed, not constant")
-        if int(np.prod(ws.scope.constant_tensor(name).dims)) != 1:
+        if math.prod(ws.scope.constant_tensor(name).dims) != 1:
             return Decline("per_axis_parameters", f"{node.op_type}'s parameter {name} has more than one element")
     return None
