@@ -360,6 +360,11 @@ class Scope:
         # The default domain's opset, for evaluating small constant expressions (None: they stay computed).
         self.opset = opset if opset is not None else (parent.opset if parent is not None else None)
         self._evaluated: dict[str, onnx.TensorProto | None] = {}
+        # Set by an editor (the cleanup's workspace) when a name gets a new producer; what was found not to be a
+        # constant expression is then asked again (only where this scope has met expressions at all, so that a
+        # graph without them pays nothing).
+        self._stale = False
+        self._expressions = False
         # Reads a constant's values: a detached store knows the placeholders' (see detached.py).
         self.value_of = value_of or (parent.value_of if parent is not None else numpy_helper.to_array)
         self.path = path
@@ -481,6 +486,7 @@ class Scope:
         return scope._constant_expression(name)
 
     def _constant_expression(self, name: str) -> bool:
+        self._refresh()
         # Iterative, so a long chain cannot exhaust Python's stack.
         stack = [name]
         entered: set[str] = set()  # names whose inputs were pushed: met again with inputs pending, a cycle runs through them
@@ -507,6 +513,7 @@ class Scope:
                 continue
             if node.op_type == "Shape" and self._static_shape(node) is not None:
                 self._constant_expr[top] = True  # the shape of a tensor whose every dim is known
+                self._expressions = True
                 stack.pop()
                 continue
             pending = [i for i in node.input if i and i not in self._constant_expr]
@@ -563,6 +570,17 @@ class Scope:
         lo, hi = (min(max(v + rank if v < 0 else v, 0), rank) for v in (lo, hi))
         return dims[lo:hi]  # type: ignore[return-value]
 
+    def edited(self) -> None:
+        """A name got a new producer (an editor calls this): negative answers about constant expressions may be stale."""
+        self._stale = True
+
+    def _refresh(self) -> None:
+        if self._stale and self._expressions:
+            self._constant_expr = {k: v for k, v in self._constant_expr.items() if v}
+            self._evaluated = {k: v for k, v in self._evaluated.items() if v is not None}
+            self._folded = {k: v for k, v in self._folded.items() if v is not None}
+        self._stale = False
+
     def _leaf(self, name: str) -> onnx.TensorProto | None:
         """A constant an expression may read without evaluating it: an initializer (not a graph input), a Constant
         node's value, a folded chain over those, or an outer scope's constant (None otherwise)."""
@@ -585,6 +603,7 @@ class Scope:
 
     def _evaluate(self, name: str) -> onnx.TensorProto | None:
         """The value of a small integer tensor this scope computes from constants alone, or None."""
+        self._refresh()
         if name in self._evaluated:
             return self._evaluated[name]
         self._evaluated[name] = None
@@ -615,11 +634,11 @@ class Scope:
                 return None
             nodes[id(producer)] = producer
             stack.extend(i for i in producer.input if i)
-        ordered = [n for n in self.nodes if id(n) in nodes]
-        value = _reference_run(ordered, leaves, name, self.opset)
+        value = _reference_run(_in_order(list(nodes.values())), leaves, name, self.opset)
         if value is None or value.dtype.kind not in "iu" or value.size > _EVALUATE_ELEMENTS:
             return None
         self._evaluated[name] = numpy_helper.from_array(np.array(value, order="C"), name)  # (ascontiguousarray makes a scalar 1-D)
+        self._expressions = True
         return self._evaluated[name]
 
 
@@ -644,6 +663,27 @@ _INTEGER_TYPES = frozenset(
 
 def _elements(tensor: onnx.TensorProto) -> int:
     return math.prod(tensor.dims)
+
+
+def _in_order(nodes: list[NodeProto]) -> list[NodeProto]:
+    """``nodes`` (a small DAG an editor may have added to) with each after the producers of its inputs."""
+    made = {o: n for n in nodes for o in n.output if o}
+    out: list[NodeProto] = []
+    done: set[int] = set()
+    for root in nodes:
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if ready:
+                if id(node) not in done:
+                    done.add(id(node))
+                    out.append(node)
+                continue
+            if id(node) in done:
+                continue
+            stack.append((node, True))
+            stack.extend((made[i], False) for i in node.input if i in made and id(made[i]) not in done)
+    return out
 
 
 def _reference_run(nodes: list[NodeProto], leaves: dict[str, onnx.TensorProto], name: str, opset: int) -> np.ndarray | None:

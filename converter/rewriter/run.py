@@ -17,8 +17,9 @@ layers convert, which nodes run channels-first), the chosen layers are spliced i
 the chosen layout into the graph. Each runs once.
 
 CLEANUP is the order of the passes when a layout was chosen: moving Transposes first (the optimizer's
-placed Transposes must be taken in by the nodes it moves before anything cancels them), then merging and
-cancelling, then folding chains of Reshapes. GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
+placed Transposes must be taken in by the nodes it moves before anything cancels them), then folding chains of
+Reshapes (a chain takes in the Transpose at its head before cancelling could give it back to the chain in front),
+then merging and cancelling. GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
 layout): merging and cancelling first so that sinking sees the fewest Transposes.
 """
 
@@ -36,7 +37,7 @@ from converter.graph import collect_types, count_ops
 from converter.graph.detached import DetachedWeights
 from converter.options import RewriteOptions
 from converter.providers import resolve_providers
-from converter.report import LayoutReport, RewriteReport
+from converter.report import Decision, LayoutReport, RewriteReport
 from converter.rewriter.cleanup import Pass, run_passes
 from converter.rewriter.cleanup.cancel_transposes import CancelTransposes
 from converter.rewriter.cleanup.fold_rearranges import FoldRearranges
@@ -47,11 +48,15 @@ from converter.rewriter.rules import (
     IntegerSandwichToConv,
     MatMulAddToConv,
     MatMulIntegerToConv,
+    MatMulIntegerTokensToConv,
+    MatMulNBitsToConv,
     MatMulTokensToConv,
     QdqGemmSandwichToConv,
     QdqMatMulToConv,
+    QdqMatMulTokensToConv,
     QdqSandwichToConv,
     QLinearMatMulToConv,
+    QLinearMatMulTokensToConv,
     QLinearSandwichToConv,
     Rule,
     RuleOptions,
@@ -64,16 +69,24 @@ RULES: tuple[Rule, ...] = (
     QdqGemmSandwichToConv(),
     GemmSandwichToConv(),
     QdqSandwichToConv(),
+    # A QDQ layer on tokens (rank 3, only with tokens) before the rank-4 QDQ rule and the float token rule: its own
+    # reasons for a rank-3 QDQ layer, not rank_not_4 or the float rule's weight_not_constant; elsewhere it steps aside.
+    QdqMatMulTokensToConv(),
     QdqMatMulToConv(),
     MatMulTokensToConv(),
     MatMulAddToConv(),
     QLinearSandwichToConv(),
+    # The integer token rules (rank 3, only with tokens) before their rank-4 rules, for their own reasons on rank 3.
+    QLinearMatMulTokensToConv(),
     QLinearMatMulToConv(),
     IntegerSandwichToConv(),
+    MatMulIntegerTokensToConv(),
     MatMulIntegerToConv(),
+    # onnxruntime's MatMulNBits (com.microsoft, only with matmul_nbits): no other rule anchors on it.
+    MatMulNBitsToConv(),
 )
 
-CLEANUP: tuple[Pass, ...] = (SinkTransposes(), CancelTransposes(), FoldRearranges())
+CLEANUP: tuple[Pass, ...] = (SinkTransposes(), FoldRearranges(), CancelTransposes())
 GREEDY_CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes())
 
 
@@ -121,7 +134,13 @@ def rewrite_in_place(
         ops_before = count_ops(out.graph)
         types = collect_types(out)  # before the rewrite: the original's tensors keep their values (and sizes)
         before = census(out, types=types.get(()))
-        rules = RuleOptions(providers=providers, tokens=options.tokens)
+        rules = RuleOptions(providers=providers, tokens=options.tokens, matmul_nbits=options.matmul_nbits)
+        # The optimizer promises never more Transposes inside the graph than the original; if carrying its
+        # layout into the graph fell short of that (a form the cleanup cannot move), the original is put back.
+        original = None
+        if options.fold_transposes and mode != "keep-all":
+            original = onnx.ModelProto()
+            original.CopyFrom(out)
         prepared = prepare_rules(out, RULES, rules, detached, progress, types)
         value_of = detached.value if detached is not None else None
         choice = None
@@ -133,8 +152,14 @@ def rewrite_in_place(
         record = LayoutReport(mode=mode, transposes_rewritten=census(out, edges=False).layout)
         if choice is not None and any(d.rewritten for d in decisions):
             report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=types.get(()), guides=choice.guides(out)).to_dict()
-        report.ops_after = count_ops(out.graph)
         after = census(out, types=types.get(()))
+        if original is not None and report.rewritten and after.inside > before.inside:
+            out.CopyFrom(original)
+            decisions = [_fell_short(d, before.inside, after.inside) if d.rewritten else d for d in decisions]
+            report = RewriteReport(decisions=decisions, ops_before=ops_before)
+            report.ops_rewritten = ops_before
+            after = before
+        report.ops_after = count_ops(out.graph)
     record.transposes_original, record.edge_original = before.layout, before.edge
     record.transposes_final, record.edge_final = after.layout, after.edge
     if choice is not None and report.rewritten:
@@ -151,6 +176,15 @@ def rewrite_in_place(
     report.layout = record
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _fell_short(d: Decision, before: int, after: int) -> Decision:
+    """A rewritten layer's decision, declined because the layout could not be carried into the graph."""
+    detail = (
+        f"the chosen layout could not be carried into the graph ({after} Transposes inside it where the original "
+        f"has {before}), so the original is kept"
+    )
+    return Decision(d.graph, d.node, d.op_type, d.rule, False, reason=LAYOUT_COST, detail=detail)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,44 @@ from onnx import GraphProto, NodeProto
 from converter.graph import NameAllocator, TensorType, postorder_graphs
 from converter.rewriter.cleanup._workspace import Workspace
 
+
+class TypeOverlay(Mapping[str, TensorType]):
+    """Types read from a table that stays as it is, with the ones the passes add on top (shape inference's table
+    makes its entries lazily: it is read through, never copied)."""
+
+    def __init__(self, base: Mapping[str, TensorType]) -> None:
+        self._base = base
+        self._added: dict[str, TensorType] = {}
+
+    def __getitem__(self, name: str) -> TensorType:
+        found = self._added.get(name)
+        return found if found is not None else self._base[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._added or name in self._base
+
+    def get(self, name: str, default: TensorType | None = None) -> TensorType | None:  # type: ignore[override]
+        found = self._added.get(name)
+        return found if found is not None else self._base.get(name, default)
+
+    def __iter__(self):  # noqa: ANN204 - Mapping's own signature
+        yield from self._added
+        yield from self._base
+
+    def __len__(self) -> int:
+        return len(self._added) + len(self._base)
+
+    def add(self, name: str, t: TensorType) -> None:
+        self._added[name] = t
+
+
+def inverse_perm(perm: Sequence[int]) -> list[int]:
+    out = [0] * len(perm)
+    for i, p in enumerate(perm):
+        out[p] = i
+    return out
+
+
 PASS_KEY = "converter.pass"
 
 
@@ -85,10 +123,10 @@ class PassContext:
         self.guides = dict(guides or {})
         self.guide: Guide | None = None  # the guide of the graph being cleaned
         self.assume: frozenset[str] | None = None
-        # New names that hold exactly what an original tensor holds (a copy of a Transpose, the way back of a
-        # placed pair): the passes that need sizes read the original's type.
-        self.aliases: dict[str, str] = {}
-        self.types = types  # the main graph's tensor types as shape inference found them before the rewrite
+        # The main graph's tensor types as shape inference found them before the rewrite; the passes add the types of
+        # the tensors they make in another layout (note_type), so that what needs sizes (fold_rearranges, the shape of
+        # a tensor whose every dim is known) still has them.
+        self.types: TypeOverlay | None = TypeOverlay(types) if types is not None else None
         self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
         self.ir_version = model.ir_version
@@ -112,6 +150,16 @@ class PassContext:
             main = ws is not None and ws.graph is self.model.graph
             self._names = NameAllocator(None, ws.names_in_use()) if main else NameAllocator(self.model)  # type: ignore[union-attr]
         return self._names
+
+    def note_type(self, name: str, like: str, perm: Sequence[int] | None = None) -> None:
+        """``name`` holds ``like`` (laid out so that ``like = Transpose(name, perm)``, when ``perm`` is given)."""
+        if self.types is None or name in self.types:
+            return
+        t = self.types.get(like)
+        if t is None or t.shape is None or t.conflict:
+            return
+        shape = t.shape if perm is None else tuple(t.shape[i] for i in inverse_perm(perm))
+        self.types.add(name, TensorType(t.elem_type, shape))
 
     @property
     def decided(self) -> bool:

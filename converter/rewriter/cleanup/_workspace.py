@@ -205,8 +205,10 @@ class Workspace:
         self._made_by(name, node)
 
     def _made_by(self, name: str, node: NodeProto) -> None:
-        """``node`` now makes ``name``: Transposes reading it may merge with it."""
+        """``node`` now makes ``name``: Transposes reading it may merge with it (and what was computed may now be a
+        constant expression: the scope forgets what it found not to be one)."""
         self.producers[name] = node
+        self.scope.edited()
         for r in self._reader_map(name).values():
             if r.op_type == "Transpose":
                 self.mark(r)

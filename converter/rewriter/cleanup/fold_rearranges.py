@@ -48,8 +48,8 @@ class FoldRearranges:
             if t_node.op_type != "Transpose" or not ws.alive(t_node):
                 continue
             nodes = _chain(ws, t_node)
-            if sum(n.op_type == "Transpose" for n in nodes) < 2:
-                continue
+            if sum(n.op_type == "Transpose" for n in nodes) < 2 or all(n.op_type == "Transpose" for n in nodes):
+                continue  # (Transposes alone merge in cancel_transposes, and leave no Reshape behind)
             folded = _fold(ctx, ws, nodes)
             if folded is None:
                 continue
@@ -112,7 +112,6 @@ def _chain(ws: Workspace, t_node: NodeProto) -> list[NodeProto]:
 
 
 def _dims(ctx: PassContext, name: str) -> list[ra.Dim] | None:
-    name = ctx.aliases.get(name, name)
     t = ctx.types.get(name) if ctx.types else None
     if t is None or t.shape is None or t.conflict:
         return None

@@ -71,7 +71,7 @@ def _guided(ctx: PassContext, ws: Workspace, t_node: NodeProto, op: NodeProto, p
         if ws.count_readers(t) == 1 or op.op_type == "Transpose":
             return 0  # fold_rearranges (or cancel_transposes) takes it as it is
         copy = make_transpose(t_node.input[0], ctx.names.fresh(f"{t}_copy"), perm, ctx.names.fresh(f"{t_node.name or t}_copy"))
-        ctx.aliases[copy.output[0]] = ctx.aliases.get(t, t)
+        ctx.note_type(copy.output[0], t)
         ws.add_after(t_node, [ctx.tag(copy, pass_name)])
         for slot, name in enumerate(op.input):
             if name == t:
@@ -167,6 +167,7 @@ def _apply(ctx: PassContext, ws: Workspace, node: NodeProto, plan: Plan, pass_na
     for i, p in enumerate(perms):
         if p is not None and outputs[i]:
             outputs[i] = ctx.names.fresh(f"{outputs[i]}_{''.join(map(str, inverse(p)))}")
+            ctx.note_type(outputs[i], old_outputs[i], p)
     if plan.replace is not None:
         made = [ctx.tag(n, pass_name) for n in plan.replace(inputs, outputs)]
         ws.remove(node)

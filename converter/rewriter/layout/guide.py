@@ -89,5 +89,6 @@ def _pair(ws: Workspace, ctx: PassContext, name: str, stored: int, label: int, r
         for slot, inp in enumerate(r.input):
             if inp == name:
                 ws.set_input(r, slot, back)
-    ctx.aliases[back] = name
+    ctx.note_type(there, name, storage_perm(label, stored, rank))
+    ctx.note_type(back, name)
     return back

@@ -370,7 +370,11 @@ class Problem:
         return True
 
     def _is_merge(self, node: NodeProto) -> bool:
+        """Whether ``node`` is a Transpose that moves the channel axis of a tensor in the domain (at rank 3, [0, 2, 1]
+        swaps any two axes: only a tensor known to have channels makes it a channel move)."""
         if node.op_type != "Transpose" or not node.input:
+            return False
+        if node.input[0] not in self.cls and node.output[0] not in self.cls:
             return False
         r = self.rank(node.input[0])
         perm = tuple(transpose_perm(node) or ())

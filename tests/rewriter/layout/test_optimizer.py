@@ -257,6 +257,27 @@ def test_a_convnext_stage_loses_every_permute() -> None:
     assert len(check.layers) == 4 and all((layer.structure, layer.numbers) == ("proved", "passed") for layer in check.layers)
 
 
+def test_a_layout_the_cleanup_cannot_carry_in_leaves_the_original(monkeypatch) -> None:  # noqa: ANN001
+    """The safety net under the optimizer: were the cleanup to leave the placed Transposes where they are (here it
+    does not run at all), the graph would have more Transposes than the original, so the original is kept and
+    every layer is declined with layout_cost and a sentence saying why."""
+    from models.graphs import convnext_stage
+
+    import converter.rewriter.run as run
+
+    model = convnext_stage(C, H, W, blocks=2, layernorm=True)
+    monkeypatch.setattr(run, "CLEANUP", ())
+    result = converter.rewrite(model)
+    assert result.report.rewritten == 0 and len(declined(result)) == 4
+    assert all("could not be carried into the graph" in d.detail for d in declined(result))
+    assert result.model.graph == model.graph
+    layout = result.report.layout
+    assert layout.transposes_final == layout.transposes_original == transposes(model) == 4
+    # keep-all promises nothing about Transposes: the same missing cleanup leaves them in.
+    kept = converter.rewrite(model, layout="keep-all")
+    assert kept.report.rewritten == 4 and transposes(kept.model) > 4
+
+
 def test_layout_choices_and_their_limits() -> None:
     from tests.conftest import dense_model
 
