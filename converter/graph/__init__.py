@@ -157,6 +157,7 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
     for path, g in iter_graphs(skel.graph):
         declared[path] = list(g.value_info)
         g.ClearField("value_info")
+    _stand_ins(skel)
     inferred = _infer(skel)
     # Pads, targets and bounds computed from constants (and from the shapes of tensors whose every dim is known)
     # are given their values, and inference runs again while that teaches it anything (a stage's pads read the
@@ -195,6 +196,47 @@ _INFERENCE_ROUNDS = 4
 _SHAPE_READERS = frozenset(
     {"Pad", "Reshape", "Slice", "Expand", "Tile", "ConstantOfShape", "Resize", "Upsample", "Unsqueeze", "Squeeze"}
 )
+
+
+# onnxruntime's quantized elementwise ops (com.microsoft): onnx has no schema for them, so shape inference stops at
+# each and every tensor after it loses its shape. For inference (on a skeleton) each stands in as default-domain ops
+# that make the same shape and type: its data inputs Cast to float, added (broadcasting as the op does), Cast to its
+# output zero point's type (uint8 when it has none, as onnxruntime's default). Op type -> (data slots, zero point slot).
+_QUANTIZED_ELEMENTWISE = {
+    "QLinearAdd": ((0, 3), 7),
+    "QLinearMul": ((0, 3), 7),
+    "QLinearSigmoid": ((0,), 4),
+    "QLinearLeakyRelu": ((0,), 4),
+}
+
+
+def _stand_ins(model: onnx.ModelProto) -> None:
+    """Replace, in ``model`` (a skeleton made for shape inference), every quantized elementwise op of onnxruntime
+    with its stand-in (see ``_QUANTIZED_ELEMENTWISE``); the op's output keeps its name."""
+    for _, g in iter_graphs(model.graph):
+        if not any(n.domain == "com.microsoft" and n.op_type in _QUANTIZED_ELEMENTWISE for n in g.node):
+            continue
+        dtypes = {t.name: t.data_type for t in g.initializer}
+        dtypes.update({i.name: i.type.tensor_type.elem_type for i in g.input})
+        nodes: list[NodeProto] = []
+        for n in g.node:
+            spec = _QUANTIZED_ELEMENTWISE.get(n.op_type) if n.domain == "com.microsoft" else None
+            if spec is None or len(n.output) != 1 or any(s >= len(n.input) or not n.input[s] for s in spec[0]):
+                nodes.append(n)
+                continue
+            data, zero_point = spec
+            name = n.output[0]
+            zp = n.input[zero_point] if zero_point < len(n.input) else ""
+            to = dtypes.get(zp, onnx.TensorProto.UINT8) or onnx.TensorProto.UINT8
+            floats = [f"{name}\x00{s}" for s in data]
+            for s, f in zip(data, floats, strict=True):
+                nodes.append(onnx.helper.make_node("Cast", [n.input[s]], [f], to=onnx.TensorProto.FLOAT))
+            if len(floats) == 2:
+                nodes.append(onnx.helper.make_node("Add", floats, [f"{name}\x00sum"]))
+                floats = [f"{name}\x00sum"]
+            nodes.append(onnx.helper.make_node("Cast", floats, [name], to=to))
+        del g.node[:]
+        g.node.extend(nodes)
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -5,8 +5,14 @@ channels-last or channels-first, a Transpose wherever a tensor is made in one la
 and solves it exactly with a minimum cut (mincut.py), once: no rewrite, retreat and retry. The optimum says
 which layers become Convs (under ``keep-all``, all of them), which nodes run channels-first (LayerNorms
 written out among them), which chains of Reshapes take a Transpose in; ``guide.Guide`` carries that into the
-graph through the cleanup's passes. A layer the optimum leaves out is declined with ``layout_cost`` and the
-number of Transposes converting it would add even at the optimum.
+graph through the cleanup's passes.
+
+The policy: the optimum has the fewest Transposes inside the graph, and among those the most layers converted.
+When that leaves layers out but converting every layer (at its own optimum) ends with no more Transposes inside
+the graph than the original, every layer is converted instead: the optimizer may save Transposes whatever it
+converts, and those savings are not bought with layers. A layer still left out is declined with ``layout_cost``
+and the number of Transposes converting it would add even at the optimum. Under ``original=True`` the problem
+counts the original's own labels (nothing converted, nothing moved), so the comparison is in one accounting.
 
 census.py counts Transposes for the report, and says what each candidate's activation is.
 """
@@ -102,13 +108,20 @@ def optimize(
         ws = Workspace(graph, value_of, ctx.opset, ctx.types)
         problem = Problem(graph, scope, ws, ctx, candidates, keep_all)
         solution = problem.solve()
-        choice.solutions[key] = solution
+        if len(solution.converted) < len(problem.layers):
+            # The fewest Transposes leave some layers out; converting every one is still chosen when that ends with
+            # no more Transposes inside the graph than the original (the optimum may save some whatever it converts).
+            budget = problem.solve(original=True).inside
+            every = problem.solve(pin=set(problem.layers))
+            if every.inside <= budget:
+                solution = every
         declined = [c for c in candidates if c.layer is not None and c.anchor not in solution.converted]
         for i, c in enumerate(declined):
             extra = 0
             if i < MAX_EXPLAINED:
                 extra = problem.solve(pin={c.anchor}).inside - solution.inside
             choice.declined[(key, c.anchor)] = (POLICY, LAYOUT_COST, _sentence(extra, solution))
+        choice.solutions[key] = solution
     choice.seconds = time.perf_counter() - started
     return choice
 

@@ -139,6 +139,9 @@ class Solution:
     value: int = 0
 
 
+_QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+
+
 class Problem:
     """The layout problem of one graph, built from the graph before any rewrite and the prepared candidates.
 
@@ -162,6 +165,10 @@ class Problem:
             for n in c.plan.removed:
                 self.interior[id(n)] = c.anchor
         self.outputs = set(scope.output_names)
+        # A graph that quantizes activations keeps its quantized tensors bit for bit: nothing in it is written out
+        # in another form (a LayerNorm stays native). The whole graph, not only what reaches a quantizer: simpler,
+        # and a quantized model's float LayerNorms nearly all feed one.
+        self.quantized = any(n.op_type in _QUANTIZERS for n in graph.node)
         self._ranks: dict[str, int] = {}  # ranks shape inference did not find
         self.cls: dict[str, int] = {}
         self.parent: dict[str, str] = {}  # union-find over tensors: the members of a semantic
@@ -220,13 +227,24 @@ class Problem:
         return True
 
     def _boundary(self, c: Candidate) -> tuple[str, str]:
-        """The tensors a layer reads and makes, as the layout sees them: its claim's, unless those are the flattened
-        rows inside a Reshape sandwich (rank 2): then the 4D tensor its first Transpose reads, and what it makes."""
+        """The tensors a layer reads and makes, as the layout sees them: its claim's, unless the layer's replacement
+        reads another tensor through its first Transpose: the flattened rows inside a Reshape sandwich (rank 2) have
+        the 4D tensor before the Reshape, and a QDQ layer that takes in its activation's QuantizeLinear and
+        DequantizeLinear (they are removed, and made again behind the Transpose) has the float tensor before them.
+        What it makes: the plan's output where the claim's is read only inside the layer (the rows a sandwich's
+        last Reshape takes, whose rank inference may not know)."""
         x, y = c.layer.input, c.layer.output  # type: ignore[union-attr]
-        if self.rank(x) is not None and self.rank(x) not in (3, 4):
-            first = next((n for n in c.replacement.nodes if n.op_type == "Transpose"), None)
+        removed = {id(n) for n in c.plan.removed}
+        made_by_layer = (p := self.scope.producers.get(x)) is not None and id(p) in removed
+        if made_by_layer or (self.rank(x) is not None and self.rank(x) not in (3, 4)):
+            made = {o for n in c.replacement.nodes for o in n.output}
+            first = next((n for n in c.replacement.nodes if n.op_type == "Transpose" and n.input[0] not in made), None)
             x = first.input[0] if first is not None else x
-        if self.rank(y) is not None and self.rank(y) not in (3, 4) and c.plan.outputs:
+        readers = self._readers(y)
+        inner = (  # the rows a sandwich's last Reshape takes, of a rank inference did not find
+            self.rank(y) is None and bool(readers) and all(id(r) in removed and r.op_type == "Reshape" for r in readers)
+        )
+        if (inner or (self.rank(y) is not None and self.rank(y) not in (3, 4))) and c.plan.outputs:
             y = c.plan.outputs[0]
         return x, y
 
@@ -307,6 +325,8 @@ class Problem:
         plan = probe(self.ws, self.ctx, node, read, storage_perm(1 - c, c, r), assume=co)
         if isinstance(plan, Decline):
             return False
+        if plan.replace is not None and node.op_type == "LayerNormalization" and self.quantized:
+            return False  # a written-out LayerNorm rounds differently in the last bit, which a quantizer makes a step
         outs: list[str] = []
         for out, q in zip(node.output, plan.outputs, strict=False):
             if not out:
@@ -482,8 +502,13 @@ class Problem:
             sem.edge = self._is_input(sem.root)
         return out
 
-    def solve(self, pin: set[str] | None = None) -> Solution:
-        """The optimum; the layers in ``pin`` (anchors) are converted whatever it costs."""
+    def solve(self, pin: set[str] | None = None, original: bool = False) -> Solution:
+        """The optimum.
+
+        Args:
+            pin: layers (anchors) converted whatever it costs.
+            original: every label as the original has it (no layer converted, nothing moved): the original's count.
+        """
         energy = Energy()
         for chain in self.chains.values():  # now that both ends' classes are known
             chain.costs = self._chain_costs(chain)
@@ -559,14 +584,16 @@ class Problem:
                     energy.pay_if(y, b, full[(CL, b)] * w.transpose)
             records.append(("chain", chain, None, y))
         for anchor, v in layer_var.items():
-            if self.keep_all or (pin and anchor in pin):
+            if original:
+                energy.pay_if(v, CF, INFINITE)
+            elif self.keep_all or (pin and anchor in pin):
                 energy.pay_if(v, CL, INFINITE)
             energy.pay_if(v, CL, w.delta)
         for k, v in node_var.items():
             m = self.movable[k]
-            energy.pay_if(v, 1 - m.cls, m.extra * w.epsilon + w.move)
+            energy.pay_if(v, 1 - m.cls, INFINITE if original else m.extra * w.epsilon + w.move)
         for k, v in chain_var.items():
-            energy.pay_if(v, 1 - self.cls[self.chains[k].end], w.move)
+            energy.pay_if(v, 1 - self.cls[self.chains[k].end], INFINITE if original else w.move)
         labels, value = energy.solve()
         return self._solution(labels, value, sems, sem_var, layer_var, node_var, chain_var, records)
 

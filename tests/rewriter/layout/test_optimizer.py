@@ -22,6 +22,7 @@ from converter.errors import InputError
 from converter.graph import count_ops
 from converter.rewriter.layout import LAYOUT_COST, activations, census
 from models.graphs import F32, Builder, convnext_pointwise, with_output_shapes
+from models.quantized import Form
 
 N, C, H, W = 2, 8, 4, 6  # H != W, both split into 2x2 windows
 MS = "com.microsoft"
@@ -276,6 +277,51 @@ def test_a_layout_the_cleanup_cannot_carry_in_leaves_the_original(monkeypatch) -
     # keep-all promises nothing about Transposes: the same missing cleanup leaves them in.
     kept = converter.rewrite(model, layout="keep-all")
     assert kept.report.rewritten == 4 and transposes(kept.model) > 4
+
+
+def _nhwc_pair(c: int = 16, h: int = 6, w: int = 10) -> onnx.ModelProto:
+    """Two Linears fed straight from an NHWC model input, a Sigmoid between, NHWC out (N symbolic)."""
+    b = Builder(3)
+    y = b.op("Sigmoid", b.dense("x", c, 24))
+    return b.model([("x", ["N", h, w, c])], [b.dense(y, 24, c)])
+
+
+@pytest.mark.parametrize(
+    "form", [None, *(Form(fmt, signed, fmt == "qdq") for fmt in ("qdq", "qoperator", "dynamic") for signed in (True, False))],
+    ids=lambda f: "float" if f is None else f.name,
+)
+def test_a_quantized_layer_fed_from_the_model_input_is_converted_like_its_float_twin(form, tmp_path) -> None:  # noqa: ANN001
+    """Issue 21: Q/DQ, QLinear and dynamic quantization are elementwise up to the model's edge, so the Transposes a
+    layer needs there are the model input's and output's (edge), and every form converts as the float model does.
+    A QDQ layer takes in its activation's QuantizeLinear/DequantizeLinear: the layout sees the float tensor before them."""
+    from models.quantized import quantize
+
+    source = tmp_path / "float.onnx"
+    onnx.save(_nhwc_pair(), source)
+    path = source if form is None else quantize(source, tmp_path / "q.onnx", form, {"x": [2, 6, 10, 16]})
+    model = onnx.load(path)
+    result = rewritten(model)
+    assert result.report.rewritten == 2 and declined(result) == []
+    layout = result.report.layout
+    assert (layout.transposes_final, layout.edge_final) == (2, 2)  # one at the input, one at the output
+
+
+def test_every_layer_is_converted_when_that_is_no_worse_than_the_original(tmp_path) -> None:  # noqa: ANN001
+    """A dynamically quantized ConvNeXt stage with native LayerNorms (a quantized graph keeps them): the fewest
+    Transposes (3: the optimizer saves one whatever it converts) leave every layer out, but converting all four ends
+    with the original's 4, so all four are converted (issue 21: every layer when the optimum is no worse)."""
+    from models.graphs import convnext_stage
+    from models.quantized import quantize
+
+    source = tmp_path / "float.onnx"
+    float_model = convnext_stage(C, H, W, blocks=2, layernorm=True)
+    float_model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    onnx.save(float_model, source)
+    model = onnx.load(quantize(source, tmp_path / "q.onnx", Form("dynamic", True, False), {"x": [N, C, H, W]}))
+    result = rewritten(model)
+    assert result.report.rewritten == 4 and declined(result) == []
+    assert transposes(model) == transposes(result.model) == 4
+    assert result.report.layout.layernorms_written_out == 0
 
 
 def test_layout_choices_and_their_limits() -> None:
