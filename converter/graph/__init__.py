@@ -158,14 +158,10 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
         declared[path] = list(g.value_info)
         g.ClearField("value_info")
     _stand_ins(skel)
-    inferred = _infer(skel)
-    # Pads, targets and bounds computed from constants (and from the shapes of tensors whose every dim is known)
-    # are given their values, and inference runs again while that teaches it anything (a stage's pads read the
-    # shape the stage before it padded to).
-    for _ in range(_INFERENCE_ROUNDS):
-        if not _constant_parameters(skel, inferred):
-            break
-        inferred = _infer(skel)
+    plain = onnx.ModelProto()
+    plain.CopyFrom(skel)  # before the rounds give computed parameters their values (products.py's runs start here)
+    inferred = _infer_in_rounds(skel)
+    _products(plain, inferred)
     types: dict[GraphPath, dict[str, TensorType]] = {}
     for path, g in iter_graphs(inferred.graph):
         table = _TypeTable()
@@ -237,6 +233,72 @@ def _stand_ins(model: onnx.ModelProto) -> None:
             nodes.append(onnx.helper.make_node("Cast", floats, [name], to=to))
         del g.node[:]
         g.node.extend(nodes)
+
+
+# Two primes per symbol of the inputs (a constant dim is the same in both runs: it never passes for a product).
+# Not larger: onnx's data propagation takes time in proportion to some sizes (0.1 s at N = 1009, 9 s at 100,003).
+_SYMBOL_PRIMES = ((1009, 1013), (1019, 1021), (1031, 1033), (1039, 1049), (1051, 1061))
+
+
+def _products(skel: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    """Fill in, in ``inferred``'s main graph, the dims inference left unknown that are a symbol of the inputs times
+    a number (a dynamic batch through a window partition's Reshape: ``[N * 96, 49, C]``, written ``"96*N"``).
+
+    Inference (in rounds) runs twice more on ``skel`` with each input symbol set to a prime, another one each time; a
+    dim that comes out ``k`` times the prime both times is ``k`` times the symbol. Anything else stays unknown (the
+    same number twice proves no constant: ``min(N, 7)``). Nothing runs when no dim is unknown."""
+    symbols: list[str] = []
+    for vi in skel.graph.input:
+        for d in vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else ():
+            if d.dim_param and not d.dim_param.startswith("unk__") and d.dim_param not in symbols:
+                symbols.append(d.dim_param)
+    g = inferred.graph
+    unknown = [vi for vi in (*g.value_info, *g.output) if any(_unknown(_dim(d)) for d in vi.type.tensor_type.shape.dim)]
+    if not symbols or len(symbols) > len(_SYMBOL_PRIMES) or not unknown:
+        return
+    runs: list[dict[str, list[int | str | None]]] = []
+    for which in (0, 1):
+        fixed = onnx.ModelProto()
+        fixed.CopyFrom(skel)
+        for vi in fixed.graph.input:
+            for d in vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else ():
+                if d.dim_param in symbols:
+                    d.dim_value = _SYMBOL_PRIMES[symbols.index(d.dim_param)][which]
+        found = _infer_in_rounds(fixed)
+        if found is fixed:
+            return  # inference failed
+        runs.append(
+            {vi.name: [_dim(d) for d in vi.type.tensor_type.shape.dim] for vi in (*found.graph.value_info, *found.graph.output)}
+        )
+    for vi in unknown:
+        a, b = runs[0].get(vi.name), runs[1].get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if a is None or b is None or len(a) != len(dims) or len(b) != len(dims):
+            continue
+        for d, x, y in zip(dims, a, b, strict=True):
+            if not _unknown(_dim(d)) or not isinstance(x, int) or not isinstance(y, int) or x == y or x <= 0:
+                continue
+            for i, symbol in enumerate(symbols):
+                p, q = _SYMBOL_PRIMES[i]
+                if x % p == 0 and y % q == 0 and x // p == y // q:
+                    d.dim_param = symbol if x == p else f"{x // p}*{symbol}"
+                    break
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+
+
+def _infer_in_rounds(skel: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on ``skel`` (changed: computed parameters become constants). Pads, targets and bounds computed
+    from constants (and from the shapes of tensors whose every dim is known) are given their values, and inference
+    runs again while that teaches it anything (a stage's pads read the shape the stage before it padded to)."""
+    inferred = _infer(skel)
+    for _ in range(_INFERENCE_ROUNDS):
+        if not _constant_parameters(skel, inferred):
+            break
+        inferred = _infer(skel)
+    return inferred
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:

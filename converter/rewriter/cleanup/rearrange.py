@@ -8,9 +8,10 @@ axis ``a``, ``stride`` apart; an axis made of several pieces runs over them like
 neighbours that continue each other merged) two views are equal exactly when they pick the same
 root element at every index, so comparing views compares tensors.
 
-Sizes may be symbolic (a dim_param, or a dim nothing knows): such an axis is only ever kept whole, so
-it is a piece of stride 1. A Reshape that would split or merge it with a known size is declined, except
-merging whole axes (``[B, H, S, D] -> [B*H, S, D]``), which keeps each symbolic axis a piece of its own.
+Sizes may be symbolic (a dim_param, or a dim nothing knows): a symbolic part is never cut, so a piece with
+one is only split where its known part is the inner one (``[24*N] -> [N, 4, 6]``, a dim exporters write as
+a product, see :func:`size_of`), and is otherwise kept whole. Merging whole axes (``[B, H, S, D] ->
+[B*H, S, D]``) keeps each symbolic axis a piece of its own.
 
 No onnx here: callers read the dims and the Reshape targets. Written here because no library we use
 reasons about reshapes symbolically (onnx's shape inference gives shapes, not element mappings).
@@ -18,6 +19,7 @@ reasons about reshapes symbolically (onnx's shape inference gives shapes, not el
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -31,7 +33,16 @@ ONE: Size = (1, ())
 
 
 def size_of(d: Dim) -> Size:
-    return (d, ()) if isinstance(d, int) else (1, (d,))
+    """A dim as a size. A symbol written as a product of whole numbers and names (torch.export's ``24*s0``, the
+    batch times the windows of a window partition) is that product, so that a Reshape may split the named part
+    from the known one; any other symbol is a name of its own."""
+    if isinstance(d, int):
+        return (d, ())
+    factors = [f.strip() for f in d.split("*")]
+    if len(factors) < 2 or not all(f.isdigit() or f.isidentifier() for f in factors):
+        return (1, (d,))
+    known = math.prod(int(f) for f in factors if f.isdigit())
+    return (known, tuple(sorted(f for f in factors if not f.isdigit())))
 
 
 def times(a: Size, b: Size) -> Size:
@@ -155,12 +166,13 @@ def reshape(view: View, sizes: Sequence[Size]) -> View | None:
                 need = rest
                 i += 1
                 continue
-            # Split a known piece: its outer part is what the axis still needs.
-            if size[1] or need[1] or size[0] % need[0]:
+            # Split a piece: its outer part is what the axis still needs, its inner part must be known (a stride is
+            # a whole number): ``[24*N] -> [N, 4, 6]`` splits N from 24, not 4 from 6*N.
+            inner = divide(size, need)
+            if inner is None or inner[1]:
                 return None
-            inner = size[0] // need[0]
-            axis.append((a, stride * inner, need))
-            pieces[i] = (a, stride, (inner, ()))
+            axis.append((a, stride * inner[0], need))
+            pieces[i] = (a, stride, inner)
             need = ONE
         out.append(tuple(axis))
     if i != len(pieces):

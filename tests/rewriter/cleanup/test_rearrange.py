@@ -84,6 +84,16 @@ def test_symbolic_axes_merge_whole_but_never_split() -> None:
     assert check(["B", "S"], [("reshape", [-1])], {"B": 2, "S": 3}) is not None
 
 
+def test_a_product_dim_splits_its_symbol_from_its_number() -> None:
+    """torch.export writes a dynamic batch merged with the windows as "24*N": a window reverse splits N back out
+    (the number is the inner part, so every stride is a whole number); splitting the number first cannot be."""
+    assert ra.size_of("24*N") == (24, ("N",)) and ra.size_of("N*4*s1") == (4, ("N", "s1")) and ra.size_of("N+1") == (1, ("N+1",))
+    reverse = [("reshape", [-1, 4, 6, 7, 7, 96]), ("transpose", [0, 1, 3, 2, 4, 5]), ("reshape", [-1, 28, 42, 96])]
+    symbols = {"N": 2, "24*N": 48}
+    assert check(["24*N", 49, 96], reverse, symbols) is not None
+    assert check(["24*N", 49, 96], [("reshape", [4, -1, 49, 96])], symbols) is None  # 4 outer: 6*N inside
+
+
 def test_sizes_that_do_not_add_up_are_refused() -> None:
     assert ra.target_sizes(ra.identity([2, 6]), [5, -1]) is None
     assert ra.target_sizes(ra.identity([2, 6]), [-1, -1]) is None

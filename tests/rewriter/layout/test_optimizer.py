@@ -92,6 +92,22 @@ def window_block(p: int = 2) -> onnx.ModelProto:
     return model_of(b, [("x", [N, C, H, W])], [out])
 
 
+def dynamic_windows(p: int = 2) -> onnx.ModelProto:
+    """torchvision's Swin block on a dynamic batch: NHWC from a Transpose, LayerNorm, windows [-1, p*p, C] made by
+    Reshapes whose targets lead with -1 (so inference cannot tell the batch * windows dim), attention on the
+    windows, the windows back, the residual, and an MLP of two rank-4 Linears."""
+    b = Builder(11)
+    x = b.op("Transpose", "x", perm=[0, 2, 3, 1])
+    split = b.op("Reshape", b.layernorm(x, C), b.const(np.array([-1, H // p, p, W // p, p, C]), np.int64))
+    win = b.op("Reshape", b.op("Transpose", split, perm=[0, 1, 3, 2, 4, 5]), b.const(np.array([-1, p * p, C]), np.int64))
+    att = b.op("MatMul", b.op("Softmax", b.op("MatMul", win, b.op("Transpose", win, perm=[0, 2, 1])), axis=-1), win)
+    back = b.op("Reshape", att, b.const(np.array([-1, H // p, W // p, p, p, C]), np.int64))
+    back = b.op("Transpose", back, perm=[0, 1, 3, 2, 4, 5])
+    y = b.op("Add", x, b.op("Reshape", back, b.const(np.array([-1, H, W, C]), np.int64)))
+    z = b.dense(b.gelu(b.dense(b.layernorm(y, C), C, 2 * C)), 2 * C, C)
+    return model_of(b, [("x", ["N", C, H, W])], [b.op("Transpose", b.op("Add", y, z), perm=[0, 3, 1, 2])])
+
+
 def stuck_in_if() -> onnx.ModelProto:
     """The stuck pair inside both branches of an If: subgraphs count like the main graph."""
 
@@ -262,9 +278,8 @@ def test_a_layout_the_cleanup_cannot_carry_in_leaves_the_original(monkeypatch) -
     """The safety net under the optimizer: were the cleanup to leave the placed Transposes where they are (here it
     does not run at all), the graph would have more Transposes than the original, so the original is kept and
     every layer is declined with layout_cost and a sentence saying why."""
-    from models.graphs import convnext_stage
-
     import converter.rewriter.run as run
+    from models.graphs import convnext_stage
 
     model = convnext_stage(C, H, W, blocks=2, layernorm=True)
     monkeypatch.setattr(run, "CLEANUP", ())
@@ -287,7 +302,8 @@ def _nhwc_pair(c: int = 16, h: int = 6, w: int = 10) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize(
-    "form", [None, *(Form(fmt, signed, fmt == "qdq") for fmt in ("qdq", "qoperator", "dynamic") for signed in (True, False))],
+    "form",
+    [None, *(Form(fmt, signed, fmt == "qdq") for fmt in ("qdq", "qoperator", "dynamic") for signed in (True, False))],
     ids=lambda f: "float" if f is None else f.name,
 )
 def test_a_quantized_layer_fed_from_the_model_input_is_converted_like_its_float_twin(form, tmp_path) -> None:  # noqa: ANN001
@@ -322,6 +338,16 @@ def test_every_layer_is_converted_when_that_is_no_worse_than_the_original(tmp_pa
     assert result.report.rewritten == 4 and declined(result) == []
     assert transposes(model) == transposes(result.model) == 4
     assert result.report.layout.layernorms_written_out == 0
+
+
+def test_a_window_partition_on_a_dynamic_batch_takes_the_layout_in() -> None:
+    """The windows' first dim is the batch times the windows, which shape inference leaves unknown; collect_types
+    finds it as "6*N" (two more runs with N set to primes), so the window reverse can make channels-first and the
+    MLP converts: 5 Transposes -> 3 (without that: both layers declined)."""
+    model = dynamic_windows()
+    result = rewritten(model)
+    assert result.report.rewritten == 2 and declined(result) == []
+    assert (transposes(model), transposes(result.model)) == (5, 3)
 
 
 def test_layout_choices_and_their_limits() -> None:
