@@ -1,4 +1,5 @@
-"""The load -> rewrite -> verify -> save flow (``convert``), and the public ``rewrite`` and ``load``.
+"""The load -> rewrite -> verify -> save flow (``convert``), the public ``rewrite`` and ``load``, and ``check``
+(verify a rewritten model someone else made against its original: load both -> find the layers -> verify).
 
 ``convert`` takes a ``ConvertOptions`` record (options.py) or keyword shortcuts for its fields; the
 output path is checked here, once, before any work (files/paths.py says what is refused), and nothing
@@ -16,19 +17,21 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from converter.errors import InputError
 from converter.files.load import check_acyclic, load_with_sources
 from converter.files.load import load as load_onnx
 from converter.files.paths import check_output
 from converter.files.save import save
+from converter.graph import count_ops
 from converter.graph.detached import DetachedWeights
 from converter.options import ConvertOptions, RewriteOptions, rewrite_options, with_shortcuts
-from converter.report import ConvertReport
+from converter.report import ConvertReport, Decision, RewriteReport
 from converter.rewriter import RULES, RewriteResult, rewrite_in_place, rewrite_model
-from converter.verifier import DEFAULT_TIMEOUT, verify, verify_reference
+from converter.verifier import DEFAULT_TIMEOUT, discover, verify, verify_reference
 
-__all__ = ["RULES", "RewriteResult", "convert", "default_output", "is_tensorflow_input", "load", "rewrite"]
+__all__ = ["RULES", "RewriteResult", "check", "convert", "default_output", "is_tensorflow_input", "load", "rewrite"]
 
 Reference = tuple[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]]
 
@@ -141,8 +144,9 @@ def convert(
 
         step(f"converting {input_path} with tf2onnx")
         started = time.perf_counter()
-        with open_tensorflow(source_path, **dataclasses.asdict(options.tensorflow)) as source:
-            timeout = options.verify.timeout if options.verify is not None else None
+        timeout = options.verify.timeout if options.verify is not None else None
+        # The deadline bounds every TensorFlow step (loading, tf2onnx, the reference runs), not only verification.
+        with open_tensorflow(source_path, **dataclasses.asdict(options.tensorflow), timeout=timeout or DEFAULT_TIMEOUT) as source:
             reference = ("TensorFlow", lambda feeds: run_tensorflow(source, feeds, timeout=timeout or DEFAULT_TIMEOUT))
             report = _convert_model(source.model, source_path, output, time.perf_counter() - started, options, step, reference)
             report.warnings.extend(source.warnings)
@@ -222,6 +226,74 @@ def _convert_model(
     timings["save"] = time.perf_counter() - t
     report.written = True
     return report
+
+
+def check(
+    original_path: str | os.PathLike[str],
+    candidate_path: str | os.PathLike[str],
+    options: ConvertOptions | None = None,
+    *,
+    on_step: Callable[[str], None] | None = None,
+    **shortcuts: Any,
+) -> ConvertReport:
+    """Verify a model this tool did not write (by hand, by another tool, by an older version) against its original.
+
+    The rewritten layers are found from the two graphs (a Conv whose weight is an original dense layer's,
+    transposed: verifier/certificate/claims.py) and each is proved and checked as a rewrite's own claim is; the
+    verdicts, the summary and the report are ``convert``'s. Nothing is written.
+
+    Args:
+        original_path: the ONNX model before the rewrite.
+        candidate_path: the ONNX model to check against it.
+        options: as for ``convert``; only ``options.verify`` is used (it may not be None).
+        on_step: called with a short sentence as each step starts.
+        **shortcuts: keyword forms of the records' fields (``atol=1e-4``, ``input_shapes={...}``, ...).
+
+    Returns:
+        ``ConvertReport``: ``input`` the original, ``output`` the candidate (never written), ``rewrite`` the layers
+        found (one decision each, rule ``found``), ``verify`` the verification.
+
+    Raises:
+        InputError: a path that is no ONNX model, or ``options.verify`` None (there is nothing to check without it).
+    """
+    options = with_shortcuts(options, shortcuts)
+    step = on_step or (lambda _msg: None)
+    if options.verify is None:
+        raise InputError("--check verifies the candidate: it cannot be combined with --no-verify")
+    for path, what in ((original_path, "original"), (candidate_path, "candidate")):
+        if is_tensorflow_input(Path(path)):
+            raise InputError(f"{path}: --check compares two ONNX models; the {what} is a TensorFlow model")
+    started = time.perf_counter()
+    step(f"loading {original_path}")
+    original = load_onnx(original_path)
+    step(f"loading {candidate_path}")
+    candidate = load_onnx(candidate_path)
+    _name_nodes(candidate)
+    timings = {"load": time.perf_counter() - started}
+    step("finding the rewritten layers")
+    started = time.perf_counter()
+    layers = discover(original, candidate, numpy_helper.to_array)
+    decisions = [
+        Decision("/".join(f"{h}.{a}" for h, a in layer.graph) or "main", layer.conv, "Conv", "found", True, layer=layer)
+        for layer in layers
+    ]
+    found = RewriteReport(decisions, count_ops(original.graph), count_ops(candidate.graph), seconds=time.perf_counter() - started)
+    report = ConvertReport(str(original_path), str(candidate_path), found, timings=timings)
+    report.verify = verify(original, candidate, options.verify, layers=layers, on_step=step)
+    timings["verify"] = report.verify.seconds
+    return report
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node of the main graph a name no other node has (a claim names its Conv)."""
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _refuse_overwriting_input(source: Path, target: Path) -> None:

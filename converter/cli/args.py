@@ -178,7 +178,8 @@ def model_path(text: str) -> str:
 
 
 class ModelArgs:
-    """The model and what is written: ``input``, ``-o``, ``--dry-run``, ``--force``, ``--report``."""
+    """The model and what is written: ``input``, ``-o``, ``--dry-run``, ``--force``, ``--report``, ``--check`` (the
+    command's own: cli/check.py runs it, nothing is written)."""
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("input", type=model_path, help="ONNX model, TensorFlow SavedModel folder, or Keras .keras file")
@@ -190,6 +191,16 @@ class ModelArgs:
             "--report",
             metavar="FILE.json",
             help="write the full report as JSON ('-': to stdout, which then holds only the JSON)",
+        )
+        g.add_argument(
+            "--check",
+            metavar="CANDIDATE.onnx",
+            type=model_path,
+            help=(
+                "verify CANDIDATE (a rewrite made by hand, by another tool or by an older version) against the input, "
+                "with the same verdicts, exit codes, summary and report; the rewritten layers are found from the two "
+                "graphs; nothing is written (not with -o, --dry-run, --force or --no-verify)"
+            ),
         )
 
     def parse(self, ns: argparse.Namespace) -> OutputOptions:
@@ -317,7 +328,10 @@ class VerifyArgs:
             ),
         )
         g.add_argument(
-            "--timeout", type=seconds, metavar="SECONDS", help=f"stop verification after this long (default: {DEFAULT_TIMEOUT:g})"
+            "--timeout",
+            type=seconds,
+            metavar="SECONDS",
+            help=(f"stop verification, and each TensorFlow step, after this long (default: {DEFAULT_TIMEOUT:g})"),
         )
 
     def parse(self, ns: argparse.Namespace) -> VerifyOptions | None:

@@ -1,9 +1,12 @@
-"""The TensorFlow ops a SavedModel may run before the user vouches for it (``--trust-model``): data for audit.py.
+"""The TensorFlow ops a SavedModel may hold before the user vouches for it (``--trust-model``): data for audit.py.
 
 Allowed: what tf2onnx converts, and what loading a SavedModel and calling an ordinary Keras or
-``tf.Module`` export run besides (variables, resources, function calls, checkpoint restore).
-Every other op is refused, known or not; the denied list names the ones that must stay out even
-if tf2onnx learns to convert them, because they reach outside the process.
+``tf.Module`` export run besides (variables, resources, function calls), and what every saver
+holds: checkpoint restore and save, and the string ops that build their file names. Every other
+op is refused, known or not; the denied list names the ones that must stay out even if tf2onnx
+learns to convert them, because they reach outside the process. The three ops that read or write
+by path (``PATH_INPUTS``) are allowed only where audit.py proves their path is the loader's own
+variables prefix, and the two that write (``WRITE_OPS``) only where nothing but a save runs them.
 """
 
 from __future__ import annotations
@@ -47,25 +50,35 @@ TF2ONNX_OPS = frozenset(
 )
 
 # What loading a SavedModel and calling an ordinary export run besides, each one in-process only:
-# variables and their checkpoint restore (RestoreV2 reads the model's own variables/ in the
-# restore function), function calls, resource lifetime, lookup tables filled from tensors, and
-# the ops our front end converts itself (Erfc) or tf2onnx rewrites while freezing (ResourceGather).
+# variables, function calls, resource lifetime, lookup tables filled from tensors, the ops our
+# front end converts itself (Erfc) or tf2onnx rewrites while freezing (ResourceGather), and the
+# string ops and copy-on-read switch of the saver's save function (a file name, built in memory).
 LOADING_OPS = frozenset(
     """
-    VarHandleOp ReadVariableOp AssignVariableOp VarIsInitializedOp DestroyResourceOp ResourceGather
-    RestoreV2
+    VarHandleOp ReadVariableOp AssignVariableOp VarIsInitializedOp DestroyResourceOp ResourceGather DisableCopyOnRead
     PartitionedCall StatefulPartitionedCall
     Identity IdentityN NoOp Placeholder Const
     HashTableV2 LookupTableImportV2
+    StringJoin ShardedFilename StaticRegexFullMatch
     Erfc
     """.split()
 )
+
+# The ops that read or write files by path, with the inputs that hold the paths: the saver's.
+# Allowed only with the loader's own variables prefix (audit.py checks where each path comes from).
+PATH_INPUTS: dict[str, tuple[int, ...]] = {
+    "RestoreV2": (0,),  # prefix
+    "SaveV2": (0,),  # prefix
+    "MergeV2Checkpoints": (0, 1),  # checkpoint_prefixes, destination_prefix
+}
+# Those that write (and MergeV2Checkpoints deletes): allowed only where nothing but a save runs them.
+WRITE_OPS = frozenset({"SaveV2", "MergeV2Checkpoints"})
 
 # Never allowed, whoever converts them: they reach outside the process (files, the terminal or a
 # log file, Python, the network) or read from queues and datasets that load data.
 DENIED_OPS = frozenset(
     """
-    ReadFile WriteFile MatchingFiles SaveV2 Save SaveSlices MergeV2Checkpoints Restore RestoreSlice ImmutableConst
+    ReadFile WriteFile MatchingFiles Save SaveSlices Restore RestoreSlice ImmutableConst
     InitializeTableFromTextFile InitializeTableFromTextFileV2 WholeFileReader WholeFileReaderV2 TextLineReader
     TextLineReaderV2 FixedLengthRecordReader FixedLengthRecordReaderV2 TFRecordReader TFRecordReaderV2 ReaderReadV2
     ReaderReadUpToV2 LoadAndRemapMatrix DecodeProtoV2 EncodeProto
@@ -83,4 +96,4 @@ DENIED_OPS = frozenset(
     """.split()
 )
 
-ALLOWED_OPS = (TF2ONNX_OPS | LOADING_OPS) - DENIED_OPS
+ALLOWED_OPS = (TF2ONNX_OPS | LOADING_OPS | frozenset(PATH_INPUTS)) - DENIED_OPS

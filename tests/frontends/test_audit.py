@@ -1,5 +1,7 @@
-"""The static SavedModel audit on hand-made protobufs: what is reachable, what protobuf's rules make of odd bytes, and
-what the audit does with corrupt or hostile files. TensorFlow's proto classes build the inputs; nothing runs them.
+"""The static SavedModel audit on hand-made protobufs: every op counts, what loading and calling reach (which decides
+where the saver's writes may be), what protobuf's rules make of odd bytes, and what the audit does with corrupt or
+hostile files. TensorFlow's proto classes build the inputs; nothing runs them. test_audit_program.py has the path ops'
+confinement on hand-written bytes, without TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.frontends.allowlist import ALLOWED_OPS, DENIED_OPS, LOADING_OPS, TF2ONNX_OPS
-from converter.frontends.audit import MAX_DEPTH, CorruptSavedModel, audit_saved_model, printable
+from converter.frontends.allowlist import ALLOWED_OPS, DENIED_OPS, LOADING_OPS, PATH_INPUTS, TF2ONNX_OPS, WRITE_OPS
+from converter.frontends.audit import MAX_DEPTH, RUN_BY_LOADING, UNCONFINED_PATH, CorruptSavedModel, audit_saved_model, printable
 from converter.graph.wire import tag, varint
 
 pytestmark = pytest.mark.tf
@@ -71,24 +73,33 @@ def test_allowlist_is_tf2onnx_registry_plus_loading_ops_minus_denied() -> None:
 
     installed = {op for version in tf_op.get_opsets()[""] for op in version if not op.startswith("TFL_")}
     assert installed == TF2ONNX_OPS  # regenerate allowlist.py (its comment says how) when tf2onnx changes
-    assert ALLOWED_OPS == (TF2ONNX_OPS | LOADING_OPS) - DENIED_OPS
-    for op in ("WriteFile", "ReadFile", "MatchingFiles", "SaveV2", "PyFunc", "EagerPyFunc", "PrintV2", "FIFOQueueV2"):
+    assert ALLOWED_OPS == (TF2ONNX_OPS | LOADING_OPS | set(PATH_INPUTS)) - DENIED_OPS
+    for op in ("WriteFile", "ReadFile", "MatchingFiles", "Save", "Restore", "PyFunc", "EagerPyFunc", "PrintV2", "FIFOQueueV2"):
         assert op not in ALLOWED_OPS
-    for op in ("VarHandleOp", "ReadVariableOp", "RestoreV2", "StatefulPartitionedCall", "Identity", "NoOp", "Const"):
+    for op in ("VarHandleOp", "ReadVariableOp", "StatefulPartitionedCall", "Identity", "NoOp", "Const", "StringJoin"):
         assert op in ALLOWED_OPS
+    # The saver's path ops are allowed only where the audit confines them.
+    assert set(PATH_INPUTS) == {"RestoreV2", "SaveV2", "MergeV2Checkpoints"} and WRITE_OPS < set(PATH_INPUTS) <= ALLOWED_OPS
 
 
-def test_object_graph_functions_are_audited_and_unreachable_ones_are_not_whatever_their_names() -> None:
+def test_every_function_is_audited_reachable_or_not_whatever_its_name() -> None:
     sm = saved_model(
         functions=(
-            function("__inference__traced_save_1", node("s", "SaveV2")),  # only a save would run it
-            function("__inference__traced_save_2", node("w", "WriteFile")),  # a chosen name, but reachable
+            function("__inference__traced_save_1", node("s", "SaveV2")),  # a saver's name, but no saver's path
+            function("__inference__traced_save_2", node("w", "WriteFile")),  # a chosen name, and reachable
             function("__inference__initializer_3", node("r", "ReadFile")),  # reachable
-            function("never_called", node("p", "PyFunc")),
+            function("never_called", node("p", "PyFunc")),  # nothing calls it: it counts all the same
         ),
         objects=("__inference__traced_save_2", "__inference__initializer_3"),
     )
-    assert refused(sm) == {"ReadFile": ["__inference__initializer_3"], "WriteFile": ["__inference__traced_save_2"]}
+    audit = audit_saved_model(sm.SerializeToString())
+    assert audit.refused == {
+        "PyFunc": ["never_called"],
+        "ReadFile": ["__inference__initializer_3"],
+        f"SaveV2 {UNCONFINED_PATH}": ["__inference__traced_save_1"],
+        "WriteFile": ["__inference__traced_save_2"],
+    }
+    assert audit.functions == {"__inference__traced_save_2", "__inference__initializer_3"}  # what loading can reach
 
 
 @pytest.mark.parametrize(
@@ -149,27 +160,30 @@ def test_recursive_functions_terminate() -> None:
     assert audit.functions == {"a", "b", "self"} and audit.refused == {}
 
 
-def test_graph_nodes_are_reached_from_signatures_restore_op_collections_and_constants() -> None:
-    graph = (
+@pytest.mark.parametrize("root", ["signature_control_input", "restore_op", "main_op", "constant"])
+def test_graph_nodes_are_reached_from_signatures_restore_op_collections_and_constants(root: str) -> None:
+    """Reachability decides where the saver's writes may be: a confined SaveV2 that loading or calling reaches is refused."""
+    graph = [
         node("x", "Placeholder"),
-        node("call", "StatefulPartitionedCall", ("x", "^side"), f="sig"),
-        node("side", "WriteFile"),  # a control input of the signature's node
-        node("save", "SaveV2", ("x",)),  # the saver's save op: nothing loading or calling runs starts from it
-        node("restore", "MergeV2Checkpoints"),
-        node("init", "PyFunc"),
-        node("const", "ImmutableConst"),
-    )
-    sm = saved_model(functions=(function("sig", node("i", "Identity")),), graph=graph, signature_outputs=("call:0",))
+        node("saver_filename", "Placeholder"),
+        node("call", "StatefulPartitionedCall", ("x",), f="sig"),
+        node("save", "SaveV2", ("saver_filename",)),  # only a save runs it, unless something below reaches it
+        node("after_save", "Identity", ("x", "^save")),
+    ]
+    sm = saved_model(functions=(function("sig", node("i", "Identity")),), graph=tuple(graph), signature_outputs=("call:0",))
     mg = sm.meta_graphs[0]
-    mg.saver_def.restore_op_name = "restore"
-    mg.collection_def["saved_model_main_op"].node_list.value.append("init")
-    mg.object_graph_def.nodes.add().constant.operation = "const"
-    assert refused(sm) == {
-        "ImmutableConst": ["the graph"],
-        "MergeV2Checkpoints": ["the graph"],
-        "PyFunc": ["the graph"],
-        "WriteFile": ["the graph"],
-    }
+    mg.saver_def.filename_tensor_name = "saver_filename:0"
+    mg.saver_def.save_tensor_name = "after_save:0"
+    assert refused(sm) == {}
+    if root == "signature_control_input":
+        mg.graph_def.node[2].input.append("^after_save")
+    elif root == "restore_op":
+        mg.saver_def.restore_op_name = "after_save"
+    elif root == "main_op":
+        mg.collection_def["saved_model_main_op"].node_list.value.append("after_save")
+    else:
+        mg.object_graph_def.nodes.add().constant.operation = "after_save"
+    assert refused(sm) == {f"SaveV2 {RUN_BY_LOADING}": ["the graph"]}
 
 
 def test_every_meta_graph_is_audited() -> None:
@@ -254,21 +268,26 @@ def test_huge_repeated_fields_are_bounded() -> None:
     assert time.perf_counter() - started < 30
 
 
-def test_duplicate_graph_node_names_are_refused() -> None:
+def test_duplicate_node_names_are_refused() -> None:
     sm = saved_model(graph=(node("n", "Identity"), node("n", "WriteFile")), signature_outputs=("n:0",))
-    with pytest.raises(CorruptSavedModel, match="two graph nodes named 'n'"):
+    with pytest.raises(CorruptSavedModel, match="two nodes named 'n' in graph"):
+        audit_saved_model(sm.SerializeToString())
+    sm = saved_model(functions=(function("f", node("n", "Identity"), node("n", "Identity")),))
+    with pytest.raises(CorruptSavedModel, match="two nodes named 'n' in f"):
         audit_saved_model(sm.SerializeToString())
 
 
-def test_a_real_savedmodel_keeps_its_saver_out_of_the_audit(tmp_path: Path) -> None:
+def test_a_real_savedmodel_saver_passes_because_its_paths_are_confined(tmp_path: Path) -> None:
     from tests.frontends.hostile import dense
 
     data = (dense(tmp_path / "dense") / "saved_model.pb").read_bytes()
     library = saved_model_pb2.SavedModel.FromString(data).meta_graphs[0].graph_def.library
     assert "SaveV2" in {n.op for f in library.function for n in f.node_def}  # every SavedModel carries its saver ...
     audit = audit_saved_model(data)
-    assert "SaveV2" not in audit.ops and audit.refused == {}  # ... which loading and calling never run
-    assert {"VarHandleOp", "ReadVariableOp", "RestoreV2", "AddV2"} <= set(audit.ops)
+    assert {"SaveV2", "MergeV2Checkpoints", "RestoreV2"} <= set(audit.ops)  # ... which is audited ...
+    assert audit.refused == {}  # ... and passes: its paths are the loader's prefix, and only a save runs its writes
+    assert not any("traced_save" in f for f in audit.functions)
+    assert {"VarHandleOp", "ReadVariableOp", "AddV2"} <= set(audit.ops)
 
 
 FUZZ_CASES = int(os.environ.get("CONVERTER_FUZZ_CASES", "150"))
