@@ -1,0 +1,94 @@
+"""The layout corpus (models/layout_corpus.py) and its table (benchmarks/layout_zoo.py), smoke-tested.
+
+The corpus's promise is real exports across the families issue 21 names, each exported by both of torch's
+exporters and matching torch in onnxruntime. Exporting all of it takes many minutes; here one text transformer
+(transformers) and one hybrid vision model (timm) go through the corpus's own export and check, static with the
+TorchScript exporter and dynamic with dynamo, and the table's harness measures one of them end to end. Without
+torch, timm or transformers the tests that need them skip, saying what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+import converter
+from models import layout_corpus
+from models.layout_corpus import FAMILIES, MODELS, build_one, missing
+
+pytestmark = pytest.mark.slow
+
+
+def _needs(name: str) -> None:
+    lacking = missing(MODELS[name])
+    if lacking:
+        pytest.skip(f"{name} needs {', '.join(lacking)}")
+
+
+def test_the_corpus_covers_every_family_with_a_dozen_architectures() -> None:
+    assert len(MODELS) >= 12
+    assert {m.family for m in MODELS.values()} == set(FAMILIES)
+    for m in MODELS.values():
+        assert m.inputs and m.inputs[0].shape[0] == 2, m.name  # exported at batch 2 in the dynamic variant
+        assert 0 in m.dynamic, m.name  # the batch is symbolic in the dynamic variant
+
+
+@pytest.mark.parametrize(
+    ("name", "rank", "variant", "exporter"),
+    [
+        ("hf_bert_tiny", "rank3", "static", "ts"),
+        ("hf_bert_tiny", "rank3", "dynamic", "dynamo"),
+        ("timm_maxvit_rmlp_small", "rank4", "static", "ts"),
+    ],
+)
+def test_an_export_matches_torch_and_has_its_linears(tmp_path: Path, name: str, rank: str, variant: str, exporter: str) -> None:
+    _needs(name)
+    (row,) = build_one(MODELS[name], [variant], [exporter], tmp_path)
+    assert "export_error" not in row, row.get("export_error")
+    model = onnx.load(str(tmp_path / row["file"]))
+    inputs = {i.name: i for i in model.graph.input}
+    first = MODELS[name].inputs[0]
+    dims = [d.dim_param or d.dim_value for d in inputs[first.name].type.tensor_type.shape.dim]
+    if variant == "static":
+        assert dims == [1, *first.shape[1:]]
+    else:
+        assert all(isinstance(dims[a], str) for a in MODELS[name].dynamic), dims
+    assert row["linears"][rank] > 0
+    for shape_check in row["check"]:
+        for level in ("ort_disabled", "ort_all"):
+            assert shape_check[level].get("max_abs_diff") is not None, shape_check
+            assert shape_check[level]["max_abs_diff"] < 1e-4, shape_check
+        assert shape_check["torch_output_std"] > 1e-3  # perturbed weights: the output is no constant
+
+
+def test_the_table_measures_a_corpus_export(tmp_path: Path) -> None:
+    name = "hf_bert_tiny"
+    _needs(name)
+    from benchmarks import layout_zoo
+
+    corpus = tmp_path / "layout"
+    assert layout_corpus.main(["--out", str(corpus), "--models", name, "--variants", "static", "--exporters", "ts"]) == 0
+    out = tmp_path / "table.json"
+    argv = ["--source", "corpus", "--corpus", str(corpus), "--no-build", "--no-latency", "--json", str(out)]
+    default = converter.DEFAULT_LAYOUT
+    assert layout_zoo.main([*argv, "--models", f"{name}_static_ts", "--modes", default, "tokens"]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == f"{name}_static_ts"
+    assert row["linears"] == {"rank4": 0, "rank3": 12, "on_constants": 0}  # 2 layers x (Q, K, V, output, 2 MLP)
+    tokens = row["modes"]["tokens"]
+    # every token Linear was looked at: converted (as many as the converter's own report says), or declined with
+    # the converter's reason (which ones is the policy's call)
+    report = converter.rewrite(corpus / f"{name}_static_ts.onnx", tokens=True).report
+    assert tokens["rank3"]["converted"] == sum(d.rewritten for d in report.decisions if d.op_type in ("MatMul", "Gemm"))
+    assert tokens["rank3"]["total"] == 12
+    assert tokens["rank3"]["converted"] + sum(tokens["rank3"]["declined"].values()) == 12
+    assert "no decision" not in tokens["rank3"]["declined"]
+    assert tokens["verdict"] == "PASSED"
+    assert row["modes"][default]["rank3"]["converted"] == 0  # without tokens, rank-3 Linears stay
+    assert row["modes"][default]["rank3"]["declined"]  # with the rules' reason
+    # the table's own census agrees with the converter's layout record
+    assert row["transposes_before"]["all"] == tokens["layout"]["transposes_original"]
+    assert tokens["transposes_after"]["all"] == tokens["layout"]["transposes_final"]
