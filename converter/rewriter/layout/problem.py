@@ -170,6 +170,7 @@ class Problem:
         # and a quantized model's float LayerNorms nearly all feed one.
         self.quantized = any(n.op_type in _QUANTIZERS for n in graph.node)
         self._ranks: dict[str, int] = {}  # ranks shape inference did not find
+        self._inferred_rank: dict[str, int | None] = {}  # rank() memo of what inference found (None: nothing)
         self.cls: dict[str, int] = {}
         self.parent: dict[str, str] = {}  # union-find over tensors: the members of a semantic
         self.merges: set[int] = set()  # channel-moving Transposes (ids)
@@ -186,10 +187,11 @@ class Problem:
     def rank(self, name: str) -> int | None:
         """The tensor's rank as shape inference found it, or as a handler's plan showed it (ops of other domains
         that shape inference does not know, such as com.microsoft's QLinearAdd)."""
-        t = self.scope.type_of(name)
-        if t is None or t.shape is None or t.conflict:
-            return self._ranks.get(name)
-        return len(t.shape)
+        inferred = self._inferred_rank.get(name, -1)
+        if inferred == -1:  # asked first (a type lookup walks the scopes): kept, the types do not change here
+            t = self.scope.type_of(name)
+            inferred = self._inferred_rank[name] = None if t is None or t.shape is None or t.conflict else len(t.shape)
+        return inferred if inferred is not None else self._ranks.get(name)
 
     def dims(self, name: str) -> list[ra.Dim] | None:
         """The tensor's dims (a symbol for each one not known; one per axis when only the rank is known)."""
