@@ -187,7 +187,7 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
     return types
 
 
-_INFERENCE_ROUNDS = 4
+_INFERENCE_ROUNDS = 12
 # Inputs that shape inference reads the values of (past the data input): pads, targets, bounds, sizes, axes.
 _SHAPE_READERS = frozenset(
     {"Pad", "Reshape", "Slice", "Expand", "Tile", "ConstantOfShape", "Resize", "Upsample", "Unsqueeze", "Squeeze"}
@@ -323,19 +323,41 @@ def _constant_parameters(model: onnx.ModelProto, inferred: onnx.ModelProto) -> b
         types.add(vi)
     scope = Scope(graph, (), types, opset=opset)
     made: dict[str, str] = {}
+
+    def give(node: NodeProto, slot: int) -> bool:
+        name = node.input[slot]
+        if not name or scope.source(name).kind != "evaluated":
+            return False
+        if name not in made:
+            made[name] = f"{name}\x00value"
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(scope.constant_tensor(name))
+            tensor.name = made[name]
+            graph.initializer.append(tensor)
+        node.input[slot] = made[name]
+        return True
+
     for node in candidates:
         for slot in range(1, len(node.input)):
-            name = node.input[slot]
-            if not name or scope.source(name).kind != "evaluated":
+            if give(node, slot):
                 continue
-            if name not in made:
-                made[name] = f"{name}\x00value"
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(scope.constant_tensor(name))
-                tensor.name = made[name]
-                graph.initializer.append(tensor)
-            node.input[slot] = made[name]
+            # Not a constant as a whole (a target that leads with the batch): the pieces it is put together from
+            # that are (H / 7 out of Shape -> Gather -> Div) get their values, and data propagation, which follows
+            # Concat, Unsqueeze and Cast but not the arithmetic, carries them into the target.
+            stack, seen = [node.input[slot]], 0
+            while stack and seen < _EVALUATE_NODES:
+                producer = scope.producers.get(stack.pop())
+                seen += 1
+                if producer is None or producer.op_type not in _ASSEMBLERS or producer.domain not in ("", "ai.onnx"):
+                    continue
+                for i in range(len(producer.input)):
+                    if not give(producer, i) and producer.input[i]:
+                        stack.append(producer.input[i])
     return bool(made)
+
+
+# What puts a shape vector together from pieces, and what onnx's data propagation follows through.
+_ASSEMBLERS = frozenset({"Concat", "Unsqueeze", "Squeeze", "Cast", "Reshape"})
 
 
 def _unknown(dim: int | str | None) -> bool:
@@ -620,6 +642,11 @@ class Scope:
                 self._expressions = True
                 stack.pop()
                 continue
+            if node.op_type in ("Gather", "Slice") and self._static_pick(node) is not None:
+                self._constant_expr[top] = True  # known dims of a shape whose other dims are not
+                self._expressions = True
+                stack.pop()
+                continue
             pending = [i for i in node.input if i and i not in self._constant_expr]
             if pending and top in entered:  # a cycle (only a model built in memory has one): not a constant
                 self._constant_expr[top] = False
@@ -674,6 +701,51 @@ class Scope:
         lo, hi = (min(max(v + rank if v < 0 else v, 0), rank) for v in (lo, hi))
         return dims[lo:hi]  # type: ignore[return-value]
 
+    def _static_pick(self, node: NodeProto) -> list[int] | int | None:
+        """What ``Gather(Shape(x), i)`` or ``Slice(Shape(x), ...)`` gives (constant indices, axis 0) when the dims it
+        picks are known though others of ``x`` are not (TorchScript reads H and W so on a dynamic batch), else None."""
+        if node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            return None
+        shape = self.producers.get(node.input[0])
+        if shape is None or shape.op_type != "Shape" or shape.domain not in ("", "ai.onnx") or not shape.input:
+            return None
+        t = self.type_of(shape.input[0])
+        if t is None or t.shape is None or t.conflict:
+            return None
+        rank = len(t.shape)
+        lo, hi = (_attr(shape, "start"), _attr(shape, "end"))
+        lo_i, hi_i = (lo.i if lo is not None else 0), (hi.i if hi is not None else rank)
+        lo_i, hi_i = (min(max(v + rank if v < 0 else v, 0), rank) for v in (lo_i, hi_i))
+        dims = list(t.shape)[lo_i:hi_i]
+        params = []
+        for name in node.input[1:]:
+            src = self.source(name) if name else None
+            if name and (src is None or not src.is_constant or src.owner is None):
+                return None
+            params.append(np.asarray(src.owner.constant_value(name)).astype(np.int64) if name and src and src.owner else None)
+        n = len(dims)
+        if node.op_type == "Gather":
+            axis = _attr(node, "axis")
+            if (axis.i if axis is not None else 0) != 0 or params[0] is None:
+                return None
+            idx = params[0]
+            if idx.size > 64 or np.any(idx < -n) or np.any(idx >= n):
+                return None
+            picked = [dims[int(i)] for i in idx.reshape(-1)]
+            if not all(isinstance(d, int) for d in picked):
+                return None
+            return picked[0] if idx.ndim == 0 else picked  # type: ignore[return-value]
+        starts, ends = params[0], params[1] if len(params) > 1 else None
+        axes = params[2] if len(params) > 2 else None
+        steps = params[3] if len(params) > 3 else None
+        if ends is None or starts.size != 1 or ends.size != 1 or (axes is not None and int(axes.reshape(-1)[0]) not in (0, -1)):
+            return None
+        step = int(steps.reshape(-1)[0]) if steps is not None else 1
+        if step == 0:
+            return None
+        picked = dims[slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), step)]
+        return picked if all(isinstance(d, int) for d in picked) else None  # type: ignore[return-value]
+
     def edited(self) -> None:
         """A name got a new producer (an editor calls this): negative answers about constant expressions may be stale."""
         self._stale = True
@@ -724,7 +796,11 @@ class Scope:
             if top in leaves or (top in self.producers and id(self.producers[top]) in nodes):
                 continue
             producer = self.producers.get(top)
-            static = self._static_shape(producer) if producer is not None and producer.op_type == "Shape" else None
+            static = None
+            if producer is not None and producer.op_type == "Shape":
+                static = self._static_shape(producer)
+            elif producer is not None and producer.op_type in ("Gather", "Slice"):
+                static = self._static_pick(producer)
             if static is not None:
                 leaves[top] = numpy_helper.from_array(np.asarray(static, dtype=np.int64), top)
                 continue

@@ -19,7 +19,8 @@ the chosen layout into the graph. Each runs once.
 CLEANUP is the order of the passes when a layout was chosen: moving Transposes first (the optimizer's
 placed Transposes must be taken in by the nodes it moves before anything cancels them), then folding chains of
 Reshapes (a chain takes in the Transpose at its head before cancelling could give it back to the chain in front),
-then merging and cancelling. GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
+then merging and cancelling, and last the dims read out of a moved tensor's shape (one Gather of the Shape, which
+onnxruntime folds where those dims are known). GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
 layout): merging and cancelling first so that sinking sees the fewest Transposes.
 """
 
@@ -38,9 +39,10 @@ from converter.graph.detached import DetachedWeights
 from converter.options import RewriteOptions
 from converter.providers import resolve_providers
 from converter.report import Decision, LayoutReport, RewriteReport
-from converter.rewriter.cleanup import Pass, run_passes
+from converter.rewriter.cleanup import Pass, TypeOverlay, run_passes
 from converter.rewriter.cleanup.cancel_transposes import CancelTransposes
 from converter.rewriter.cleanup.fold_rearranges import FoldRearranges
+from converter.rewriter.cleanup.shape_reads import ComposeShapeReads
 from converter.rewriter.cleanup.sink_transposes import SinkTransposes
 from converter.rewriter.layout import LAYOUT_COST, UNKNOWN, activations, census, optimize
 from converter.rewriter.rules import (
@@ -86,8 +88,8 @@ RULES: tuple[Rule, ...] = (
     MatMulNBitsToConv(),
 )
 
-CLEANUP: tuple[Pass, ...] = (SinkTransposes(), FoldRearranges(), CancelTransposes())
-GREEDY_CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes())
+CLEANUP: tuple[Pass, ...] = (SinkTransposes(), FoldRearranges(), CancelTransposes(), ComposeShapeReads())
+GREEDY_CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes(), ComposeShapeReads())
 
 
 @dataclass
@@ -150,9 +152,11 @@ def rewrite_in_place(
         report = RewriteReport(decisions=decisions, ops_before=ops_before)
         report.ops_rewritten = count_ops(out.graph)
         record = LayoutReport(mode=mode, transposes_rewritten=census(out, edges=False).layout)
+        moved = None
         if choice is not None and any(d.rewritten for d in decisions):
-            report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=types.get(()), guides=choice.guides(out)).to_dict()
-        after = census(out, types=types.get(()))
+            moved = TypeOverlay(types.get(()) or {})  # the original's types, and those of the tensors the passes make
+            report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=moved, guides=choice.guides(out)).to_dict()
+        after = census(out, types=moved if moved is not None else types.get(()))
         if original is not None and report.rewritten and after.inside > before.inside:
             out.CopyFrom(original)
             decisions = [_fell_short(d, before.inside, after.inside) if d.rewritten else d for d in decisions]

@@ -64,3 +64,50 @@ def test_an_op_without_its_data_inputs_is_left_to_inference() -> None:
     model.graph.node[1].input[3] = ""
     types = collect_types(model)[()]
     assert types.get("out") is None or types["out"].shape is None
+
+
+def _padded_to_multiple(window: int = 4) -> onnx.ModelProto:
+    """TorchScript's window padding on a dynamic batch: pads = (window - H % window) % window, H read out of the
+    shape (Shape -> Gather), the batch unknown; then a Reshape target that leads with the batch and holds H / window."""
+    one = lambda v, name: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    inits = [one(1, "i1"), one(2, "i2"), one(window, "win"), one([0], "ax"), one([0, 0, 0, 0, 0, 0], "zeros4"), one([0], "z1")]
+    n = helper.make_node
+    nodes = [
+        n("Shape", ["x"], ["s"]),
+        n("Gather", ["s", "i1"], ["h"], axis=0),
+        n("Gather", ["s", "i2"], ["w"], axis=0),
+        n("Mod", ["h", "win"], ["hm"]),
+        n("Sub", ["win", "hm"], ["hp0"]),
+        n("Mod", ["hp0", "win"], ["hp"]),
+        n("Unsqueeze", ["hp", "ax"], ["hp1"]),
+        n("Concat", ["z1", "z1", "z1", "z1", "z1", "hp1", "z1", "z1"], ["pads"], axis=0),
+        n("Pad", ["x", "pads"], ["padded"]),
+        n("Div", ["w", "win"], ["nw"]),
+        n("Gather", ["s", "z1"], ["batch"], axis=0),
+        n("Unsqueeze", ["nw", "ax"], ["nw1"]),
+        n("Concat", ["batch", "nw1", "win_v", "c_v"], ["target"], axis=0),
+        n("Reshape", ["x", "target"], ["rows"]),
+    ]
+    inits += [one([window], "win_v"), one([-1], "c_v")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8, 3])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("padded", "rows")],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_known_dims_read_out_of_a_partly_known_shape_are_constants() -> None:
+    """H and W of an input with a dynamic batch: Gather(Shape(x), 1) is evaluated (onnxruntime folds it too), the batch
+    is not; so the padding's pads are known and inference gives the padded shape and the Reshape's pieces."""
+    from converter.graph import Scope
+
+    model = _padded_to_multiple()
+    types = collect_types(model)[()]
+    scope = Scope(model.graph, (), types, opset=17)
+    assert scope.source("h").kind == "evaluated" and scope.source("pads").kind == "evaluated"
+    assert scope.source("batch").kind == "computed" and scope.source("target").kind == "computed"
+    assert types["padded"].shape == ("N", 8, 8, 3)
+    assert types["rows"].shape[1:3] == (2, 4)  # W / window and the window: the pieces data propagation carries in

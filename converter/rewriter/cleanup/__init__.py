@@ -126,7 +126,10 @@ class PassContext:
         # The main graph's tensor types as shape inference found them before the rewrite; the passes add the types of
         # the tensors they make in another layout (note_type), so that what needs sizes (fold_rearranges, the shape of
         # a tensor whose every dim is known) still has them.
-        self.types: TypeOverlay | None = TypeOverlay(types) if types is not None else None
+        # The caller may pass an overlay of its own, to read the types the passes added afterwards.
+        self.types: TypeOverlay | None = (
+            types if isinstance(types, TypeOverlay) else TypeOverlay(types) if types is not None else None
+        )
         self.options = options or CleanupOptions()
         self.value_of = value_of  # reads constants, detached ones too
         self.ir_version = model.ir_version

@@ -254,7 +254,7 @@ class Workspace:
 
     def add_constant(self, name: str, value: np.ndarray) -> str:
         """A new initializer (written at commit if something still reads it)."""
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor = numpy_helper.from_array(np.array(value, order="C"), name)  # (ascontiguousarray makes a scalar 1-D)
         self.new_initializers.append(tensor)
         self.scope.initializers[name] = tensor
         return name
