@@ -9,9 +9,14 @@ in ``summary.json`` beside the files.
 torch, torchvision and timm are imported inside the functions, so this module imports without them;
 running it needs a separate environment with torch (the converter's own venv does not have it):
 
-    python models/torch_exports.py -o /work/exports                       # every model, both exporters
+    python models/torch_exports.py -o exports                             # every model, both exporters
     python models/torch_exports.py -o out --models tv_convnext_small_dynamic --exporters ts
     python models/torch_exports.py --list
+    python models/torch_exports.py --scrub FILE.onnx ...                  # the paths out of files exported before
+
+The dynamo exporter records a stack trace per node (``pkg.torch.onnx.stack_trace`` metadata) with the
+exporting machine's absolute paths; every export is written without them (``scrub_paths``: the paths
+become ``site-packages/...`` and paths relative to this repository, nothing else changes).
 
 A model that one exporter cannot handle is recorded in the summary with the error, and the others go on.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -421,6 +427,56 @@ def export(model: Any, spec: TorchModel, exporter: str, path: Path, opset: int) 
     # one self-contained file: torch.onnx.export(..., f=path, dynamo=True) would put the weights in path.data
     # (its external_data defaults to True, whatever the model's size)
     program.save(str(path), external_data=False)
+    scrub_paths(path)
+
+
+REPO = Path(__file__).resolve().parent.parent
+_SITE_PACKAGES = re.compile(r"(?<![\w.])/[^\s\"'<>]*?/(?:site|dist)-packages/")
+
+
+def scrub_paths(path: Path, root: Path = REPO) -> int:
+    """Rewrite the ONNX file at ``path`` without the exporting machine's absolute paths; returns how many strings changed.
+
+    Every string of the model (node, graph and value metadata, doc strings) is rewritten: an installed
+    package's path becomes ``site-packages/...``, a path inside ``root`` (this repository) becomes relative
+    to it. Nothing else changes: protobuf writes the other fields back byte for byte.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    prefix = str(root).rstrip("/") + "/"
+    changed = 0
+
+    def scrub(text: str) -> str:
+        nonlocal changed
+        new = _SITE_PACKAGES.sub("site-packages/", text).replace(prefix, "")
+        changed += new != text
+        return new
+
+    def walk(message: Any) -> None:
+        for field_, value in message.ListFields():
+            values = list(value) if _repeated(field_) else [value]
+            if field_.type == field_.TYPE_MESSAGE:
+                for v in values:
+                    walk(v)
+            elif field_.type == field_.TYPE_STRING:
+                new = [scrub(v) for v in values]
+                if new != values:
+                    if _repeated(field_):
+                        del value[:]
+                        value.extend(new)
+                    else:
+                        setattr(message, field_.name, new[0])
+
+    walk(model)
+    if changed:
+        onnx.save(model, str(path))
+    return changed
+
+
+def _repeated(field_: Any) -> bool:
+    is_repeated = getattr(field_, "is_repeated", None)  # protobuf 5.x+; older versions have only ``label``
+    return bool(is_repeated) if is_repeated is not None else field_.label == field_.LABEL_REPEATED
 
 
 def check(model: Any, path: Path, shapes: tuple[tuple[int, ...], ...]) -> list[dict]:
@@ -727,7 +783,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ts-opset", type=int, default=DEFAULT_OPSETS["ts"])
     parser.add_argument("--dynamo-opset", type=int, default=DEFAULT_OPSETS["dynamo"])
     parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--scrub", nargs="+", type=Path, metavar="FILE", help="rewrite ONNX files without machine paths and exit")
     args = parser.parse_args(argv)
+    if args.scrub:
+        for path in args.scrub:
+            print(f"{path}: {scrub_paths(path)} strings rewritten", file=sys.stderr)
+        return 0
     if args.list:
         for m in MODELS.values():
             print(f"{m.name:36} {m.description}")

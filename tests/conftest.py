@@ -1,10 +1,30 @@
-"""Shared builders for tiny dense-layer graphs and the one helper that proves a rewrite twice."""
+"""Shared test helpers: the two tiers, the one way to run the ``convert`` command, tiny dense-layer graphs and the
+helper that proves a rewrite twice.
+
+Tiers. ``python -m pytest`` runs the fast tier: every test not marked ``slow``. ``python -m pytest -m slow`` runs the
+rest (the TensorFlow front end and the Keras applications, the 2 GiB model, the PyTorch zoo, and the cases that need
+the command in a child process: resource limits, peak memory, signals, locale). Together they are the whole suite;
+``.ci/run`` runs both. A test marked ``tf``, or any test under ``tests/frontends/``, is ``slow`` automatically.
+
+The command. ``run_cli`` (a fixture, and ``run_command`` for module-level helpers) runs ``convert ARGS`` either in this
+process, through ``converter.cli.main(argv)`` with file descriptors 1 and 2 captured (the default: no interpreter
+start, no imports to pay), or in a child process (``child=True``: the installed script, with resource limits and
+its peak memory), and gives back the same ``CliResult`` either way.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
-from collections.abc import Sequence
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -186,3 +206,280 @@ def tmp_model(tmp_path):
         return path
 
     return save
+
+
+# ---------------------------------------------------------------------------------------------
+# The two tiers (pyproject.toml deselects `slow` by default; `python -m pytest -m slow` runs the rest)
+
+_FRONTENDS = Path(__file__).resolve().parent / "frontends"
+# Files there that need no TensorFlow (the audit read from hand-written protobuf bytes): they stay in the fast tier.
+_NO_TENSORFLOW = frozenset({"test_audit_program.py"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, so that the marks added here count
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """TensorFlow costs 10-20 s a process: every test that uses it belongs to the slow tier."""
+    for item in items:
+        if item.path.is_relative_to(_FRONTENDS) and item.path.name not in _NO_TENSORFLOW:
+            item.add_marker(pytest.mark.tf)
+        if item.get_closest_marker("tf") is not None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Where slow tests may run with torch installed, load torch's dynamo before anything loads TensorFlow.
+
+    In one process, ``import keras`` (TensorFlow) and then ``import torch._dynamo`` ends in a segmentation fault
+    (in triton's import); the other order works. tests/frontends/ import Keras as they are collected, the PyTorch
+    zoo and the layout corpus export with dynamo later: without this the slow tier dies there.
+    """
+    if config.option.markexpr != "not slow" and importlib.util.find_spec("torch") is not None:
+        import torch._dynamo  # noqa: F401
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast tier does not even collect tests/frontends/'s TensorFlow tests: every one is slow, and collecting them
+    imports TensorFlow and Keras (seconds, and hundreds of MB) only to deselect them."""
+    if config.option.markexpr != "not slow" or not collection_path.is_relative_to(_FRONTENDS):
+        return None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return collection_path.name not in _NO_TENSORFLOW
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    expr = config.option.markexpr
+    if expr == "not slow":
+        return "tier: fast (tests marked slow are deselected; `python -m pytest -m slow` runs them)"
+    return f"tier: -m {expr!r}" if expr else "tier: every test (no -m)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: in this process through converter.cli.main(argv), or the installed script in a child
+
+BIN = Path(sys.executable).parent
+CONVERT = BIN / "convert"  # the console scripts pip installs beside the interpreter
+DENSE2CONV = BIN / "dense2conv"
+GiB = 1 << 30
+# What only a fresh process can honour: the locale and Python's start-up settings are read at start, onnxruntime
+# reads HOME once per process. A test that sets one of these runs the command with child=True.
+_CHILD_ONLY_ENV = ("LC_", "LANG", "PYTHON", "HOME", "XDG_")
+# CONVERTER_TESTS_IN_CHILD=1 runs every command in a child, the in-process ones too: the switch that shows a test
+# passes the same both ways.
+ALWAYS_IN_CHILD = os.environ.get("CONVERTER_TESTS_IN_CHILD", "") not in ("", "0")
+# A run in this process may grow this much beyond what the process has mapped, so that a regression that would
+# allocate a bomb ends in a MemoryError (the command's "out of memory" line) instead of hurting the machine.
+IN_PROCESS_HEADROOM = 4 * GiB
+
+
+@dataclass
+class CliResult:
+    """What one run of the command gave: its exit status, what it printed, and (child=True) its peak memory."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    maxrss: int | None = None  # bytes: the child's peak resident memory; None in this process
+
+
+def run_command(
+    *args: str | bytes | Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    child: bool | None = None,
+    script: str = "convert",
+    limits: dict[int, int] | None = None,
+    timeout: float = 300,
+) -> CliResult:
+    """Run ``convert ARGS`` and return its status and output; fails the test if it runs past ``timeout`` seconds.
+
+    Args:
+        args: the command's arguments; bytes are file names that need not be UTF-8.
+        cwd: the folder to run in (the test's own is kept otherwise).
+        env: variables set for the run, on top of this process's (PYTHONIOENCODING is always unset).
+        child: True runs the installed script in a child process, where the child is the point: resource
+            ``limits``, peak memory (``maxrss``), signals, the locale, HOME. None (the default) runs in this
+            process, through ``converter.cli.main(argv)`` with file descriptors 1 and 2 captured, unless
+            CONVERTER_TESTS_IN_CHILD=1 sends it to a child too; False runs in this process always (a test
+            that patches the command in this process).
+        script: ``convert`` or ``dense2conv``, the name the command runs under (it names itself in errors).
+        limits: resource limits of the child (``resource.RLIMIT_*``: value); RLIMIT_AS is 8 GiB unless given.
+        timeout: seconds before the run counts as hung.
+    """
+    argv = [a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args]
+    if child or (child is None and ALWAYS_IN_CHILD):
+        return _in_child(argv, cwd, env or {}, script, limits or {}, timeout)
+    if limits:
+        raise ValueError("resource limits need the command in a child: run_command(..., child=True)")
+    unfit = [k for k in (env or {}) if k.startswith(_CHILD_ONLY_ENV)]
+    if unfit:
+        raise ValueError(f"{', '.join(unfit)} take effect only in a fresh process: run_command(..., child=True)")
+    return _in_process([os.fsdecode(a) for a in argv], cwd, env or {}, script, timeout)
+
+
+RunCli = Callable[..., CliResult]  # run_command's signature, for annotating the fixture
+
+
+@pytest.fixture
+def run_cli() -> RunCli:
+    """``run_command``: the ``convert`` command, in this process (default) or in a child (``child=True``)."""
+    return run_command
+
+
+# Linux keeps a process's peak memory across exec, so a child forked from this (large) pytest process would
+# report pytest's size. A small launcher forks the command and reports its peak.
+_LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def _in_child(
+    argv: list[bytes], cwd: Path | None, env: dict[str, str], script: str, limits: dict[int, int], timeout: float
+) -> CliResult:
+    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    full_env.update(env)
+    # Resource limits keep a case that would exhaust memory today from harming the machine.
+    limits = {resource.RLIMIT_AS: 8 * GiB, **limits}
+
+    def apply_limits() -> None:
+        for which, value in limits.items():
+            resource.setrlimit(which, (value, value))
+
+    with tempfile.TemporaryDirectory(prefix="run-command-") as scratch:
+        files = {k: Path(scratch) / k for k in ("stdout", "stderr", "status")}
+        with open(files["stdout"], "wb") as out, open(files["stderr"], "wb") as err:
+            launcher = [os.fsencode(a) for a in (sys.executable, "-S", "-c", _LAUNCH, files["status"], BIN / script)]
+            p = subprocess.Popen(
+                [*launcher, *argv],
+                cwd=cwd,
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=apply_limits,
+                start_new_session=True,
+            )
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                pytest.fail(f"{script} {argv} hung for {timeout} s")
+        returncode, maxrss = map(int, files["status"].read_text().split())
+        stdout, stderr = (files[k].read_bytes().decode("utf-8", "backslashreplace") for k in ("stdout", "stderr"))
+    return CliResult(returncode, stdout, stderr, maxrss * 1024)
+
+
+class _Hung(BaseException):
+    """Raised by the timer of a run in this process (a BaseException: the command's handlers do not catch it)."""
+
+
+_RESTORED_SIGNALS = tuple(
+    s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGALRM) if s is not None
+)
+
+
+def _in_process(argv: list[str], cwd: Path | None, env: dict[str, str], script: str, timeout: float) -> CliResult:
+    """``main(argv)`` with fds 1 and 2 on files, as a child would have them; everything it may change is put back:
+    the streams and fds (the command sends fd 2 to /dev/null while it works), the signal handlers it installs,
+    the environment, the working folder and sys.argv."""
+    from converter.cli import main
+
+    saved_streams = (sys.stdin, sys.stdout, sys.stderr)
+    saved_handlers = {s: signal.getsignal(s) for s in _RESTORED_SIGNALS}
+    saved_environ, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        for stream in saved_streams[1:]:
+            stream.flush()
+        saved_fds = (os.dup(1), os.dup(2))
+        hung = False
+        try:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            # What a child's streams are on a pipe, under a UTF-8 locale.
+            sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # closed below
+            sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+            sys.stdin = open(os.devnull)
+            os.environ.pop("PYTHONIOENCODING", None)
+            os.environ.update(env)
+            if cwd is not None:
+                os.chdir(cwd)
+            sys.argv = [str(BIN / script)]
+            signal.signal(signal.SIGALRM, _raise_hung)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                with _memory_guard():
+                    returncode = main(argv)
+            except _Hung:
+                hung, returncode = True, -1
+            except SystemExit as e:  # argparse's errors, --help, --version: as the interpreter ends
+                returncode = _exit_status(e)
+            except BaseException:  # noqa: BLE001 - what escapes main: a child prints the traceback and exits 1
+                import traceback
+
+                traceback.print_exc()
+                returncode = 1
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for stream in (sys.stdout, sys.stderr, sys.stdin):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+                stream.close()
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            for fd in saved_fds:
+                os.close(fd)
+            sys.stdin, sys.stdout, sys.stderr = saved_streams
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_environ)
+            sys.argv = saved_argv
+            for s, handler in saved_handlers.items():
+                if handler is not None:
+                    signal.signal(s, handler)
+        if hung:
+            pytest.fail(f"{script} {argv} hung for {timeout} s")
+        out.seek(0)
+        err.seek(0)
+        return CliResult(returncode, out.read().decode("utf-8", "backslashreplace"), err.read().decode("utf-8", "backslashreplace"))
+
+
+def _raise_hung(_signum: int, _frame: object) -> None:
+    raise _Hung
+
+
+def _exit_status(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+@contextlib.contextmanager
+def _memory_guard() -> Iterator[None]:
+    """Address space limited to what the process has mapped now plus IN_PROCESS_HEADROOM, while the command runs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        status = Path("/proc/self/status").read_text()
+        mapped = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        yield
+        return
+    limit = mapped + IN_PROCESS_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY:
+        limit = min(limit, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

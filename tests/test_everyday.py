@@ -1,6 +1,9 @@
-"""Everyday use (issue 15), through the real command in a subprocess with its output piped: full-width
-tables, the verification's numbers, the op table, progress, --version and ``dense2conv``, nothing to
-rewrite, polygraphy's shape syntax, and onnx-graphsurgeon graphs through the Python API."""
+"""Everyday use (issue 15), through the command with its output piped: full-width tables, the verification's
+numbers, the op table, progress, --version and ``dense2conv``, nothing to rewrite, polygraphy's shape syntax, and
+onnx-graphsurgeon graphs through the Python API.
+
+The command runs in this process (tests/conftest.py's ``run_command``, stdout and stderr on files as a pipe would
+have them); in a child where that is the point: the installed ``dense2conv`` script, progress on a terminal."""
 
 from __future__ import annotations
 
@@ -23,18 +26,14 @@ import converter
 from converter.cli import _round_up
 from converter.verifier.numbers.outputs import compare
 from models.graphs import convnext_block
-from tests.conftest import W_, C, H, dense_model, with_output_shapes
+from tests.conftest import BIN, CONVERT, W_, C, CliResult, H, dense_model, run_command, with_output_shapes
 
-BIN = Path(sys.executable).parent
-CONVERT = shutil.which("convert", path=str(BIN)) or "convert"
-DENSE2CONV = str(BIN / "dense2conv")
 LONG = "a_tensor_name_long_enough_that_no_80_column_table_could_hold_it_whole_" * 2
 
 
-def run(*args: str | Path, script: str = CONVERT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, script: str = "convert", child: bool = False) -> CliResult:
     """The command with stdout and stderr piped. COLUMNS=40: piped output must not heed a terminal width."""
-    env = {**os.environ, "COLUMNS": "40", **(env or {})}
-    return subprocess.run([script, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    return run_command(*args, script=script, env={"COLUMNS": "40"}, child=child)
 
 
 def assert_full_width(stdout: str) -> None:
@@ -159,25 +158,36 @@ def test_size_counts_external_data(tmp_path: Path) -> None:
 
 
 def _stderr_on_a_terminal(*args: str | Path) -> tuple[int, str, bytes]:
-    """Run with stderr on a pseudo-terminal and stdout piped: (status, stdout, what the terminal got)."""
+    """Run with stderr on a pseudo-terminal and stdout piped: (status, stdout, what the terminal got).
+
+    The terminal is read while the command runs: a pty holds a few KiB, and the spinner redraws ten times a
+    second, so on a loaded machine a long run would otherwise fill it and block the command.
+    """
     import pty
-    import select
+    import threading
 
     master, slave = pty.openpty()
-    p = subprocess.Popen([CONVERT, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "TERM": "xterm"})
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {**os.environ, "TERM": "xterm"}
+    p = subprocess.Popen([CONVERT, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env)
     os.close(slave)
-    stdout, _ = p.communicate(timeout=120)
-    seen = b""
-    while select.select([master], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
+    stdout, _ = p.communicate(timeout=600)
+    reader.join(timeout=60)
     os.close(master)
-    return p.returncode, stdout.decode(), seen
+    return p.returncode, stdout.decode(), b"".join(chunks)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
@@ -192,7 +202,7 @@ def test_progress_counts_steps_on_the_terminal_and_leaves_piped_stdout_clean(mod
     ):
         assert step in seen, seen
     assert seen.rstrip().endswith(b"\x1b[2K")  # cleared when done: the line does not stay on the terminal
-    for word in ("verifying", "rewriting", "\x1b", "\r"):
+    for word in ("] verifying", "] rewriting", "\x1b", "\r"):  # the progress line's pieces
         assert word not in stdout, stdout
     assert stdout.splitlines()[-1].startswith("PASSED")
     rc, stdout, seen = _stderr_on_a_terminal(model_file, "-o", tmp_path / "b.onnx", "-q")
@@ -208,13 +218,14 @@ def test_version_and_the_dense2conv_script(model_file: Path, tmp_path: Path) -> 
     version = importlib.metadata.version("dense2conv")
     assert converter.__version__ == version
     assert run("--version").stdout == f"convert (dense2conv) {version}\n"
-    r = run("--version", script=DENSE2CONV)
+    r = run("--version", script="dense2conv")
     assert r.returncode == 0 and r.stdout == f"dense2conv (dense2conv) {version}\n"
-    r = run(model_file, "-o", tmp_path / "o.onnx", script=DENSE2CONV)
+    r = run(tmp_path / "missing.onnx", script="dense2conv")
+    assert r.returncode == 2 and r.stderr.startswith("dense2conv: error: ") and len(r.stderr.splitlines()) == 1
+    # The installed script under its own name (a child: the script pip wrote, as users run it).
+    r = run(model_file, "-o", tmp_path / "o.onnx", script="dense2conv", child=True)
     assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("PASSED: rewrote 1 of 1 candidates"), r.stderr
     assert onnx.load(tmp_path / "o.onnx").graph.node[1].op_type == "Conv"
-    r = run(tmp_path / "missing.onnx", script=DENSE2CONV)
-    assert r.returncode == 2 and r.stderr.startswith("dense2conv: error: ") and len(r.stderr.splitlines()) == 1
 
 
 # --- 6. nothing to rewrite ---------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """Property test: random dense-layer graphs, in every form the rule accepts or refuses.
 
 Each example is checked against an independent statement of the rules (what should happen)
-and against onnxruntime (that whatever happened computes the same thing). More examples:
-CONVERTER_HYPOTHESIS_EXAMPLES=500 pytest tests/test_properties.py
+and against onnxruntime (that whatever happened computes the same thing). The fast tier draws
+FAST_EXAMPLES of them; the slow tier's sweep draws the hypothesis profile's number (200, tests/conftest.py),
+other ones. More examples: CONVERTER_HYPOTHESIS_EXAMPLES=500 pytest -m slow tests/test_properties.py
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -78,9 +80,24 @@ def inside_if(model: onnx.ModelProto) -> onnx.ModelProto:
     return outer
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+FAST_EXAMPLES = 50
+
+
+@settings(max_examples=FAST_EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
 @given(dense_graphs(), st.booleans())
 def test_rewrite_matches_rules_and_onnxruntime(o: Dense, in_if: bool) -> None:
+    check_rewrite(o, in_if)
+
+
+@pytest.mark.slow
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(dense_graphs(), st.booleans())
+def test_rewrite_matches_rules_and_onnxruntime_full_sweep(o: Dense, in_if: bool) -> None:
+    check_rewrite(o, in_if)
+
+
+def check_rewrite(o: Dense, in_if: bool) -> None:
+    """One example: the decisions the rules state, a valid model with the same interface, the same numbers."""
     model = inside_if(dense_model(o)) if in_if else dense_model(o)
     result = converter.rewrite(model, layout="keep-all")  # the rules' decisions, not the layout policy's
     decisions = result.report.decisions

@@ -1,4 +1,9 @@
-"""Every zoo model converted end to end with verification on (pytest -m zoo; part of the normal suite)."""
+"""Every zoo model converted end to end with verification on (pytest -m zoo).
+
+The ONNX-built entries are in the fast tier; the Keras applications (built, exported and run in TensorFlow) are
+marked ``tf`` and so run in the slow one (python -m pytest -m slow). tests/test_keras_fixture.py converts a small
+Keras ConvNeXt committed as tf2onnx output, the same code paths as the Keras ConvNeXtTiny here, in the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("zoo")
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.tf] if e.tensorflow else []) for n, e in ZOO.items()])
 def test_zoo_model_converts_and_verifies(name: str, zoo_cache: Path, tmp_path: Path) -> None:
     entry = ZOO[name]
     if entry.tensorflow:

@@ -7,7 +7,6 @@ confinement on hand-written bytes, without TensorFlow.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -262,10 +261,8 @@ def test_deep_nesting_is_an_error_not_a_recursion() -> None:
 def test_huge_repeated_fields_are_bounded() -> None:
     inner = b"\x18\x01" * 11_000_000  # GraphDef.version, repeated: 11 million tiny fields in 22 MB
     graph = tag(2) + varint(len(inner)) + inner
-    started = time.perf_counter()
-    with pytest.raises(CorruptSavedModel, match="protobuf fields to read"):
+    with pytest.raises(CorruptSavedModel, match="protobuf fields to read"):  # the limit bounded the read
         audit_saved_model(tag(2) + varint(len(graph)) + graph)
-    assert time.perf_counter() - started < 30
 
 
 def test_duplicate_node_names_are_refused() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,13 @@ import pytest
 
 import converter
 from converter.graph import count_ops
+from tests.conftest import CONVERT as CONVERT_SCRIPT
 
 pytestmark = pytest.mark.tf
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-CONVERT = str(Path(sys.executable).parent / "convert")
+CONVERT = str(CONVERT_SCRIPT)
 
 
 def _export(model, folder: Path, name: str) -> Path:

@@ -25,9 +25,10 @@ from converter.frontends.audit import Audit
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
+from tests.conftest import CONVERT as CONVERT_SCRIPT  # noqa: E402
 from tests.frontends.hostile import HOSTILE, dense  # noqa: E402
 
-CONVERT = str(Path(sys.executable).parent / "convert")
+CONVERT = str(CONVERT_SCRIPT)
 WORKER = str(Path(converter.__file__).parent / "frontends" / "worker.py")
 REFUSED_OP = {
     "initializer_writes": "WriteFile",
