@@ -57,13 +57,14 @@ def test_a_merge_folded_in_the_wrong_order_is_refused() -> None:
 
 def shape_read() -> onnx.ModelProto:
     """``t = Transpose(x, [0, 2, 1])``; ``y = Reshape(Relu(t), Concat(Gather(Shape(t), 0), [-1]))`` (a target
-    an exporter computes from the shape of a transposed tensor) and ``Transpose`` back."""
+    an exporter computes from the shape of a transposed tensor) and ``Transpose`` back; ``y`` is an output too,
+    so that the chain does not fold into one Reshape of its own target (which would leave no Shape to read)."""
     b = Builder(6)
     t = b.op("Transpose", "x", perm=[0, 2, 1])
     first = b.op("Gather", b.op("Shape", t), i64(b, [0]), axis=0)
     target = b.op("Concat", first, i64(b, [S, -1]), axis=0)
     y = b.op("Reshape", b.op("Relu", t), target)
-    return b.model([("x", ["B", 12, S])], [b.op("Transpose", y, perm=[0, 2, 1])])
+    return b.model([("x", ["B", 12, S])], [b.op("Transpose", y, perm=[0, 2, 1]), y])
 
 
 def test_a_shape_read_in_a_layout_is_proved_and_a_wrong_order_refused() -> None:
@@ -96,7 +97,9 @@ def test_a_shape_with_start_reads_the_moved_dims() -> None:
     x = np.random.default_rng(2).standard_normal((N, 12, S)).astype(np.float32)
     np.testing.assert_array_equal(run(model, {"x": x})[0], run(out, {"x": x})[0])
     assert certify(model, out, []).proved
-    set_constant(out, moved.input[1], [1, 2])  # the same dims, other order: the same product, not the same shape
+    set_constant(out, moved.input[1], [1, 2])  # the same dims, other order: the same product, a constant of the same value
+    assert certify(model, out, []).proved
+    set_constant(out, moved.input[1], [0, 1])  # B where the original reads S: another product
     assert not certify(model, out, []).proved
 
 
