@@ -209,3 +209,214 @@ def patch_rewrite(bug: str) -> None:
         return report
 
     pipeline.rewrite_in_place = broken
+
+
+# -- edits of a whole converted model: equivalent ones a check must accept, and wrong ones it must refuse ---------
+#
+# Each takes the converted model, the rewrite's claims and a random generator, edits the model in place at a place
+# the generator picks, and returns False when the model has no such place. ``EQUIVALENT`` edits leave what the
+# model computes exactly as it was (another tool, or a hand, may write a model so): ``convert --check`` must pass
+# them. ``WRONG`` edits change it: nothing may pass them, whether the claims are given or found.
+
+COMMUTATIVE_OPS = ("Add", "Mul")
+NON_COMMUTATIVE_OPS = ("Sub", "Div", "Pow")
+
+
+def _pick(rng: np.random.Generator, items: list) -> object | None:  # noqa: ANN401
+    return items[int(rng.integers(len(items)))] if items else None
+
+
+def _main_nodes(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in ops and n.domain in ("", "ai.onnx")]
+
+
+def _swap(model: onnx.ModelProto, rng: np.random.Generator, ops: tuple[str, ...]) -> bool:
+    node = _pick(rng, [n for n in _main_nodes(model, ops) if len(n.input) == 2 and n.input[0] != n.input[1]])
+    if node is None:
+        return False
+    node.input[0], node.input[1] = node.input[1], node.input[0]
+    return True
+
+
+def commutative_swapped(model, layers, rng) -> bool:  # noqa: ANN001
+    """``Add(a, b)`` written ``Add(b, a)`` (or a Mul): the same, bit for bit."""
+    return _swap(model, rng, COMMUTATIVE_OPS)
+
+
+def non_commutative_swapped(model, layers, rng) -> bool:  # noqa: ANN001
+    """``Sub(a, b)`` written ``Sub(b, a)`` (or a Div, a Pow): another value."""
+    return _swap(model, rng, NON_COMMUTATIVE_OPS)
+
+
+def _layer_conv(model: onnx.ModelProto, layers: list[RewrittenLayer], rng: np.random.Generator, with_bias: bool = False):  # noqa: ANN202
+    convs = []
+    for layer in layers:
+        try:
+            graph, i = _find(model, layer.conv)
+        except KeyError:
+            continue
+        if graph is model.graph and graph.node[i].op_type == "Conv" and (not with_bias or _has_bias(graph.node[i])):
+            convs.append(graph.node[i])
+    return _pick(rng, convs)
+
+
+def bias_as_add(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Conv's bias taken out of it and added after it, as ``[1, K, 1, 1]``."""
+    conv = _layer_conv(model, layers, rng, with_bias=True)
+    if conv is None:
+        return False
+    graph = model.graph
+    b = numpy_helper.to_array(_init(graph, model, conv.input[2]))
+    graph.initializer.append(numpy_helper.from_array(b.reshape(1, -1, 1, 1), f"{conv.name}_bias_4d"))
+    del conv.input[2]
+    return _after(graph, conv, lambda i, o: helper.make_node("Add", [i, f"{conv.name}_bias_4d"], [o], name=f"{conv.name}_bias_add"))
+
+
+def bias_as_wrong_add(model, layers, rng) -> bool:  # noqa: ANN001
+    """As ``bias_as_add``, the bias added in another layout ([1, 1, 1, K]: broadcast along W, not the channels)."""
+    conv = _layer_conv(model, layers, rng, with_bias=True)
+    if conv is None:
+        return False
+    graph = model.graph
+    b = numpy_helper.to_array(_init(graph, model, conv.input[2]))
+    if b.size < 2:
+        return False
+    graph.initializer.append(numpy_helper.from_array(b.reshape(1, 1, 1, -1), f"{conv.name}_bias_w"))
+    del conv.input[2]
+    return _after(graph, conv, lambda i, o: helper.make_node("Add", [i, f"{conv.name}_bias_w"], [o], name=f"{conv.name}_bias_add"))
+
+
+def dilations_on_1x1(model, layers, rng) -> bool:  # noqa: ANN001
+    """``dilations`` written on a 1x1 Conv: a 1x1 kernel spans one element whatever its dilation."""
+    conv = _layer_conv(model, layers, rng)
+    if conv is None or any(a.name == "dilations" for a in conv.attribute):
+        return False
+    conv.attribute.append(helper.make_attribute("dilations", [int(v) for v in rng.integers(1, 4, size=2)]))
+    return True
+
+
+def _schema_defaults(node: onnx.NodeProto, opset: int) -> dict[str, onnx.AttributeProto]:
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return {}
+    have = {a.name for a in node.attribute}
+    found = {}
+    for name, attr in schema.attributes.items():
+        if name not in have and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+            written = onnx.AttributeProto()
+            written.CopyFrom(attr.default_value)
+            written.name = name
+            found[name] = written
+    return found
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def default_written(model, layers, rng) -> bool:  # noqa: ANN001
+    """An attribute written out at the value its op's schema gives when it is absent."""
+    opset = _opset(model)
+    nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and _schema_defaults(n, opset)]
+    node = _pick(rng, nodes)
+    if node is None:
+        return False
+    defaults = _schema_defaults(node, opset)
+    node.attribute.append(defaults[_pick(rng, sorted(defaults))])
+    return True
+
+
+def default_changed(model, layers, rng) -> bool:  # noqa: ANN001
+    """A float attribute (an epsilon, an alpha), written or at its default, set to another value. (Integer ones are
+    left alone: ``allowzero`` on a target without zeros, say, changes nothing.)"""
+    opset = _opset(model)
+    floats = onnx.AttributeProto.FLOAT
+    choices = [(n, a) for n in model.graph.node for a in n.attribute if a.type == floats]
+    choices += [(n, a) for n in model.graph.node for a in _schema_defaults(n, opset).values() if a.type == floats]
+    picked = _pick(rng, choices)
+    if picked is None:
+        return False
+    node, attr = picked
+    changed = onnx.AttributeProto()
+    changed.CopyFrom(attr)
+    changed.f = attr.f * 1.5 + 0.25
+    kept = [a for a in node.attribute if a.name != attr.name]
+    node.ClearField("attribute")
+    node.attribute.extend([*kept, changed])
+    return True
+
+
+def _edges(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
+    """(reader, input slot) for every main-graph input read that another node produces."""
+    made = {o for n in model.graph.node for o in n.output}
+    return [(n, i) for n in model.graph.node for i, name in enumerate(n.input) if name in made]
+
+
+def _insert_on_edge(model: onnx.ModelProto, rng: np.random.Generator, op: str) -> bool:
+    picked = _pick(rng, _edges(model))
+    if picked is None:
+        return False
+    reader, slot = picked
+    src = reader.input[slot]
+    moved = f"{src}_{op.lower()}_{len(model.graph.node)}"
+    node = helper.make_node(op, [src], [moved], name=f"{moved}_node")
+    model.graph.node.insert(list(model.graph.node).index(reader), node)
+    reader.input[slot] = moved
+    return True
+
+
+def identity_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """An Identity inserted on an edge."""
+    return _insert_on_edge(model, rng, "Identity")
+
+
+def neg_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Neg inserted on an edge that carries floats (anything else it would not run on: skipped)."""
+    floats = {
+        vi.name
+        for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]
+        if vi.type.tensor_type.elem_type in (1, 10)
+    }
+    made = {o: n for n in model.graph.node for o in n.output}
+    edges = [(r, i) for r, i in _edges(model) if r.input[i] in floats or made[r.input[i]].op_type in ("Conv", "Add", "Mul", "Relu")]
+    picked = _pick(rng, edges)
+    if picked is None:
+        return False
+    reader, slot = picked
+    src = reader.input[slot]
+    moved = f"{src}_neg_{len(model.graph.node)}"
+    model.graph.node.insert(list(model.graph.node).index(reader), helper.make_node("Neg", [src], [moved], name=f"{moved}_node"))
+    reader.input[slot] = moved
+    return True
+
+
+def conv_renamed(model, layers, rng) -> bool:  # noqa: ANN001
+    """A layer's Conv renamed, node and output tensor (another tool's names)."""
+    conv = _layer_conv(model, layers, rng)
+    if conv is None or conv.output[0] in {o.name for o in model.graph.output}:
+        return False
+    old, new = conv.output[0], f"renamed_{int(rng.integers(1 << 30))}"
+    conv.name, conv.output[0] = f"{new}_conv", new
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
+    return True
+
+
+EQUIVALENT: dict[str, Callable[..., bool]] = {
+    "commutative_swapped": commutative_swapped,
+    "bias_as_add": bias_as_add,
+    "dilations_on_1x1": dilations_on_1x1,
+    "default_written": default_written,
+    "identity_inserted": identity_inserted,
+    "conv_renamed": conv_renamed,
+}
+
+WRONG: dict[str, Callable[..., bool]] = {
+    "non_commutative_swapped": non_commutative_swapped,
+    "bias_as_wrong_add": bias_as_wrong_add,
+    "default_changed": default_changed,
+    "neg_inserted": neg_inserted,
+}

@@ -115,6 +115,10 @@ def _run(ns: argparse.Namespace, style: Style, stderr: TextIO) -> int:
             from converter.pipeline import convert
 
             out, err = render.consoles(process.tolerant(sys.stdout), stderr)
+            if ns.check is not None:  # verify a candidate against the input; nothing is written (cli/check.py)
+                from converter.cli import check
+
+                return check.run(ns, CommandArgs().parse(ns), style, out, err, stderr, process.progress, EXIT_STATUS)
             watched = paths.check_paths(ns)
             options = CommandArgs().parse(ns)
             with process.progress(err, enabled=not style.quiet and err.is_terminal) as on_step:

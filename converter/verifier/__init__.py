@@ -4,6 +4,7 @@ run.py orchestrates them. Nothing here imports ``converter.rewriter``: what is c
 with what checks it (a lint rule in pyproject.toml holds that).
 """
 
+from converter.verifier.certificate import discover
 from converter.verifier.run import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, verify, verify_reference
 
-__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIMEOUT", "verify", "verify_reference"]
+__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIMEOUT", "discover", "verify", "verify_reference"]

@@ -23,6 +23,7 @@ from onnx import helper
 from converter.errors import InputError
 from converter.providers import dtype_name
 from converter.report import DimChoice
+from converter.verifier import dims
 
 # Spatial multiples of the total stride tried in turn: (H, W) = (a * stride, b * stride).
 _SPATIAL = ((3, 4), (5, 7), (2, 3), (7, 9))
@@ -68,12 +69,19 @@ def declared_inputs(model: onnx.ModelProto) -> list[Declared]:
     return found
 
 
+# Ops whose output rows are their first input's rows: attention's ``softmax(q k^T) v`` has the queries'
+# resolution, whatever a strided convolution did to the keys and values (a pyramid transformer's spatial reduction).
+_ROWS_OF_FIRST = frozenset({"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"})
+
+
 def total_stride(model: onnx.ModelProto) -> int:
-    """The largest product of spatial strides along any path from the inputs (1 without strided ops)."""
+    """The largest product of spatial strides along any path from the inputs (1 without strided ops); a matrix
+    product carries its first input's stride (its rows), not its second's."""
     stride: dict[str, int] = {vi.name: 1 for vi in model.graph.input}
     deepest = 1
     for node in model.graph.node:
-        s = max((stride.get(n, 1) for n in node.input if n), default=1)
+        reads = node.input[:1] if node.op_type in _ROWS_OF_FIRST else node.input
+        s = max((stride.get(n, 1) for n in reads if n), default=1)
         if node.op_type in _STRIDED:
             for a in node.attribute:
                 if a.name == "strides" and a.ints:
@@ -128,34 +136,85 @@ def candidates(
     if not seen_roles:
         yield {}, []
         return
-    stride = total_stride(model)
+    derived = {k: e for k, e in dims.relations(model, list(seen_roles)).items() if k not in fixed}
+    total = total_stride(model)
     fixed_dims = {d for inp in inputs for d in inp.dims if isinstance(d, int)} | set(fixed.values())
     tried: set[tuple[tuple[str, int], ...]] = set()
-    for a, b in _SPATIAL:
-        values: dict[str, int] = {}
-        why: list[DimChoice] = []
-        h, w = _distinct(a * stride, fixed_dims, stride), _distinct(b * stride, fixed_dims, stride)
-        if h == w:
-            w += stride
-        spatial_why = f"spatial: {a} and {b} times the model's total stride {stride}" if stride > 1 else "spatial: distinct, > 1"
-        used = set(fixed_dims) | {BATCH, h, w}
-        pool = iter(v for v in _OTHERS if v not in used)
-        for key, role in seen_roles.items():
-            if role == "batch":
-                values[key], reason = BATCH, "batch: 2, so that a swapped batch axis shows"
-            elif role == "height":
-                values[key], reason = h, spatial_why
-            elif role == "width":
-                values[key], reason = w, spatial_why
-            else:
-                values[key], reason = next(pool, 2), "distinct from every other dim"
-            why.append(DimChoice(key, values[key], reason))
-        sig = tuple(sorted(values.items()))
-        if sig not in tried:
-            tried.add(sig)
-            yield values, why
+    stated = (derived, "as the graph relates them")
+    # The total stride first; then, should the original refuse those, one of the other dims as the sum of two
+    # others (a relation the graph holds in values rather than in shapes: a mask over past + new tokens); other
+    # dims long enough for the stride too (a 1-D signal through strided convolutions); then smaller strides, in
+    # case the estimate is more than the model needs and its inputs would not fit.
+    plans: list[tuple[int, bool, tuple[dict[str, dims.Expr], str], tuple[tuple[int, int], ...]]] = [
+        (total, False, stated, _SPATIAL)
+    ]
+    plans += [
+        (total, False, (h, "tried as a sum, the original refusing unrelated values"), _SPATIAL[:1])
+        for h in _sums(seen_roles, derived)
+    ]
+    plans += [(total, True, stated, _SPATIAL)] if total > 1 else []
+    plans += [(s, False, stated, _SPATIAL) for s in _smaller(total)]
+    for stride, long_others, (related, related_why), spatial in plans:
+        for a, b in spatial:
+            values: dict[str, int] = {}
+            why: list[DimChoice] = []
+            h, w = _distinct(a * stride, fixed_dims, stride), _distinct(b * stride, fixed_dims, stride)
+            if h == w:
+                w += stride
+            spatial_why = (
+                f"spatial: {a} and {b} times the model's total stride {stride}"
+                if stride == total > 1
+                else f"spatial: {a} and {b} times {stride}, a smaller stride than the model's estimated {total}"
+                if stride > 1
+                else "spatial: distinct, > 1"
+            )
+            used = set(fixed_dims) | {BATCH, h, w}
+            pool = iter(v for v in _OTHERS if v not in used)
+            for key, role in seen_roles.items():
+                if role == "batch":
+                    values[key], reason = BATCH, "batch: 2, so that a swapped batch axis shows"
+                elif role == "height":
+                    values[key], reason = h, spatial_why
+                elif role == "width":
+                    values[key], reason = w, spatial_why
+                elif long_others:
+                    values[key] = next(pool, 2) * stride
+                    reason = f"distinct from every other dim, a multiple of the model's total stride {stride}"
+                else:
+                    values[key], reason = next(pool, 2), "distinct from every other dim"
+                why.append(DimChoice(key, values[key], reason))
+            for key, expr in related.items():  # what the graph relates to the others (a KV cache's total length)
+                value = dims.value_of(expr, {**fixed, **values})
+                if value is not None and value >= 1:
+                    values[key] = value
+                    why = [c for c in why if c.name != key] + [DimChoice(key, value, f"{dims.describe(expr)}, {related_why}")]
+            sig = tuple(sorted(values.items()))
+            if sig not in tried:
+                tried.add(sig)
+                yield values, why
     ones = {k: 1 for k in seen_roles}
     yield ones, [DimChoice(k, 1, "1: no larger value ran") for k in seen_roles]
+
+
+def _sums(roles: Mapping[str, str], derived: Mapping[str, object]) -> list[dict[str, dims.Expr]]:
+    """Each "other" symbol as the sum of two others (at most a few dozen such guesses)."""
+    others = [k for k, r in roles.items() if r == "other" and k not in derived]
+    guesses = []
+    for x in others:
+        rest = [k for k in others if k != x]
+        for i, y in enumerate(rest):
+            for z in rest[i + 1 :]:
+                guesses.append({x: (tuple(sorted(((y, 1), (z, 1)))), 0)})
+    return guesses[:24]
+
+
+def _smaller(stride: int) -> list[int]:
+    """Strides below ``stride`` to fall back on, largest first (halving, down to 1)."""
+    found = []
+    while stride > 1:
+        stride //= 2
+        found.append(max(stride, 1))
+    return found
 
 
 def _distinct(value: int, avoid: set[int], step: int) -> int:

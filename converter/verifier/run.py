@@ -46,7 +46,7 @@ from converter.options import DEFAULT_MAX_MEMORY, DEFAULT_TIMEOUT, DEFAULT_TRIAL
 from converter.providers import dtype_name, resolve_providers
 from converter.report import InputSpec, LayerCheck, OutputCheck, RewrittenLayer, VerifyReport
 from converter.verifier import inputs as feeding
-from converter.verifier.certificate import INTEGER_CONVS, Certificate, IntegerLayer, certify, find_graphs
+from converter.verifier.certificate import INTEGER_CONVS, Certificate, IntegerLayer, certify, discover, find_graphs
 from converter.verifier.numbers.layers import LayerNumbers, LayerTensors, check_integer_layer, check_layers
 from converter.verifier.numbers.outputs import compare, default_tolerances, degenerate, end_to_end_atol, failed
 from converter.verifier.sessions import Runner, VerificationTimeout
@@ -74,9 +74,10 @@ def verify(
         original: the model before the rewrite.
         rewritten: the rewritten model, or a ``RewriteResult`` (its report supplies ``layers``).
         options: providers, tolerances, seed, trials, memory and time limits, inputs (options.VerifyOptions).
-        layers: the rewritten layers to prove (the claims); without them only the structure and the
-            end-to-end outputs are compared, and a rewritten Conv the certificate cannot explain leaves the
-            verdict incomplete or failed.
+        layers: the rewritten layers to prove (the claims); None: found from the two graphs (a Conv whose
+            weight is an original dense layer's weight transposed, certificate/claims.py), each then proved and
+            checked as a given claim is; a Conv found to stand for no original layer stays unexplained (the
+            verdict is then incomplete or failed).
         on_step: called with a short sentence as each step starts.
         values: the data of both models' placeholder weights (graph/detached.py); both onnxruntime sessions
             use those arrays in place.
@@ -107,14 +108,23 @@ def verify(
     deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
     step = on_step or (lambda _msg: None)
     chosen = resolve_providers(providers)
-    claims = list(layers or [])
+    read = values.value if values is not None else numpy_helper.to_array
+    # Without claims, the rewritten layers are found from the two graphs (certificate/claims.py): each is then
+    # proved, and checked by numbers, as a rewrite's own claim is.
+    claims = list(layers) if layers is not None else discover(original, rewritten, read)
     report = VerifyReport(providers=list(chosen), seed=seed)
+    if layers is None and claims:
+        report.notes.append(
+            f"{len(claims)} rewritten layer{'s' * (len(claims) != 1)} found from the two graphs: each a Conv whose "
+            "weight is an original dense layer's, transposed"
+        )
     report.interface_problems = interface_differences(original, rewritten)
 
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     options = _Options(chosen, atol, rtol, seed, trials, budget, deadline, step, values)
     main = [c for c in claims if not c.graph]
-    pair = _Pair(original, rewritten, main)
+    numbered, sampling = _numbered(rewritten, main, seed)  # past SAMPLE_ABOVE layers: every class and a sample
+    pair = _Pair(original, rewritten, numbered, every=main)
     pool = None
     if inline_bytes(rewritten) < PARALLEL_BELOW:  # Constants too: each session holds its own copy of them
         # Both sessions are built in the background while the structure is checked here.
@@ -123,7 +133,7 @@ def verify(
         pair.early = pool.submit(_rewritten_runner, pair, options)
     try:
         step("checking the structure")
-        pair.cert = cert = certify(original, rewritten, claims, values.value if values is not None else numpy_helper.to_array)
+        pair.cert = cert = certify(original, rewritten, claims, read)
         report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
         checks = _layer_checks(claims, cert)
         step("running the original model")
@@ -163,9 +173,87 @@ def verify(
     report.notes.extend(outcome.notes)
     for conv, numbers in outcome.layers.items():
         _record(checks[conv], numbers, "model")
+    if sampling:
+        report.notes.append(_by_class(rewritten, main, numbered, checks, sampling))
     report.layers = list(checks.values())
     report.seconds = time.perf_counter() - started
     return report
+
+
+# Above this many rewritten layers (in the main graph), the numbers check every distinct class of layer and a
+# random sample, while the certificate still proves every layer: the per-layer arithmetic and the tensors
+# exposed for it would otherwise cost far more than the two sessions and their runs.
+SAMPLE_ABOVE = 1000
+SAMPLE_EXTRA = 32  # layers chosen at random (seeded), besides the first of each class
+
+
+def _layer_class(conv: onnx.NodeProto | None, inits: dict[str, TensorProto]) -> tuple:
+    """What numbers of one layer say of another: the same op, weight shape and dtype, attributes and bias."""
+    if conv is None:
+        return ("missing",)
+    w = inits.get(conv.input[1]) if len(conv.input) > 1 else None
+    weight = (tuple(w.dims), w.data_type) if w is not None else (conv.input[1] if len(conv.input) > 1 else "",)
+    attrs = tuple(sorted(a.SerializeToString(deterministic=True) for a in conv.attribute))
+    return (conv.op_type, weight, attrs, len(conv.input) > 2 and bool(conv.input[2]))
+
+
+def _numbered(rewritten: onnx.ModelProto, main: list[RewrittenLayer], seed: int) -> tuple[list[RewrittenLayer], str]:
+    """The main graph's layers the numbers check, and how they were chosen ("" when all of them are)."""
+    if len(main) <= SAMPLE_ABOVE:
+        return main, ""
+    convs = {n.name: n for n in rewritten.graph.node if n.name}
+    inits = {t.name: t for t in rewritten.graph.initializer}
+    classes: dict[tuple, list[int]] = defaultdict(list)
+    for i, c in enumerate(main):
+        classes[_layer_class(convs.get(c.conv), inits)].append(i)
+    chosen = {members[0] for members in classes.values()}  # the first of each: the likeliest to see live data
+    rest = [i for i in range(len(main)) if i not in chosen]
+    picked = np.random.default_rng([seed, len(main)]).choice(len(rest), size=min(SAMPLE_EXTRA, len(rest)), replace=False)
+    chosen.update(rest[int(j)] for j in picked)
+    how = (
+        f"the first layer of each of the {len(classes)} classes (op, weight shape and dtype, attributes, bias) and "
+        f"{min(SAMPLE_EXTRA, len(rest))} more chosen at random (seed {seed})"
+    )
+    return [main[i] for i in sorted(chosen)], how
+
+
+def _by_class(
+    rewritten: onnx.ModelProto,
+    main: list[RewrittenLayer],
+    numbered: list[RewrittenLayer],
+    checks: dict[str, LayerCheck],
+    how: str,
+) -> str:
+    """Layers left to their class: each layer the numbers did not check (or whose input never held usable data)
+    passes by its class when a layer of that class passed; the note says how the layers were chosen."""
+    convs = {n.name: n for n in rewritten.graph.node if n.name}
+    inits = {t.name: t for t in rewritten.graph.initializer}
+    key = {c.conv: _layer_class(convs.get(c.conv), inits) for c in main}
+    passed: dict[tuple, str] = {}
+    for c in numbered:
+        if checks[c.conv].numbers == "passed":
+            passed.setdefault(key[c.conv], c.conv)
+    ran = {c.conv for c in numbered}
+    covered = 0
+    for c in main:
+        check = checks[c.conv]
+        if check.numbers == "failed" or (c.conv in ran and check.numbers == "passed"):
+            continue
+        witness = passed.get(key[c.conv])
+        if witness is None:
+            if c.conv not in ran:
+                check.numbers_detail = "not checked by numbers (sampled), and no layer of its class passed them"
+            continue
+        own = "" if c.conv not in ran else f" (its own input never held usable data: {check.numbers_detail})"
+        check.numbers = "passed"
+        check.numbers_detail = f"by its class: not checked by numbers itself{own}; {witness!r} of the same class was"
+        covered += 1
+    checked = sum(1 for c in numbered if checks[c.conv].numbers == "passed" and checks[c.conv].trials)
+    return (
+        f"numbers checked on {len(numbered)} of {len(main)} rewritten layers (more than {SAMPLE_ABOVE:,}): {how}; "
+        f"{checked} of them passed on their own data, {covered} passed by their class; the certificate proved each "
+        "layer's structure on its own"
+    )
 
 
 def verify_reference(
@@ -268,8 +356,9 @@ class _Options:
 class _Pair:
     original: onnx.ModelProto
     rewritten: onnx.ModelProto
-    layers: list[RewrittenLayer]  # those in the main graph of these two models
+    layers: list[RewrittenLayer]  # those in the main graph of these two models that the numbers check
     cert: Certificate = field(default_factory=Certificate)  # knows each layer's original weight and bias
+    every: list[RewrittenLayer] = field(default_factory=list)  # all of the main graph's (sampling: more than ``layers``)
     # The models' sessions, when they are being built in the background meanwhile.
     early_original: Future[Runner] | None = None
     early: Future[Runner] | None = None
@@ -398,13 +487,20 @@ def _run_original(
     # Shapes: the first candidate the original accepts whose layers see distinct N, H, W.
     best: tuple[int, dict[str, int], list, dict[str, list[int]], dict[str, np.ndarray]] | None = None
     first_error = ""
+    too_big: InputError | None = None  # the first candidate over the memory budget (smaller ones are tried next)
     n_trials = 1 if not random_inputs else max(1, o.trials or DEFAULT_TRIALS)
     budget = o.budget - o.held
     for attempt, (symbols, why) in enumerate(feeding.candidates(pair.original, random_inputs, fixed)):
         if attempt >= _MAX_SHAPE_TRIES and best is not None:
             break
         shapes = feeding.shapes_for(declared, {**fixed, **symbols}, fixed_shapes)
-        _check_budget(pair.original, declared, shapes, budget, n_trials)
+        try:
+            _check_budget(pair.original, declared, shapes, budget, n_trials)
+        except InputError as e:
+            too_big = too_big or e
+            continue
+        if too_big is not None and best is None and symbols and all(v == 1 for v in symbols.values()):
+            raise too_big  # only 1 x 1 would fit: not worth a verdict that cannot see layout
         feeds = {**feeding.make_feeds(random_inputs, shapes, o.seed, 0), **given}
         try:
             result = original.run(feeds, o.deadline)
@@ -418,6 +514,8 @@ def _run_original(
             best = (strong, symbols, why, shapes, result)
         if strong == len(pair.layers):
             break
+    if best is None and too_big is not None and not first_error:
+        raise too_big
     if best is None:
         raise InputError(
             f"{first_error or 'onnxruntime cannot run the original model'} (tried the symbolic dims at several sizes; "
@@ -476,7 +574,7 @@ def _run_rewritten(pair: _Pair, o: _Options, originals: _Originals, out: _Outcom
     """
     o.step("running the rewritten model")
     convs = {n.name: n for n in pair.rewritten.graph.node if n.name}
-    depth = math.sqrt(sum(_channels(pair.original, c) for c in pair.layers)) / 32
+    depth = math.sqrt(sum(_channels(pair.original, c) for c in (pair.every or pair.layers))) / 32
     per_output: dict[str, list[OutputCheck]] = defaultdict(list)
     refs: dict[str, list[np.ndarray]] = defaultdict(list)
     inits = {t.name: t for t in pair.rewritten.graph.initializer}
@@ -620,6 +718,7 @@ class _Trial:
             ref = orig_out[vi.name]
             self.refs[vi.name].append(ref)
             noise = sum(out.layers[c.conv][-1].noise for c in pair.layers if out.layers.get(c.conv))
+            noise *= len(pair.every) / len(pair.layers) if pair.every and pair.layers else 1.0  # the sampled out too
             a_tol, r_tol = _tolerances(vi.type.tensor_type.elem_type, ref, o.atol, o.rtol, self.depth, noise)
             if got is None:
                 check = failed(vi.name, ref, a_tol, r_tol, failure or "the rewritten model did not run")

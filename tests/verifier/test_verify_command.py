@@ -1,30 +1,23 @@
-"""The real ``convert`` command, with a bug injected into its rewrite, never prints PASSED and never writes the model.
+"""The ``convert`` command, with a bug injected into its rewrite, never prints PASSED and never writes the model.
 
-The broken rewrite comes from tests/bugs.py, patched into the pipeline of a fresh interpreter that
-then runs the command's own main(): everything after the rewrite (verification, verdict, exit
-status, writing) is the command as users run it.
+The broken rewrite comes from tests/bugs.py, patched into the pipeline for one test (monkeypatch puts the
+real one back); the command's own main() then runs in this process (tests/conftest.py's ``run_command``):
+everything after the rewrite (verification, verdict, exit status, writing) is the command as users run it.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
+import converter.pipeline as pipeline
+import tests.bugs as bugs
 from models import graphs
 from tests.bugs import BUGS
-from tests.conftest import W_, C, H, dense_model
+from tests.conftest import W_, C, CliResult, H, dense_model, run_command
 from tests.verifier.test_verify import head_model
-
-# Exit 99 if the bug never went in (a stale patch point must not look like a caught bug).
-RUN = (
-    "import sys, tests.bugs as b; b.patch_rewrite(sys.argv.pop(1)); import converter.cli as c; "
-    "rc = c.main(); sys.exit(rc if b.INJECTED else 99)"
-)
-ROOT = Path(__file__).resolve().parents[2]
 
 MODELS = {
     "static": lambda: dense_model(x_shape=(2, H, W_, C)),
@@ -36,17 +29,14 @@ MODELS = {
 }
 
 
-def convert_with_bug(bug: str, model: onnx.ModelProto, folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def convert_with_bug(bug: str, model: onnx.ModelProto, folder: Path, monkeypatch: pytest.MonkeyPatch) -> CliResult:
     path = folder / "m.onnx"
     onnx.save(model, path)
-    return subprocess.run(
-        # Every layer rewritten: this checks verification, not the layout policy (which may decline a toy's layers).
-        [sys.executable, "-c", RUN, bug, str(path), "-o", str(folder / "out.onnx"), "--layout", "keep-all", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    monkeypatch.setattr(bugs, "INJECTED", [])
+    monkeypatch.setattr(pipeline, "rewrite_in_place", pipeline.rewrite_in_place)  # the real one, back after the test
+    bugs.patch_rewrite(bug)
+    # Every layer rewritten: this checks verification, not the layout policy (which may decline a toy's layers).
+    return run_command(path, "-o", folder / "out.onnx", "--layout", "keep-all", child=False)  # the patch is in this process
 
 
 CASES = [(m, b) for m in ("static", "symbolic") for b in BUGS] + [
@@ -55,32 +45,22 @@ CASES = [(m, b) for m in ("static", "symbolic") for b in BUGS] + [
 
 
 @pytest.mark.parametrize(("model_name", "bug"), CASES)
-def test_a_broken_rewrite_is_never_passed_nor_written(tmp_path: Path, model_name: str, bug: str) -> None:
+def test_a_broken_rewrite_is_never_passed_nor_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_name: str, bug: str
+) -> None:
     model = MODELS[model_name]()
-    r = convert_with_bug(bug, model, tmp_path)
+    r = convert_with_bug(bug, model, tmp_path, monkeypatch)
     if "does not apply" in r.stderr + r.stdout:
         pytest.skip(f"{bug} does not apply to {model_name}")
+    assert bugs.INJECTED == [bug]  # a stale patch point must not look like a caught bug
     assert "Traceback" not in r.stderr, r.stderr
-    assert r.returncode not in (0, 2, 99), r.stdout + r.stderr
+    assert r.returncode not in (0, 2), r.stdout + r.stderr
     assert "PASSED" not in r.stdout
     assert not (tmp_path / "out.onnx").exists()
 
 
 def test_the_same_command_without_a_bug_passes_and_writes(tmp_path: Path) -> None:
     onnx.save(MODELS["symbolic"](), tmp_path / "m.onnx")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, converter.cli as c; sys.exit(c.main())",
-            str(tmp_path / "m.onnx"),
-            "-o",
-            str(tmp_path / "o.onnx"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    r = run_command(tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--layout", "keep-all")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED" in r.stdout and (tmp_path / "o.onnx").exists()

@@ -28,7 +28,9 @@ from converter.rewriter.rules._quantized import QUANTIZED_TYPES
 _ON = {TensorProto.INT8: "int8", TensorProto.UINT8: "uint8"}
 # Where onnx's shape inference stops in a QOperator model: at onnxruntime's quantized elementwise ops
 # (com.microsoft), and so at every op after them. The shape is then carried, here, through ops whose
-# output is the broadcast of the given data inputs: (op, data input slots). Everything else stays unknown.
+# output is the broadcast of the given data inputs: (op, data input slots). Everything else stays unknown,
+# but MatMulNBits (its activation's shape, the last dim N: where a 4-bit LLM's shapes stop) and ReduceMean (a
+# norm's mean: the reduced axes 1).
 _CONTRIB_ELEMENTWISE = {"QLinearAdd": (0, 3), "QLinearMul": (0, 3), "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,)}
 _DEFAULT_ELEMENTWISE = {
     **{
@@ -45,6 +47,8 @@ _DEFAULT_ELEMENTWISE = {
             "Neg",
             "Abs",
             "Sqrt",
+            "Reciprocal",
+            "Softmax",
         )
     },
     **{op: (0, 1) for op in ("Add", "Sub", "Mul", "Div", "Pow")},
@@ -89,6 +93,14 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
             if x is not None and target is not None:
                 memo[n] = TensorType(x.elem_type, target)
             return memo[n]
+        if node is not None and node.domain in _CONTRIB and node.op_type == "MatMulNBits":
+            x, attrs = find(node.input[0]), {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if x is not None and x.shape and isinstance(attrs.get("N"), int):
+                memo[n] = TensorType(x.elem_type, (*x.shape[:-1], attrs["N"]))
+            return memo[n]
+        if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "ReduceMean":
+            memo[n] = _reduced(ctx, node, find(node.input[0]))
+            return memo[n]
         if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "QLinearMatMul" and len(node.input) == 8:
             x, w = find(node.input[0]), node.input[3]
             if x is not None and x.shape and ctx.scope.source(w).is_constant and len(ctx.scope.constant_tensor(w).dims) == 2:
@@ -104,7 +116,7 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
         if node is None or node.op_type not in table:
             return t
         shapes, first = [], None
-        for i, slot in enumerate(table[node.op_type]):
+        for slot in table[node.op_type]:
             if len(node.input) <= slot or not node.input[slot]:
                 return t
             if ctx.scope.source(node.input[slot]).is_constant:
@@ -113,7 +125,7 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
             inner = find(node.input[slot])
             if inner is None or inner.shape is None:
                 return t
-            first = inner if i == 0 else first
+            first = inner if first is None else first  # the first computed operand (RMSNorm: Mul(weight, x))
             shapes.append(tuple(inner.shape))
         rank = max(len(sh) for sh in shapes)
         dims: list[int | str | None] = []
@@ -128,6 +140,25 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
         return memo[n]
 
     return find(name)
+
+
+def _reduced(ctx: Context, node: NodeProto, x: TensorType | None) -> TensorType | None:
+    """A ReduceMean's output type: its input's, the reduced axes 1 (or gone without keepdims); None when unknown."""
+    if x is None or x.shape is None:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1] and ctx.scope.source(node.input[1]).is_constant:
+        axes = [int(v) for v in np.asarray(ctx.scope.value_of(ctx.scope.constant_tensor(node.input[1]))).reshape(-1)]
+    rank = len(x.shape)
+    if axes is None:
+        if attrs.get("noop_with_empty_axes", 0):
+            return None
+        return TensorType(x.elem_type, (1,) * rank if attrs.get("keepdims", 1) else ())
+    reduced = {a + rank if a < 0 else a for a in axes}
+    if attrs.get("keepdims", 1):
+        return TensorType(x.elem_type, tuple(1 if i in reduced else d for i, d in enumerate(x.shape)))
+    return TensorType(x.elem_type, tuple(d for i, d in enumerate(x.shape) if i not in reduced))
 
 
 def _target_dims(ctx: Context, name: str, depth: int = 0) -> tuple[int | None, ...] | None:

@@ -37,7 +37,7 @@ from converter.rewriter.rules._engine import Context, Decline
 
 _DEFAULT = ("", "ai.onnx")
 # Integer types whose numpy form is one element per value (packed 4-bit types are left alone).
-QUANTIZED_TYPES = {
+QUANTIZED_TYPES: dict[int, np.dtype] = {
     TensorProto.INT8: np.dtype(np.int8),
     TensorProto.UINT8: np.dtype(np.uint8),
     TensorProto.INT16: np.dtype(np.int16),
@@ -45,7 +45,9 @@ QUANTIZED_TYPES = {
 }
 # 4-bit integers (opset 21 on), held one value per byte (ml_dtypes) and packed two per byte in the file. A
 # DequantizeLinear weight may be of these types (the block-quantized LLM form); the integer kernels take none.
-FOUR_BIT_TYPES = {t: np.dtype(helper.tensor_dtype_to_np_dtype(t)) for t in (TensorProto.INT4, TensorProto.UINT4)}
+FOUR_BIT_TYPES: dict[int, np.dtype] = {
+    int(t): np.dtype(helper.tensor_dtype_to_np_dtype(t)) for t in (TensorProto.INT4, TensorProto.UINT4)
+}
 
 
 def attrs_of(node: NodeProto) -> dict[str, Any]:
@@ -190,6 +192,13 @@ class QuantizedWeight:
         if self.stored_kc:
             return np.ascontiguousarray(value.reshape(rows, cols, 1, 1))
         return transpose_2d(value.reshape(rows, cols)).reshape(cols, rows, 1, 1)
+
+
+def granularity(w: QuantizedWeight) -> str:
+    """How the weight is quantized, for a decision's notes: ``per_tensor``, ``per_channel`` or ``blocks_of_<B>``."""
+    if w.params.block_size:
+        return f"blocks_of_{w.params.block_size}"
+    return "per_tensor" if w.params.axis is None else "per_channel"
 
 
 def require_quantized_weight(

@@ -57,7 +57,8 @@ class MatMulIntegerTokensToConv(Rule):
         w, notes = check_integer_core(ctx, node, x_type, channels if isinstance(channels, int) else None)
         return IntegerTokensPlan([node], [node.output[0]], notes, weight=w, origin=node_label(node))
 
-    def rewrite(self, plan: IntegerTokensPlan, ctx: Context) -> Replacement:
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        assert isinstance(plan, IntegerTokensPlan)
         node, w = plan.removed[0], plan.weight
         assert w is not None
         base = node.name or node.output[0]

@@ -22,12 +22,12 @@ position. ``Q`` is ``q`` unpacked, the padding of the last block cut off; ``S`` 
 the Conv's (output channel first); ``Z`` is ``z`` unpacked. With zero points, ``Q`` and ``Z`` are uint4 (uint8 for
 8 bits): the same integers. Without (symmetric), ``Q`` is written signed, ``int4(q - 8)`` (``int8(q - 128)``), with
 no zero point: ``(q - 8) - 0 = q - 8`` for every element, exactly, and the form onnxruntime's own quantizer writes
-for symmetric weights in QDQ format. ``g_idx`` is accepted when it is ``k // bs`` (the default order); a bias
-input (or a constant ``[N]`` Add after it) becomes the Conv's bias.
+for symmetric weights in QDQ format. ``g_idx`` is accepted when it is ``k // bs`` (the default order) and there
+are no zero points; a bias input (or a constant ``[N]`` Add after it) becomes the Conv's bias.
 
 Why opt-in: onnxruntime runs MatMulNBits on CPU with packed 4-bit kernels, and ``DequantizeLinear -> Conv``
-dequantizes the whole weight on every run: measured 1.32 CPU, 1 thread, four 1024x1024 layers, 0.4 ms -> 51 ms
-at one token (``python -m benchmarks.llm --nbits`` prints the figures). The output is as large (the same packed
+dequantizes the whole weight on every run: measured 1.32 CPU, 1 thread, four 1024x1024 layers at one token,
+0.7 ms -> 22-28 ms (``python -m benchmarks.llm --nbits`` prints the figures). The output is as large (the same packed
 integers and scales). NPU compilers that lower block-quantized Convs want the converted form; CPU users want
 the original.
 
@@ -36,6 +36,7 @@ Declines (stable codes): ``nbits_opt_in`` (without ``matmul_nbits``), ``weight_n
 ``quantized_dtype_unsupported`` (bits other than 4 and 8: DequantizeLinear has no 2-bit type in the opsets
 onnxruntime 1.32 runs), ``zero_point_not_integer`` (float zero points, HQQ's: not a DequantizeLinear zero point),
 ``group_index_reordered`` (a g_idx that is not ``k // bs``: no blocked DequantizeLinear states it),
+``group_index_unsupported`` (g_idx with zero points: onnxruntime 1.32 reads the zero points otherwise then),
 ``weight_dtype_mismatch`` (scales of another type than A), ``shape_mismatch``, ``weight_rank`` (B, scales or zero
 points of other sizes than the attributes give), ``opset_too_old`` (blocked DequantizeLinear needs opset 21),
 ``runtime_kernel_missing``, plus ``rank_*``, ``constant_input`` and ``dtype_unsupported``.
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import NodeProto, TensorProto, helper
 
+from converter.graph import TensorType
 from converter.providers import dtype_name
 from converter.rewriter.rules._checks import (
     Bias,
@@ -59,6 +61,7 @@ from converter.rewriter.rules._checks import (
 )
 from converter.rewriter.rules._conv import conv_bias, conv_nodes
 from converter.rewriter.rules._engine import Context, Decline, Plan, Replacement, Rule, node_label
+from converter.rewriter.rules._integer import integer_type
 from converter.rewriter.rules._quantized import FOUR_BIT_TYPES, attrs_of, dequantize_conv_runs, integer_initializer
 from converter.rewriter.rules._tokens import conv_of, token_conv_nodes
 
@@ -148,13 +151,13 @@ class MatMulNBitsToConv(Rule):
                 "onnxruntime's CPU runs it much faster as it is",
             )
         x = node.input[0]
-        t = ctx.scope.type_of(x)
-        rank = 3 if t is not None and t.shape is not None and t.rank == 3 and ctx.options.tokens else 4
-        xt = require_rank(ctx, x, rank)
+        xt = _activation(ctx, x)
+        shape = xt.shape or ()
+        rank = len(shape)
         require_varying(ctx, x)
         w = _require_weight(ctx, node, xt.elem_type)
-        if isinstance(xt.shape[-1], int) and xt.shape[-1] != w.k:
-            raise Decline("shape_mismatch", f"{x!r} has {xt.shape[-1]} channels but the MatMulNBits has K={w.k}")
+        if isinstance(shape[-1], int) and shape[-1] != w.k:
+            raise Decline("shape_mismatch", f"{x!r} has {shape[-1]} channels but the MatMulNBits has K={w.k}")
         require_conv_dtype(ctx, xt.elem_type)
         if ctx.opset < _BLOCKED_OPSET:
             raise Decline(
@@ -197,7 +200,8 @@ class MatMulNBitsToConv(Rule):
             notes["bias_reason"] = bias_reason
         return NBitsPlan(removed, [out], notes, x=x, rank=rank, weight=w, bias_input=bias_input, bias=bias, origin=node_label(node))
 
-    def rewrite(self, plan: NBitsPlan, ctx: Context) -> Replacement:
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        assert isinstance(plan, NBitsPlan)
         w, node = plan.weight, plan.removed[0]
         assert w is not None
         base = node.name or node.output[0]
@@ -233,6 +237,20 @@ class MatMulNBitsToConv(Rule):
             nodes = [dq, *token_conv_nodes(ctx, rule, origin, base, plan.x, weight, bias, out)]
             conv = conv_of(nodes)
         return Replacement(nodes, released=released, vanished=vanished, layer=(plan.x, out, conv.name))
+
+
+def _activation(ctx: Context, x: str) -> TensorType:
+    """A's type: rank 4, or rank 3 with ``tokens``. Shape inference stops at every MatMulNBits (an op of onnxruntime's
+    domain), so where it knows nothing the type is carried through them (``integer_type``)."""
+    declared = ctx.scope.type_of(x)
+    if declared is None or declared.shape is None:
+        carried = integer_type(ctx, x)
+        if carried is not None and carried.shape is not None:
+            if len(carried.shape) == 4 or (len(carried.shape) == 3 and ctx.options.tokens):
+                return carried
+            raise Decline("rank_not_4", f"{x!r} has rank {len(carried.shape)}, not 4")
+    rank = 3 if declared is not None and declared.shape is not None and declared.rank == 3 and ctx.options.tokens else 4
+    return require_rank(ctx, x, rank)
 
 
 def _require_weight(ctx: Context, node: NodeProto, elem_type: int) -> NBitsWeight:
@@ -275,6 +293,12 @@ def _require_weight(ctx: Context, node: NodeProto, elem_type: int) -> NBitsWeigh
         if int(np.prod(zero_points.dims)) != n * row:
             raise Decline("weight_rank", f"the zero points of shape {list(zero_points.dims)} are not uint8 [{n}, {row}]")
     if len(node.input) > 4 and node.input[4]:
+        if zero_points is not None:
+            raise Decline(
+                "group_index_unsupported",
+                f"g_idx {node.input[4]!r} with zero points: onnxruntime 1.32 then reads the zero points otherwise than "
+                "without g_idx (measured), in a way no DequantizeLinear states",
+            )
         g_idx = require_constant_tensor(ctx, node.input[4], "group_index")
         order = np.asarray(ctx.scope.value_of(g_idx)).reshape(-1)
         if order.shape != (k,) or not np.array_equal(order.astype(np.int64), np.arange(k) // block):

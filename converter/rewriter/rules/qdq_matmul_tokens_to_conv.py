@@ -46,6 +46,7 @@ from converter.rewriter.rules._quantized import (
     ActivationQDQ,
     QuantizedWeight,
     activation_qdq,
+    granularity,
     produced_by,
     qdq_bias_node,
     qdq_pair_nodes,
@@ -67,13 +68,6 @@ class QdqTokensPlan(Plan):
     origin: str = ""
 
 
-def granularity(w: QuantizedWeight) -> str:
-    """How the weight is quantized, for the decision's notes: per_tensor, per_channel or blocks_of_<B>."""
-    if w.params.block_size:
-        return f"blocks_of_{w.params.block_size}"
-    return "per_tensor" if w.params.axis is None else "per_channel"
-
-
 class QdqMatMulTokensToConv(Rule):
     name = "qdq_matmul_tokens_to_conv"
     op_type = "MatMul"
@@ -88,12 +82,14 @@ class QdqMatMulTokensToConv(Rule):
         if t is None or t.shape is None or (t.rank != 3 and not t.conflict):
             raise Decline(Decline.NO_PATTERN, f"{x!r} is not a rank-3 token sequence")  # the rank-4 rule says why
         xt = require_rank(ctx, x, 3)
+        shape = xt.shape
+        assert shape is not None  # require_rank says so
         require_varying(ctx, x)
         w, weight_dq = require_qdq_weight(ctx, node, xt.elem_type)
-        if isinstance(xt.shape[2], int) and xt.shape[2] != w.c:
-            raise Decline("shape_mismatch", f"{x!r} has {xt.shape[2]} channels but the weight expects {w.c}")
+        if isinstance(shape[2], int) and shape[2] != w.c:
+            raise Decline("shape_mismatch", f"{x!r} has {shape[2]} channels but the weight expects {w.c}")
         require_conv_dtype(ctx, xt.elem_type)
-        act = activation_qdq(ctx, x, list(xt.shape), node)
+        act = activation_qdq(ctx, x, list(shape), node)
         y = node.output[0]
         removed = [node, weight_dq]
         bias, bias_dq, bias_reason = None, None, None
@@ -122,7 +118,8 @@ class QdqMatMulTokensToConv(Rule):
             removed, [out], notes, x=x, weight=w, weight_dq=weight_dq, act=act, bias=bias, bias_dq=bias_dq, origin=node_label(node)
         )
 
-    def rewrite(self, plan: QdqTokensPlan, ctx: Context) -> Replacement:
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        assert isinstance(plan, QdqTokensPlan)
         w, wdq, matmul = plan.weight, plan.weight_dq, plan.removed[0]
         assert w is not None and wdq is not None
         base = matmul.name or matmul.output[0]

@@ -73,7 +73,8 @@ class QLinearMatMulTokensToConv(Rule):
         w, notes = check_qlinear_core(ctx, node, x_type, channels if isinstance(channels, int) else None)
         return QLinearTokensPlan([node], [node.output[0]], notes, weight=w, origin=node_label(node))
 
-    def rewrite(self, plan: QLinearTokensPlan, ctx: Context) -> Replacement:
+    def rewrite(self, plan: Plan, ctx: Context) -> Replacement:
+        assert isinstance(plan, QLinearTokensPlan)
         node, w = plan.removed[0], plan.weight
         assert w is not None
         base = node.name or node.output[0]

@@ -17,9 +17,12 @@ The parts, each depending only on those above it:
   ask of the walk);
 - ``ops`` (``PROOF_RULES``: one proof rule per op, a module per family) and ``layers`` (``LAYER_PROVERS``: the
   proof of a claimed layer's Conv, by op);
-- ``walk`` (the walk that dispatches to both tables, and :func:`certify`).
+- ``walk`` (the walk that dispatches to both tables, and :func:`certify`);
+- ``model`` (what a model computes with beside its nodes: opsets, functions, overridable defaults) and
+  ``claims`` (which Convs stand for which original layers, read from the two graphs when nobody says).
 """
 
+from converter.verifier.certificate.claims import discover
 from converter.verifier.certificate.layers import INTEGER_CONVS, LAYER_PROVERS
 from converter.verifier.certificate.ops import PROOF_RULES, ProofRule, rule_for
 from converter.verifier.certificate.proofs import Certificate, IntegerLayer, LayerProof
@@ -34,6 +37,7 @@ __all__ = [
     "LayerProof",
     "ProofRule",
     "certify",
+    "discover",
     "find_graphs",
     "rule_for",
 ]

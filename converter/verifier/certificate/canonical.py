@@ -7,8 +7,8 @@ that stands for it get the same fact:
 - ``Unsqueeze(x, axes)`` is ``x`` with unit axes added (``layouts.unsqueezed``); ``Squeeze(x, axes)`` of only
   such added axes is ``x`` without them (``layouts.squeezed``); axes an attribute or a constant input;
 - ``Reshape(x, [0, 0, c])`` (``allowzero`` 0, ``c`` > 0) is ``x`` with every axis after the first two merged
-  into one: a root of its own (``facts.merged``). Onnxruntime refuses the Reshape unless ``c`` is the
-  product of the merged dims.
+  into one: a root of its own (``facts.merged``); of a rank-3 ``x``, ``x`` itself. Onnxruntime refuses the
+  Reshape unless ``c`` is the product of the merged dims.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ from converter.verifier.certificate.layouts import squeezed, unsqueezed
 from converter.verifier.certificate.nodes import Attributes
 
 
-def merge_fact(node: NodeProto, x: Fact, target: Fact) -> SameAs | None:
-    """``Reshape(x, [0, 0, c])`` of a known tensor ``x``: ``x`` with its trailing axes merged, else None."""
+def merge_fact(node: NodeProto, x: Fact, target: Fact, rank: Callable[[str], int | None]) -> SameAs | None:
+    """``Reshape(x, [0, 0, c])`` of a known tensor ``x``: ``x`` with its trailing axes merged (``x`` itself when
+    it has rank 3: nothing to merge), else None. ``rank``: an original root's rank (None: not known)."""
     if not isinstance(x, SameAs) or not x.root or not isinstance(target, Const) or Attributes(node).get_int("allowzero", 0):
         return None
     t = np.asarray(target.get())
     if t.dtype.kind not in "iu" or t.shape != (3,) or t[0] != 0 or t[1] != 0 or t[2] <= 0:
         return None
+    if (len(x.layout) if x.layout is not None else rank(x.root)) == 3:
+        return x  # onnxruntime refuses the Reshape unless c is x's last dim: x, unchanged
     return SameAs(merged(x))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, NodeProto, TensorProto, numpy_helper
 
+from converter.verifier.certificate import blocks
 from converter.verifier.certificate.facts import Const, Fact, SameAs
 from converter.verifier.certificate.layouts import Layout, norm_axis
 from converter.verifier.certificate.nodes import Attributes
@@ -98,15 +99,18 @@ def dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
     """DequantizeLinear of integer constants: ``float(int64(q) - int64(zero_point)) * scale`` in the scale's
     dtype, the scale and zero point scalar or 1-D along ``axis`` (default 1). Written out here because onnx's
     reference evaluator has no DequantizeLinear before opset 19 (the op is the same from opset 13 on for
-    these types); None for what it does not cover (blocks, an output_dtype other than the scale's, float8 or
-    packed 4-bit data). A one-element 1-D scale is one value for the whole tensor, as onnxruntime reads it."""
+    these types); None for what it does not cover (an output_dtype other than the scale's, float8 data). Blocks
+    and 4-bit data are read by :mod:`.blocks`. A one-element 1-D scale is one value for the whole tensor, as
+    onnxruntime reads it."""
     if len(ins) < 2 or not isinstance(ins[0], Const) or not isinstance(ins[1], Const):
         return None
     try:
         attrs = Attributes(node)
         if attrs.get_int("block_size", 0):
-            return None
+            return blocks.dequantize(node, ins)  # in blocks (certificate/blocks.py)
         q = np.asarray(ins[0].get())
+        if q.dtype in blocks.FOUR_BIT:
+            return blocks.dequantize(node, ins, q)  # 4-bit data (certificate/blocks.py)
         scale = np.asarray(ins[1].get())
         zero = np.asarray(ins[2].get()) if len(ins) > 2 and isinstance(ins[2], Const) else np.zeros_like(scale, dtype=np.int64)
         if q.dtype.kind not in "iu" or q.dtype.itemsize > 4 or scale.dtype.kind != "f" or zero.dtype.kind not in "iu":
@@ -132,7 +136,7 @@ def dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
 
 
 def constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
-    """A Constant node's value as a fact (string or sparse constants: a computed tensor of their own)."""
+    """A Constant node's value as a fact (a sparse one densified; string constants: a computed tensor of their own)."""
     for a in node.attribute:
         if a.name == "value" and a.type == AttributeProto.TENSOR:
             return Const(key, partial(numpy_helper.to_array, a.t))
@@ -142,4 +146,18 @@ def constant_node_fact(node: NodeProto, key: tuple[int, str]) -> Fact:
         if a.name in ("value_floats", "value_ints"):
             vs = list(a.floats) if a.name == "value_floats" else list(a.ints)
             return Const(key, partial(np.array, vs, np.float32 if a.name == "value_floats" else np.int64))
-    return SameAs(node.output[0])  # string or sparse constants: compared like any computed tensor
+        if a.name == "sparse_value" and a.type == AttributeProto.SPARSE_TENSOR:
+            return Const(key, partial(dense, a.sparse_tensor))
+    return SameAs(node.output[0])  # string constants: compared like any computed tensor
+
+
+def dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    """A sparse tensor's value as a dense array: zeros but at its indices (linear ``[NNZ]`` or ``[NNZ, rank]``)."""
+    values = numpy_helper.to_array(sparse.values)
+    shape = tuple(int(d) for d in sparse.dims)
+    out = np.zeros(int(np.prod(shape)), dtype=values.dtype)
+    indices = numpy_helper.to_array(sparse.indices) if sparse.HasField("indices") else np.arange(values.size)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), shape) if indices.size else np.zeros(0, np.int64)
+    out[np.asarray(indices, dtype=np.int64).reshape(-1)] = values.reshape(-1)
+    return out.reshape(shape)

@@ -11,6 +11,7 @@ A step is ``("layout", perm with None entries)`` | ``("transpose", perm)`` | ``(
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -67,14 +68,25 @@ def _sizes(dims: Sequence[int | str], first: int) -> list[int] | None:
     out = []
     for d in dims:
         if isinstance(d, str):
-            if d not in symbols:
-                if first + len(symbols) >= len(_PRIMES):
-                    return None
-                symbols[d] = _PRIMES[first + len(symbols)]
-            out.append(symbols[d])
+            # A product of whole numbers and names (torch.export's "24*s0") is that product of their sizes: the
+            # names it shares with other dims take the same prime.
+            factors = [f.strip() for f in d.split("*")]
+            if len(factors) < 2 or not all(f.isdigit() or f.isidentifier() for f in factors):
+                factors = [d]
+            size = 1
+            for f in factors:
+                if f.isdigit():
+                    size *= int(f)
+                    continue
+                if f not in symbols:
+                    if first + len(symbols) >= len(_PRIMES):
+                        return None
+                    symbols[f] = _PRIMES[first + len(symbols)]
+                size *= symbols[f]
+            out.append(size)
         else:
             out.append(int(d))
-    return out if int(np.prod(out)) <= _CHECK_ELEMENTS else None
+    return out if math.prod(out) <= _CHECK_ELEMENTS else None
 
 
 def elements(dims: Sequence[int | str], steps: Sequence[Step], first: int = 0) -> np.ndarray | None:
@@ -84,7 +96,7 @@ def elements(dims: Sequence[int | str], steps: Sequence[Step], first: int = 0) -
     if sizes is None:
         return None
     try:
-        return _apply_steps(np.arange(int(np.prod(sizes)), dtype=np.int32).reshape(sizes), steps)
+        return _apply_steps(np.arange(math.prod(sizes), dtype=np.int32).reshape(sizes), steps)
     except (ValueError, TypeError, IndexError):
         return None
 

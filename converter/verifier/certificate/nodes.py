@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto
 
@@ -14,14 +16,49 @@ def is_default(node: NodeProto) -> bool:
     return node.domain in DEFAULT_DOMAINS
 
 
+@functools.cache
+def _defaults(domain: str, op: str, opset: int) -> dict[str, bytes]:
+    """The attributes of ``op`` that have a default in the schema at ``opset``: name -> the default, serialized."""
+    try:
+        schema = onnx.defs.get_schema(op, opset, domain)
+    except onnx.defs.SchemaError:
+        return {}
+    found = {}
+    for name, attr in schema.attributes.items():
+        default = attr.default_value
+        if default.type != AttributeProto.UNDEFINED:
+            written = AttributeProto()
+            written.CopyFrom(default)
+            written.name = name
+            found[name] = _canonical(written)
+    return found
+
+
+def _canonical(a: AttributeProto) -> bytes:
+    """An attribute serialized so that the same value compares equal however it was written (its type tag and
+    value only: a doc string or ref name aside)."""
+    value = onnx.helper.make_attribute(a.name, onnx.helper.get_attribute_value(a), attr_type=a.type)
+    return value.SerializeToString(deterministic=True)
+
+
+def written(node: NodeProto, opset: int | None = None) -> list[AttributeProto]:
+    """``node``'s attributes, less those written out at the value the op's schema gives when they are absent
+    (``opset``: the default domain's version; None: every attribute, as written)."""
+    if opset is None or node.domain not in DEFAULT_DOMAINS:
+        return list(node.attribute)
+    defaults = _defaults("", node.op_type, opset)
+    return [a for a in node.attribute if a.name not in defaults or _canonical(a) != defaults[a.name]]
+
+
 class Attributes:
     """A node's attributes by name, each read as the type the caller needs (``get_int("axis", 1)``).
 
     A value of another type than asked for raises TypeError (a malformed node: what reads it declines).
+    ``opset`` given: an attribute written out at its schema default counts as absent (:func:`written`).
     """
 
-    def __init__(self, node: NodeProto) -> None:
-        self._values: dict[str, object] = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    def __init__(self, node: NodeProto, opset: int | None = None) -> None:
+        self._values: dict[str, object] = {a.name: onnx.helper.get_attribute_value(a) for a in written(node, opset)}
 
     def __contains__(self, name: str) -> bool:
         return name in self._values
@@ -56,11 +93,12 @@ class Attributes:
         return mine == {k: v for k, v in other._values.items() if k not in names}
 
 
-def plain_attributes(node: NodeProto) -> list[tuple[str, bytes]]:
-    """The node's attributes other than subgraphs, serialized: two nodes' compare equal when their attributes do."""
+def plain_attributes(node: NodeProto, opset: int | None = None) -> list[tuple[str, bytes]]:
+    """The node's attributes other than subgraphs, serialized: two nodes' compare equal when their attributes do.
+    ``opset`` given: one written out at its schema default is left out, as if absent (:func:`written`)."""
     return sorted(
-        (a.name, a.SerializeToString(deterministic=True))
-        for a in node.attribute
+        (a.name, _canonical(a) if opset is not None else a.SerializeToString(deterministic=True))
+        for a in written(node, opset)
         if a.type not in (AttributeProto.GRAPH, AttributeProto.GRAPHS)
     )
 
@@ -94,16 +132,20 @@ def transpose_layout(node: NodeProto) -> Layout | bool:
 
 
 def plain_conv(conv: NodeProto) -> str | None:
-    """Why ``conv`` is not a plain 1x1 convolution (stride 1, no padding or dilation, one group), or None."""
+    """Why ``conv`` is not a plain 1x1 convolution (stride 1, no padding, one group), or None.
+
+    On a 1x1 kernel (the provers compare the weight as ``[K, C, 1, 1]``) a dilation spans one element whatever
+    it is, and ``auto_pad`` SAME_UPPER / SAME_LOWER pads nothing at stride 1 (``(k - 1) * d + 1 - s = 0``): both
+    are the same convolution, written another way."""
     for a in conv.attribute:
         v = onnx.helper.get_attribute_value(a)
         ok = {
             "kernel_shape": lambda v: list(v) == [1, 1],
             "strides": lambda v: all(s == 1 for s in v),
-            "dilations": lambda v: all(d == 1 for d in v),
+            "dilations": lambda v: all(d >= 1 for d in v),
             "pads": lambda v: all(p == 0 for p in v),
             "group": lambda v: v == 1,
-            "auto_pad": lambda v: v in (b"NOTSET", b"VALID", "NOTSET", "VALID"),
+            "auto_pad": lambda v: (v.decode() if isinstance(v, bytes) else v) in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"),
         }.get(a.name)
         if ok is None or not ok(v):
             return f"the Conv has {a.name}={v!r}; a dense layer is a plain 1x1 convolution"

@@ -20,10 +20,10 @@ from functools import partial
 
 import numpy as np
 import onnx
-from onnx import GraphProto, NodeProto, TensorProto
+from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
 from converter.verifier.certificate.canonical import merge_fact, unit_axes
-from converter.verifier.certificate.constants import CONSTANT_OPS, constant_node_fact, evaluated, run_on_constants
+from converter.verifier.certificate.constants import CONSTANT_OPS, constant_node_fact, dense, evaluated, run_on_constants
 from converter.verifier.certificate.elements import (
     MAX_STEPS,
     REARRANGE,
@@ -34,11 +34,21 @@ from converter.verifier.certificate.elements import (
     same_elements,
     symbolic,
 )
+from converter.verifier.certificate.expressions import (
+    EXPRESSION_OPS,
+    SMALL,
+    evaluate,
+    full,
+    known_values,
+    picked,
+    shape_vector,
+    size_value,
+    small_constant,
+)
 from converter.verifier.certificate.facts import EMPTY, MERGED, Const, Fact, SameAs, Unknown
 from converter.verifier.certificate.layouts import compose, lifted, plain
 from converter.verifier.certificate.nodes import graphs_of, is_default, transpose_layout
-
-_SMALL = 1024  # elements: constants kept for shape inference (shapes, axes); larger ones become typed inputs
+from converter.verifier.certificate.products import products
 
 
 class Original:
@@ -56,11 +66,12 @@ class Original:
         self.parent = parent
         self.model = model  # the main graph's model: where ranks are inferred from
         self._shapes: dict[str, Shape | None] | None = None
+        self._values: dict[str, np.ndarray] = {}  # small expressions shape inference already evaluated (main graph)
         self.value_of = value_of
         self.opsets: list[onnx.OperatorSetIdProto] = list(opsets) if parent is None else parent.opsets
         self.inputs = {i.name for i in graph.input}
         self.initializers = {t.name: t for t in graph.initializer if t.name not in self.inputs}
-        self.sparse = {s.values.name for s in graph.sparse_initializer}
+        self.sparse = {s.values.name: s for s in graph.sparse_initializer}
         self.producers: dict[str, NodeProto] = {}
         for node in graph.node:
             for out in node.output:
@@ -99,14 +110,20 @@ class Original:
     def _compute(self, name: str) -> Fact:
         if name in self.initializers:
             return Const((id(self), name), partial(self.value_of, self.initializers[name]))
+        if name in self.sparse:  # a value like any other constant, densified when read
+            return Const((id(self), name), partial(dense, self.sparse[name]))
         node = self.producers.get(name)
         if node is None:
-            return SameAs(name)  # a graph input or a sparse initializer
+            return SameAs(name)  # a graph input
         default = is_default(node)
         if default and node.op_type == "Constant":
             return constant_node_fact(node, (id(self), name))
         if default and node.op_type == "Identity":
             return self.canon(node.input[0])
+        if default:
+            computed = self._expression(node, name)
+            if computed is not None:
+                return computed
         if default and node.op_type in CONSTANT_OPS and len(node.output) == 1:
             ins = [self.canon(n) for n in node.input]
             if ins and all(isinstance(f, Const) or f is EMPTY for f in ins) and isinstance(ins[0], Const):
@@ -127,13 +144,57 @@ class Original:
             if unit is not None:
                 return unit
         if default and node.op_type == "Reshape" and len(node.input) == 2:
-            merged = merge_fact(node, self.canon(node.input[0]), self.canon(node.input[1]))
+            merged = merge_fact(node, self.canon(node.input[0]), self.canon(node.input[1]), self.rank)
             if merged is not None:  # the same fact the walk gives the same node (ops.layout_ops.merge)
                 return merged
             moved = self._transposed_ancestor(node)
             if moved is not None:
                 return moved
         return SameAs(name)
+
+    def _expression(self, node: NodeProto, name: str) -> Const | None:
+        """The value of a small constant expression (:mod:`.expressions`): the shape of a tensor whose dims are
+        known, the entries of a shape vector that are, or an expression op on small constants alone."""
+        op = node.op_type
+        value = None
+        if self.parent is None and self.shape(name) is not None and name in self._values:
+            value = self._values[name]  # evaluated already, while inferring shapes
+        elif op in ("Shape", "Size") and node.input:
+            dims = self.shape(node.input[0])
+            value = full(shape_vector(node, dims)) if op == "Shape" else size_value(dims)
+        elif op in EXPRESSION_OPS:
+            vector = self._shape_vector(node.input[0]) if op in ("Gather", "Slice") and node.input else None
+            ins = [self.canon(n) for n in node.input]
+            if vector is not None:
+                value = picked(node, vector, [np.asarray(f.get()) if isinstance(f, Const) else None for f in ins[1:]])
+            elif ins and all(isinstance(f, Const) or f is EMPTY for f in ins) and isinstance(ins[0], Const):
+                if all(self._small(n) for n in node.input if n):  # (a weight is read no further)
+                    arrays = [np.asarray(f.get()) if isinstance(f, Const) else None for f in ins]
+                    results = evaluate(node, arrays, self.opsets)
+                    value = results[[o for o in node.output if o].index(name)] if results is not None else None
+        if value is None:
+            return None
+        return Const((id(self), name), partial(np.array, value))
+
+    def _small(self, name: str) -> bool:
+        """Whether the original tensor ``name`` has at most ``SMALL`` elements, as far as its dims say (unknown: True)."""
+        scope = self.owner(name)
+        t = scope.initializers.get(name) if scope is not None else None
+        if t is not None:
+            return int(np.prod(t.dims)) <= SMALL
+        shape = self.shape(name)
+        return (
+            shape is None
+            or not all(isinstance(d, int) for d in shape)
+            or int(np.prod([int(d) for d in shape if isinstance(d, int)])) <= SMALL
+        )
+
+    def _shape_vector(self, name: str) -> tuple[int | None, ...] | None:
+        """The entries of ``Shape(x)`` when ``name`` is one (None where a dim is not known), else None."""
+        node = self.producers.get(name)
+        if node is None or not is_default(node) or node.op_type != "Shape" or not node.input:
+            return None
+        return shape_vector(node, self.shape(node.input[0]))
 
     def _transposed_ancestor(self, node: NodeProto) -> SameAs | None:
         """A Reshape that ends a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a Transpose among them)
@@ -181,7 +242,7 @@ class Original:
         while top.parent is not None:
             top = top.parent
         if top._shapes is None:
-            top._shapes = _inferred_shapes(top.model) if top.model is not None else {}
+            top._shapes, top._values = _inferred_shapes(top.model) if top.model is not None else ({}, {})
         return top._shapes.get(name)
 
     def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
@@ -201,10 +262,18 @@ class Original:
         return any(name in n.input for n in self.graph.node) or name in {o.name for o in self.graph.output}
 
 
-def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
+_ROUNDS = 12  # shape inference runs again at most this often, each time with the expressions it unlocked
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, np.ndarray]]:
     """Each tensor's shape as onnx's shape inference (with data propagation, so that a Reshape target an
     exporter computes from ``Shape`` is followed) finds it, on a copy without the large weights' data.
-    A dim it cannot tell is None; a tensor it finds no shape for, or two graphs give two ranks, is None."""
+    A dim it cannot tell is None; a tensor it finds no shape for, or two graphs give two ranks, is None.
+
+    Where a tensor's dims stay unknown, the small constant expressions that the dims found so far let the
+    certificate evaluate (:func:`expressions.known_values`: a TorchScript Reshape target computed with
+    ``Shape -> Gather -> Div -> Concat``) are written into the copy as constants and inference runs again,
+    for as long as that tells more dims (at most ``_ROUNDS`` times). The values so found come back too."""
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -215,10 +284,55 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
     g.sparse_initializer.extend(model.graph.sparse_initializer)
     declared = {i.name for i in g.input}
     for t in model.graph.initializer:
-        if t.data_location != TensorProto.EXTERNAL and int(np.prod(t.dims)) <= _SMALL and (t.raw_data or t.dims):
+        if small_constant(t) and (t.raw_data or t.dims):
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    shapes = _infer(light)
+    values: dict[str, np.ndarray] = {}
+    if shapes is None:
+        return {}, values
+    for _ in range(_ROUNDS):
+        missing = _unknown_dims(g, shapes)
+        if not missing:
+            break
+        constants = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name not in declared}
+        found = known_values(g.node, constants, shapes.get, model.opset_import)
+        if not found:
+            break
+        again = onnx.ModelProto()
+        again.CopyFrom(light)
+        gone = [n for n in again.graph.node if n.output and all(not o or o in found for o in n.output)]
+        if not gone:
+            break
+        for n in gone:
+            again.graph.node.remove(n)
+        again.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in found.items())
+        better = _infer(again)
+        if better is None or _unknown_dims(again.graph, better) >= missing:
+            break
+        light, g, shapes = again, again.graph, {**shapes, **better}
+        values.update(found)
+    # Dims that are a symbol times a number (a dynamic batch through a window partition), from two more runs with
+    # the symbols set to primes (products.py).
+    shapes.update(products(light, shapes, _infer))
+    return shapes, values
+
+
+def _unknown_dims(graph: GraphProto, shapes: dict[str, Shape | None]) -> int:
+    """How many dims of the main graph's node outputs shape inference did not tell (a symbol of the model, such as
+    a dynamic batch ``N``, is told; one inference made up, ``unk__3``, is not; an unknown rank counts as 8 dims)."""
+    count = 0
+    for node in graph.node:
+        for out in node.output:
+            if out:
+                shape = shapes.get(out)
+                count += 8 if shape is None else sum(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in shape)
+    return count
+
+
+def _infer(light: onnx.ModelProto) -> dict[str, Shape | None] | None:
+    """One run of onnx's shape inference on ``light``: every tensor's shape, or None when it fails."""
     inferred = None
     for data_prop in (True, False):  # data propagation fails on some graphs that plain inference takes
         try:
@@ -227,7 +341,7 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
         except Exception:  # noqa: BLE001, PERF203 - no shapes: what needed one stays unfollowed
             continue
     if inferred is None:
-        return {}
+        return None
     shapes: dict[str, Shape | None] = {}
 
     def put(name: str, shape: Shape | None) -> None:

@@ -15,6 +15,11 @@ each node the walk asks, in turn:
 4. else the op's rule may still have a fallback (a rearrangement of an original tensor, a shape read in a
    layout); otherwise its outputs are unknown, with the reason.
 
+A binary commutative op (Add, Mul, ...) may read its operands in either order; the known input of the highest
+rank is the one a counterpart is looked for by (an operand broadcast from a lower rank says nothing of the
+layout); one original tensor may be described from two roots (a rearrangement of one is the other:
+:meth:`views.Views.relation`). An Identity only nodes of its graph read is seen through (:func:`bypass_identities`).
+
 Every graph output must end up equal to the original's output of the same name, unpermuted. The result is
 exact up to floating-point reassociation inside the Conv (a dot product summed in another order): layout,
 weights, biases and every other op are proved, not sampled. Anything the walk cannot follow leaves the
@@ -32,12 +37,13 @@ import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
 from converter.report import RewrittenLayer
-from converter.verifier.certificate.constants import differs, laid_out
+from converter.verifier.certificate.constants import dense, differs, laid_out
 from converter.verifier.certificate.facts import EMPTY, FLAT, Const, Fact, SameAs, Unknown, describe
 from converter.verifier.certificate.layers import LAYER_PROVERS
 from converter.verifier.certificate.layers.integer import flat_elementwise
 from converter.verifier.certificate.layers.sandwich import Pair, find_pairs, prove_pair
 from converter.verifier.certificate.layouts import NCHW, Layout, compose, relative
+from converter.verifier.certificate.model import differences
 from converter.verifier.certificate.nodes import graphs_of, holder_key, is_default, plain_attributes
 from converter.verifier.certificate.ops import Prove, Relaid, op_key, prover_index, rule_for, same_operands, set_outputs
 from converter.verifier.certificate.original import Original
@@ -72,14 +78,16 @@ class Walk:
         self.parent = parent
         self.facts: dict[str, Fact] = {}
         self.convs = {layer.conv: layer for layer in layers.get(key, [])}
-        self.nodes = list(graph.node)  # held, so that id() names a node for the whole walk
+        # Held, so that id() names a node for the whole walk; an Identity the proofs would have to see through is
+        # taken out first (its readers read its input), so that a pattern (a written-out LayerNormalization) is one.
+        self.nodes = bypass_identities(graph)
         self.views = Views(orig)
         inputs = {i.name for i in graph.input}
         for t in graph.initializer:
             if t.name not in inputs:
                 self.facts[t.name] = Const(self.key(t.name), partial(value_of, t))
-        for s in graph.sparse_initializer:
-            self.facts[s.values.name] = SameAs(s.values.name)
+        for s in graph.sparse_initializer:  # a value like any other constant, densified when read
+            self.facts[s.values.name] = Const(self.key(s.values.name), partial(dense, s))
         self._compared: dict[tuple[object, ...], str | None] = {}
         self._skip: set[int] = set()  # nodes a proof already accounted for (a written-out LayerNormalization's)
         self._pairs: dict[int, Pair] = {}
@@ -215,37 +223,76 @@ class Walk:
                 if out:
                     self.facts[out] = unknown
             return
-        anchored = next(((i, f.root) for i, f in enumerate(ins) if isinstance(f, SameAs) and f.root), None)
-        anchor, root = anchored if anchored is not None else (None, None)
-        if anchor is not None and root is not None and root.startswith(FLAT):
-            why = flat_elementwise(self, node, ins, anchor)  # a dynamic Tensordot's rescale, past its second Reshape
+        anchors = self._anchors(ins)
+        flat = next((i for i, f in enumerate(ins) if isinstance(f, SameAs) and f.root), None)
+        if flat is not None and any(i == flat and root.startswith(FLAT) for i, root in anchors):
+            why = flat_elementwise(self, node, ins, flat)  # a dynamic Tensordot's rescale, past its second Reshape
             if why is not None:
                 self.unknown(node, f"no counterpart in the original ({why})")
             return
+        reasons: list[tuple[bool, str]] = []
+        tries: list[tuple[int | None, str | None]] = [*anchors] if anchors else [(None, None)]
+        for anchor, root in tries:
+            if self._match_at(node, ins, anchor, root, reasons):
+                return
+        rule = rule_for(node)
+        if rule is not None and rule.fallback is not None and rule.fallback(self, node, ins):
+            return
+        why = min(reasons, key=lambda r: r[0])[1] if reasons else "no node of the original reads the same tensors"
+        self.unknown(node, f"no counterpart in the original ({why})")
+
+    def _anchors(self, ins: list[Fact]) -> list[tuple[int, str]]:
+        """The inputs a counterpart is looked for by (slot, root): the known input of the highest rank first (an
+        operand broadcast from a lower rank says nothing of the layout of the others), then the first known one."""
+        known = [(i, f) for i, f in enumerate(ins) if isinstance(f, SameAs) and f.root]
+        if not known:
+            return []
+        # The original rank: how many of the root's axes it shows (an added unit axis is none of them).
+        ranks = [sum(p is not None for p in f.layout) if f.layout is not None else self.orig.rank(f.root) for _, f in known]
+        first = (known[0][0], known[0][1].root)
+        if any(r is None for r in ranks):
+            return [first]
+        best = max(range(len(known)), key=lambda j: (ranks[j], -j))
+        primary = (known[best][0], known[best][1].root)
+        return [primary] if primary == first else [primary, first]
+
+    def _match_at(
+        self, node: NodeProto, ins: list[Fact], anchor: int | None, root: str | None, reasons: list[tuple[bool, str]]
+    ) -> bool:
+        """Whether a counterpart read at input ``anchor`` (root ``root``; None: a node of constants) explains ``node``
+        (its outputs' facts then set); each candidate's reason for not being it goes to ``reasons``."""
         if root is None:
             candidates = self._same_output(node)
         else:
             scope: Original | None = self.orig
             candidates = []
             while scope is not None:  # the counterpart may read it from an outer scope
-                candidates.extend(n for n, slot in scope.consumers_by_root(root) if slot == anchor)
+                swapped = _swappable(node)  # the original may read it in the other slot of a commutative op
+                candidates.extend(n for n, slot in scope.consumers_by_root(root) if slot == anchor or swapped)
                 if scope is self.orig and candidates:
                     break
                 scope = scope.parent
             # Try the node with the same first output first: unchanged nodes keep their names.
             same = self._same_output(node)
             candidates = same + [c for c in candidates if all(c is not s for s in same)]
-        reasons = []
         for cand in candidates:
             verdict = self._counterpart(node, ins, anchor, cand)
             if verdict is None:
-                return
+                return True
             reasons.append((cand.op_type != node.op_type, verdict))  # the same op's reason says more: first
-        rule = rule_for(node)
-        if rule is not None and rule.fallback is not None and rule.fallback(self, node, ins):
-            return
-        why = min(reasons, key=lambda r: r[0])[1] if reasons else "no node of the original reads the same tensors"
-        self.unknown(node, f"no counterpart in the original ({why})")
+        if root is not None and not root.startswith("\0"):
+            # The original may read this tensor described from another root (one tensor, two descriptions).
+            tried = {id(c) for c in candidates}
+            for other in self.views.related_roots(root):
+                for cand, slot in self.orig.consumers_by_root(other):
+                    if slot != anchor or cand.op_type != node.op_type or id(cand) in tried:
+                        continue
+                    tried.add(id(cand))
+                    verdict = self._counterpart(node, ins, anchor, cand)
+                    if verdict is None:
+                        return True
+                    reasons.append((False, verdict))
+        return False
 
     def _same_output(self, node: NodeProto) -> list[NodeProto]:
         if not node.output or not node.output[0]:
@@ -254,7 +301,16 @@ class Walk:
         return [cand] if cand is not None else []
 
     def _counterpart(self, node: NodeProto, ins: list[Fact], anchor: int | None, cand: NodeProto) -> str | None:
-        """None when ``cand`` explains ``node`` (and its outputs' facts are set), else why not."""
+        """None when ``cand`` explains ``node`` (and its outputs' facts are set), else why not. A commutative
+        binary op is also tried with its operands swapped (``Add(a, b) == Add(b, a)`` bit for bit)."""
+        verdict = self._counterpart_as_read(node, ins, anchor, cand)
+        if verdict is None or not _swappable(node) or len(ins) != 2:
+            return verdict
+        swapped = self._counterpart_as_read(node, [ins[1], ins[0]], None if anchor is None else 1 - anchor, cand)
+        return verdict if swapped is not None else None
+
+    def _counterpart_as_read(self, node: NodeProto, ins: list[Fact], anchor: int | None, cand: NodeProto) -> str | None:
+        """:meth:`_counterpart` with the operands in the order given."""
         same_domain = cand.domain == node.domain or (is_default(cand) and is_default(node))
         if cand.op_type != node.op_type or not same_domain:
             return f"the original's {cand.op_type} differs"
@@ -264,8 +320,17 @@ class Walk:
         layout: Layout = None
         if anchor is not None:
             o, r = orig_ins[anchor], ins[anchor]
-            if not isinstance(o, SameAs) or not isinstance(r, SameAs) or o.root != r.root:
+            if not isinstance(o, SameAs) or not isinstance(r, SameAs):
                 return "it reads other tensors"
+            if o.root != r.root:  # one tensor of the original, maybe, described from another root
+                m = self.views.relation(r, o)
+                if m is None:
+                    return "it reads other tensors"
+                try:
+                    r = SameAs(o.root, compose(o.layout, m))
+                except ValueError:
+                    return "it reads other tensors"
+                ins = [*ins[:anchor], r, *ins[anchor + 1 :]]
             try:
                 layout = relative(o.layout, r.layout)
             except ValueError:
@@ -274,7 +339,7 @@ class Walk:
         if layout is not None and rule is not None and rule.relaid is not None:
             return rule.relaid(Relaid(self, node, cand, layout, ins, orig_ins))
         # As the original reads them (or, read in another layout, an op no rule allows that for).
-        if plain_attributes(cand) != plain_attributes(node):
+        if plain_attributes(cand, self.orig.opset) != plain_attributes(node, self.orig.opset):
             return "different attributes"
         if layout is not None:
             return f"{node.op_type} is read in another layout, which only elementwise and axis ops allow"
@@ -323,6 +388,68 @@ class Walk:
         return problems
 
 
+def bypass_identities(graph: GraphProto) -> list[NodeProto]:
+    """The graph's nodes with each Identity that only nodes of this graph read taken out, its readers reading its
+    input instead (copies of those readers: the model is not changed). ``Identity(x)`` is ``x`` exactly, so this
+    changes nothing a proof says; an Identity that is a graph output or that a subgraph reads stays."""
+    outputs = {o.name for o in graph.output}
+    source: dict[str, str] = {}
+    for n in graph.node:
+        if is_default(n) and n.op_type == "Identity" and len(n.input) == 1 and len(n.output) == 1 and n.input[0]:
+            if n.output[0] not in outputs:
+                source[n.output[0]] = n.input[0]
+    if not source:
+        return list(graph.node)
+    for n in graph.node:  # names a subgraph reads from this scope: their Identity stays
+        for _, sub in graphs_of(n):
+            for name in _free_names(sub) & set(source):
+                del source[name]
+
+    def resolve(name: str) -> str:
+        seen = 0
+        while name in source and seen < len(source):
+            name, seen = source[name], seen + 1
+        return name
+
+    kept = []
+    for n in graph.node:
+        if n.output and n.output[0] in source and is_default(n) and n.op_type == "Identity":
+            continue
+        if any(i in source for i in n.input):
+            copy = NodeProto()
+            copy.CopyFrom(n)
+            for j, i in enumerate(copy.input):
+                if i in source:
+                    copy.input[j] = resolve(i)
+            n = copy
+        kept.append(n)
+    return kept
+
+
+def _free_names(graph: GraphProto) -> set[str]:
+    """Names a graph (its own subgraphs included) reads but does not define."""
+    defined = (
+        {i.name for i in graph.input} | {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    )
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(i for i in node.input if i)
+        for _, sub in graphs_of(node):
+            read |= _free_names(sub)
+        defined.update(o for o in node.output if o)
+    read.update(o.name for o in graph.output)
+    return read - defined
+
+
+# Binary ops whose operands may be swapped with the same result bit for bit (IEEE addition and multiplication
+# are commutative; Max and Min are not, where a NaN meets a number; a variadic Sum of three rounds in order).
+COMMUTATIVE = frozenset("Add Mul Sum Mean And Or Xor Equal BitwiseAnd BitwiseOr BitwiseXor".split())
+
+
+def _swappable(node: NodeProto) -> bool:
+    return is_default(node) and node.op_type in COMMUTATIVE and len(node.input) == 2
+
+
 def find_graphs(model: onnx.ModelProto, key: Sequence[Sequence[str]]) -> list[GraphProto] | None:
     """The chain of graphs from the main graph to the one ``key`` names (see RewrittenLayer.graph), or None.
 
@@ -358,6 +485,7 @@ def certify(
     for layer in layers:
         by_graph[tuple((holder, attr) for holder, attr in layer.graph)].append(layer)
     cert = Certificate()
+    cert.problems.extend(differences(original, rewritten, value_of))  # what the model computes with, beside its nodes
     orig = Original(original.graph, None, value_of, original.opset_import, original)
     walk = Walk(orig, rewritten.graph, (), by_graph, value_of, cert, prover_index())
     walk.run()

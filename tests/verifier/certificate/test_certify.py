@@ -89,7 +89,7 @@ def _set_init(model: onnx.ModelProto, name: str, fn) -> None:  # noqa: ANN001
     [
         (lambda m: _conv(m).attribute.append(helper.make_attribute("strides", [2, 2])), "strides="),
         (lambda m: _conv(m).attribute.append(helper.make_attribute("pads", [0, 1, 0, 1])), "pads="),
-        (lambda m: _conv(m).attribute.append(helper.make_attribute("dilations", [1, 2])), "dilations="),
+        (lambda m: _conv(m).attribute.append(helper.make_attribute("kernel_shape", [1, 3])), "kernel_shape="),
         (lambda m: _set_init(m, _conv(m).input[1], lambda w: w * np.float32(-1)), "weight differs"),
         (lambda m: _set_init(m, _conv(m).input[1], lambda w: w.astype(np.float16)), "weight is float16"),
         (lambda m: _set_init(m, _conv(m).input[2], lambda b: b + np.float32(1e-7)), "bias differs"),

@@ -22,6 +22,7 @@ from converter.report import RewrittenLayer
 from converter.verifier.certificate.constants import differs
 from converter.verifier.certificate.context import Context
 from converter.verifier.certificate.facts import FLAT, VIEW, Const, SameAs, Unknown, describe, merged
+from converter.verifier.certificate.layers import nbits
 from converter.verifier.certificate.layouts import NCHW, TOKENS, Layout, compose
 from converter.verifier.certificate.nodes import Attributes, is_default, plain_conv
 from converter.verifier.certificate.original import Original
@@ -64,6 +65,8 @@ def original_layer(orig: Original, layer: RewrittenLayer) -> DenseLayer | str:
         if found is None:
             return f"nothing produces {inner!r}"
         node = found
+    if nbits.is_nbits(node):  # onnxruntime's MatMulNBits, read by layers/nbits.py
+        return nbits.original_layer(orig, node, layer, add_bias)
     sandwich = False
     in_pair = out_pair = None
     end = layer.output

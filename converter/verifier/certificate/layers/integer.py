@@ -40,7 +40,7 @@ from converter.report import RewrittenLayer
 from converter.verifier.certificate.constants import differs
 from converter.verifier.certificate.context import Context
 from converter.verifier.certificate.facts import EMPTY, FLAT, Const, Fact, SameAs, Unknown, describe
-from converter.verifier.certificate.layouts import NCHW, Layout, compose
+from converter.verifier.certificate.layouts import NCHW, TOKENS, Layout, compose
 from converter.verifier.certificate.nodes import is_default, plain_attributes, plain_conv
 from converter.verifier.certificate.ops.elementwise import ELEMENTWISE
 from converter.verifier.certificate.original import Original
@@ -90,7 +90,7 @@ def flat_elementwise(ctx: Context, node: NodeProto, ins: list[Fact], anchor: int
         if len(cand.input) != len(node.input) or len(cand.output) != len(node.output):
             reasons.append("a different number of inputs or outputs")
             continue
-        if plain_attributes(cand) != plain_attributes(node):
+        if plain_attributes(cand, ctx.orig.opset) != plain_attributes(node, ctx.orig.opset):
             reasons.append("different attributes")
             continue
         problem = _flat_operands(ctx, ins, [ctx.orig.canon(n) for n in cand.input], SameAs(flat), r)
@@ -143,9 +143,11 @@ INTEGER_CONVS = frozenset({"QLinearConv", "ConvInteger"})
 
 
 def prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> tuple[LayerProof, Layout]:
-    """The proof of an integer layer's Conv (it reads the activation in NCHW); records what the numeric checks
-    need in ``ctx.cert.originals``."""
-    return _prove(ctx, conv, layer), NCHW
+    """The proof of an integer layer's Conv (it reads the activation in NCHW, or a token sequence ``[B, S, C]`` as
+    ``[B, C, 1, S]``: a unit axis in its input's layout); records what the numeric checks need in ``ctx.cert.originals``."""
+    x = ctx.fact(conv.input[0])
+    layout = TOKENS if isinstance(x, SameAs) and x.layout is not None and None in x.layout else NCHW
+    return _prove(ctx, conv, layer, layout), layout
 
 
 # Conv op -> (original op, the original's input slot for each conv slot except the weight, weight slot in each,
@@ -158,7 +160,7 @@ _SHAPES: dict[str, tuple[str, dict[int, int], tuple[int, int], tuple[int, ...]]]
 }
 
 
-def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
+def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout = NCHW) -> LayerProof:
     """The proof of one integer layer; records what the numeric checks need in ``ctx.cert.originals``."""
     orig_op, slots, (w_conv, w_orig), per_k = _SHAPES[conv.op_type]
     w_zero_slot = per_k[-1]
@@ -204,11 +206,12 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> LayerProof:
     if not isinstance(want, SameAs):
         return LayerProof("refuted", f"the original activation {layer.input!r} is a constant")
     try:
-        expected_in = SameAs(want.root, compose(want.layout, NCHW))
+        expected_in = SameAs(want.root, compose(want.layout, layout))
     except ValueError:
-        return LayerProof("refuted", f"the original activation {layer.input!r} is not rank 4")
+        return LayerProof("refuted", f"the original activation {layer.input!r} is not rank {4 if layout == NCHW else 3}")
     if x != expected_in and not _same_quantized(ctx, x, expected_in):
-        return LayerProof("refuted", f"its input is {describe(x)}, not {layer.input!r} in NCHW ({describe(expected_in)})")
+        form = "in NCHW" if layout == NCHW else "as [B, C, 1, S]"
+        return LayerProof("refuted", f"its input is {describe(x)}, not {layer.input!r} {form} ({describe(expected_in)})")
 
     got_w = ctx.fact(conv.input[w_conv]) if len(conv.input) > w_conv else Unknown("no weight")
     if not isinstance(got_w, Const):

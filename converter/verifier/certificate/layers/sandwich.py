@@ -54,6 +54,12 @@ def find_pairs(ctx: Context) -> dict[int, Pair]:
             continue
         if conv.op_type != "Conv":
             continue
+        before = made.get(conv.input[0])
+        after = readers.get(conv.output[0], []) if conv.output else []
+        if (before is None or before.op_type != "DequantizeLinear") and not (
+            len(after) == 1 and after[0].op_type == "QuantizeLinear"
+        ):
+            continue  # no pair around it: not a quantized sandwich's Conv (its layer is read once, by its prover)
         dense = original_layer(ctx.orig, layer)
         if isinstance(dense, str):
             continue

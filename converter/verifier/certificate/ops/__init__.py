@@ -9,7 +9,9 @@ Adding an op is one function in the module of its family (the math in that modul
 here, and one test. A rule is a :class:`ProofRule` of up to three phases (``ops._base`` says what each
 receives and returns): ``prove`` (no counterpart needed), ``relaid`` (read in another layout against a
 candidate counterpart: :func:`per_element` or :func:`axis_op` with a layout function), ``fallback``.
-The default domain is written ``""`` (``"ai.onnx"`` is read as it).
+The default domain is written ``""`` (``"ai.onnx"`` is read as it). One entry is no op:
+:data:`CONSTANT_EXPRESSION`, whose ``prove`` starts at every op of the shape arithmetic exporters write
+(``ops/expressions.py``: a node on small constants alone is the constant it computes).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections import defaultdict
 
 from onnx import NodeProto
 
+from converter.verifier.certificate.expressions import EXPRESSION_OPS
 from converter.verifier.certificate.nodes import is_default
-from converter.verifier.certificate.ops import axis_ops, elementwise, layernorm, layout_ops, qdq, shape
+from converter.verifier.certificate.ops import axis_ops, elementwise, expressions, layernorm, layout_ops, qdq, shape
 from converter.verifier.certificate.ops._base import (
     ALL,
     AxisArgs,
@@ -34,6 +37,7 @@ from converter.verifier.certificate.ops._base import (
 )
 
 _REDUCE = axis_op(axis_ops.reduce, params=(1,))
+CONSTANT_EXPRESSION = "(constant expression)"  # no op: the key of the rule that starts at every expression op
 
 PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     # per element (ops/elementwise.py)
@@ -45,7 +49,7 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     ("", "Concat"): ProofRule(relaid=axis_op(axis_ops.concat, data=ALL)),
     ("", "Split"): ProofRule(relaid=axis_op(axis_ops.split, params=(1,))),
     ("", "Gather"): ProofRule(relaid=axis_op(axis_ops.gather), fallback=shape.gathered_shape),
-    ("", "Slice"): ProofRule(relaid=axis_op(axis_ops.slice_, params=(1, 2, 3, 4))),
+    ("", "Slice"): ProofRule(relaid=axis_op(axis_ops.slice_, params=(1, 2, 3, 4), computed=(1, 2, 4))),
     ("", "Pad"): ProofRule(relaid=axis_op(axis_ops.pad, params=(1, 3))),
     **{("", op): ProofRule(relaid=_REDUCE) for op in axis_ops.REDUCE},
     # quantization (ops/qdq.py): scale and zero point compared as they are
@@ -63,6 +67,8 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     ("", "Shape"): ProofRule(fallback=shape.shape),
     # written out (ops/layernorm.py): the body starts at a Cast or a ReduceMean
     ("", "LayerNormalization"): ProofRule(prove=layernorm.written_out, starts=("Cast", "ReduceMean")),
+    # small constant expressions (ops/expressions.py): any op of the shape arithmetic, on small constants alone
+    ("", CONSTANT_EXPRESSION): ProofRule(prove=expressions.constant_expression, starts=tuple(sorted(EXPRESSION_OPS))),
 }
 
 
@@ -89,6 +95,7 @@ def prover_index() -> dict[tuple[str, str], list[Prove]]:
 
 __all__ = [
     "ALL",
+    "CONSTANT_EXPRESSION",
     "PROOF_RULES",
     "AxisArgs",
     "Fallback",

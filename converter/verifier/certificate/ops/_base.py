@@ -22,7 +22,10 @@ Two builders give ``relaid`` for the two op families that can be read in another
   ``unpermuted`` outputs (a whole tensor's scale) are the original's as they are.
 - :func:`axis_op`: the op's axes are numbers: the ``data`` inputs are the original's in exactly ``P``, the
   ``params`` inputs (axes, pads, sizes) integer constants handed to the rule's ``layout`` function with the
-  attributes, every other input the original's as it is; ``layout(AxisArgs)`` says ``Q`` or why not.
+  attributes, every other input the original's as it is; ``layout(AxisArgs)`` says ``Q`` or why not. A
+  ``computed`` param (a Slice's starts, ends and steps, which no layout changes) may also be a tensor computed at
+  run time, when it is the very tensor the original reads there: the function then sees :data:`SAME` on both
+  sides (TorchScript's ``chunk`` bounds from a dynamic export's ``Shape``).
 """
 
 from __future__ import annotations
@@ -99,10 +102,11 @@ def same_operands(
         if isinstance(o, Const) or not isinstance(r, SameAs):
             return f"input {i} is computed here but a constant in the original"
         try:
-            if r != ctx.broadcast(o, layout):
-                return f"input {i} is {describe(r)}, the original reads {describe(o)} (layout {layout})"
+            expected = ctx.broadcast(o, layout)
         except ValueError:
             return f"input {i} has another rank"
+        if r != expected and not (r.root != expected.root and ctx.views.same(r, expected)):
+            return f"input {i} is {describe(r)}, the original reads {describe(o)} (layout {layout})"
     return None
 
 
@@ -126,7 +130,7 @@ def per_element(per_tensor: tuple[int, ...] = (), unpermuted: tuple[int, ...] = 
     """The check of an op that is a function of each position alone (see the module docstring)."""
 
     def check(a: Relaid) -> str | None:
-        if plain_attributes(a.cand) != plain_attributes(a.node):
+        if plain_attributes(a.cand, a.ctx.orig.opset) != plain_attributes(a.node, a.ctx.orig.opset):
             return "different attributes"
         problem = _one_value_each(a, per_tensor) or same_operands(a.ctx, a.ins, a.orig_ins, a.layout, per_tensor)
         if problem:
@@ -162,6 +166,15 @@ def _one_value_each(a: Relaid, slots: Sequence[int]) -> str | None:
 
 
 @dataclass(frozen=True)
+class Computed:
+    """A param computed at run time that is the same tensor on both sides (all instances compare equal)."""
+
+
+SAME = Computed()
+Param = list[int] | Computed | None
+
+
+@dataclass(frozen=True)
 class AxisArgs:
     """What an axis op's ``layout`` function reads: the rewritten ``node`` in layout ``perm`` (axis ``a`` of the
     node is the original's axis ``perm[a]``; a None entry is an added unit axis), its candidate ``cand``, the
@@ -171,17 +184,17 @@ class AxisArgs:
     cand: NodeProto
     perm: tuple[int | None, ...]
     ins: list[Fact]
-    params: dict[int, list[int] | None]
-    orig_params: dict[int, list[int] | None]
+    params: dict[int, Param]
+    orig_params: dict[int, Param]
     opset: int
 
     @cached_property
     def attrs(self) -> Attributes:
-        return Attributes(self.node)
+        return Attributes(self.node, self.opset)
 
     @cached_property
     def orig_attrs(self) -> Attributes:
-        return Attributes(self.cand)
+        return Attributes(self.cand, self.opset)
 
     @property
     def rank(self) -> int:
@@ -223,18 +236,42 @@ class AxisArgs:
         return mapped == on if in_order else sorted(mapped) == sorted(o for o in on if o is not None)
 
     def axes(self) -> tuple[list[int] | None, list[int] | None]:
-        """The node's and the candidate's ``axes``: the attribute, else the input 1."""
+        """The node's and the candidate's ``axes``: the attribute, else the input 1 (a constant: axes are never computed)."""
         mine, theirs = self.attrs.get_ints("axes"), self.orig_attrs.get_ints("axes")
-        return (self.params.get(1) if mine is None else mine), (self.orig_params.get(1) if theirs is None else theirs)
+        return (self.ints(1) if mine is None else mine), (self.orig_ints(1) if theirs is None else theirs)
+
+    def ints(self, i: int) -> list[int] | None:
+        """The node's constant param ``i``; ValueError when it is computed at run time."""
+        return _constant(self.params.get(i))
+
+    def orig_ints(self, i: int) -> list[int] | None:
+        """The candidate's constant param ``i``; ValueError when it is computed at run time."""
+        return _constant(self.orig_params.get(i))
+
+
+class ComputedParam(ValueError):
+    """A rule asked for a constant param that is computed at run time."""
+
+
+def _constant(p: Param) -> list[int] | None:
+    if isinstance(p, Computed):
+        raise ComputedParam("a param computed at run time")
+    return p
 
 
 AxisLayout = Callable[[AxisArgs], Layout | str]
 ALL: Literal["all"] = "all"
 
 
-def axis_op(layout: AxisLayout, data: tuple[int, ...] | Literal["all"] = (0,), params: tuple[int, ...] = ()) -> Check:
+def axis_op(
+    layout: AxisLayout,
+    data: tuple[int, ...] | Literal["all"] = (0,),
+    params: tuple[int, ...] = (),
+    computed: tuple[int, ...] = (),
+) -> Check:
     """The check of an op whose axes are numbers (see the module docstring). ``data``: the inputs laid out like
-    the anchor (ALL: every input not in ``params``); ``params``: the integer inputs ``layout`` reads."""
+    the anchor (ALL: every input not in ``params``); ``params``: the integer inputs ``layout`` reads; ``computed``:
+    those of them that may be a run-time tensor, the very one the original reads (``layout`` sees :data:`SAME`)."""
 
     def check(a: Relaid) -> str | None:
         node, cand, ins, orig_ins, perm = a.node, a.cand, a.ins, a.orig_ins, a.layout
@@ -252,13 +289,19 @@ def axis_op(layout: AxisLayout, data: tuple[int, ...] | Literal["all"] = (0,), p
                 return f"input {i} is a constant on one side only"
             else:
                 try:
-                    if r != SameAs(o.root, compose(o.layout, perm)):
-                        return f"input {i} is {describe(r)}, the original reads {describe(o)} (layout {perm})"
+                    expected = SameAs(o.root, compose(o.layout, perm))
                 except ValueError:
                     return f"input {i} has another rank"
-        r_params: dict[int, list[int] | None] = {}
-        o_params: dict[int, list[int] | None] = {}
+                if r != expected and not (r.root != expected.root and a.ctx.views.same(r, expected)):
+                    return f"input {i} is {describe(r)}, the original reads {describe(o)} (layout {perm})"
+        r_params: dict[int, Param] = {}
+        o_params: dict[int, Param] = {}
         for i in params:
+            if i in computed and i < len(node.input) and i < len(cand.input) and node.input[i] and cand.input[i]:
+                r, o = ins[i], orig_ins[i]
+                if isinstance(r, SameAs) and r.root and r == o:
+                    r_params[i] = o_params[i] = SAME
+                    continue
             for facts, into, n in ((ins, r_params, node), (orig_ins, o_params, cand)):
                 if i >= len(n.input) or not n.input[i]:
                     into[i] = None
@@ -282,6 +325,8 @@ def axis_op(layout: AxisLayout, data: tuple[int, ...] | Literal["all"] = (0,), p
         args = AxisArgs(node, cand, perm, ins, r_params, o_params, a.ctx.orig.opset)
         try:
             found = layout(args)
+        except ComputedParam:
+            found = f"the {node.op_type} reads a param computed at run time where its rule needs a constant"
         except (TypeError, ValueError):  # an added unit axis where the rule needs one of the original's
             found = f"the {node.op_type} is read in a layout with added unit axes this checker does not follow"
         if isinstance(found, str):

@@ -9,8 +9,8 @@ their counterpart with the outputs in layout ``Q``.
 - Gather (constant indices of rank ``m``, no added unit axes): ``axis`` maps; the output holds the data's axes
   before the gathered one, the indices' ``m`` axes, then the rest, so ``Q`` places each of the node's output
   axes where the original's output has it (``P`` itself for ``m == 1``).
-- Slice, opset >= 10: starts, ends and steps the original's, ``axes`` (input 3, default ``0..n-1``) map in
-  order; ``Q = P``.
+- Slice, opset >= 10: starts, ends and steps the original's (constants of the same values, or the very tensor
+  the original computes at run time), ``axes`` (input 3, default ``0..n-1``) constants that map in order; ``Q = P``.
 - Pad, opset >= 11, no added unit axes: the same mode and value; without ``axes``, ``pads[a] == pads'[P[a]]``
   and ``pads[r + a] == pads'[r + P[a]]``; with ``axes`` (input 3), the same pads and the axes map; ``Q = P``.
 - Reduce* and Squeeze: ``axes`` (attribute, or input 1) map as a set. keepdims (not Squeeze): ``Q = P``;
@@ -61,7 +61,7 @@ def concat(a: AxisArgs) -> Layout | str:
 def split(a: AxisArgs) -> Layout | str:
     if not _same_axis(a, 0):
         return "the Split axis is not the original's under the layout"
-    if a.params.get(1) != a.orig_params.get(1):
+    if a.ints(1) != a.orig_ints(1):
         return "the split sizes differ"
     return a.perm
 
@@ -99,12 +99,16 @@ def slice_(a: AxisArgs) -> Layout | str:
     mine, theirs = a.params, a.orig_params
     if mine.get(1) != theirs.get(1) or mine.get(2) != theirs.get(2):
         return "the Slice starts or ends differ"
-    n = len(mine.get(1) or [])
+    axes, orig_axes = a.ints(3), a.orig_ints(3)
+    starts = mine.get(1)
+    n = len(axes) if axes is not None else len(starts) if isinstance(starts, list) else None
+    if n is None:
+        return "a Slice with neither constant axes nor constant starts in another layout"
     ones = [1] * n
     if (mine.get(4) or ones) != (theirs.get(4) or ones):
         return "the Slice steps differ"
     default = list(range(n))
-    if not a.maps(mine.get(3) or default, theirs.get(3) or default, True):
+    if not a.maps(axes or default, orig_axes or default, True):
         return "the Slice axes are not the original's under the layout"
     return a.perm
 
@@ -115,10 +119,10 @@ def pad(a: AxisArgs) -> Layout | str:
         return "Pad read with added unit axes"
     if a.opset < 11 or not a.same_attributes():
         return "Pad with attribute pads, or another mode, in another layout"
-    rp, op_ = a.params.get(1), a.orig_params.get(1)
+    rp, op_ = a.ints(1), a.orig_ints(1)
     if rp is None or op_ is None:
         return "Pad without pads"
-    r_axes, o_axes = a.params.get(3), a.orig_params.get(3)
+    r_axes, o_axes = a.ints(3), a.orig_ints(3)
     if r_axes is None and o_axes is None:
         if len(rp) != 2 * rank or len(op_) != 2 * rank:
             return "Pad pads of the wrong length"

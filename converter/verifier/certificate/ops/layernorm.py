@@ -2,8 +2,9 @@
 
 The body is the op's definition in the ONNX spec: ``[Cast to the stash type]``, ``mean = ReduceMean(x, A)``,
 ``d = Sub(x, mean)``, ``var = ReduceMean(Mul(d, d), A)``, ``n = Div(d, Sqrt(Add(var, eps)))``, ``[Cast back]``,
-``Mul(n, scale)``, ``[Add(., bias)]``, every intermediate read only inside it. Read from ``x`` = the original's
-input ``X`` in layout ``P``, it is ``LayerNormalization(X, scale, bias, axis=k)`` in ``P`` when
+``Mul(n, scale)``, ``[Add(., bias)]`` (the Adds and the last Mul with their operands in either order), every
+intermediate read only inside it. Read from ``x`` = the original's input ``X`` in layout ``P``, it is
+``LayerNormalization(X, scale, bias, axis=k)`` in ``P`` when
 
 - ``A`` is the axes ``a`` with ``P[a] >= k`` (the normalized axes, wherever ``P`` shows them), keepdims 1;
 - ``eps`` is the original's epsilon in the stash type, the Casts (both or neither) go to the stash type and
@@ -112,7 +113,7 @@ def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
         or add_eps is None
         or sqrt is None
         or sole(sqrt.output[0], "Div") is not div
-        or add_eps.input[0] != var.output[0]
+        or _other(add_eps, var.output[0]) is None
     ):
         return None
     n = div.output[0]
@@ -123,9 +124,16 @@ def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
             return None
         n = back.output[0]
     mul = sole(n, "Mul")
-    if mul is None or mul.input[0] != n:
+    if mul is None or _other(mul, n) is None:
         return None
     return data, _Body(cast, mean, sub, square, var, add_eps, sqrt, div, back, mul)
+
+
+def _other(node: NodeProto, name: str) -> str | None:
+    """The other operand of a binary Add or Mul that reads ``name`` in either slot (they commute), or None."""
+    if len(node.input) != 2 or name not in node.input or node.input[0] == node.input[1]:
+        return None
+    return node.input[1] if node.input[0] == name else node.input[0]
 
 
 def _reduced_axes(ctx: Context, reduce: NodeProto, rank: int) -> list[int] | None:
@@ -163,7 +171,7 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
     stash = attrs.get_int("stash_type", TensorProto.FLOAT)
     stash_np = onnx.helper.tensor_dtype_to_np_dtype(stash)
     scale_o = ctx.orig.canon(cand.input[1]) if len(cand.input) > 1 else EMPTY
-    scale_r = ctx.fact(body.mul.input[1])
+    scale_r = ctx.fact(_other(body.mul, body.div.output[0] if body.back is None else body.back.output[0]) or "")
     if not isinstance(scale_o, Const) or not isinstance(scale_r, Const):
         return None
     dtype = np.asarray(scale_o.get()).dtype
@@ -173,7 +181,7 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
             return None
     elif dtype != stash_np:
         return None
-    eps = ctx.fact(body.add_eps.input[1])
+    eps = ctx.fact(_other(body.add_eps, body.var.output[0]) or "")
     epsilon = np.array(attrs.get_float("epsilon", 1e-5), dtype=stash_np)
     if not isinstance(eps, Const) or differs(np.asarray(eps.get()).reshape(()), epsilon, "epsilon"):
         return None
@@ -184,9 +192,9 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
     if len(cand.input) > 2 and cand.input[2]:
         readers = ctx.readers().get(out, [])
         add = readers[0] if readers else None
-        if add is None or len(readers) != 1 or out in ctx.outputs() or add.op_type != "Add" or add.input[0] != out:
+        if add is None or len(readers) != 1 or out in ctx.outputs() or add.op_type != "Add" or _other(add, out) is None:
             return None
-        bias_o, bias_r = ctx.orig.canon(cand.input[2]), ctx.fact(add.input[1])
+        bias_o, bias_r = ctx.orig.canon(cand.input[2]), ctx.fact(_other(add, out) or "")
         if not isinstance(bias_o, Const) or not isinstance(bias_r, Const) or ctx.same_laid_out(bias_r, bias_o, perm):
             return None
         group = [*group, add]

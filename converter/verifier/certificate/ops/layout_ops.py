@@ -77,7 +77,7 @@ def merge(ctx: Context, node: NodeProto) -> bool:
     """``Reshape(x, [0, 0, c])`` (copy the first two dims, merge the rest; ``allowzero`` 0) of a known tensor."""
     if len(node.input) != 2:
         return False
-    merged = merge_fact(node, ctx.fact(node.input[0]), ctx.fact(node.input[1]))
+    merged = merge_fact(node, ctx.fact(node.input[0]), ctx.fact(node.input[1]), ctx.orig.rank)
     if merged is None:
         return False
     ctx.facts[node.output[0]] = merged
