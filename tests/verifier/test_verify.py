@@ -520,3 +520,24 @@ def test_past_the_sampling_threshold_numbers_check_each_class_and_a_sample_and_t
         check = converter.verify(model, broken, layers=result.report.layers)
         assert check.verdict == "failed", bug
         assert next(c for c in check.layers if c.conv == result.report.layers[skipped].conv).structure == "refuted"
+
+
+def test_float16_products_below_the_smallest_normal_are_no_false_alarm() -> None:
+    """A float16 layer whose products are subnormal (a weight of 1e-4 on inputs near 1): rounding there loses up to
+    half of a fixed step (6e-8), which no relative bound covers; a correct rewrite still passes (a hypothesis
+    example once failed it, 7.5x over the bound)."""
+    o = Dense(
+        x_shape=(2, 2, 3, 1),
+        x_source="declared",
+        dtype=TensorProto.FLOAT16,
+        weight_shape=(1, 1),
+        matmul_is_output=True,
+        seed=117,
+        extra={"h": 2, "w": 3},
+    )
+    model = dense_model(o)
+    result = converter.rewrite(model, layout="keep-all")
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    assert abs(float(numpy_helper.to_array(w).ravel()[0])) < 6.1e-5 * 4  # products below float16's smallest normal
+    check = converter.verify(model, result, seed=117)
+    assert check.passed, check.to_dict()

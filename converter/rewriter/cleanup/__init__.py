@@ -248,9 +248,13 @@ def run_passes(
                 modified |= result.modified
             report.rounds = max(report.rounds, round_no)
             if not modified:
-                break
-        if ctx.guide is not None:
-            local["merge_transposes"] += merge_duplicates(ws, ctx)
+                # Twins merged make one Transpose of several readers: a chain in front of it may now fold
+                # into it (three layers reading one window partition each brought their own), so the rounds
+                # go on while merging finds twins.
+                merged = merge_duplicates(ws, ctx) if ctx.guide is not None else 0
+                local["merge_transposes"] += merged
+                if not merged:
+                    break
         ctx._workspace = None
         ctx.guide = None
         dead = ws.drop_released(ctx.released, ctx.vanished)

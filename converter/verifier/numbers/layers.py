@@ -73,6 +73,16 @@ def unit_roundoff(dtype: np.dtype) -> float:
     return _UNIT_ROUNDOFF.get(np.dtype(dtype).name, 2.0**-24)
 
 
+def absolute_floor(c: int, in_dtype: np.dtype, out_dtype: np.dtype) -> float:
+    """The rounding error no relative bound covers: values near zero. Each of the ``c`` partial sums and the
+    output may round in the narrowest type involved, and below its smallest normal number a rounding loses up to
+    half of a fixed step, the smallest subnormal (float16: 6e-8, far above float32's ``tiny``)."""
+    wide = np.float32 if np.dtype(out_dtype).itemsize < 8 else np.float64
+    narrow = min((np.dtype(t) for t in (in_dtype, out_dtype, wide)), key=lambda t: t.itemsize)
+    step = float(np.finfo(narrow).smallest_subnormal) if narrow.kind == "f" else 0.0
+    return c * float(np.finfo(wide).tiny) + (c + 1) * step
+
+
 def check_layer(
     conv_in: np.ndarray,
     conv_out: np.ndarray,
@@ -124,7 +134,7 @@ def check_layer(
     u_acc = max(unit_roundoff(np.float32), unit_roundoff(conv_in.dtype)) if conv_in.dtype.name != "float64" else 2.0**-53
     u_out = unit_roundoff(conv_out.dtype)
     scale = LAMBDA * math.sqrt(c) * u_acc + 2 * u_out
-    tiny = c * float(np.finfo(np.float32 if conv_out.dtype.itemsize < 8 else np.float64).tiny)
+    tiny = absolute_floor(c, conv_in.dtype, conv_out.dtype)
     rows = _sample(n * h * w)
     if calibrate and orig_in is not None and orig_out is not None and np.asarray(orig_out).shape == (n, h, w, k):
         worst = _worst_ratio(orig_in.reshape(-1, c)[rows], np.asarray(orig_out).reshape(-1, k)[rows], w64, b64, scale, tiny)
@@ -249,7 +259,7 @@ def _check_batch(items: list[LayerTensors]) -> list[LayerNumbers]:
     in_dtype, out_dtype = np.asarray(first.conv_in).dtype, np.asarray(first.conv_out).dtype
     u_acc = max(unit_roundoff(np.float32), unit_roundoff(in_dtype)) if in_dtype.name != "float64" else 2.0**-53
     scale = LAMBDA * math.sqrt(c) * u_acc + 2 * unit_roundoff(out_dtype)
-    tiny = c * float(np.finfo(np.float32 if out_dtype.itemsize < 8 else np.float64).tiny)
+    tiny = absolute_floor(c, in_dtype, out_dtype)
     shape = (n, h, w, c)
 
     with np.errstate(invalid="ignore", over="ignore"):
