@@ -18,12 +18,21 @@ it would do nothing, and the Transpose when its order is the identity (``k``'s w
 ``[B,H,S,D] -> [B*H,S,D] -> [B*H,D,S] -> [B,H,D,S]`` from a laid-out ``[B,H,D,S]`` needs none).
 
 A chain: nodes each read by the next alone, none of their outputs a graph output, at least two
-Transposes. Sizes come from shape inference (``PassContext.types``: the original's tensors keep their
-values under the rewrite, so their shapes stand); a symbolic dim is kept whole (``rearrange.py``).
-A chain whose sizes are not known, or whose Reshape cuts a symbolic dim, stays as it is.
+Transposes. A tensor inside the chain may also be read by a ``Shape`` whose dims go only into the chain's own
+computed Reshape targets (dynamo's ``K^T`` on a dynamic sequence reads ``[B*H, S, D]`` back from the shape of
+``[B, H, S, D]``): folded, nothing reads those targets, and the expression goes with the chain.
+
+Sizes come from shape inference (``PassContext.types``: the original's tensors keep their values under the
+rewrite, so their shapes stand); a symbolic dim is kept whole (``rearrange.py``). A computed Reshape target
+is read as the dims inference found for its output: numbers with one left for what the others leave, or
+numbers and products of the inputs' symbols (``[N, S, 4, 16]`` on a dynamic sequence), which the fold writes
+as 0 and -1, so the result holds at any size. A chain whose sizes are not known, or whose Reshape cuts a
+symbolic dim, stays as it is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection
 
 import numpy as np
 from onnx import GraphProto, NodeProto
@@ -47,10 +56,17 @@ class FoldRearranges:
         for t_node in ws.take(self.name):
             if t_node.op_type != "Transpose" or not ws.alive(t_node):
                 continue
-            nodes = _chain(ws, t_node)
-            if sum(n.op_type == "Transpose" for n in nodes) < 2 or all(n.op_type == "Transpose" for n in nodes):
-                continue  # (Transposes alone merge in cancel_transposes, and leave no Reshape behind)
-            folded = _fold(ctx, ws, nodes)
+            folded, tried = None, None
+            for shapes in (True, False):  # through tensors Shapes read, else (when that does not fold) not
+                nodes = _chain(ws, t_node, shapes)
+                if nodes == tried:
+                    continue
+                tried = nodes
+                if sum(n.op_type == "Transpose" for n in nodes) < 2 or all(n.op_type == "Transpose" for n in nodes):
+                    continue  # (Transposes alone merge in cancel_transposes, and leave no Reshape behind)
+                folded = _fold(ctx, ws, nodes)
+                if folded is not None:
+                    break
             if folded is None:
                 continue
             nodes, made = folded
@@ -89,22 +105,77 @@ def _movable(ws: Workspace, node: NodeProto) -> bool:
     return node.op_type in _OPS and node.domain in DEFAULT_DOMAINS and len(node.output) == 1 and not ws.holds_graphs(node)
 
 
-def _inner(ws: Workspace, name: str) -> bool:
-    """Whether ``name`` may vanish: read by one node, directly, and not a graph output."""
-    readers = ws.readers(name)
+def _inner(ws: Workspace, name: str, shapes: bool) -> bool:
+    """Whether ``name`` may vanish: read by one node (with ``shapes``, besides Shapes: see
+    :func:`shape_reads_only_targets`), directly, and not a graph output."""
+    readers = _next_readers(ws.readers(name), shapes)
     return name not in ws.outputs and len(readers) == 1 and not ws.reads_inside(readers[0], name)
 
 
-def _chain(ws: Workspace, t_node: NodeProto) -> list[NodeProto]:
-    """The longest run of chain ops through ``t_node``, each read only by the next."""
+def _next_readers(readers: list[NodeProto], shapes: bool) -> list[NodeProto]:
+    """The readers of a chain's tensor that may carry the chain on: all but the Shapes (with ``shapes``)."""
+    return [r for r in readers if not (shapes and r.op_type == "Shape" and r.domain in DEFAULT_DOMAINS)]
+
+
+def shape_reads_only_targets(
+    readers: Callable[[str], list[NodeProto]], outputs: Collection[str], nodes: list[NodeProto], limit: int = 64
+) -> bool:
+    """Whether every ``Shape`` that reads a tensor inside the chain ``nodes`` (not its first input or last output)
+    feeds, through shape arithmetic read by nothing else, only the computed targets of the chain's own Reshapes:
+    then the chain folds with them and the arithmetic goes (``_drop_unread``).
+
+    Args:
+        readers: the nodes that read a tensor (the graph's index).
+        outputs: the graph's outputs.
+        nodes: the chain, in order.
+        limit: the most nodes of arithmetic followed.
+    """
+    ours = {id(n) for n in nodes}
+    targets = {(id(n), name) for n in nodes if n.op_type == "Reshape" for name in n.input[1:2]}
+    inner = [n.output[0] for n in nodes[:-1]]
+    frontier = [r for name in inner for r in readers(name) if id(r) not in ours]
+    seen: set[int] = set()
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if len(seen) > limit or node.domain not in DEFAULT_DOMAINS or any(a.g.node or a.graphs for a in node.attribute):
+            return False
+        if node.op_type in _OPS and node.input and node.input[0] in inner:
+            return False  # a second reader of the chain's data
+        for out in node.output:
+            if not out:
+                continue
+            if out in outputs:
+                return False
+            for r in readers(out):
+                if (id(r), out) in targets and r.input[0] != out:
+                    continue
+                if id(r) in ours:
+                    return False
+                frontier.append(r)
+    return True
+
+
+def _chain(ws: Workspace, t_node: NodeProto, shapes: bool) -> list[NodeProto]:
+    """The longest run of chain ops through ``t_node``, each read only by the next (with ``shapes``, and by Shapes
+    that feed only the run's own targets)."""
+    nodes = _run(ws, t_node, shapes)
+    return nodes if not shapes or shape_reads_only_targets(ws.readers, ws.outputs, nodes) else _run(ws, t_node, False)
+
+
+def _run(ws: Workspace, t_node: NodeProto, shapes: bool) -> list[NodeProto]:
+    """The longest run of chain ops through ``t_node``, each tensor between read by the next alone (with
+    ``shapes``, and by Shapes)."""
     nodes = [t_node]
     while True:
         prev = ws.producer(nodes[0].input[0])
-        if prev is None or not _movable(ws, prev) or not _inner(ws, prev.output[0]):
+        if prev is None or not _movable(ws, prev) or not _inner(ws, prev.output[0], shapes):
             break
         nodes.insert(0, prev)
-    while _inner(ws, nodes[-1].output[0]):
-        (nxt,) = ws.readers(nodes[-1].output[0])
+    while _inner(ws, nodes[-1].output[0], shapes):
+        (nxt,) = _next_readers(ws.readers(nodes[-1].output[0]), shapes)
         if not _movable(ws, nxt) or nxt.input[0] != nodes[-1].output[0]:
             break
         nodes.append(nxt)
@@ -117,6 +188,48 @@ def _dims(ctx: PassContext, name: str) -> list[ra.Dim] | None:
         return None
     # A dim nothing knows is a size of its own: a symbol no other dim has.
     return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(t.shape)]
+
+
+def _told(d: ra.Dim, names: frozenset[str]) -> ra.Size | None:
+    """A dim of a computed Reshape target as a size: a number, or a product of numbers and ``names`` (the graph
+    inputs' symbols: the input's ``S`` of a head split's ``[N, S, heads, dh]``, a window partition's ``4*N``);
+    None for anything else (one inference made up, or an expression such as ``T//20 - 1`` that the certificate's
+    own inference does not tell either)."""
+    if isinstance(d, int):
+        return (d, ())
+    size = ra.size_of(d)
+    return size if size[1] and set(size[1]) <= names else None
+
+
+def _input_symbols(ctx: PassContext) -> frozenset[str]:
+    """The symbolic dims of the model's inputs."""
+    return frozenset(
+        d.dim_param
+        for vi in ctx.model.graph.input
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+        for d in vi.type.tensor_type.shape.dim
+        if d.dim_param
+    )
+
+
+def _computed_reshape(ctx: PassContext, node: NodeProto, view: ra.View) -> ra.View | None:
+    """The view after a Reshape whose target is computed: the sizes inference found for its output, numbers with
+    one size left for what the others leave (a dynamic batch), else each a number or a product of numbers and the
+    graph inputs' symbols (``[N, S, 4, 16]`` of a head split that reads ``N`` and
+    ``S`` from ``Shape``), the one it cannot tell what the others leave. Only sizes so told are followed: the
+    certificate tells the same ones with its own inference, and proves what the fold writes from them."""
+    out = _dims(ctx, node.output[0])
+    if out is None:
+        return None
+    numbers = ra.resolve(view, [(d, ()) if isinstance(d, int) else None for d in out])
+    after = None if numbers is None else ra.reshape(view, numbers)
+    if after is not None:
+        return after  # every size a number but one (a dynamic batch)
+    names = _input_symbols(ctx)
+    if any(s[1] and not set(s[1]) <= names for s in ra.dims_of(view)):
+        return None  # the chain's own sizes are not all told
+    sizes = ra.resolve(view, [_told(d, names) for d in out])
+    return None if sizes is None else ra.reshape(view, sizes)
 
 
 def _axes(ws: Workspace, node: NodeProto) -> list[int] | None:
@@ -136,10 +249,9 @@ def step(ws: Workspace, ctx: PassContext, node: NodeProto, view: ra.View) -> ra.
     if node.op_type == "Reshape":
         if any(a.name == "allowzero" and a.i for a in node.attribute) and args is not None and 0 in args:
             return None
-        if args is None:  # a computed target: the shape inference found for the output
-            out = _dims(ctx, node.output[0])
-            args = None if out is None else [d if isinstance(d, int) else None for d in out]  # type: ignore[misc]
-        sizes = None if args is None else ra.target_sizes(view, args)
+        if args is None:  # a computed target: the sizes inference found for the output
+            return _computed_reshape(ctx, node, view)
+        sizes = ra.target_sizes(view, args)
         return None if sizes is None else ra.reshape(view, sizes)
     if args is None:
         return None
@@ -196,6 +308,8 @@ def _fold(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> tuple[list
     nodes = nodes[first:]
     if sum(n.op_type == "Transpose" for n in nodes) < 2:
         return None
+    if not shape_reads_only_targets(ws.readers, ws.outputs, nodes):
+        return None  # (from where its sizes are known, a Shape inside feeds a target before it)
     source = ra.identity(dims)
     view: ra.View | None = source
     for node in nodes:

@@ -130,21 +130,28 @@ def target_sizes(view: View, target: Sequence[int | None], allowzero: bool = Fal
             sizes.append((int(t), ()))
         else:
             return None
-    if sizes.count(None) > 1:
+    return resolve(view, sizes)
+
+
+def resolve(view: View, sizes: Sequence[Size | None]) -> list[Size] | None:
+    """The sizes of a Reshape of ``view``, with the one None among them (a size not told) what the others leave;
+    None when more than one is not told or the rest does not divide."""
+    out = list(sizes)
+    if out.count(None) > 1:
         return None
-    if None in sizes:
+    if None in out:
         known = ONE
-        for s in sizes:
+        for s in out:
             if s is not None:
                 known = times(known, s)
         total = ONE
-        for d in dims:
+        for d in dims_of(view):
             total = times(total, d)
         rest = divide(total, known)
         if rest is None:
             return None
-        sizes[sizes.index(None)] = rest
-    return sizes  # type: ignore[return-value]
+        out[out.index(None)] = rest
+    return out  # type: ignore[return-value]
 
 
 def reshape(view: View, sizes: Sequence[Size]) -> View | None:

@@ -47,6 +47,7 @@ from converter.rewriter.cleanup import PassContext
 from converter.rewriter.cleanup import rearrange as ra
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity
 from converter.rewriter.cleanup._workspace import Workspace
+from converter.rewriter.cleanup.fold_rearranges import shape_reads_only_targets
 from converter.rewriter.cleanup.fold_rearranges import step as chain_step
 from converter.rewriter.cleanup.handlers import Decline, handler_for
 from converter.rewriter.cleanup.probe import probe
@@ -356,8 +357,11 @@ class Problem:
 
     # -- chains of Reshapes and Transposes ------------------------------------------------------------
 
-    def _single(self, name: str) -> NodeProto | None:
+    def _single(self, name: str, shapes: bool = True) -> NodeProto | None:
+        """The one reader that carries a chain on from ``name`` (with ``shapes``, Shapes aside: see ``_chain``)."""
         readers = self._readers(name)
+        if shapes:
+            readers = [r for r in readers if not (r.op_type == "Shape" and r.domain in DEFAULT_DOMAINS)]
         if name in self.outputs or len(readers) != 1:
             return None
         r = readers[0]
@@ -367,19 +371,11 @@ class Problem:
 
     def _chain(self, node: NodeProto, t: str) -> bool:
         """Find the chain ``node`` is in, from the tensor ``t`` it reads or makes; False when it is no chain."""
-        nodes = [node]
-        while nodes[0].input and nodes[0].input[0] not in self.cls:  # back to the first op of the run
-            prev = self.scope.producers.get(nodes[0].input[0])
-            if prev is None or self._single(nodes[0].input[0]) is not nodes[0] or prev.op_type not in _CHAIN_OPS:
-                break
-            if prev.domain not in DEFAULT_DOMAINS or id(prev) in self.interior or self._is_merge(prev) or id(prev) in self.in_chain:
-                break
-            nodes.insert(0, prev)
-        while nodes[-1].output[0] not in self.cls:
-            nxt = self._single(nodes[-1].output[0])
-            if nxt is None or self._is_merge(nxt) or id(nxt) in self.in_chain:
-                break
-            nodes.append(nxt)
+        nodes = self._run(node, shapes=True)
+        if not shape_reads_only_targets(self._readers, self.outputs, nodes):
+            # A Shape of a tensor inside feeds more than the chain's own targets (the fold drops only those): the
+            # chain is the run of tensors each read by the next alone.
+            nodes = self._run(node, shapes=False)
         chain = Chain(nodes, nodes[0].input[0], nodes[-1].output[0])
         for n in nodes:
             self.in_chain[id(n)] = chain
@@ -390,6 +386,24 @@ class Problem:
                 if found is not None:
                     self._assign(side, found)
         return True
+
+    def _run(self, node: NodeProto, shapes: bool) -> list[NodeProto]:
+        """The run of chain ops through ``node``, each tensor between read by the next alone (with ``shapes``, and
+        by Shapes), up to the tensors already in the domain."""
+        nodes = [node]
+        while nodes[0].input and nodes[0].input[0] not in self.cls:  # back to the first op of the run
+            prev = self.scope.producers.get(nodes[0].input[0])
+            if prev is None or self._single(nodes[0].input[0], shapes) is not nodes[0] or prev.op_type not in _CHAIN_OPS:
+                break
+            if prev.domain not in DEFAULT_DOMAINS or id(prev) in self.interior or self._is_merge(prev) or id(prev) in self.in_chain:
+                break
+            nodes.insert(0, prev)
+        while nodes[-1].output[0] not in self.cls:
+            nxt = self._single(nodes[-1].output[0], shapes)
+            if nxt is None or self._is_merge(nxt) or id(nxt) in self.in_chain:
+                break
+            nodes.append(nxt)
+        return nodes
 
     def _is_merge(self, node: NodeProto) -> bool:
         """Whether ``node`` is a Transpose that moves the channel axis of a tensor in the domain (at rank 3, [0, 2, 1]

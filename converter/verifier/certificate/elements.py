@@ -6,7 +6,9 @@ compared: at two sets of sizes, so that a size written as a constant where the r
 pass. (The cleanup that writes these chains reasons with its own code; none of it is used here.)
 
 A step is ``("layout", perm with None entries)`` | ``("transpose", perm)`` | ``("squeeze"/"unsqueeze", axes)``
-| ``("reshape", target with None for "what is left", allowzero)``.
+| ``("reshape", target with None for "what is left", allowzero)``. A computed Reshape target's entries may be
+symbols (inference's ``[N, S, 4, 16]`` of a head split that reads ``N`` and ``S`` from ``Shape``): each is the size
+the root's dim of that name is set to, so that the target follows the root at both sets of sizes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ Shape = tuple[int | str | None, ...]
 
 def rearrange_step(node: NodeProto, fact_of: Callable[[str], Fact], out_shape: Callable[[str], Shape | None]) -> Step | None:
     """What ``node`` does to the elements, from its attributes and constant inputs (a Reshape whose target
-    is computed: the output shape inference found, with one dim it cannot tell as "what is left")."""
+    is computed: the output shape inference found, a symbol it carried through from the graph's dims as that
+    symbol, and one dim it cannot tell as "what is left")."""
     attrs = Attributes(node)
     if node.op_type == "Transpose":
         perm = attrs.get_ints("perm")
@@ -50,7 +53,7 @@ def rearrange_step(node: NodeProto, fact_of: Callable[[str], Fact], out_shape: C
         shape = out_shape(node.output[0])
         if shape is None:
             return None
-        return ("reshape", tuple(d if isinstance(d, int) else None for d in shape), True)
+        return ("reshape", tuple(d if isinstance(d, int) or _told(d) else None for d in shape), True)
     axes = attrs.get_ints("axes")
     if axes is None and len(node.input) > 1:
         axes = const_ints(fact_of(node.input[1]))
@@ -62,41 +65,56 @@ def symbolic(name: str, shape: Sequence[int | str | None]) -> list[int | str]:
     return [d if isinstance(d, int | str) and d != "" else f"?{name}:{i}" for i, d in enumerate(shape)]
 
 
-def _sizes(dims: Sequence[int | str], first: int) -> list[int] | None:
-    """``dims`` with each symbolic size set to a prime of its own, starting from ``_PRIMES[first]``."""
-    symbols: dict[str, int] = {}
+def _told(d: object) -> bool:
+    """A symbolic dim shape inference carried through (a name of the graph's, or a product of one), not one it
+    made up (``unk__3``) or an empty one."""
+    return isinstance(d, str) and bool(d) and not d.startswith("unk__")
+
+
+def _sizes(dims: Sequence[int | str], first: int, symbols: dict[str, int]) -> list[int] | None:
+    """``dims`` with each symbolic size set to a prime of its own, starting from ``_PRIMES[first]`` (``symbols``:
+    each name's prime, filled in)."""
     out = []
     for d in dims:
         if isinstance(d, str):
-            # A product of whole numbers and names (torch.export's "24*s0") is that product of their sizes: the
-            # names it shares with other dims take the same prime.
-            factors = [f.strip() for f in d.split("*")]
-            if len(factors) < 2 or not all(f.isdigit() or f.isidentifier() for f in factors):
-                factors = [d]
-            size = 1
-            for f in factors:
-                if f.isdigit():
-                    size *= int(f)
-                    continue
-                if f not in symbols:
-                    if first + len(symbols) >= len(_PRIMES):
-                        return None
-                    symbols[f] = _PRIMES[first + len(symbols)]
-                size *= symbols[f]
+            size = _symbol_size(d, first, symbols)
+            if size is None:
+                return None
             out.append(size)
         else:
             out.append(int(d))
     return out if math.prod(out) <= _CHECK_ELEMENTS else None
 
 
+def _symbol_size(d: str, first: int, symbols: dict[str, int], new: bool = True) -> int | None:
+    """The size of the symbolic dim ``d``: a product of whole numbers and names (torch.export's "24*s0") is that
+    product of their sizes, the names it shares with other dims taking the same prime; a name not seen yet takes
+    the next prime (``new``), or makes the size unknown (None)."""
+    factors = [f.strip() for f in d.split("*")]
+    if len(factors) < 2 or not all(f.isdigit() or f.isidentifier() for f in factors):
+        factors = [d]
+    size = 1
+    for f in factors:
+        if f.isdigit():
+            size *= int(f)
+            continue
+        if f not in symbols:
+            if not new or first + len(symbols) >= len(_PRIMES):
+                return None
+            symbols[f] = _PRIMES[first + len(symbols)]
+        size *= symbols[f]
+    return size
+
+
 def elements(dims: Sequence[int | str], steps: Sequence[Step], first: int = 0) -> np.ndarray | None:
     """The root's flat element index at each position of the tensor ``steps`` make of it (symbolic sizes set
     by ``_sizes``), or None when a step does not apply."""
-    sizes = _sizes(dims, first)
+    symbols: dict[str, int] = {}
+    sizes = _sizes(dims, first, symbols)
     if sizes is None:
         return None
     try:
-        return _apply_steps(np.arange(math.prod(sizes), dtype=np.int32).reshape(sizes), steps)
+        return _apply_steps(np.arange(math.prod(sizes), dtype=np.int32).reshape(sizes), steps, symbols)
     except (ValueError, TypeError, IndexError):
         return None
 
@@ -143,7 +161,7 @@ def _ints(args: object) -> tuple[int | None, ...]:
     return args
 
 
-def _apply_steps(x: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
+def _apply_steps(x: np.ndarray, steps: Sequence[Step], symbols: dict[str, int]) -> np.ndarray:
     for step in steps:
         kind, args = step[0], _ints(step[1])
         if kind in ("layout", "transpose"):
@@ -154,6 +172,17 @@ def _apply_steps(x: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
         elif kind == "unsqueeze":
             x = np.expand_dims(x, tuple(a for a in args if a is not None))
         else:
-            target = [-1 if t is None else (x.shape[i] if t == 0 and not step[2] else t) for i, t in enumerate(args)]
+            target = [_target_dim(t, i, x.shape, bool(step[2]), symbols) for i, t in enumerate(args)]
             x = x.reshape(target)
     return x
+
+
+def _target_dim(t: int | str | None, i: int, shape: tuple[int, ...], allowzero: bool, symbols: dict[str, int]) -> int:
+    """One entry of a Reshape target as numpy takes it: None is what is left (-1), 0 copies the input's dim (not
+    under ``allowzero``), a symbol is the size its name was set to (one the root's dims lack: what is left)."""
+    if t is None:
+        return -1
+    if isinstance(t, str):
+        size = _symbol_size(t, 0, symbols, new=False)
+        return -1 if size is None else size
+    return shape[i] if t == 0 and not allowzero else t

@@ -48,7 +48,7 @@ from converter.verifier.certificate.expressions import (
 from converter.verifier.certificate.facts import EMPTY, MERGED, Const, Fact, SameAs, Unknown
 from converter.verifier.certificate.layouts import compose, lifted, plain
 from converter.verifier.certificate.nodes import graphs_of, is_default, transpose_layout
-from converter.verifier.certificate.products import products
+from converter.verifier.certificate.products import products, reshape_rests
 
 
 class Original:
@@ -316,7 +316,45 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], d
     # Dims that are a symbol times a number (a dynamic batch through a window partition), from two more runs with
     # the symbols set to primes (products.py).
     shapes.update(products(light, shapes, _infer))
+    # The dim a Reshape's -1 stands for where inference cannot divide symbols out (products.py), given to inference
+    # as that output's shape so that what reads it (a head split's Transpose and MatMul) has it too.
+    rests = reshape_rests(light.graph, shapes)
+    if rests:
+        shapes.update(_with_rests(light, shapes, rests))
     return shapes, values
+
+
+def _with_rests(light: onnx.ModelProto, shapes: dict[str, Shape | None], rests: dict[str, Shape]) -> dict[str, Shape]:
+    """The shapes inference tells more of once the Reshape outputs in ``rests`` are given those shapes: each tensor
+    with the untold dims it now tells filled in (``rests`` among them; one whose told dims it contradicts is left)."""
+    again = onnx.ModelProto()
+    again.CopyFrom(light)
+    for name, dims in rests.items():
+        vi = again.graph.value_info.add()
+        vi.name = name
+        vi.type.tensor_type.elem_type = TensorProto.UNDEFINED
+        for d in dims:
+            dim = vi.type.tensor_type.shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            elif d:
+                dim.dim_param = d
+    better = _infer(again)
+    out: dict[str, Shape] = dict(rests)
+    for name, shape in (better or {}).items():
+        old = shapes.get(name)
+        if name in rests or shape is None or old is None or len(old) != len(shape):
+            continue
+        if any(_dim_told(o) and _dim_told(n) and o != n for o, n in zip(old, shape, strict=True)):
+            continue
+        merged = tuple(o if _dim_told(o) or not _dim_told(n) else n for o, n in zip(old, shape, strict=True))
+        if merged != old:
+            out[name] = merged
+    return out
+
+
+def _dim_told(d: int | str | None) -> bool:
+    return isinstance(d, int) or (isinstance(d, str) and bool(d) and not d.startswith("unk__"))
 
 
 def _unknown_dims(graph: GraphProto, shapes: dict[str, Shape | None]) -> int:

@@ -82,3 +82,70 @@ def _product(a: int | str | None, b: int | str | None, symbols: list[str]) -> in
             k = a // p
             return symbol if k == 1 else f"{k}*{symbol}"
     return None
+
+
+def reshape_rests(graph: onnx.GraphProto, shapes: Mapping[str, Shape | None]) -> dict[str, Shape]:
+    """The one dim inference did not tell of a Reshape's output, where every dim of its input and the others of its
+    output are told: the input's element count over theirs, when that is a number times symbols (a head split's
+    ``[N, S, -1, 16]`` of an ``[N, S, 64]``: 4, which inference cannot divide out with ``N`` and ``S`` unknown).
+    A Reshape keeps the element count, so that is the dim; the sizes found are given back by output name."""
+    out: dict[str, Shape] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or len(node.output) != 1:
+            continue
+        x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if x is None or y is None:
+            continue
+        untold = [i for i, d in enumerate(y) if not _told(d)]
+        if len(untold) != 1:
+            continue
+        total = _monomial_of(x)
+        known = _monomial_of([d for i, d in enumerate(y) if i != untold[0]])
+        if total is None or known is None or known[0] == 0:
+            continue
+        rest = _divide(total, known)
+        if rest is not None:
+            out[node.output[0]] = tuple(_written(rest) if i == untold[0] else d for i, d in enumerate(y))
+    return out
+
+
+Monomial = tuple[int, tuple[str, ...]]  # a number times symbols (sorted, repeated as often as they divide)
+
+
+def _monomial_of(dims: Shape | list[int | str | None]) -> Monomial | None:
+    """The product of ``dims`` (each a number, a symbol or ``"k*N"``), or None when one is not told."""
+    k, names = 1, []
+    for d in dims:
+        if isinstance(d, int):
+            k *= d
+            continue
+        if not _told(d):
+            return None
+        factors = [f.strip() for f in str(d).split("*")]
+        if len(factors) < 2 or not all(f.isdigit() or f.isidentifier() for f in factors):
+            factors = [str(d)]
+        for f in factors:
+            if f.isdigit():
+                k *= int(f)
+            else:
+                names.append(f)
+    return k, tuple(sorted(names))
+
+
+def _divide(a: Monomial, b: Monomial) -> Monomial | None:
+    """``a / b`` when it is a number times symbols."""
+    left = list(a[1])
+    for name in b[1]:
+        if name not in left:
+            return None
+        left.remove(name)
+    if a[0] % b[0]:
+        return None
+    return a[0] // b[0], tuple(left)
+
+
+def _written(m: Monomial) -> int | str:
+    """A monomial as a dim: a number, or ``"k*N*S"`` (the number left out when it is 1)."""
+    if not m[1]:
+        return m[0]
+    return "*".join([*([str(m[0])] if m[0] != 1 else []), *m[1]])

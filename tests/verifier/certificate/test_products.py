@@ -51,3 +51,41 @@ def test_only_products_are_filled_in() -> None:
     shapes = {"plus_one": (None,), "clamped": (None,), "twice": (None, 3), "x": ("N", 3)}
     found = products(model, shapes, _infer)
     assert found == {"twice": ("2*N", 3)}
+
+
+def test_a_reshape_rest_is_divided_out_and_read_further_on() -> None:
+    """HF's head split ``view(N, S, -1, dh)`` on a dynamic N and S: onnx's inference cannot divide N * S * 64 by
+    N * S * 16, the certificate does (a Reshape keeps the element count), and inference then carries the 4 on to
+    what reads the split (its Transpose)."""
+    from tests.rewriter.layout.test_dynamic_heads import DH, HEADS, C, dynamic_attention
+
+    model = dynamic_attention(layers=1, heads_left=True)
+    shapes, _ = _inferred_shapes(model)
+    splits = [n for n in model.graph.node if n.op_type == "Reshape" and shapes.get(n.input[0]) == ("N", "S", C)]
+    assert len(splits) == 3
+    for n in splits:
+        assert shapes[n.output[0]] == ("N", "S", HEADS, DH)
+        (t,) = [r for r in model.graph.node if n.output[0] in r.input]
+        assert shapes[t.output[0]] == ("N", HEADS, "S", DH)
+
+
+def test_a_rest_is_only_a_whole_quotient() -> None:
+    """The rest is the input's count over the other dims only where that divides (symbols and number alike), and
+    only where one dim is not told."""
+    from converter.verifier.certificate.products import reshape_rests
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "t"], [y]) for y in ("a", "b", "c", "d")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 64])],
+        [],
+    )
+    shapes: dict[str, tuple[int | str | None, ...] | None] = {
+        "x": ("N", "S", 64),
+        "a": ("N", "S", None, 16),
+        "b": ("N", None, None, 16),
+        "c": ("N", None, 48),
+        "d": ("S", "S", None),
+    }
+    rests = reshape_rests(graph, shapes)
+    assert rests == {"a": ("N", "S", 4, 16)}  # b: two untold; c: 64 * S / 48 is no whole; d: N is not S * S

@@ -207,3 +207,21 @@ def test_the_command_passes_what_the_certificate_once_could_not_follow(make, fla
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED" in r.stdout and "Traceback" not in r.stderr
     assert (tmp_path / "out.onnx").exists() and source.read_bytes() == before
+
+
+def test_a_computed_target_follows_the_roots_symbols() -> None:
+    """A Reshape whose target is computed from ``Shape`` is read with the symbols inference found for its output:
+    ``[N, S, 4, 16]`` of an ``[N, S, 64]`` root is ``[0, 0, 4, 16]`` at both sets of sizes; naming the symbols in
+    another order, or writing a symbolic size as a number, is not (the folded chains of a dynamic sequence)."""
+    from converter.verifier.certificate.elements import same_elements
+
+    dims: list[int | str] = ["N", "S", 64]
+    copied = (("reshape", (0, 0, 4, 16), False),)
+    assert same_elements(dims, (("reshape", ("N", "S", 4, 16), True),), copied)
+    assert same_elements(dims, (("reshape", ("N", "S", None, 16), True),), copied)  # one not told: what is left
+    assert not same_elements(dims, (("reshape", ("S", "N", 4, 16), True),), copied)
+    assert not same_elements(dims, (("reshape", ("N", 3, 4, 16), True),), copied)
+    # the CF view of the root split into heads ([N, 64, S] -> [N, 4, 16, S]) is the split's, transposed
+    ours = (("layout", (0, 2, 1)), ("reshape", (0, 4, 16, -1), False), ("transpose", (0, 1, 3, 2)))
+    theirs = (("reshape", ("N", "S", 4, 16), True), ("transpose", (0, 2, 1, 3)))
+    assert same_elements(dims, ours, theirs)
