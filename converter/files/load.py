@@ -214,9 +214,19 @@ def check_model(model: onnx.ModelProto, where: str = "model", raw_sizes: list[in
     if not model.HasField("graph") or not model.graph.output:
         raise InputError(f"{where}: not an ONNX model (it has no graph with outputs)")
     known = onnx.defs.onnx_opset_version()
+    imported: dict[str, int] = {}
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > known:
             raise InputError(f"{where}: opset {opset.version} is newer than this onnx ({onnx.__version__}) knows ({known})")
+        # One domain imported twice: which version its ops mean is not defined (onnxruntime takes the last,
+        # others the first), and an op's meaning changes with it.
+        domain = "ai.onnx" if opset.domain in ("", "ai.onnx") else opset.domain
+        if domain in imported:
+            raise InputError(
+                f"{where}: invalid ONNX model (it imports the operators of domain {domain!r} twice, "
+                f"versions {imported[domain]} and {opset.version})"
+            )
+        imported[domain] = opset.version
     _check_tensor_headers(model, where)
     _check_declared_types(model, where)
     check_acyclic(model, where)

@@ -722,6 +722,8 @@ class _Trial:
             a_tol, r_tol = _tolerances(vi.type.tensor_type.elem_type, ref, o.atol, o.rtol, self.depth, noise)
             if got is None:
                 check = failed(vi.name, ref, a_tol, r_tol, failure or "the rewritten model did not run")
+            elif vi.name not in got:  # a candidate of --check may lack an output, or name it otherwise
+                check = failed(vi.name, ref, a_tol, r_tol, f"the rewritten model has no output named {vi.name!r}")
             else:
                 check = compare(vi.name, got[vi.name], ref, a_tol, r_tol)
             self.per_output[vi.name].append(check)

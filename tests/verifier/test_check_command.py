@@ -19,7 +19,7 @@ import pytest
 
 import converter
 from tests.bugs import EQUIVALENT, WRONG
-from tests.conftest import run_command
+from tests.conftest import Dense, dense_model, run_command, with_output_shapes
 from tests.verifier.test_verify import BUG_MODELS
 
 FIXTURES = Path(__file__).parents[2] / "models" / "fixtures"
@@ -86,6 +86,28 @@ def test_a_wrong_candidate_never_passes(tmp_path: Path, edit: str) -> None:
     r = run_command(original, "--check", _save(edited, tmp_path / "candidate.onnx"))
     assert r.returncode in (1, 3), r.stdout + r.stderr
     assert "PASSED" not in r.stdout
+
+
+@pytest.mark.parametrize("change", ["renamed", "missing"])
+def test_a_candidate_without_one_of_the_outputs_fails_in_a_verdict(tmp_path: Path, change: str) -> None:
+    """An output renamed, or left out: FAILED (exit 1) with the output named, not an internal error."""
+    model = with_output_shapes(dense_model(Dense(fanout=True)))  # two outputs: y and side
+    original = _save(model, tmp_path / "original.onnx")
+    result = converter.rewrite(model, layout="keep-all")
+    assert len(model.graph.output) == 2 and result.report.rewritten
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(result.model)
+    last = candidate.graph.output[-1]
+    if change == "renamed":
+        producer = next(n for n in candidate.graph.node if last.name in n.output)
+        producer.output[list(producer.output).index(last.name)] = last.name + "_renamed"
+        last.name += "_renamed"
+    else:
+        candidate.graph.output.pop()
+    r = run_command(original, "--check", _save(candidate, tmp_path / "candidate.onnx"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("FAILED:")
 
 
 def test_a_candidate_in_another_opset_is_refused(tmp_path: Path) -> None:

@@ -28,6 +28,13 @@ from converter.verifier.certificate.facts import Const, Fact
 from converter.verifier.certificate.layouts import norm_axis
 from converter.verifier.certificate.nodes import Attributes
 
+
+def wide(values: np.ndarray) -> np.ndarray:
+    """A DequantizeLinear operand as onnxruntime computes with it: float32, whatever the scale's type (an int16
+    or int32 value cast to a float16 scale's type first would round twice, and differ from what runs)."""
+    return np.asarray(values, dtype=np.float32)
+
+
 FOUR_BIT = frozenset(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)) for t in (TensorProto.INT4, TensorProto.UINT4))
 
 
@@ -78,7 +85,7 @@ def dequantize(node: NodeProto, ins: Sequence[Fact], data: np.ndarray | None = N
         else:
             return None
         diff = q.astype(np.int64) - zero.astype(np.int64)
-        return np.asarray(diff.astype(scale.dtype) * scale, dtype=scale.dtype)
+        return np.asarray(wide(diff) * wide(scale), dtype=np.float32).astype(scale.dtype)
     except (TypeError, ValueError, AttributeError, IndexError):
         return None
 
@@ -134,7 +141,7 @@ def nbits_weight(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | str:
             return "the MatMulNBits g_idx is not one block index per input channel"
         group = g_idx.reshape(-1).astype(np.int64)
     diff = q.astype(np.int64) - z[:, group]
-    return np.asarray(diff.astype(scales.dtype) * scales[:, group], dtype=scales.dtype)
+    return np.asarray(wide(diff) * wide(scales[:, group]), dtype=np.float32).astype(scales.dtype)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:

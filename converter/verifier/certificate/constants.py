@@ -130,7 +130,7 @@ def dequantize(node: NodeProto, ins: Sequence[Fact]) -> np.ndarray | None:
             shape[axis] = scale.shape[0]
             scale, zero = scale.reshape(shape), zero.reshape(shape)
         diff = q.astype(np.int64) - zero.astype(np.int64)
-        return np.asarray(diff.astype(scale.dtype) * scale, dtype=scale.dtype)
+        return np.asarray(blocks.wide(diff) * blocks.wide(scale), dtype=np.float32).astype(scale.dtype)
     except (TypeError, ValueError, AttributeError, IndexError):
         return None
 

@@ -4,7 +4,8 @@ The walk compares nodes; what they mean and some of what they read lives in the 
 
 - ``opset_import``: an op's meaning depends on its domain's version (Softmax before opset 13 normalizes a
   flattened block; in an If branch no input takes, no number shows it). Every domain either model imports
-  must have the same version in both;
+  must have the same version in both, imported once (onnxruntime takes the last of two imports, others the
+  first);
 - ``ir_version``: the rules of the format itself (which initializers a caller may override, among others);
 - model-local functions (``ModelProto.functions``): a node calling one is matched by op, domain and
   attributes, so the function's body must be the original's, bit for bit (serialized);
@@ -38,7 +39,11 @@ def differences(
         rewritten: the model to check against it.
         value_of: reads a tensor's data (detached weights: see ``certify``).
     """
-    problems = []
+    problems = [
+        f"{who} imports the operators of domain {domain or 'ai.onnx'!r} twice: which version its ops mean is not defined"
+        for who, model in (("the original", original), ("the rewritten model", rewritten))
+        for domain in _twice(model)
+    ]
     theirs, ours = _opsets(original), _opsets(rewritten)
     for domain in sorted(set(theirs) | set(ours)):
         if theirs.get(domain) != ours.get(domain):
@@ -56,6 +61,17 @@ def differences(
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+
+
+def _twice(model: onnx.ModelProto) -> list[str]:
+    seen: list[str] = []
+    twice = []
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        if domain in seen and domain not in twice:
+            twice.append(domain)
+        seen.append(domain)
+    return twice
 
 
 def _version(v: int | None) -> str:

@@ -70,6 +70,14 @@ def test_opset_11_softmax_on_a_later_axis_declines(axis: int) -> None:
     declines(build(), "Softmax", "softmax_axis_coerced")
 
 
+@pytest.mark.parametrize("axis", [1, None])
+def test_opset_11_hardmax_declines_where_the_perm_reorders_the_flattened_block(axis: int | None) -> None:
+    """Hardmax-11 marks the first maximum of the flattened block: NHWC's perm keeps {1, 2, 3} together but
+    reorders them, which changes which of equal values comes first."""
+    _, build = around("Hardmax", opset=11, **({} if axis is None else {"axis": axis}))
+    declines(build(), "Hardmax", "softmax_axis_coerced")
+
+
 # -- Slice -----------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import converter
 from converter.verifier.certificate import certify
 from models.graphs import Builder
-from tests.conftest import Dense, dense_model
+from tests.conftest import Dense, dense_model, run_command
 
 
 def _converted(model: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto, list]:
@@ -78,6 +78,20 @@ def test_another_opset_of_another_domain_and_another_ir_version_are_differences(
     problems = certify(model, changed, layers).problems
     assert any("'com.microsoft' is 1, the original's not imported" in p for p in problems)
     assert any("IR version" in p for p in problems)
+
+
+def test_a_domain_imported_twice_is_a_difference_and_refused_by_the_command(tmp_path) -> None:  # noqa: ANN001
+    """opset_import [11, 13] of one domain: onnxruntime reads the ops at 13, a reader of the first entry at 11
+    (the Softmax in the branch would then be proved in another layout)."""
+    model, rewritten, layers = _converted(_softmax_in_a_branch(13))
+    both = [_copy(model), _copy(rewritten)]
+    for m in both:
+        m.opset_import.insert(0, helper.make_opsetid("", 11))
+    problems = certify(both[0], both[1], layers).problems
+    assert any("imports the operators of domain 'ai.onnx' twice" in p for p in problems), problems
+    onnx.save(both[0], tmp_path / "twice.onnx")
+    r = run_command(tmp_path / "twice.onnx", "--dry-run")
+    assert r.returncode == 2 and "imports the operators of domain 'ai.onnx' twice, versions 11 and 13" in r.stderr
 
 
 def _overridable_bias() -> onnx.ModelProto:
@@ -196,3 +210,27 @@ def test_the_command_refuses_a_rewrite_that_changes_what_the_model_computes_with
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED" in done.stdout and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("op", ["Softmax", "Hardmax"])
+def test_an_opset_11_hardmax_read_in_another_order_is_not_proved(op: str) -> None:
+    """Before opset 13 both flatten the axes from 1 on; Softmax is the same whatever their order, Hardmax marks
+    the first maximum, so reading it with those axes reordered changes which of equal values wins."""
+    vi = helper.make_tensor_value_info
+    x = [vi("x", TensorProto.FLOAT, [2, 4, 3, 5])]
+    y = [vi("y", TensorProto.FLOAT, [2, 3, 5, 4])]
+    original = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), helper.make_node(op, ["t"], ["y"], axis=1)], "o", x, y
+        ),
+        opset_imports=[helper.make_opsetid("", 11)],
+    )
+    moved = helper.make_model(
+        helper.make_graph(
+            [helper.make_node(op, ["x"], ["h"], axis=1), helper.make_node("Transpose", ["h"], ["y"], perm=[0, 2, 3, 1])], "m", x, y
+        ),
+        opset_imports=[helper.make_opsetid("", 11)],
+    )
+    original.ir_version = moved.ir_version = 7
+    cert = certify(original, moved, [])
+    assert cert.proved == (op == "Softmax"), cert.to_dict()

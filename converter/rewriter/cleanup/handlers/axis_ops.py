@@ -6,7 +6,7 @@ to ``[0, rank)`` first:
 - Softmax / LogSoftmax / Hardmax, opset >= 13: ``axis -> perm[axis]``; output Transpose ``perm``.
   Before opset 13 they flatten to 2D at ``axis`` (default 1); the move is made only when ``perm``
   keeps the axes ``>= axis`` among themselves (``{perm[i] : i >= axis} == {axis..rank-1}``); the
-  axis stays.
+  axis stays. Hardmax marks the first of equal maxima, so for it ``perm`` keeps those axes in order.
 - Slice: ``axes -> [perm[x] for x in axes]`` (input 3 from opset 10, attribute before; when absent,
   ``axes = 0..len(starts)-1`` is made explicit); starts, ends, steps unchanged; output ``perm``.
 - Pad: ``pads`` (input 1 from opset 11, attribute before), ``[b_0..b_{r-1}, e_0..e_{r-1}]``
@@ -55,6 +55,11 @@ def softmax(args: HandlerArgs) -> Plan | Decline:
         return Decline(
             "softmax_axis_coerced",
             f"before opset 13 {args.node.op_type} normalizes over the axes from {k} on together; perm {list(args.perm)} mixes them",
+        )
+    if args.node.op_type == "Hardmax" and list(args.perm[k:]) != list(range(k, args.rank)):
+        return Decline(
+            "softmax_axis_coerced",
+            f"before opset 13 Hardmax marks the first maximum of the axes from {k} on: perm {list(args.perm)} reorders ties",
         )
     return data_plan(args)
 

@@ -5,6 +5,7 @@ their counterpart with the outputs in layout ``Q``.
 - Softmax / LogSoftmax / Hardmax, opset >= 13: ``axis`` maps to the original's; ``Q = P``. Before opset 13
   they flatten the input at ``axis`` (default 1) and normalize each trailing block as one: the same axis,
   and ``P`` keeps the axes ``>= axis`` among themselves (``{P[i] : i >= axis} == {axis..rank-1}``); ``Q = P``.
+  Hardmax marks the first of equal maxima of that block, so for it ``P`` keeps those axes in their order.
 - Concat / Split: ``axis`` (default 0) maps; Split's sizes (input 1) are the original's; ``Q = P``.
 - Gather (constant indices of rank ``m``, no added unit axes): ``axis`` maps; the output holds the data's axes
   before the gathered one, the indices' ``m`` axes, then the rest, so ``Q`` places each of the node's output
@@ -46,6 +47,8 @@ def softmax(a: AxisArgs) -> Layout | str:
         a_r, a_o = norm_axis(a.attrs.get_int("axis", 1), rank), norm_axis(a.orig_attrs.get_int("axis", 1), rank)
         if a.orig_rank != rank or a_r is None or a_r != a_o or not a.same_attributes() or set(perm[a_r:]) != set(range(a_r, rank)):
             return f"{op} before opset 13 flattens its input at the axis: this layout changes what it normalizes"
+        if op == "Hardmax" and list(perm[a_r:]) != list(range(a_r, rank)):
+            return "Hardmax before opset 13 marks the first maximum of the flattened block: this layout reorders ties"
         return perm
     if not _same_axis(a, -1):
         return f"the {op} axis is not the original's under the layout"
