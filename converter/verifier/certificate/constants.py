@@ -1,7 +1,8 @@
 """Constants: comparing them bit for bit, laying them out, and computing the small constant subgraphs exporters leave.
 
 Ops on constants whose result the rewrite may treat as a constant (exporters leave them on initializers)
-are computed here by onnx's reference evaluator, not by the rewrite's code. DequantizeLinear of constants is
+are computed here, not by the rewrite's code: integer arithmetic by onnx's reference evaluator, float and string
+values by onnxruntime (what both models run on, where the two differ). DequantizeLinear of constants is
 a quantized weight or bias: its value is the float tensor the layer uses, so a layer read through it is
 compared by that value (the integers, scale and zero point at once); it is written out here
 (:func:`dequantize`), the evaluator lacking it before opset 19.
@@ -41,9 +42,8 @@ def differs(actual: np.ndarray, expected: np.ndarray, role: str) -> str | None:
     if actual.dtype.kind in "fc" and actual.size:
         diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
         n = int(np.count_nonzero(actual != expected))
-        return (
-            f"the {role} differs from the original's in {n} of {actual.size} elements (max difference {float(np.nanmax(diff)):.3g})"
-        )
+        most = float(np.max(diff, where=~np.isnan(diff), initial=0.0)) if not np.isnan(diff).all() else float("nan")
+        return f"the {role} differs from the original's in {n} of {actual.size} elements (max difference {most:.3g})"
     return f"the {role} differs from the original's"
 
 
@@ -65,8 +65,6 @@ def laid_out(value: np.ndarray, layout: Layout) -> np.ndarray | str:
 
 def run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx.OperatorSetIdProto]) -> np.ndarray | None:
     """The node's output computed by onnx's reference evaluator, or None when it rejects the node."""
-    from onnx.reference import ReferenceEvaluator
-
     if node.op_type == "DequantizeLinear":
         return dequantize(node, ins)
 
@@ -81,9 +79,39 @@ def run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx
         out = onnx.helper.make_tensor_value_info(node.output[0], TensorProto.UNDEFINED, None)
         graph = onnx.helper.make_graph([node], "constant", [], [out], inits)
         model = onnx.helper.make_model(graph, opset_imports=list(opsets) or [onnx.helper.make_opsetid("", 17)])
-        results = ReferenceEvaluator(model).run(None, {})  # a list (a dict only with intermediate=True)
-        return np.asarray(results[0] if isinstance(results, list) else results[node.output[0]])
+    except Exception:  # noqa: BLE001 - whatever cannot be written as a model is simply not a constant here
+        return None
+    results = as_the_engine_computes(model)
+    return None if results is None else results[0]
+
+
+def as_the_engine_computes(model: onnx.ModelProto) -> list[np.ndarray] | None:
+    """The outputs of a model of constants (one node), as onnxruntime computes them; None when it cannot.
+
+    Integer and boolean arithmetic (shape arithmetic, nearly all of it) is exact in any engine: onnx's
+    reference evaluator computes it without building a session. A float or string value is what onnxruntime
+    computes, since both models run there and the reference evaluator differs from it (a reduction over a NaN,
+    a string cast, a float sum added in another order)."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        found = ReferenceEvaluator(model).run(None, {})  # a list (a dict only with intermediate=True)
+        arrays = [np.asarray(r) for r in (found if isinstance(found, list) else found.values())]
     except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
+        return None
+    exact = "biu"
+    if all(a.dtype.kind in exact for a in arrays) and all(
+        numpy_helper.to_array(t).dtype.kind in exact for t in model.graph.initializer
+    ):
+        return arrays
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [np.asarray(v) for v in session.run(None, {})]
+    except Exception:  # noqa: BLE001 - what the engine cannot compute alone is not a constant the proof may use
         return None
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import NodeProto, TensorProto, numpy_helper
 
-from converter.verifier.certificate.constants import constant_node_fact
+from converter.verifier.certificate.constants import as_the_engine_computes, constant_node_fact
 from converter.verifier.certificate.facts import Const
 from converter.verifier.certificate.layouts import Layout, norm_axis
 from converter.verifier.certificate.nodes import Attributes, graphs_of, is_default
@@ -48,24 +48,23 @@ Dims = tuple[int | str | None, ...]
 def evaluate(
     node: NodeProto, values: Sequence[np.ndarray | None], opsets: Sequence[onnx.OperatorSetIdProto]
 ) -> list[np.ndarray] | None:
-    """``node``'s outputs computed by onnx's reference evaluator from the arrays of its inputs (None: an absent
-    optional input), or None when the op is not an expression op, an array is too large, or the evaluator
-    rejects it."""
+    """``node``'s outputs computed as the engine does (:func:`constants.as_the_engine_computes`) from the arrays
+    of its inputs (None: an absent optional input), or None when the op is not an expression op, an array is too
+    large, or neither engine computes it."""
     if not is_default(node) or node.op_type not in EXPRESSION_OPS or graphs_of(node) or node.op_type in ("Shape", "Size"):
         return None
     if any(v is not None and np.asarray(v).size > SMALL for v in values):
         return None
-    from onnx.reference import ReferenceEvaluator  # imported when a graph has such an expression at all
-
     try:
         inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(node.input, values, strict=True) if n and v is not None]
         outs = [onnx.ValueInfoProto(name=o) for o in node.output if o]
         graph = onnx.helper.make_graph([node], "expression", [], outs, inits)
         model = onnx.helper.make_model(graph, opset_imports=list(opsets) or [onnx.helper.make_opsetid("", 17)])
-        results = ReferenceEvaluator(model).run(None, {})
-    except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not known here
+    except Exception:  # noqa: BLE001 - whatever cannot be written as a model is simply not known here
         return None
-    arrays = [np.asarray(r) for r in (results if isinstance(results, list) else [results])]
+    arrays = as_the_engine_computes(model)
+    if arrays is None:
+        return None
     if any(a.size > SMALL or a.dtype.kind not in "biuf" for a in arrays):
         return None
     return arrays

@@ -70,3 +70,59 @@ def test_a_dequantized_int16_weight_with_a_float16_scale_is_what_onnxruntime_com
     weight = twice if which == "twice rounded" else runs
     check = converter.verify(original, _candidate(weight, bias))
     assert check.passed == (which == "as onnxruntime"), check.to_dict()
+
+
+def _branch_model(fold: list[onnx.NodeProto], constants: list[onnx.TensorProto], converted: bool) -> onnx.ModelProto:
+    """A dense layer (or its Conv), then an If that only an input past 1000 takes, whose branch multiplies the
+    layer's output by ``k``: computed from constants by ``fold`` (the original), or held as a constant."""
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal((C, K)).astype(np.float32), rng.standard_normal(K).astype(np.float32)
+    vi = helper.make_tensor_value_info
+    then = helper.make_graph(
+        [*fold, helper.make_node("Mul", ["a", "k"], ["t"])], "then", [], [vi("t", TensorProto.FLOAT, ["N", 2, 3, K])], constants
+    )
+    other = helper.make_graph([helper.make_node("Relu", ["a"], ["e"])], "else", [], [vi("e", TensorProto.FLOAT, ["N", 2, 3, K])])
+    if converted:
+        nodes = [
+            helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+            helper.make_node("Conv", ["xt", "wc", "b"], ["ac"], kernel_shape=[1, 1], name="mm_conv"),
+            helper.make_node("Transpose", ["ac"], ["a"], perm=[0, 2, 3, 1]),
+        ]
+        weights = [numpy_helper.from_array(np.ascontiguousarray(w.T.reshape(K, C, 1, 1)), "wc")]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Add", ["m", "b"], ["a"])]
+        weights = [numpy_helper.from_array(w, "w")]
+    nodes += [
+        helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+        helper.make_node("Greater", ["top", "limit"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+    inits = [*weights, numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(1000, np.float32), "limit")]
+    graph = helper.make_graph(
+        nodes, "g", [vi("x", TensorProto.FLOAT, ["N", 2, 3, C])], [vi("y", TensorProto.FLOAT, ["N", 2, 3, K])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "reference", "engine"),
+    [
+        ("ReduceMax", [1.0, np.nan, 5.0, 2.0], np.nan, 5.0),  # onnxruntime skips the NaN
+        ("Cast", ["1_0"], 10.0, 1.0),  # onnx's reference parses "1_0" as 10
+    ],
+)
+def test_a_constant_expression_is_what_onnxruntime_computes_not_what_onnx_reference_does(
+    op: str, value: list, reference: float, engine: float
+) -> None:
+    """In a branch no random input takes, a candidate holding onnx's reference value for the original's constant
+    expression would compute otherwise in onnxruntime: it is not proved; onnxruntime's value is."""
+    data = np.array(value, dtype=object if isinstance(value[0], str) else np.float32)
+    fold = [helper.make_node(op, ["c"], ["k"], **({"keepdims": 0} if op == "ReduceMax" else {"to": TensorProto.FLOAT}))]
+    original = _branch_model(fold, [numpy_helper.from_array(data, "c")], converted=False)
+    for held, proved in ((reference, False), (engine, True)):
+        k = np.full(1 if op == "Cast" else (), held, np.float32)
+        candidate = _branch_model([], [numpy_helper.from_array(k, "k")], converted=True)
+        check = converter.verify(original, candidate)
+        assert check.passed == proved, (held, check.to_dict())
