@@ -272,6 +272,18 @@ def bias_as_add(model, layers, rng) -> bool:  # noqa: ANN001
     return _after(graph, conv, lambda i, o: helper.make_node("Add", [i, f"{conv.name}_bias_4d"], [o], name=f"{conv.name}_bias_add"))
 
 
+def bias_as_add_rank3(model, layers, rng) -> bool:  # noqa: ANN001
+    """As ``bias_as_add``, the bias as ``[K, 1, 1]``: broadcasting puts the missing unit axis in front."""
+    conv = _layer_conv(model, layers, rng, with_bias=True)
+    if conv is None:
+        return False
+    graph = model.graph
+    b = numpy_helper.to_array(_init(graph, model, conv.input[2]))
+    graph.initializer.append(numpy_helper.from_array(b.reshape(-1, 1, 1), f"{conv.name}_bias_3d"))
+    del conv.input[2]
+    return _after(graph, conv, lambda i, o: helper.make_node("Add", [i, f"{conv.name}_bias_3d"], [o], name=f"{conv.name}_bias_add"))
+
+
 def bias_as_wrong_add(model, layers, rng) -> bool:  # noqa: ANN001
     """As ``bias_as_add``, the bias added in another layout ([1, 1, 1, K]: broadcast along W, not the channels)."""
     conv = _layer_conv(model, layers, rng, with_bias=True)
@@ -408,6 +420,7 @@ def conv_renamed(model, layers, rng) -> bool:  # noqa: ANN001
 EQUIVALENT: dict[str, Callable[..., bool]] = {
     "commutative_swapped": commutative_swapped,
     "bias_as_add": bias_as_add,
+    "bias_as_add_rank3": bias_as_add_rank3,
     "dilations_on_1x1": dilations_on_1x1,
     "default_written": default_written,
     "identity_inserted": identity_inserted,

@@ -96,6 +96,10 @@ def same_operands(
             if not isinstance(o, Const):
                 return f"input {i} is a constant here but computed in the original"
             problem = ctx.same_laid_out(r, o, layout)
+            if problem and layout is not None and np.ndim(r.get()) < len(layout):
+                # Broadcasting puts unit axes in front: a [K, 1, 1] bias on [N, K, H, W] is [1, K, 1, 1].
+                full = _in_front(r, len(layout))
+                problem = problem if ctx.same_laid_out(full, o, layout) else None
             if problem:
                 return problem
             continue
@@ -344,3 +348,14 @@ def axis_op(
         return None
 
     return check
+
+
+def _in_front(c: Const, rank: int) -> Const:
+    """The constant ``c`` with unit axes in front up to ``rank``: what an elementwise op broadcasts it to."""
+    value = c.get
+
+    def padded() -> np.ndarray:
+        v = np.asarray(value())
+        return v.reshape((1,) * (rank - v.ndim) + v.shape)
+
+    return Const((c.key[0], f"{c.key[1]}\0rank{rank}"), padded)
