@@ -16,8 +16,10 @@ Per model and mode:
 - the Linears with a constant weight on rank-4 tensors, converted / total, and with ``tokens`` those on rank-3
   token sequences (models/torch_exports.py's ``linear_layers`` and ``sandwich_linears`` read them from the export,
   not from the converter), and why the others were declined;
-- Transposes of computed tensors before and after, counted by the layout policy's own census
-  (``converter.rewriter.layout.census``: every graph, those at the model's input / output as ``edge``), and
+- Transposes of computed tensors before and after, counted as ``convert`` counts them: before, the layout policy's
+  own census (``converter.rewriter.layout.census``: every graph, those at the model's input / output as ``edge``)
+  with the main graph's tensor types, so a Transpose that is constant once shapes are known is left out; after,
+  the result's layout record (``transposes_final``, ``edge_final``); and
   whatever ``transposes_*`` counts the result's layout record (``report.layout``) has beyond the original and the
   final one (``transposes_optimum`` when the optimizer reports it);
 - the verdict of ``converter.verify`` (PASSED / FAILED / INCOMPLETE; CRASH with the error where the converter
@@ -56,16 +58,11 @@ import converter
 import converter.options
 from benchmarks._results import machine, publish
 from benchmarks.inference import feeds_for, session
+from converter.graph import collect_types
+from converter.rewriter.layout.census import census
 from models import layout_corpus
 from models.torch_exports import linear_layers, sandwich_linears
 from models.zoo import DEFAULT_CACHE, TORCH_ZOO, build, torch_missing
-
-try:  # the layout policy's own count of the Transposes that cost something at run time
-    from converter.rewriter.layout import census as _census
-except ImportError:  # the layout code moved: count every Transpose of a computed tensor instead
-    _census = None
-if _census is not None and not callable(_census):  # a package whose census module is not re-exported
-    _census = getattr(_census, "census", None)
 
 TOKENS = "tokens"
 # The layout record's fields the Transposes column shows already (counted here by the census) or that are no counts.
@@ -158,12 +155,11 @@ def corpus_entries(out: Path, patterns: list[str] | None, build_missing: bool, c
 
 
 def count_transposes(model: onnx.ModelProto) -> dict[str, int]:
-    """Transposes of computed tensors (all, and those at the model's edge), as the layout policy counts them."""
-    if _census is not None:
-        c = _census(model)
-        return {"all": c.layout, "edge": c.edge}
-    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return {"all": sum(n.op_type == "Transpose" and n.input[0] not in consts for n in model.graph.node), "edge": 0}
+    """Transposes of computed tensors (all, and those at the model's edge), counted as ``convert`` counts them: the
+    layout policy's census with the main graph's tensor types, so that a Transpose that is a constant once the shapes
+    are known (of the shape of a tensor whose every dim is known) is left out."""
+    c = census(model, types=collect_types(model).get(()))
+    return {"all": c.layout, "edge": c.edge}
 
 
 def linear_sets(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -266,7 +262,10 @@ def measure_mode(original: onnx.ModelProto, entry: Entry, mode: str, linears: di
     row["rewritten"] = report.rewritten
     row["candidates"] = report.candidates
     row["declined"] = dict(report.skipped_by_reason)
-    row["transposes_after"] = count_transposes(result.model)
+    # After: convert's own count (the layout record), which sizes the tensors the cleanup made with the types it
+    # gave them; a fresh census of the result can tell a few more of them constant.
+    lay = report.layout
+    row["transposes_after"] = {"all": lay.transposes_final, "edge": lay.edge_final} if lay else count_transposes(result.model)
     row["layout"] = report.layout.to_dict() if report.layout is not None else {}
     if args.verify:
         started = time.perf_counter()
