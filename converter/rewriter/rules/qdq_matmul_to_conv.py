@@ -51,7 +51,7 @@ from converter.rewriter.rules._quantized import (
     qdq_bias_node,
     qdq_pair_nodes,
     qdq_weight_node,
-    quantized_bias,
+    quantized_bias_add,
     require_qdq_weight,
 )
 
@@ -65,19 +65,6 @@ class QdqPlan(Plan):
     bias: Bias | None = None
     bias_dq: NodeProto | None = None  # the bias is DequantizeLinear(int32 [K]): re-emitted beside the Conv
     origin: str = ""
-
-
-def _quantized_bias(ctx: Context, y: str, k: int, dtype: int) -> tuple[NodeProto, NodeProto] | None:
-    """(Add, DequantizeLinear) when ``y``'s sole reader adds ``DequantizeLinear(int32 [K] constant)``."""
-    readers = ctx.scope.consumers(y)
-    if len(readers) != 1 or y in ctx.scope.output_names:
-        return None
-    add = readers[0]
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
-        return None
-    other = add.input[1] if add.input[0] == y else add.input[0]
-    dq = quantized_bias(ctx, other, k, dtype) if other != y else None
-    return None if dq is None else (add, dq)
 
 
 class QdqMatMulToConv(Rule):
@@ -98,7 +85,7 @@ class QdqMatMulToConv(Rule):
         y = node.output[0]
         removed = [node, weight_dq]
         bias, bias_dq, bias_reason = None, None, None
-        quantized = _quantized_bias(ctx, y, w.k, xt.elem_type)
+        quantized = quantized_bias_add(ctx, y, w.k, xt.elem_type)
         if quantized is not None:
             add, bias_dq = quantized
             bias = Bias(add, bias_dq.output[0], np.zeros(0))
