@@ -92,3 +92,21 @@ def test_the_table_measures_a_corpus_export(tmp_path: Path) -> None:
     # the table's own census agrees with the converter's layout record
     assert row["transposes_before"]["all"] == tokens["layout"]["transposes_original"]
     assert tokens["transposes_after"]["all"] == tokens["layout"]["transposes_final"]
+
+
+@pytest.mark.parametrize("name", ["hf_bert_tiny", "hf_distilbert_tiny"])
+def test_a_dynamic_torchscript_text_encoder_converts_every_token_linear(tmp_path: Path, name: str) -> None:
+    """TorchScript's dynamic text encoders slice their positions from a buffer with an end read from the input's
+    shape, and split heads with a ``-1`` in a target computed from ``Shape``: the types must see ``[N, S, C]``
+    through both for the optimizer to plan the whole encoder channels-first. Every token Linear converts, with no
+    Transpose more than the export has, and the conversion is proved."""
+    _needs(name)
+    (row,) = build_one(MODELS[name], ["dynamic"], ["ts"], tmp_path)
+    assert "export_error" not in row, row.get("export_error")
+    path = tmp_path / row["file"]
+    result = converter.rewrite(path, tokens=True)
+    linears = [d for d in result.report.decisions if d.op_type in ("MatMul", "Gemm") and d.reason != "weight_not_constant"]
+    assert linears and all(d.rewritten for d in linears), [(d.node, d.reason) for d in linears if not d.rewritten]
+    layout = result.report.layout
+    assert layout.transposes_final <= layout.transposes_original
+    assert converter.verify(onnx.load(str(path)), result).verdict == "passed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,7 +161,9 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
     plain = onnx.ModelProto()
     plain.CopyFrom(skel)  # before the rounds give computed parameters their values (products.py's runs start here)
     inferred = _infer_in_rounds(skel)
-    _products(plain, inferred)
+    if _products(plain, inferred):
+        inferred = _infer(inferred)  # what follows a dim found learns it (inference keeps a value_info's known dims)
+    inferred = _reshape_rests(inferred)
     types: dict[GraphPath, dict[str, TensorType]] = {}
     for path, g in iter_graphs(inferred.graph):
         table = _TypeTable()
@@ -237,52 +239,133 @@ def _stand_ins(model: onnx.ModelProto) -> None:
 
 # Two primes per symbol of the inputs (a constant dim is the same in both runs: it never passes for a product).
 # Not larger: onnx's data propagation takes time in proportion to some sizes (0.1 s at N = 1009, 9 s at 100,003).
+# The second table is for what the first leaves unknown: a model clamps a symbol where it indexes a table of its
+# own (a sequence's positions sliced from a buffer of 64, say: at S = 1019 the slice is 64 long and the sum with
+# the tokens broadcasts nowhere), and these primes stay below such bounds and above the small thresholds a model
+# may compare a size with.
 _SYMBOL_PRIMES = ((1009, 1013), (1019, 1021), (1031, 1033), (1039, 1049), (1051, 1061))
+_SMALL_SYMBOL_PRIMES = ((17, 19), (23, 29), (31, 37), (41, 43), (47, 53))
+Runs = list[dict[str, list[int | str | None]]]
 
 
-def _products(skel: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+def _products(skel: onnx.ModelProto, inferred: onnx.ModelProto) -> bool:
     """Fill in, in ``inferred``'s main graph, the dims inference left unknown that are a symbol of the inputs times
     a number (a dynamic batch through a window partition's Reshape: ``[N * 96, 49, C]``, written ``"96*N"``).
 
     Inference (in rounds) runs twice more on ``skel`` with each input symbol set to a prime, another one each time; a
-    dim that comes out ``k`` times the prime both times is ``k`` times the symbol. Anything else stays unknown (the
-    same number twice proves no constant: ``min(N, 7)``). Nothing runs when no dim is unknown."""
+    dim that comes out ``k`` times the prime both times is ``k`` times the symbol. For what is still unknown it runs
+    twice with small primes, and a product found there is taken the same way. Anything else stays unknown (the
+    same number twice proves no constant: ``min(N, 7)``). Whether a dim was filled in."""
     symbols: list[str] = []
     for vi in skel.graph.input:
         for d in vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else ():
             if d.dim_param and not d.dim_param.startswith("unk__") and d.dim_param not in symbols:
                 symbols.append(d.dim_param)
     g = inferred.graph
-    unknown = [vi for vi in (*g.value_info, *g.output) if any(_unknown(_dim(d)) for d in vi.type.tensor_type.shape.dim)]
-    if not symbols or len(symbols) > len(_SYMBOL_PRIMES) or not unknown:
-        return
-    runs: list[dict[str, list[int | str | None]]] = []
+    if not symbols or len(symbols) > len(_SYMBOL_PRIMES):
+        return False
+    filled = False
+    for primes in (_SYMBOL_PRIMES, _SMALL_SYMBOL_PRIMES):
+        unknown = [vi for vi in (*g.value_info, *g.output) if any(_unknown(_dim(d)) for d in vi.type.tensor_type.shape.dim)]
+        runs = _runs(skel, symbols, primes) if unknown else None
+        if runs is None:
+            break
+        for vi in unknown:
+            a, b = runs[0].get(vi.name), runs[1].get(vi.name)
+            dims = vi.type.tensor_type.shape.dim
+            if a is None or b is None or len(a) != len(dims) or len(b) != len(dims):
+                continue
+            for d, x, y in zip(dims, a, b, strict=True):
+                if not _unknown(_dim(d)) or not isinstance(x, int) or not isinstance(y, int) or x == y or x <= 0:
+                    continue
+                for i, symbol in enumerate(symbols):
+                    p, q = primes[i]
+                    if x % p == 0 and y % q == 0 and x // p == y // q:
+                        d.dim_param = symbol if x == p else f"{x // p}*{symbol}"
+                        filled = True
+                        break
+    return filled
+
+
+def _runs(skel: onnx.ModelProto, symbols: list[str], primes: tuple[tuple[int, int], ...]) -> Runs | None:
+    """The shapes inference finds in ``skel``'s main graph with the input ``symbols`` set to the first, then the
+    second of their ``primes``; None when it fails."""
+    runs: Runs = []
     for which in (0, 1):
         fixed = onnx.ModelProto()
         fixed.CopyFrom(skel)
         for vi in fixed.graph.input:
             for d in vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else ():
                 if d.dim_param in symbols:
-                    d.dim_value = _SYMBOL_PRIMES[symbols.index(d.dim_param)][which]
+                    d.dim_value = primes[symbols.index(d.dim_param)][which]
         found = _infer_in_rounds(fixed)
         if found is fixed:
-            return  # inference failed
+            return None
         runs.append(
             {vi.name: [_dim(d) for d in vi.type.tensor_type.shape.dim] for vi in (*found.graph.value_info, *found.graph.output)}
         )
-    for vi in unknown:
-        a, b = runs[0].get(vi.name), runs[1].get(vi.name)
-        dims = vi.type.tensor_type.shape.dim
-        if a is None or b is None or len(a) != len(dims) or len(b) != len(dims):
-            continue
-        for d, x, y in zip(dims, a, b, strict=True):
-            if not _unknown(_dim(d)) or not isinstance(x, int) or not isinstance(y, int) or x == y or x <= 0:
+    return runs
+
+
+def _reshape_rests(inferred: onnx.ModelProto) -> onnx.ModelProto:
+    """``inferred`` with the one dim inference left unknown of a Reshape's output filled in, where the input's every
+    dim and the output's others are known: the element count divided out (a head split's ``[N, S, -1, 16]`` of an
+    ``[N, S, 64]`` is 4, which inference cannot divide with ``N`` and ``S`` symbols). Inference then runs again from
+    what was found (it keeps a value_info's known dims), so that what follows the Reshape learns it too. The main
+    graph only; a few rounds at most (a head merge's rest is found from the split's)."""
+    for _ in range(4):
+        shapes = {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.output)}
+        shapes.update((vi.name, vi) for vi in inferred.graph.input)
+        filled = False
+        for node in inferred.graph.node:
+            if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2 or not node.output:
                 continue
-            for i, symbol in enumerate(symbols):
-                p, q = _SYMBOL_PRIMES[i]
-                if x % p == 0 and y % q == 0 and x // p == y // q:
-                    d.dim_param = symbol if x == p else f"{x // p}*{symbol}"
-                    break
+            x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if x is None or y is None or y.name not in {vi.name for vi in inferred.graph.value_info}:
+                continue
+            ydims = list(y.type.tensor_type.shape.dim)
+            gaps = [d for d in ydims if _unknown(_dim(d))]
+            whole = _count(_dim(d) for d in x.type.tensor_type.shape.dim) if x.type.tensor_type.HasField("shape") else None
+            part = _count(_dim(d) for d in ydims if not _unknown(_dim(d)))
+            if len(gaps) != 1 or whole is None or part is None or part[0] == 0 or whole[0] % part[0]:
+                continue
+            symbols = list(whole[1])
+            if any(symbols.count(s) < part[1].count(s) for s in part[1]):
+                continue
+            for s in part[1]:
+                symbols.remove(s)
+            k = whole[0] // part[0]
+            if len(symbols) > 1 or k == 0:
+                continue
+            if symbols:
+                gaps[0].dim_param = symbols[0] if k == 1 else f"{k}*{symbols[0]}"
+            else:
+                gaps[0].dim_value = k
+            filled = True
+        if not filled:
+            break
+        inferred = _infer(inferred)
+    return inferred
+
+
+def _count(dims: Iterable[int | str | None]) -> tuple[int, list[str]] | None:
+    """The product of ``dims`` (numbers, symbols, ``"k*N"``) as a number and the symbols it is multiplied by; None
+    when a dim is unknown or not of those forms."""
+    k, symbols = 1, []
+    for d in dims:
+        if isinstance(d, int):
+            k *= d
+            continue
+        if _unknown(d):
+            return None
+        for factor in str(d).split("*"):
+            if factor.isdigit():
+                k *= int(factor)
+            elif factor.isidentifier():
+                symbols.append(factor)
+            else:
+                return None
+    return k, symbols
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:

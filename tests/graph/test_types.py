@@ -111,3 +111,58 @@ def test_known_dims_read_out_of_a_partly_known_shape_are_constants() -> None:
     assert scope.source("batch").kind == "computed" and scope.source("target").kind == "computed"
     assert types["padded"].shape == ("N", 8, 8, 3)
     assert types["rows"].shape[1:3] == (2, 4)  # W / window and the window: the pieces data propagation carries in
+
+
+def _embeddings_and_head_split() -> onnx.ModelProto:
+    """What the TorchScript exporter writes for a text encoder with dynamic N and S: positions sliced from a buffer
+    of 64 with an end read from the input's shape, their embeddings added to the tokens', a projection, and a head
+    split whose target is ``[N, S, -1, 16]`` put together from the projection's own shape."""
+    rng = np.random.default_rng(0)
+    i64 = lambda v, name: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((100, 64)).astype(np.float32), "words"),
+        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "places"),
+        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
+        i64(np.arange(64).reshape(1, 64), "positions"),
+        i64([0], "zero"),
+        i64([1], "one"),
+        i64([0, 1], "first_two"),
+        i64([-1, 16], "heads"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["ids"], ["ids_shape"]),
+        helper.make_node("Gather", ["ids_shape", "one"], ["length"]),
+        helper.make_node("Slice", ["positions", "zero", "length", "one"], ["sliced"]),
+        helper.make_node("Gather", ["words", "ids"], ["tokens"]),
+        helper.make_node("Gather", ["places", "sliced"], ["places_of"]),
+        helper.make_node("Add", ["tokens", "places_of"], ["embedded"]),
+        helper.make_node("MatMul", ["embedded", "w"], ["q"]),
+        helper.make_node("Shape", ["q"], ["q_shape"]),
+        helper.make_node("Gather", ["q_shape", "first_two"], ["n_s"]),
+        helper.make_node("Concat", ["n_s", "heads"], ["target"], axis=0),
+        helper.make_node("Reshape", ["q", "target"], ["split"]),
+        helper.make_node("Transpose", ["split"], ["heads_first"], perm=[0, 2, 1, 3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+        [helper.make_tensor_value_info("heads_first", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_symbol_clamped_by_a_table_of_the_model_is_still_found() -> None:
+    """At the large primes the position slice is clamped to the buffer's 64 and the sum broadcasts nowhere; the small
+    primes stay below it, so the sum (and the projection after it) is ``[N, S, 64]``."""
+    types = collect_types(_embeddings_and_head_split())[()]
+    assert types["embedded"].shape == ("N", "S", 64)
+    assert types["q"].shape == ("N", "S", 64)
+
+
+def test_a_reshapes_one_unknown_dim_is_the_element_count_divided_out() -> None:
+    """The head split's ``-1`` is 64 / 16 = 4 whatever N and S are, and the Transpose after it learns it too."""
+    types = collect_types(_embeddings_and_head_split())[()]
+    assert types["split"].shape == ("N", "S", 4, 16)
+    assert types["heads_first"].shape == ("N", 4, "S", 16)

@@ -263,6 +263,7 @@ class Original:
 
 
 _ROUNDS = 12  # shape inference runs again at most this often, each time with the expressions it unlocked
+_REST_ROUNDS = 4  # and at most this often with the rests of Reshapes given
 
 
 def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, np.ndarray]]:
@@ -318,9 +319,15 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], d
     shapes.update(products(light, shapes, _infer))
     # The dim a Reshape's -1 stands for where inference cannot divide symbols out (products.py), given to inference
     # as that output's shape so that what reads it (a head split's Transpose and MatMul) has it too.
-    rests = reshape_rests(light.graph, shapes)
-    if rests:
-        shapes.update(_with_rests(light, shapes, rests))
+    # A few rounds: what one round tells (a token count after a stage's downsampling) lets the next divide out the
+    # rest of a Reshape that reads it (the attention's head split).
+    given: dict[str, Shape] = {}
+    for _ in range(_REST_ROUNDS):
+        rests = {k: v for k, v in reshape_rests(light.graph, shapes).items() if given.get(k) != v}
+        if not rests:
+            break
+        given.update(rests)
+        shapes.update(_with_rests(light, shapes, given))
     return shapes, values
 
 

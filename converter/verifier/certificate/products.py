@@ -6,11 +6,12 @@ the dim unknown, so a proof that reads the windows back out of that dim (the cle
 no sizes to follow.
 
 So inference runs twice more with every symbolic dim of the graph's inputs set to a prime, a different
-one each time: a dim that comes out ``k * p`` both times (the same ``k``) is ``k`` times that symbol, written
-``"k*N"`` (elements.py reads it as that product; torch.export writes such dims the same way). Anything else
-stays unknown: ``ceil(N / 2)``, and a dim that comes out the same number both times (``min(N, 7)`` does at
-large N). Two sizes that agree with a product at two primes are taken for it, which is what a graph
-that only reshapes, slices by constants and concatenates gives.
+one each time (large primes, then small ones for what is still untold: see ``_SMALL_PRIMES``): a dim that
+comes out ``k * p`` both times (the same ``k``) is ``k`` times that symbol, written ``"k*N"`` (elements.py
+reads it as that product; torch.export writes such dims the same way). Anything else stays unknown:
+``ceil(N / 2)``, and a dim that comes out the same number both times (``min(N, 7)`` does at large N). Two
+sizes that agree with a product at two primes are taken for it, which is what a graph that only reshapes,
+slices by constants and concatenates gives.
 
 Only what the graph itself computes: the exporter's declared shapes are not read (a declaration could lie).
 """
@@ -23,8 +24,12 @@ import onnx
 
 Shape = tuple[int | str | None, ...]
 # Two primes per symbol (a constant dim is the same in both runs: it never passes for a product). Not larger:
-# onnx's data propagation takes time in proportion to some sizes (0.1 s at N = 1009, 9 s at 100,003).
+# onnx's data propagation takes time in proportion to some sizes (0.1 s at N = 1009, 9 s at 100,003). The small
+# ones run for what the large ones leave untold: a model clamps a symbol where it indexes a table of its own
+# (positions sliced from a buffer of 64: at S = 1019 the slice is 64 long and its sum with the tokens broadcasts
+# nowhere); they stay below such bounds and above the small thresholds a model may compare a size with.
 _PRIMES = ((1009, 1013), (1019, 1021), (1031, 1033), (1039, 1049), (1051, 1061))
+_SMALL_PRIMES = ((17, 19), (23, 29), (31, 37), (41, 43), (47, 53))
 
 
 def _told(d: int | str | None) -> bool:
@@ -45,39 +50,41 @@ def products(
                 symbols.append(d.dim_param)
     if not symbols or len(symbols) > len(_PRIMES):
         return {}
-    runs = []
-    for which in (0, 1):
-        fixed = onnx.ModelProto()
-        fixed.CopyFrom(light)
-        for vi in fixed.graph.input:
-            tt = vi.type.tensor_type
-            for d in tt.shape.dim if tt.HasField("shape") else ():
-                if d.dim_param in symbols:
-                    d.dim_value = _PRIMES[symbols.index(d.dim_param)][which]
-        found = infer(fixed)
-        if found is None:
-            return {}
-        runs.append(found)
     out: dict[str, Shape] = {}
-    for name, shape in shapes.items():
-        if shape is None or all(_told(d) for d in shape):
-            continue
-        a, b = runs[0].get(name), runs[1].get(name)
-        if a is None or b is None or len(a) != len(shape) or len(b) != len(shape):
-            continue
-        made = tuple(d if _told(d) else _product(x, y, symbols) for d, x, y in zip(shape, a, b, strict=True))
-        if made != shape:
-            out[name] = made
+    for primes in (_PRIMES, _SMALL_PRIMES):
+        untold = {n: out.get(n, s) for n, s in shapes.items() if s is not None and not all(_told(d) for d in out.get(n, s))}
+        if not untold:
+            break
+        runs = []
+        for which in (0, 1):
+            fixed = onnx.ModelProto()
+            fixed.CopyFrom(light)
+            for vi in fixed.graph.input:
+                tt = vi.type.tensor_type
+                for d in tt.shape.dim if tt.HasField("shape") else ():
+                    if d.dim_param in symbols:
+                        d.dim_value = primes[symbols.index(d.dim_param)][which]
+            found = infer(fixed)
+            if found is None:
+                return out
+            runs.append(found)
+        for name, shape in untold.items():
+            a, b = runs[0].get(name), runs[1].get(name)
+            if a is None or b is None or len(a) != len(shape) or len(b) != len(shape):
+                continue
+            made = tuple(d if _told(d) else _product(x, y, symbols, primes) for d, x, y in zip(shape, a, b, strict=True))
+            if made != shape:
+                out[name] = made
     return out
 
 
-def _product(a: int | str | None, b: int | str | None, symbols: list[str]) -> int | str | None:
-    """The dim that is ``a`` under the first primes and ``b`` under the second, when it is a number times one symbol;
-    None otherwise. The same number both times is no proof of a constant (``min(N, 7)``): it stays unknown."""
+def _product(a: int | str | None, b: int | str | None, symbols: list[str], primes: tuple[tuple[int, int], ...]) -> int | str | None:
+    """The dim that is ``a`` under the first ``primes`` and ``b`` under the second, when it is a number times one
+    symbol; None otherwise. The same number both times is no proof of a constant (``min(N, 7)``): it stays unknown."""
     if not isinstance(a, int) or not isinstance(b, int) or a <= 0 or b <= 0 or a == b:
         return None
     for i, symbol in enumerate(symbols):
-        p, q = _PRIMES[i]
+        p, q = primes[i]
         if a % p == 0 and b % q == 0 and a // p == b // q:
             k = a // p
             return symbol if k == 1 else f"{k}*{symbol}"

@@ -7,8 +7,9 @@ window reverse) needs it. The certificate runs inference twice more with the sym
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from converter.verifier.certificate.original import _infer, _inferred_shapes
 from converter.verifier.certificate.products import products
@@ -89,3 +90,36 @@ def test_a_rest_is_only_a_whole_quotient() -> None:
     }
     rests = reshape_rests(graph, shapes)
     assert rests == {"a": ("N", "S", 4, 16)}  # b: two untold; c: 64 * S / 48 is no whole; d: N is not S * S
+
+
+def test_a_symbol_clamped_by_a_table_of_the_model_is_a_product_at_the_small_primes() -> None:
+    """TorchScript's text encoder: positions sliced from a buffer of 64 up to S, embedded and added to the tokens.
+    At S = 1019 the slice stops at 64 and the sum broadcasts nowhere; the small primes stay below the buffer."""
+    from tests.graph.test_types import _embeddings_and_head_split
+
+    shapes, _ = _inferred_shapes(_embeddings_and_head_split())
+    assert shapes["embedded"] == ("N", "S", 64)
+    assert shapes["split"] == ("N", "S", 4, 16)
+
+
+def test_a_rest_told_in_one_round_tells_the_next_reshapes() -> None:
+    """A Reshape whose target is read from the shape of an earlier Reshape's output, whose rest only the round
+    before told: ``[N, 6, 64] -> [N, -1, 32] -> [N, 12, -1, 8]`` needs two rounds (12, then 4)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], end=1),
+        helper.make_node("Concat", ["xs", "a_rest"], ["a_target"], axis=0),
+        helper.make_node("Reshape", ["x", "a_target"], ["a"]),
+        helper.make_node("Shape", ["a"], ["as_"], end=2),
+        helper.make_node("Concat", ["as_", "b_rest"], ["b_target"], axis=0),
+        helper.make_node("Reshape", ["a", "b_target"], ["b"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 64])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(v, np.int64), name) for v, name in (([-1, 32], "a_rest"), ([-1, 8], "b_rest"))],
+    )
+    shapes, _ = _inferred_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert shapes["a"] == ("N", 12, 32)
+    assert shapes["b"] == ("N", 12, 4, 8)
