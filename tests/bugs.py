@@ -383,8 +383,11 @@ def identity_inserted(model, layers, rng) -> bool:  # noqa: ANN001
     return _insert_on_edge(model, rng, "Identity")
 
 
-def neg_inserted(model, layers, rng) -> bool:  # noqa: ANN001
-    """A Neg inserted on an edge that carries floats (anything else it would not run on: skipped)."""
+def _float_edge(
+    model: onnx.ModelProto, rng: np.random.Generator, made_by: tuple[str, ...] = (), readers_not: tuple[str, ...] = ()
+) -> tuple[onnx.NodeProto, int] | None:
+    """A random (reader, slot) whose tensor carries floats (``made_by``: one made by one of those ops; ``readers_not``:
+    read by none of those), or None."""
     floats = {
         vi.name
         for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]
@@ -392,15 +395,51 @@ def neg_inserted(model, layers, rng) -> bool:  # noqa: ANN001
     }
     made = {o: n for n in model.graph.node for o in n.output}
     edges = [(r, i) for r, i in _edges(model) if r.input[i] in floats or made[r.input[i]].op_type in ("Conv", "Add", "Mul", "Relu")]
-    picked = _pick(rng, edges)
+    if made_by:
+        edges = [(r, i) for r, i in edges if made[r.input[i]].op_type in made_by]
+    return _pick(rng, [(r, i) for r, i in edges if r.op_type not in readers_not])
+
+
+def _chain_on_edge(model: onnx.ModelProto, picked: tuple[onnx.NodeProto, int] | None, ops: list[str]) -> bool:
+    """``ops`` inserted one after the other on the edge ``picked`` (its reader reads the last one's output)."""
     if picked is None:
         return False
     reader, slot = picked
     src = reader.input[slot]
-    moved = f"{src}_neg_{len(model.graph.node)}"
-    model.graph.node.insert(list(model.graph.node).index(reader), helper.make_node("Neg", [src], [moved], name=f"{moved}_node"))
-    reader.input[slot] = moved
+    at = list(model.graph.node).index(reader)
+    for op in ops:
+        moved = f"{src}_{op.lower()}_{len(model.graph.node)}"
+        model.graph.node.insert(at, helper.make_node(op, [src], [moved], name=f"{moved}_node"))
+        at, src = at + 1, moved
+    reader.input[slot] = src
     return True
+
+
+def neg_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Neg inserted on an edge that carries floats (anything else it would not run on: skipped)."""
+    return _chain_on_edge(model, _float_edge(model, rng), ["Neg"])
+
+
+def double_neg_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """Two Negs inserted on an edge that carries floats: ``Neg(Neg(x))`` is ``x``, bit for bit."""
+    return _chain_on_edge(model, _float_edge(model, rng), ["Neg", "Neg"])
+
+
+def neg_abs_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Neg and an Abs inserted on an edge that carries floats: ``Abs(Neg(x))`` is ``|x|``, not ``x``."""
+    return _chain_on_edge(model, _float_edge(model, rng), ["Neg", "Abs"])
+
+
+def relu_repeated(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Relu inserted after a Relu: ``Relu(Relu(x))`` is ``Relu(x)``, bit for bit (skipped without a Relu)."""
+    return _chain_on_edge(model, _float_edge(model, rng, ("Relu",)), ["Relu"])
+
+
+def relu_inserted(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Relu inserted after a Conv, an Add or a Mul (no Relu before it, nor after it: ``Relu(Relu(x))`` would be the
+    same): the negatives become 0."""
+    picked = _float_edge(model, rng, ("Conv", "Add", "Mul"), readers_not=("Relu",))
+    return _chain_on_edge(model, picked, ["Relu"])
 
 
 def conv_renamed(model, layers, rng) -> bool:  # noqa: ANN001
@@ -425,6 +464,8 @@ EQUIVALENT: dict[str, Callable[..., bool]] = {
     "default_written": default_written,
     "identity_inserted": identity_inserted,
     "conv_renamed": conv_renamed,
+    "double_neg_inserted": double_neg_inserted,
+    "relu_repeated": relu_repeated,
 }
 
 WRONG: dict[str, Callable[..., bool]] = {
@@ -432,4 +473,6 @@ WRONG: dict[str, Callable[..., bool]] = {
     "bias_as_wrong_add": bias_as_wrong_add,
     "default_changed": default_changed,
     "neg_inserted": neg_inserted,
+    "neg_abs_inserted": neg_abs_inserted,
+    "relu_inserted": relu_inserted,
 }

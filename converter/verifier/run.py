@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ from converter.verifier import inputs as feeding
 from converter.verifier.certificate import INTEGER_CONVS, Certificate, IntegerLayer, certify, discover, find_graphs
 from converter.verifier.numbers.layers import LayerNumbers, LayerTensors, check_integer_layer, check_layers
 from converter.verifier.numbers.outputs import compare, default_tolerances, degenerate, end_to_end_atol, failed
+from converter.verifier.numbers.shapes import SUFFIX, disagreements, probe_model
 from converter.verifier.sessions import Runner, VerificationTimeout
 
 __all__ = ["DEFAULT_TOLERANCES", "compare", "default_tolerances", "interface_differences", "verify", "verify_reference"]
@@ -121,7 +123,7 @@ def verify(
     report.interface_problems = interface_differences(original, rewritten)
 
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
-    options = _Options(chosen, atol, rtol, seed, trials, budget, deadline, step, values)
+    settings = _Options(chosen, atol, rtol, seed, trials, budget, deadline, step, values)
     main = [c for c in claims if not c.graph]
     numbered, sampling = _numbered(rewritten, main, seed)  # past SAMPLE_ABOVE layers: every class and a sample
     pair = _Pair(original, rewritten, numbered, every=main)
@@ -129,16 +131,20 @@ def verify(
     if inline_bytes(rewritten) < PARALLEL_BELOW:  # Constants too: each session holds its own copy of them
         # Both sessions are built in the background while the structure is checked here.
         pool = ThreadPoolExecutor(max_workers=2)
-        pair.early_original = pool.submit(_original_runner, pair, options)
-        pair.early = pool.submit(_rewritten_runner, pair, options)
+        pair.early_original = pool.submit(_original_runner, pair, settings)
+        pair.early = pool.submit(_rewritten_runner, pair, settings)
     try:
         step("checking the structure")
         pair.cert = cert = certify(original, rewritten, claims, read)
-        report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
-        checks = _layer_checks(claims, cert)
         step("running the original model")
         outcome = _Outcome()
-        originals = _run_original(pair, options, dict(inputs or {}), dict(input_shapes or {}), outcome)
+        originals = _run_original(pair, settings, dict(inputs or {}), dict(input_shapes or {}), outcome)
+        if cert.assumed_shapes:
+            step("checking the shapes the proof took from shape inference against onnxruntime's")
+            again = partial(certify, original, rewritten, claims, read)
+            pair.cert = cert = _engine_shapes(pair, settings, originals, outcome, again)
+        report.structure = {"proved": cert.proved, "problems": cert.problems, "unproved": cert.unproved}
+        checks = _layer_checks(claims, cert)
     except BaseException:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -153,13 +159,13 @@ def verify(
             by_graph[tuple(tuple(s) for s in c.graph)].append(c)
     for key, group in by_graph.items():
         step(f"checking the subgraph {'/'.join(f'{h}.{a}' for h, a in key)} on its own")
-        _check_subgraph(original, rewritten, key, group, options, outcome.symbols, checks, cert, held=kept)
+        _check_subgraph(original, rewritten, key, group, settings, outcome.symbols, checks, cert, held=kept)
 
     if values is not None and release_original and pool is None:  # (with small weights the sessions were built early)
         # Nothing reads the original's weights from here on: keep only the rewritten model's.
         values.keep_only(t.name for t in rewritten.graph.initializer if values.is_placeholder(t))
     try:
-        _run_rewritten(pair, options, originals, outcome)
+        _run_rewritten(pair, settings, originals, outcome)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -728,6 +734,52 @@ class _Trial:
                 check = compare(vi.name, got[vi.name], ref, a_tol, r_tol)
             self.per_output[vi.name].append(check)
         return failure
+
+
+# Proofs made again at most this often, each without the inferred shapes onnxruntime contradicted so far.
+_SHAPE_ROUNDS = 3
+
+
+def _engine_shapes(
+    pair: _Pair, o: _Options, originals: _Originals, out: _Outcome, certify_again: Callable[..., Certificate]
+) -> Certificate:
+    """The certificate, once every shape it took from onnx's shape inference is the one onnxruntime computes on the
+    first trial's inputs (numbers/shapes.py). Where onnxruntime computes another, the proof is made again without
+    those shapes (``certify_again(declined=...)``: a candidate that kept the original's Shape nodes still proves, one
+    that wrote inference's numbers as constants does not), and a note says so; what cannot be checked, or is still
+    contradicted after a few rounds, leaves the proof unproved, with the reason."""
+    cert = pair.cert
+    actual: dict[str, list[int]] = {}
+    declined: dict[str, str] = {}
+    for _ in range(_SHAPE_ROUNDS):
+        todo = [n for n in cert.assumed_shapes if n not in actual]
+        if todo:
+            try:
+                runner = Runner(probe_model(pair.original, todo), o.providers, (), "original", o.values)
+                t, dist = originals.plans[0]
+                found = runner.run(originals.feeds(t, dist, o.seed), o.deadline)
+            except VerificationTimeout:
+                raise
+            except InputError as e:
+                cert.unproved.append(
+                    f"the shapes the proof took from onnx's shape inference could not be checked against onnxruntime's ({e})"
+                )
+                return cert
+            actual.update({n: found[n + SUFFIX].tolist() for n in todo if n + SUFFIX in found})
+        wrong = disagreements(cert.assumed_shapes, actual, out.symbols)
+        if not wrong:
+            break
+        declined.update(wrong)
+        cert = certify_again(declined=declined)
+    else:
+        wrong = disagreements(cert.assumed_shapes, actual, out.symbols)
+        cert.unproved.extend(f"the proof read a shape onnxruntime does not compute: {why}" for why in wrong.values())
+    if declined:
+        out.notes.append(
+            f"{'; '.join(declined.values())}: the proof was made again without "
+            f"{'these shapes' if len(declined) > 1 else 'that shape'}"
+        )
+    return cert
 
 
 def _original_runner(pair: _Pair, o: _Options) -> Runner:

@@ -8,7 +8,11 @@ that stands for it get the same fact:
   such added axes is ``x`` without them (``layouts.squeezed``); axes an attribute or a constant input;
 - ``Reshape(x, [0, 0, c])`` (``allowzero`` 0, ``c`` > 0) is ``x`` with every axis after the first two merged
   into one: a root of its own (``facts.merged``); of a rank-3 ``x``, ``x`` itself. Onnxruntime refuses the
-  Reshape unless ``c`` is the product of the merged dims.
+  Reshape unless ``c`` is the product of the merged dims;
+- an op applied to its own output (:func:`repeated`): an involution twice (``Neg(Neg(x))``, ``Not(Not(x))``) is
+  ``x``, an idempotent op twice (``Relu(Relu(x))``) is its first application. Exact, element by element, for
+  every value: negation flips the sign bit (integers wrap, so ``-(-INT_MIN)`` is ``INT_MIN`` again), and the
+  idempotent ops map every value to one they leave as it is (Relu's, Abs's, Floor's ... outputs included NaN).
 """
 
 from __future__ import annotations
@@ -52,3 +56,24 @@ def unit_axes(node: NodeProto, inner: Fact, fact_of: Callable[[str], Fact], rank
         return SameAs(inner.root, squeezed(inner.layout, axes))
     except (TypeError, ValueError):  # axes of another type (a malformed node), or not unit axes
         return None
+
+
+# Ops with no attributes that undo themselves (f(f(x)) == x), and that are done once applied (f(f(x)) == f(x)).
+INVOLUTIONS = frozenset({"Neg", "Not", "BitwiseNot"})
+IDEMPOTENT = frozenset({"Relu", "Abs", "Ceil", "Floor", "Round", "Sign"})
+
+
+def repeated(node: NodeProto, producer: Callable[[str], NodeProto | None]) -> str | None:
+    """The tensor ``node``'s output equals when it applies its op to that op's own output: an involution's
+    input's input, an idempotent op's input; else None. ``producer``: the node that makes a tensor, in the
+    same graph (None: not made there)."""
+    if node.op_type not in INVOLUTIONS | IDEMPOTENT or node.domain not in ("", "ai.onnx") or node.attribute:
+        return None
+    if len(node.input) != 1 or len(node.output) != 1 or not node.input[0]:
+        return None
+    inner = producer(node.input[0])
+    if inner is None or inner.op_type != node.op_type or inner.domain not in ("", "ai.onnx") or inner.attribute:
+        return None
+    if len(inner.input) != 1 or len(inner.output) != 1 or not inner.input[0]:
+        return None
+    return inner.input[0] if node.op_type in INVOLUTIONS else node.input[0]

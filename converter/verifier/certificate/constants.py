@@ -85,25 +85,46 @@ def run_on_constants(node: NodeProto, ins: Sequence[Fact], opsets: Sequence[onnx
     return None if results is None else results[0]
 
 
+# Ops onnx's reference evaluator computes as onnxruntime does on integers and booleans (fuzzed against each other:
+# Div, Mod, Range, Tile, Expand, CumSum, Clip, reductions, Gather, Concat, Where ... agree). Slice does not: for a
+# negative step its clamped end of -1 is "before the first element" to onnxruntime and "the last one" to numpy
+# (``Slice([0, 1, 2], -10, -9, -3)`` is ``[0]`` in onnxruntime, ``[]`` in the evaluator); nor does Pad with negative
+# pads. Any op not listed here is computed by onnxruntime alone.
+_SAME_IN_BOTH = frozenset(
+    (
+        "Abs Add And Cast Ceil Clip Concat ConstantOfShape CumSum Div Equal Expand Flatten Floor Gather Greater "
+        "GreaterOrEqual Identity Less LessOrEqual Max Min Mod Mul Neg Not Or Range ReduceMax ReduceMin ReduceProd "
+        "ReduceSum Reshape Sign Sqrt Squeeze Sub Sum Tile Transpose Unsqueeze Where Xor"
+    ).split()
+)
+
+
 def as_the_engine_computes(model: onnx.ModelProto) -> list[np.ndarray] | None:
     """The outputs of a model of constants (one node), as onnxruntime computes them; None when it cannot.
 
     Integer and boolean arithmetic (shape arithmetic, nearly all of it) is exact in any engine: onnx's
-    reference evaluator computes it without building a session. A float or string value is what onnxruntime
+    reference evaluator computes it without building a session, for the ops it is known to compute as
+    onnxruntime does (``_SAME_IN_BOTH``). A float or string value, or any other op, is what onnxruntime
     computes, since both models run there and the reference evaluator differs from it (a reduction over a NaN,
-    a string cast, a float sum added in another order)."""
+    a string cast, a float sum added in another order, a Slice with a negative step)."""
     from onnx.reference import ReferenceEvaluator
 
-    try:
-        found = ReferenceEvaluator(model).run(None, {})  # a list (a dict only with intermediate=True)
-        arrays = [np.asarray(r) for r in (found if isinstance(found, list) else found.values())]
-    except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
-        return None
-    exact = "biu"
-    if all(a.dtype.kind in exact for a in arrays) and all(
-        numpy_helper.to_array(t).dtype.kind in exact for t in model.graph.initializer
-    ):
-        return arrays
+    if all(n.op_type in _SAME_IN_BOTH and n.domain in ("", "ai.onnx") for n in model.graph.node):
+        try:
+            found = ReferenceEvaluator(model).run(None, {})  # a list (a dict only with intermediate=True)
+            arrays = [np.asarray(r) for r in (found if isinstance(found, list) else found.values())]
+        except Exception:  # noqa: BLE001 - whatever the evaluator rejects is simply not a constant here
+            return None
+        exact = "biu"
+        if all(a.dtype.kind in exact for a in arrays) and all(
+            numpy_helper.to_array(t).dtype.kind in exact for t in model.graph.initializer
+        ):
+            return arrays
+    return in_the_engine(model)
+
+
+def in_the_engine(model: onnx.ModelProto) -> list[np.ndarray] | None:
+    """The outputs of a model that reads no inputs, as onnxruntime's CPU provider computes them; None when it cannot."""
     try:
         import onnxruntime as ort
 

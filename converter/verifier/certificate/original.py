@@ -22,8 +22,15 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto, TensorProto, numpy_helper
 
-from converter.verifier.certificate.canonical import merge_fact, unit_axes
-from converter.verifier.certificate.constants import CONSTANT_OPS, constant_node_fact, dense, evaluated, run_on_constants
+from converter.verifier.certificate.canonical import merge_fact, repeated, unit_axes
+from converter.verifier.certificate.constants import (
+    CONSTANT_OPS,
+    constant_node_fact,
+    dense,
+    evaluated,
+    in_the_engine,
+    run_on_constants,
+)
 from converter.verifier.certificate.elements import (
     MAX_STEPS,
     REARRANGE,
@@ -61,12 +68,19 @@ class Original:
         value_of: Callable[[TensorProto], np.ndarray],
         opsets: Sequence[onnx.OperatorSetIdProto] = (),
         model: onnx.ModelProto | None = None,
+        declined: frozenset[str] = frozenset(),
     ) -> None:
         self.graph = graph
         self.parent = parent
         self.model = model  # the main graph's model: where ranks are inferred from
         self._shapes: dict[str, Shape | None] | None = None
         self._values: dict[str, np.ndarray] = {}  # small expressions shape inference already evaluated (main graph)
+        # Main-graph tensors whose inferred shape a proof used: onnxruntime's must be checked to be the same
+        # (verifier/run.py does, on the original's first trial); see :meth:`shape`.
+        self.assumed: dict[str, Shape] = {}
+        self.declined = declined  # main-graph tensors whose inferred shape onnxruntime was seen to contradict
+        self._engine: dict[str, Shape | None] = {}  # shapes of constant tensors, as onnxruntime computes them
+        self._constant: set[str] | None = None  # this graph's tensors computed from constants alone
         self.value_of = value_of
         self.opsets: list[onnx.OperatorSetIdProto] = list(opsets) if parent is None else parent.opsets
         self.inputs = {i.name for i in graph.input}
@@ -120,6 +134,9 @@ class Original:
             return constant_node_fact(node, (id(self), name))
         if default and node.op_type == "Identity":
             return self.canon(node.input[0])
+        same = repeated(node, self.producers.get)  # Neg(Neg(x)) is x, Relu(Relu(x)) is Relu(x) (canonical.py)
+        if same is not None:
+            return self.canon(same)
         if default:
             computed = self._expression(node, name)
             if computed is not None:
@@ -157,7 +174,7 @@ class Original:
         known, the entries of a shape vector that are, or an expression op on small constants alone."""
         op = node.op_type
         value = None
-        if self.parent is None and self.shape(name) is not None and name in self._values:
+        if self.parent is None and self.inferred(name) is not None and name in self._values and self._sources_hold(name):
             value = self._values[name]  # evaluated already, while inferring shapes
         elif op in ("Shape", "Size") and node.input:
             dims = self.shape(node.input[0])
@@ -182,7 +199,7 @@ class Original:
         t = scope.initializers.get(name) if scope is not None else None
         if t is not None:
             return int(np.prod(t.dims)) <= SMALL
-        shape = self.shape(name)
+        shape = self.inferred(name)  # (a guess at a size: what is evaluated is computed by the engine)
         return (
             shape is None
             or not all(isinstance(d, int) for d in shape)
@@ -233,17 +250,131 @@ class Original:
         """The rank onnx's shape inference gives an original tensor (inferred once, on first need), or None."""
         if name.startswith(MERGED):
             return 3  # two dims kept, the rest merged into one
-        shape = self.shape(name)
+        shape = self.inferred(name)
         return None if shape is None else len(shape)
 
-    def shape(self, name: str) -> Shape | None:
-        """The shape onnx's shape inference gives an original tensor (None entries: dims it cannot tell)."""
-        top = self
-        while top.parent is not None:
-            top = top.parent
+    def inferred(self, name: str) -> Shape | None:
+        """The shape onnx's shape inference gives an original tensor (None entries: dims it cannot tell), as it is:
+        for what only needs a rank, or a guess at a size. A proof that uses dims reads :meth:`shape`."""
+        top = self._top()
         if top._shapes is None:
             top._shapes, top._values = _inferred_shapes(top.model) if top.model is not None else ({}, {})
         return top._shapes.get(name)
+
+    def shape(self, name: str) -> Shape | None:
+        """The shape of an original tensor as a proof may use it (None entries: dims not known; None: unknown).
+
+        onnx's shape inference and onnxruntime disagree on some ops (a ConvTranspose with ``auto_pad`` and
+        ``output_padding``, pooling with ``ceil_mode``, Resize's rounding): a dim a proof reads must be what the
+        engine computes. So it comes from where the engine's shape is known: an initializer's dims, a graph input's
+        declared dims (onnxruntime refuses other sizes; a symbol is whatever the caller feeds), a tensor computed
+        from constants alone (computed by onnxruntime here, and its shape taken), or a tensor of the main graph,
+        whose inferred shape is taken and recorded in :attr:`assumed` (the verifier runs the original and checks
+        each against onnxruntime's, or the verdict says it could not; one onnxruntime contradicted is ``declined``
+        and has no shape here). A tensor computed inside a subgraph from what it reads at run time has no shape
+        here: an If branch the inputs never take is never seen."""
+        top = self._top()
+        inferred = self.inferred(name)
+        scope = self.owner(name) if name and not name.startswith("\0") else None
+        if scope is None:
+            return inferred  # (a synthetic root of the certificate's own: no inferred shape either)
+        if name in scope.initializers:
+            return tuple(int(d) for d in scope.initializers[name].dims)
+        if name in scope.sparse:
+            return tuple(int(d) for d in scope.sparse[name].dims)
+        if name in scope.inputs:
+            return inferred if scope.parent is None else None  # a subgraph's formal input: no declared interface
+        if name in scope.constants():
+            if name not in top._engine:
+                top._engine[name] = scope._engine_shape(name)
+            return top._engine[name]
+        if scope.parent is not None or inferred is None or name in top.declined:
+            return None
+        top.assumed[name] = inferred
+        return inferred
+
+    def _top(self) -> Original:
+        top = self
+        while top.parent is not None:
+            top = top.parent
+        return top
+
+    def constants(self) -> set[str]:
+        """This graph's tensors (and the enclosing graphs') that are computed from constants alone, by
+        deterministic ops of the default domain without subgraphs (an overridable initializer is no constant)."""
+        if self._constant is None:
+            known = set(self.parent.constants()) if self.parent is not None else set()
+            known |= set(self.initializers) | set(self.sparse)
+            for node in self.graph.node:
+                if not is_default(node) or graphs_of(node) or node.op_type in _RANDOM or not node.output:
+                    continue
+                if node.op_type == "Constant" or (node.input and all(not i or i in known for i in node.input)):
+                    known.update(o for o in node.output if o)
+            self._constant = known
+        return self._constant
+
+    def _engine_shape(self, name: str) -> Shape | None:
+        """The shape onnxruntime gives a tensor computed from constants alone (the nodes it is computed by, in
+        this graph and those around it, run as a model of their own), or None when it cannot compute it."""
+        chain = [self]
+        while chain[-1].parent is not None:
+            chain.append(chain[-1].parent)
+        needed: set[str] = set()
+        stack = [name]
+        inits: dict[str, TensorProto] = {}
+        sparse: dict[str, onnx.SparseTensorProto] = {}
+        while stack:
+            n = stack.pop()
+            if not n or n in needed:
+                continue
+            needed.add(n)
+            scope = self.owner(n)
+            if scope is None:
+                return None
+            if n in scope.initializers:
+                inits[n] = scope.initializers[n]
+            elif n in scope.sparse:
+                sparse[n] = scope.sparse[n]
+            elif n in scope.producers:
+                stack.extend(scope.producers[n].input)
+            else:
+                return None
+        nodes = [node for g in reversed(chain) for node in g.graph.node if any(o in needed for o in node.output)]
+        probe = f"{name}__shape_in_the_engine"
+        nodes.append(onnx.helper.make_node("Shape", [name], [probe]))
+        try:
+            graph = onnx.helper.make_graph(nodes, "constant_shape", [], [onnx.ValueInfoProto(name=probe)], list(inits.values()))
+            graph.sparse_initializer.extend(sparse.values())
+            model = onnx.helper.make_model(graph, opset_imports=self.opsets or [onnx.helper.make_opsetid("", 17)])
+            top = self._top().model
+            if top is not None:
+                model.ir_version = top.ir_version
+                model.functions.extend(top.functions)
+        except Exception:  # noqa: BLE001 - whatever cannot be written as a model has no shape here
+            return None
+        found = in_the_engine(model)
+        return None if found is None else tuple(int(d) for d in found[0].reshape(-1))
+
+    def _sources_hold(self, name: str) -> bool:
+        """Whether every tensor whose shape the value ``name`` was evaluated from while inferring shapes (the
+        inputs of the ``Shape`` and ``Size`` nodes it is computed from) has the shape a proof may use
+        (:meth:`shape`, recorded to be checked), the same as inference gave it."""
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            n = stack.pop()
+            if not n or n in seen:
+                continue
+            seen.add(n)
+            node = self.producers.get(n)
+            if node is None:
+                continue
+            if node.op_type in ("Shape", "Size") and node.input:
+                if self.shape(node.input[0]) != self.inferred(node.input[0]):
+                    return False
+                continue
+            stack.extend(node.input)
+        return True
 
     def consumers_by_root(self, root: str) -> list[tuple[NodeProto, int]]:
         """Nodes of this graph that read a tensor whose canonical root is ``root``, with the input slot."""
@@ -261,6 +392,9 @@ class Original:
         """Whether anything in this graph reads ``name``, or it is an output of the graph."""
         return any(name in n.input for n in self.graph.node) or name in {o.name for o in self.graph.output}
 
+
+# Ops whose output is not a function of their inputs: never a constant, however constant those are.
+_RANDOM = frozenset("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout".split())
 
 _ROUNDS = 12  # shape inference runs again at most this often, each time with the expressions it unlocked
 _REST_ROUNDS = 4  # and at most this often with the rests of Reshapes given

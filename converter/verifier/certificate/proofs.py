@@ -66,6 +66,10 @@ class Certificate:
     unproved: list[str] = field(default_factory=list)  # what the walk could not follow (and where)
     # What each claimed layer is in the original (by Conv name), for the numeric checks to use.
     originals: dict[str, DenseLayer | IntegerLayer | str] = field(default_factory=dict)
+    # The main graph's computed tensors whose shape the proof took from onnx's shape inference (dims: an int, a
+    # symbol, a product "k*N", or None where not told): the verifier checks them against onnxruntime's, and until
+    # it has, the proof rests on them (see original.Original.shape).
+    assumed_shapes: dict[str, tuple[int | str | None, ...]] = field(default_factory=dict)
 
     def original_dense(self, conv: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The original layer's weight as [K, C] and bias as [K] (or None); ValueError when it is no dense layer.

@@ -472,6 +472,7 @@ def certify(
     rewritten: onnx.ModelProto,
     layers: Iterable[RewrittenLayer],
     value_of: Callable[[TensorProto], np.ndarray] = numpy_helper.to_array,
+    declined: Iterable[str] = (),
 ) -> Certificate:
     """Check that ``rewritten`` computes what ``original`` does, layer claims included (see the module docstring).
 
@@ -480,13 +481,15 @@ def certify(
         rewritten: the model the rewrite made of it.
         layers: what the rewrite claims of each Conv it made (``RewriteReport.layers``).
         value_of: reads a tensor's data (the default copies it out of the protobuf).
+        declined: tensors of the original's main graph whose shape onnx's shape inference gives the proof must
+            not use (onnxruntime computes another: ``Certificate.assumed_shapes``, checked by the verifier).
     """
     by_graph: dict[GraphKey, list[RewrittenLayer]] = defaultdict(list)
     for layer in layers:
         by_graph[tuple((holder, attr) for holder, attr in layer.graph)].append(layer)
     cert = Certificate()
     cert.problems.extend(differences(original, rewritten, value_of))  # what the model computes with, beside its nodes
-    orig = Original(original.graph, None, value_of, original.opset_import, original)
+    orig = Original(original.graph, None, value_of, original.opset_import, original, frozenset(declined))
     walk = Walk(orig, rewritten.graph, (), by_graph, value_of, cert, prover_index())
     walk.run()
     if [i.name for i in rewritten.graph.input] != [i.name for i in original.graph.input]:
@@ -497,4 +500,5 @@ def certify(
     for layers_here in by_graph.values():
         for layer in layers_here:
             cert.layers.setdefault(layer.conv, LayerProof("unproved", "the walk never reached its Conv"))
+    cert.assumed_shapes = dict(orig.assumed)  # to be checked against onnxruntime's (verifier/run.py)
     return cert

@@ -218,6 +218,21 @@ def _constant_node_renamed() -> Converted:
     return original, rewritten, layers
 
 
+def _applied_twice(op: str) -> Converted:
+    """A converted ConvNeXt block with ``op`` inserted twice on the edge into the second layer's Conv: ``Neg(Neg(x))``
+    is ``x``; an idempotent op applied twice is the op once, which the original does not apply: wrong, never proved
+    (the rule sees the pair; the original has nothing there for it to stand for)."""
+    original, rewritten, layers = _converted(graphs.convnext_block(), layout="keep-all")
+    conv = [n for n in rewritten.graph.node if n.op_type == "Conv"][-1]
+    src = conv.input[0]
+    first, second = f"{src}_{op.lower()}_1", f"{src}_{op.lower()}_2"
+    at = list(rewritten.graph.node).index(conv)
+    rewritten.graph.node.insert(at, onnx.helper.make_node(op, [first], [second], name=second))
+    rewritten.graph.node.insert(at, onnx.helper.make_node(op, [src], [first], name=first))
+    conv.input[0] = second
+    return original, rewritten, layers
+
+
 def _pads_computed() -> Converted:
     """A Pad moved into NCHW whose pads the rewritten graph computes from two constants (``Concat``), where the
     original reads one constant: only the value of that small expression says they are the same pads."""
@@ -283,6 +298,8 @@ CASES: dict[str, Case] = {
     # ops/shape.py
     "a Shape read in a layout": Case(_shape_read, ("", "Shape"), "fallback"),
     "a Gather of that shape": Case(_shape_read, ("", "Gather"), "fallback"),
+    # ops/repeated.py
+    "Neg(Neg(x)) inserted before a layer": Case(lambda: _applied_twice("Neg"), ("", "Neg"), "prove"),
     # ops/expressions.py
     "pads computed from constants": Case(_pads_computed, ("", CONSTANT_EXPRESSION), "prove"),
     # ops/layernorm.py
@@ -306,6 +323,14 @@ def test_the_conversion_is_proved_only_with_the_rule(name: str, monkeypatch: pyt
     cert = certify(original, rewritten, layers)
     assert not cert.proved and not cert.problems, cert.to_dict()  # unproved: a limit, never a false disagreement
     assert cert.unproved
+
+
+@pytest.mark.parametrize("op", ["Relu", "Abs", "Sign", "Floor"])
+def test_an_op_applied_twice_that_is_not_the_identity_is_never_proved(op: str) -> None:
+    """``Relu(Relu(x))`` is ``Relu(x)``, not ``x``: the law gives the first application, which the original has not."""
+    original, rewritten, layers = _applied_twice(op)
+    cert = certify(original, rewritten, layers)
+    assert not cert.proved, cert.to_dict()
 
 
 def test_every_rule_in_the_table_has_a_case_that_needs_it() -> None:

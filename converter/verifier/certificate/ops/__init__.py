@@ -20,9 +20,10 @@ from collections import defaultdict
 
 from onnx import NodeProto
 
+from converter.verifier.certificate.canonical import IDEMPOTENT, INVOLUTIONS
 from converter.verifier.certificate.expressions import EXPRESSION_OPS
 from converter.verifier.certificate.nodes import is_default
-from converter.verifier.certificate.ops import axis_ops, elementwise, expressions, layernorm, layout_ops, qdq, shape
+from converter.verifier.certificate.ops import axis_ops, elementwise, expressions, layernorm, layout_ops, qdq, repeated, shape
 from converter.verifier.certificate.ops._base import (
     ALL,
     AxisArgs,
@@ -37,11 +38,14 @@ from converter.verifier.certificate.ops._base import (
 )
 
 _REDUCE = axis_op(axis_ops.reduce, params=(1,))
+REPEATABLE = INVOLUTIONS | IDEMPOTENT
 CONSTANT_EXPRESSION = "(constant expression)"  # no op: the key of the rule that starts at every expression op
 
 PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     # per element (ops/elementwise.py)
-    **{("", op): ProofRule(relaid=elementwise.same_op) for op in elementwise.ELEMENTWISE},
+    **{("", op): ProofRule(relaid=elementwise.same_op) for op in elementwise.ELEMENTWISE - REPEATABLE},
+    # an involution or idempotent op applied to its own output (ops/repeated.py), else per element
+    **{("", op): ProofRule(relaid=elementwise.same_op, prove=repeated.applied_twice) for op in REPEATABLE},
     **{key: ProofRule(relaid=check) for key, check in elementwise.qlinear.items()},
     ("", "DynamicQuantizeLinear"): ProofRule(relaid=elementwise.dynamic_quantize),
     # axes (ops/axis_ops.py)
