@@ -17,7 +17,8 @@ layers convert, which nodes run channels-first), the chosen layers are spliced i
 the chosen layout into the graph. Each runs once.
 
 CLEANUP is the order of the passes when a layout was chosen: moving Transposes first (the optimizer's
-placed Transposes must be taken in by the nodes it moves before anything cancels them), then folding chains of
+placed Transposes must be taken in by the nodes it moves before anything cancels them; a per-channel op on
+flattened rows moves as one group, channel_groups.py), then folding chains of
 Reshapes (a chain takes in the Transpose at its head before cancelling could give it back to the chain in front),
 then merging and cancelling, and last the dims read out of a moved tensor's shape (one Gather of the Shape, which
 onnxruntime folds where those dims are known). GREEDY_CLEANUP is the order of the greedy cleanup (no chosen
@@ -41,6 +42,7 @@ from converter.providers import resolve_providers
 from converter.report import Decision, LayoutReport, RewriteReport
 from converter.rewriter.cleanup import Pass, TypeOverlay, run_passes
 from converter.rewriter.cleanup.cancel_transposes import CancelTransposes
+from converter.rewriter.cleanup.channel_groups import MoveChannelGroups
 from converter.rewriter.cleanup.fold_rearranges import FoldRearranges
 from converter.rewriter.cleanup.shape_reads import ComposeShapeReads
 from converter.rewriter.cleanup.sink_transposes import SinkTransposes
@@ -88,8 +90,14 @@ RULES: tuple[Rule, ...] = (
     MatMulNBitsToConv(),
 )
 
-CLEANUP: tuple[Pass, ...] = (SinkTransposes(), FoldRearranges(), CancelTransposes(), ComposeShapeReads())
-GREEDY_CLEANUP: tuple[Pass, ...] = (CancelTransposes(), FoldRearranges(), SinkTransposes(), ComposeShapeReads())
+CLEANUP: tuple[Pass, ...] = (SinkTransposes(), MoveChannelGroups(), FoldRearranges(), CancelTransposes(), ComposeShapeReads())
+GREEDY_CLEANUP: tuple[Pass, ...] = (
+    CancelTransposes(),
+    FoldRearranges(),
+    SinkTransposes(),
+    MoveChannelGroups(),
+    ComposeShapeReads(),
+)
 
 
 @dataclass

@@ -39,6 +39,8 @@ class CancelTransposes:
                     if not ws.is_read(first.output[0]):
                         ws.remove(first)
                         ctx.vanished.add(first.output[0])
+                    else:
+                        ws.mark(first)  # one reader fewer: it may now start a chain that folds (fold_rearranges)
             if is_identity(perm):
                 changes += _bypass(node, ws, ctx)
         return PassResult(bool(changes), changes)

@@ -76,12 +76,12 @@ class FoldRearranges:
             for n in nodes[:-1]:
                 ctx.vanished.add(n.output[0])
             ws.add_after(anchor, [ctx.tag(n, self.name) for n in made])
-            _drop_unread(ctx, ws, [name for n in nodes for name in n.input[1:] if name])
+            drop_unread(ctx, ws, [name for n in nodes for name in n.input[1:] if name])
             changes += 1
         return PassResult(bool(changes), changes)
 
 
-def _drop_unread(ctx: PassContext, ws: Workspace, names: list[str]) -> None:
+def drop_unread(ctx: PassContext, ws: Workspace, names: list[str]) -> None:
     """What computed the folded nodes' targets and axes, now read by nothing (an exporter's
     ``Shape -> Slice -> Concat``): its nodes go, its constants are released."""
     frontier = list(names)
@@ -122,7 +122,7 @@ def shape_reads_only_targets(
 ) -> bool:
     """Whether every ``Shape`` that reads a tensor inside the chain ``nodes`` (not its first input or last output)
     feeds, through shape arithmetic read by nothing else, only the computed targets of the chain's own Reshapes:
-    then the chain folds with them and the arithmetic goes (``_drop_unread``).
+    then the chain folds with them and the arithmetic goes (``drop_unread``).
 
     Args:
         readers: the nodes that read a tensor (the graph's index).

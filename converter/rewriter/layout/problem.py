@@ -17,6 +17,9 @@ layers (their activation and result are CL), carried through
   asked (cleanup/probe.py) whether the node runs in the other layout and in which layout its outputs come. A
   node that can is *movable*: its label is free, its inputs are wanted in its label, its outputs made in it;
   outputs with no layout left (``Shape``, a reduction over every axis but the batch) are *layout-free*;
+- a per-channel op on the flattened rows of a tensor and the Reshape back (LeViT's BatchNorm1d on tokens,
+  cleanup/channel_groups.py): one movable node from the flatten to the way back, which channels-first is the op
+  alone (a Shape of the tensor that only gives the way back its target goes with it);
 - a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a window partition, a head split or merge, a patch
   merge, a flatten): the chain's own permutation changes to absorb a Transpose at either end. What each of
   the four label pairs of its ends costs is read off the chain's element mapping (rearrange.py), as the fold
@@ -47,6 +50,7 @@ from converter.rewriter.cleanup import PassContext
 from converter.rewriter.cleanup import rearrange as ra
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity
 from converter.rewriter.cleanup._workspace import Workspace
+from converter.rewriter.cleanup.channel_groups import match as match_group
 from converter.rewriter.cleanup.fold_rearranges import shape_reads_only_targets
 from converter.rewriter.cleanup.fold_rearranges import step as chain_step
 from converter.rewriter.cleanup.handlers import Decline, handler_for
@@ -176,6 +180,7 @@ class Problem:
         self.parent: dict[str, str] = {}  # union-find over tensors: the members of a semantic
         self.merges: set[int] = set()  # channel-moving Transposes (ids)
         self.movable: dict[int, Movable] = {}
+        self.member: dict[int, int] = {}  # a channel group's nodes after its head -> id of the head (its Movable)
         self.fixed: set[int] = set()
         self.chains: dict[int, Chain] = {}  # by id of the chain's first node
         self.in_chain: dict[int, Chain] = {}  # every node of a chain -> its chain
@@ -269,10 +274,10 @@ class Problem:
                 self._visit(reader, t)
 
     def _visit(self, node: NodeProto, t: str) -> None:
-        key = id(node)
+        key = self.member.get(id(node), id(node))  # a channel group stands for all its nodes
         if key in self.fixed or key in self.merges or key in self.movable or key in self.in_chain:
             if key in self.movable and self.movable[key].cls != self.cls[t]:
-                self._fix(node)
+                self._fix(self.movable[key].node)
             return
         if node.domain not in DEFAULT_DOMAINS:
             if handler_for(node) is None:
@@ -294,6 +299,8 @@ class Problem:
                 return
         if key in self.interior:
             return  # a layer's own node: the layer stands for it
+        if op in ("Reshape", "Flatten") and node.domain in DEFAULT_DOMAINS and self._group(node, t):
+            return
         if op in _CHAIN_ANCHORS and node.domain in DEFAULT_DOMAINS and self._chain(node, t):
             return
         if handler_for(node) is not None:
@@ -353,6 +360,26 @@ class Problem:
         if plan.replace is not None and node.op_type == "LayerNormalization":
             extra = 7  # ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div (+ scale and bias, as before)
         self.movable[id(node)] = Movable(node, c, extra, free=not outs)
+        return True
+
+    def _group(self, head: NodeProto, t: str) -> bool:
+        """A per-channel op on the flattened rows of ``t`` and the Reshape back (cleanup/channel_groups.py): one
+        movable node from its head to its way back, with no layout-free output."""
+        if not head.input or head.input[0] != t:
+            return False
+        group = match_group(self.ws, head, self.dims)
+        if group is None or any(id(n) in self.interior for n in group.nodes):
+            return False
+        c, y, rank = self.cls[t], group.y, self.rank(t)
+        if self.rank(y) is None and rank is not None:
+            self._ranks[y] = rank  # the way back makes x's shape
+        if self.rank(y) != rank or not self._assign(y, c):
+            return False
+        self.movable[id(head)] = Movable(head, c)
+        shape = group.shape_of_x(self.ws)  # the way back's target, read from x: it goes with the group
+        for n in [*group.nodes[1:], *([shape] if shape is not None else [])]:
+            self.movable.pop(id(n), None)
+            self.member[id(n)] = id(head)
         return True
 
     # -- chains of Reshapes and Transposes ------------------------------------------------------------
@@ -545,8 +572,9 @@ class Problem:
             anchor = self.interior.get(id(p))
             if anchor is not None and anchor in layer_var:
                 return layer_var[anchor]
-            if id(p) in node_var:
-                return node_var[id(p)]
+            key = self.member.get(id(p), id(p))  # a channel group's way back: the group's variable
+            if key in node_var:
+                return node_var[key]
             chain = self.in_chain.get(id(p))
             if chain is not None and chain.end == sem.root and id(chain.nodes[0]) in chain_var:
                 return chain_var[id(chain.nodes[0])]
@@ -572,8 +600,9 @@ class Problem:
                         else:
                             wants.append(energy.fixed(self.cls[m]))
                         continue
-                    if id(reader) in node_var:
-                        wants.append(node_var[id(reader)])
+                    key = self.member.get(id(reader), id(reader))  # (a channel group's Shape of x: the group's)
+                    if key in node_var:
+                        wants.append(node_var[key])
                         continue
                     if id(reader) in self.movable:  # layout-free: follows at no cost
                         continue

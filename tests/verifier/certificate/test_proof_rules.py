@@ -302,6 +302,13 @@ CASES: dict[str, Case] = {
     "Neg(Neg(x)) inserted before a layer": Case(lambda: _applied_twice("Neg"), ("", "Neg"), "prove"),
     # ops/expressions.py
     "pads computed from constants": Case(_pads_computed, ("", CONSTANT_EXPRESSION), "prove"),
+    # ops/channel_groups.py
+    "BatchNormalization of token rows read channels-first": Case(
+        lambda: _converted(_levit_block(kind="bn"), tokens=True), ("", "BatchNormalization"), "fallback"
+    ),
+    "a per-channel Mul of token rows read channels-first": Case(
+        lambda: _converted(_levit_block(kind="affine"), tokens=True), ("", "Mul"), "fallback"
+    ),
     # ops/layernorm.py
     "LayerNormalization written out in NCHW": Case(
         lambda: _converted(graphs.convnext_stage(8, 5, 7, blocks=1, layernorm=True), layout="nchw"),
@@ -309,6 +316,12 @@ CASES: dict[str, Case] = {
         "prove",
     ),
 }
+
+
+def _levit_block(kind: str) -> onnx.ModelProto:
+    from tests.rewriter.cleanup.test_channel_groups import levit_block
+
+    return levit_block(kind=kind)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -23,7 +23,17 @@ from onnx import NodeProto
 from converter.verifier.certificate.canonical import IDEMPOTENT, INVOLUTIONS
 from converter.verifier.certificate.expressions import EXPRESSION_OPS
 from converter.verifier.certificate.nodes import is_default
-from converter.verifier.certificate.ops import axis_ops, elementwise, expressions, layernorm, layout_ops, qdq, repeated, shape
+from converter.verifier.certificate.ops import (
+    axis_ops,
+    channel_groups,
+    elementwise,
+    expressions,
+    layernorm,
+    layout_ops,
+    qdq,
+    repeated,
+    shape,
+)
 from converter.verifier.certificate.ops._base import (
     ALL,
     AxisArgs,
@@ -48,6 +58,9 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     **{("", op): ProofRule(relaid=elementwise.same_op, prove=repeated.applied_twice) for op in REPEATABLE},
     **{key: ProofRule(relaid=check) for key, check in elementwise.qlinear.items()},
     ("", "DynamicQuantizeLinear"): ProofRule(relaid=elementwise.dynamic_quantize),
+    # per channel, on flattened rows read channels-first (ops/channel_groups.py)
+    **{("", op): ProofRule(relaid=elementwise.same_op, fallback=channel_groups.per_channel) for op in channel_groups.BINARY},
+    ("", "BatchNormalization"): ProofRule(fallback=channel_groups.per_channel),
     # axes (ops/axis_ops.py)
     **dict.fromkeys([("", "Softmax"), ("", "LogSoftmax"), ("", "Hardmax")], ProofRule(relaid=axis_op(axis_ops.softmax))),
     ("", "Concat"): ProofRule(relaid=axis_op(axis_ops.concat, data=ALL)),
