@@ -94,11 +94,12 @@ def test_the_table_measures_a_corpus_export(tmp_path: Path) -> None:
     assert tokens["transposes_after"]["all"] == tokens["layout"]["transposes_final"]
 
 
-@pytest.mark.parametrize("name", ["hf_bert_tiny", "hf_distilbert_tiny"])
-def test_a_dynamic_torchscript_text_encoder_converts_every_token_linear(tmp_path: Path, name: str) -> None:
-    """TorchScript's dynamic text encoders slice their positions from a buffer with an end read from the input's
-    shape, and split heads with a ``-1`` in a target computed from ``Shape``: the types must see ``[N, S, C]``
-    through both for the optimizer to plan the whole encoder channels-first. Every token Linear converts, with no
+@pytest.mark.parametrize("name", ["hf_bert_tiny", "hf_distilbert_tiny", "hf_beit_small"])
+def test_a_dynamic_torchscript_encoder_converts_every_token_linear(tmp_path: Path, name: str) -> None:
+    """TorchScript's dynamic encoders slice their positions from a buffer with an end read from the input's shape,
+    split heads with a ``-1`` in a target computed from ``Shape``, and expand a class token with ``expand(N, -1,
+    -1)`` (a ``Where`` over the target): the types, and the certificate's shapes, must see the token count through
+    all three for the optimizer to plan the whole encoder channels-first. Every token Linear converts, with no
     Transpose more than the export has, and the conversion is proved."""
     _needs(name)
     (row,) = build_one(MODELS[name], ["dynamic"], ["ts"], tmp_path)

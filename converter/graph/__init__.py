@@ -158,6 +158,7 @@ def collect_types(model: onnx.ModelProto) -> dict[GraphPath, dict[str, TensorTyp
         declared[path] = list(g.value_info)
         g.ClearField("value_info")
     _stand_ins(skel)
+    _kept_dims(skel)
     plain = onnx.ModelProto()
     plain.CopyFrom(skel)  # before the rounds give computed parameters their values (products.py's runs start here)
     inferred = _infer_in_rounds(skel)
@@ -235,6 +236,96 @@ def _stand_ins(model: onnx.ModelProto) -> None:
             nodes.append(onnx.helper.make_node("Cast", floats, [name], to=to))
         del g.node[:]
         g.node.extend(nodes)
+
+
+def _kept_dims(model: onnx.ModelProto) -> None:
+    """In ``model`` (a skeleton made for shape inference, main graph), give each Expand whose target is TorchScript's
+    ``expand(N, -1, -1)`` a target inference can follow.
+
+    TorchScript writes ``-1`` ("keep this dim") as ``Where(Equal(s, -1), ones, s)`` over the target ``s``, put
+    together by a Concat from constants and sizes read with ``Shape``; data propagation does not follow ``Where``,
+    so a class token expanded to ``[N, 1, C]`` comes out ``[N, ?, C]`` and everything after the Concat with the
+    patches loses its token count. The target that Where computes is the same Concat with each constant ``-1``
+    written as 1 (a size read with ``Shape`` is never -1, and 1 broadcasts to the input's dim as ``-1`` keeps it),
+    and Expand is given that instead (the old nodes stay, unread)."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output if o}
+    consts: dict[str, np.ndarray] = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT64
+    }
+    for n in graph.node:
+        if (
+            n.op_type == "Constant"
+            and n.attribute
+            and n.attribute[0].name == "value"
+            and n.attribute[0].t.data_type == onnx.TensorProto.INT64
+        ):
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def value(name: str) -> np.ndarray | None:
+        """An int64 value that is a constant, ConstantOfShape's fill, or a product of them (ones times -1)."""
+        if name in consts:
+            return consts[name]
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "ConstantOfShape":
+            fill = next((a.t for a in node.attribute if a.name == "value"), None)
+            return None if fill is None or fill.data_type != onnx.TensorProto.INT64 else numpy_helper.to_array(fill).reshape(-1)[:1]
+        if node.op_type == "Mul" and len(node.input) == 2:
+            a, b = value(node.input[0]), value(node.input[1])
+            return None if a is None or b is None or a.size != 1 or b.size != 1 else a.reshape(1) * b.reshape(1)
+        return None
+
+    def is_size(name: str) -> bool:
+        """Whether ``name`` is a size read with Shape (through Gather, Unsqueeze, Squeeze, Cast, Reshape)."""
+        node = producers.get(name)
+        while node is not None and node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Reshape", "Gather", "Slice"):
+            if (
+                node.op_type in ("Gather", "Slice")
+                and producers.get(node.input[0]) is not None
+                and producers[node.input[0]].op_type == "Shape"
+            ):
+                return True
+            node = producers.get(node.input[0])
+        return node is not None and node.op_type == "Shape"
+
+    made = 0
+    for expand in [n for n in graph.node if n.op_type == "Expand" and n.domain in ("", "ai.onnx") and len(n.input) == 2]:
+        where = producers.get(expand.input[1])
+        if where is None or where.op_type != "Where" or len(where.input) != 3:
+            continue
+        equal, ones, target = producers.get(where.input[0]), value(where.input[1]), where.input[2]
+        if equal is None or equal.op_type != "Equal" or target not in equal.input or ones is None or ones.tolist() != [1]:
+            continue
+        minus = value(equal.input[1] if equal.input[0] == target else equal.input[0])
+        if minus is None or minus.tolist() != [-1]:
+            continue
+        concat = producers.get(target)
+        if concat is not None and concat.op_type == "Reshape" and concat.input[0] in producers:
+            concat = producers[concat.input[0]]
+        if concat is None or concat.op_type != "Concat":
+            continue
+        pieces: list[str] = []
+        for piece in concat.input:
+            known = consts.get(piece)
+            if known is not None and known.ndim <= 1:
+                name = f"{piece}\x00kept{made}"
+                graph.initializer.append(numpy_helper.from_array(np.where(known.reshape(-1) == -1, 1, known.reshape(-1)), name))
+                pieces.append(name)
+            elif is_size(piece):
+                pieces.append(piece)
+            else:
+                break
+        else:
+            resolved = f"{expand.input[1]}\x00kept"
+            graph.node.append(onnx.helper.make_node("Concat", pieces, [resolved], axis=0))
+            expand.input[1] = resolved
+            made += 1
+    if made:  # the Concats were appended after their readers: put the graph back in order
+        nodes = _in_order(list(graph.node))
+        del graph.node[:]
+        graph.node.extend(nodes)
 
 
 # Two primes per symbol of the inputs (a constant dim is the same in both runs: it never passes for a product).

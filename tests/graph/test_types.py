@@ -166,3 +166,57 @@ def test_a_reshapes_one_unknown_dim_is_the_element_count_divided_out() -> None:
     types = collect_types(_embeddings_and_head_split())[()]
     assert types["split"].shape == ("N", "S", 4, 16)
     assert types["heads_first"].shape == ("N", 4, "S", 16)
+
+
+def _class_token_expanded() -> onnx.ModelProto:
+    """TorchScript's ``cls.expand(N, -1, -1)`` before a Concat with the patches: the target ``[N, -1, -1]`` is a
+    Concat of a size read with Shape and constants, and ``-1`` is kept through ``Where(Equal(s, -1), ones, s)``."""
+    rng = np.random.default_rng(1)
+    i64 = [
+        numpy_helper.from_array(np.array(v, np.int64), name)
+        for v, name in (([0], "zero"), ([-1], "keep"), ([-1], "flat"), (-1, "minus"))
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((1, 1, 8)).astype(np.float32), "cls"), *i64]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "zero"], ["n"], axis=0),
+        helper.make_node("Concat", ["n", "keep", "keep"], ["parts"], axis=0),
+        helper.make_node("Reshape", ["parts", "flat"], ["s"]),
+        helper.make_node("Shape", ["s"], ["s_len"]),
+        helper.make_node("ConstantOfShape", ["s_len"], ["ones"], value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("Mul", ["ones", "minus"], ["minus_ones"]),
+        helper.make_node("Equal", ["s", "minus_ones"], ["kept"]),
+        helper.make_node("Where", ["kept", "ones", "s"], ["target"]),
+        helper.make_node("Expand", ["cls", "target"], ["tokens"]),
+        helper.make_node("Concat", ["tokens", "x"], ["joined"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8])],
+        [helper.make_tensor_value_info("joined", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_torchscripts_expand_with_kept_dims_keeps_the_token_count() -> None:
+    """The class token is ``[N, 1, 8]`` and the tokens after the Concat ``[N, 7, 8]``: a constant -1 of the target
+    keeps the input's 1, the size read with Shape is N."""
+    model = _class_token_expanded()
+    types = collect_types(model)[()]
+    assert types["tokens"].shape == ("N", 1, 8)
+    assert types["joined"].shape == ("N", 7, 8)
+    assert [n.input[1] for n in model.graph.node if n.op_type == "Expand"] == ["target"]  # the caller's model as it was
+
+
+def test_an_expand_target_with_a_run_time_piece_is_left_to_inference() -> None:
+    """A piece of the target that is neither a constant nor a size read with Shape could be -1 at run time: the
+    Expand is left as inference sees it."""
+    model = _class_token_expanded()
+    concat = next(n for n in model.graph.node if n.op_type == "Concat" and n.output[0] == "parts")
+    model.graph.node.insert(0, helper.make_node("Neg", ["n_neg_src"], ["n_neg"]))
+    model.graph.input.append(helper.make_tensor_value_info("n_neg_src", TensorProto.INT64, [1]))
+    concat.input[1] = "n_neg"
+    types = collect_types(model)[()]
+    assert types["joined"].shape is None or types["joined"].shape[1] != 7

@@ -123,3 +123,15 @@ def test_a_rest_told_in_one_round_tells_the_next_reshapes() -> None:
     shapes, _ = _inferred_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert shapes["a"] == ("N", 12, 32)
     assert shapes["b"] == ("N", 12, 4, 8)
+
+
+def test_torchscripts_expand_with_kept_dims_keeps_the_token_count() -> None:
+    """The certificate reads ``cls.expand(N, -1, -1)`` (TorchScript's Where over the target) as ``[N, 1, C]``, so
+    the tokens after the Concat with the patches have their count, and the model it was given is not changed."""
+    from tests.graph.test_types import _class_token_expanded
+
+    model = _class_token_expanded()
+    shapes, _ = _inferred_shapes(model)
+    assert shapes["tokens"] == ("N", 1, 8)
+    assert shapes["joined"] == ("N", 7, 8)
+    assert [n.input[1] for n in model.graph.node if n.op_type == "Expand"] == ["target"]
