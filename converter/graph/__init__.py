@@ -249,6 +249,8 @@ def _kept_dims(model: onnx.ModelProto) -> None:
     written as 1 (a size read with ``Shape`` is never -1, and 1 broadcasts to the input's dim as ``-1`` keeps it),
     and Expand is given that instead (the old nodes stay, unread)."""
     graph = model.graph
+    if not any(n.op_type == "Expand" for n in graph.node):
+        return
     producers = {o: n for n in graph.node for o in n.output if o}
     consts: dict[str, np.ndarray] = {
         t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT64
@@ -404,15 +406,17 @@ def _reshape_rests(inferred: onnx.ModelProto) -> onnx.ModelProto:
     ``[N, S, 64]`` is 4, which inference cannot divide with ``N`` and ``S`` symbols). Inference then runs again from
     what was found (it keeps a value_info's known dims), so that what follows the Reshape learns it too. The main
     graph only; a few rounds at most (a head merge's rest is found from the split's)."""
-    for _ in range(4):
+    reshapes = [
+        n for n in inferred.graph.node if n.op_type == "Reshape" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and n.output
+    ]
+    for _ in range(4 if reshapes else 0):
         shapes = {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.output)}
         shapes.update((vi.name, vi) for vi in inferred.graph.input)
         filled = False
-        for node in inferred.graph.node:
-            if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.input) < 2 or not node.output:
-                continue
+        inner = {vi.name for vi in inferred.graph.value_info}
+        for node in reshapes:
             x, y = shapes.get(node.input[0]), shapes.get(node.output[0])
-            if x is None or y is None or y.name not in {vi.name for vi in inferred.graph.value_info}:
+            if x is None or y is None or y.name not in inner:
                 continue
             ydims = list(y.type.tensor_type.shape.dim)
             gaps = [d for d in ydims if _unknown(_dim(d))]
