@@ -320,33 +320,55 @@ def _fold(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> tuple[list
     return None if made is None else (nodes, made)
 
 
-def _write(ctx: PassContext, ws: Workspace, nodes: list[NodeProto], dims: list[ra.Dim], final: ra.View) -> list[NodeProto] | None:
-    """Reshape into the pieces, one Transpose into the final order, Reshape into the final axes."""
+def plan(dims: list[ra.Dim], final: ra.View) -> tuple[list[int] | None, list[int], list[int] | None] | None:
+    """What the fold writes for a chain from a tensor of ``dims`` to the view ``final``: the target of the Reshape
+    into the pieces (None: not needed), the Transpose's perm (the identity: none), the target of the Reshape into
+    the final axes (None: the Transpose makes them). None when a target cannot be written (two symbolic sizes that no 0 copies:
+    the chain then stays as it is). The layout problem asks it too, so that it prices only the folds made.
+
+    Args:
+        dims: the chain's first tensor's dims.
+        final: its last tensor's view of the first.
+    """
     pieces = [p for axis in final for p in axis]
     ordered = sorted(pieces, key=lambda p: (p[0], -p[1]))  # the first tensor's order
     perm = [ordered.index(p) for p in pieces]
+    split = [p[2] for p in ordered]
+    into = None
+    if split != [ra.size_of(d) for d in dims]:
+        into = _target(split, [ra.size_of(d) for d in dims])
+        if into is None:
+            return None
+    final_sizes = ra.dims_of(final)
+    back = None
+    if is_identity(perm) or final_sizes != split_after(split, perm):  # (no Transpose: the last tensor is a Reshape)
+        back = _target(final_sizes, split_after(split, perm))
+        if back is None:
+            return None
+    return into, perm, back
+
+
+def _write(ctx: PassContext, ws: Workspace, nodes: list[NodeProto], dims: list[ra.Dim], final: ra.View) -> list[NodeProto] | None:
+    """Reshape into the pieces, one Transpose into the final order, Reshape into the final axes."""
+    planned = plan(dims, final)
+    if planned is None:
+        return None
+    into, perm, back = planned
     x = nodes[0].input[0]
     out = nodes[-1].output[0]
     base = nodes[-1].name or out
     made: list[NodeProto] = []
-    split = [p[2] for p in ordered]
-    if split != [ra.size_of(d) for d in dims]:
-        target = _target(split, [ra.size_of(d) for d in dims])
-        if target is None:
-            return None
+    if into is not None:
         y = ctx.names.fresh(f"{base}_pieces")
-        made.append(_reshape(ctx, ws, x, y, target, base))
+        made.append(_reshape(ctx, ws, x, y, into, base))
         x = y
-    final_sizes = ra.dims_of(final)
     if not is_identity(perm):
-        y = out if final_sizes == split_after(split, perm) else ctx.names.fresh(f"{base}_ordered")
+        y = out if back is None else ctx.names.fresh(f"{base}_ordered")
         made.append(make_transpose(x, y, perm, ctx.names.fresh(f"{base}_transpose")))
         x = y
     if x != out:
-        target = _target(final_sizes, split_after(split, perm))
-        if target is None:
-            return None
-        made.append(_reshape(ctx, ws, x, out, target, base))
+        assert back is not None
+        made.append(_reshape(ctx, ws, x, out, back, base))
     return made
 
 

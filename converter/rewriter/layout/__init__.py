@@ -12,7 +12,8 @@ When that leaves layers out but converting every layer (at its own optimum) ends
 the graph than the original, every layer is converted instead: the optimizer may save Transposes whatever it
 converts, and those savings are not bought with layers. A layer still left out is declined with ``layout_cost``
 and the number of Transposes converting it would add even at the optimum. Under ``original=True`` the problem
-counts the original's own labels (nothing converted, nothing moved), so the comparison is in one accounting.
+counts the original's own labels (nothing converted, nothing moved), so the comparison is in one accounting; and the
+original as the graph has it (a chain's Transposes unfolded: with nothing converted the cleanup does not run).
 
 census.py counts Transposes for the report, and says what each candidate's activation is.
 """

@@ -23,7 +23,9 @@ layers (their activation and result are CL), carried through
 - a chain of Reshapes, Transposes, Squeezes and Unsqueezes (a window partition, a head split or merge, a patch
   merge, a flatten): the chain's own permutation changes to absorb a Transpose at either end. What each of
   the four label pairs of its ends costs is read off the chain's element mapping (rearrange.py), as the fold
-  pass (fold_rearranges.py) will compute it.
+  pass (fold_rearranges.py) will compute it, and only where that pass can write the fold (``fold_rearranges.plan``;
+  else the run it can fold, or none). A Transpose that reads the chain's end beside other readers goes with the
+  chain (``Chain.branches``): it merges into the fold's Transpose, and vanishes when the two compose to nothing.
 
 Everything else keeps its layout (a fixed node: it wants its inputs as stored and makes its outputs as stored),
 and so do the graph's inputs and outputs (the interface does not change).
@@ -51,6 +53,7 @@ from converter.rewriter.cleanup import rearrange as ra
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity
 from converter.rewriter.cleanup._workspace import Workspace
 from converter.rewriter.cleanup.channel_groups import match as match_group
+from converter.rewriter.cleanup.fold_rearranges import plan as fold_plan
 from converter.rewriter.cleanup.fold_rearranges import shape_reads_only_targets
 from converter.rewriter.cleanup.fold_rearranges import step as chain_step
 from converter.rewriter.cleanup.handlers import Decline, handler_for
@@ -82,6 +85,9 @@ class Chain:
     # (storage read at the start, storage made at the end) -> Transposes after folding; a side whose tensor is
     # outside the domain has only its stored layout
     costs: dict[tuple[int, int], int] = field(default_factory=dict)
+    # Transposes that read the end (outside the domain) beside other readers: the fold makes the end a Transpose of
+    # its pieces, and each of these merges into it (cancel_transposes), none left when they compose to nothing
+    branches: list[NodeProto] = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +192,8 @@ class Problem:
         self.in_chain: dict[int, Chain] = {}  # every node of a chain -> its chain
         self.boundary: dict[str, tuple[str, str]] = {}  # layer anchor -> (what it reads, what it makes)
         self._queue: deque[str] = deque()
+        self._branch_ids: set[int] = set()  # Transposes priced with a chain (``Chain.branches``)
+        self._root: list[ra.Dim] = []  # the dims of the last chain start ``_view`` read
         self._classify()
 
     # -- what the graph is ------------------------------------------------------------------------------
@@ -445,7 +453,7 @@ class Problem:
 
     def _view(self, chain: Chain, start: int | None, end: int | None) -> tuple[ra.View, int] | None:
         """The end's view of the start when the start is read in ``start`` and the end made in ``end`` (None: as
-        stored), and how many Transposes that takes before folding."""
+        stored), and how many Transposes that takes before folding (``self._root``: the start's dims as read)."""
         dims = self.dims(chain.start)
         if dims is None:
             return None
@@ -459,6 +467,7 @@ class Problem:
             transposes += 1
         else:
             view = ra.identity(dims)
+        self._root = list(dims)
         for n in chain.nodes:
             view = chain_step(self.ws, self.ctx, n, view) if view is not None else None
         c1 = self.cls.get(chain.end)
@@ -503,9 +512,26 @@ class Problem:
             return None  # a piece of an axis, not the whole of it
         return CL if root_axis == len(dims) - 1 else CF if root_axis == 1 else None
 
+    def _branches(self, chain: Chain) -> list[NodeProto]:
+        """The Transposes that read a chain's end beside other readers (DeBERTa's ``K^T`` of the keys its relative
+        positions also read), when the end is outside the domain: they go with the chain's cost (see ``Chain``)."""
+        if chain.end in self.cls:
+            return []
+        found = []
+        for r in self._readers(chain.end):
+            if r.op_type != "Transpose" or r.domain not in DEFAULT_DOMAINS or not r.input or r.input[0] != chain.end:
+                continue
+            if id(r) in self.merges or id(r) in self.in_chain or id(r) in self.interior or transpose_perm(r) is None:
+                continue
+            found.append(r)
+        return found
+
     def _chain_costs(self, chain: Chain) -> dict[tuple[int, int], int]:
         starts = [CL, CF] if chain.start in self.cls else [None]
         ends = [CL, CF] if chain.end in self.cls else [None]
+        branch_ids = {id(n) for n in chain.branches}
+        # The end made as the fold makes it is paid when something other than the branches reads it.
+        read = chain.end in self.outputs or any(id(r) not in branch_ids for r in self._readers(chain.end))
         costs: dict[tuple[int, int], int] = {}
         for a in starts:
             for b in ends:
@@ -515,16 +541,82 @@ class Problem:
                     + (a is not None and a != self.cls[chain.start])
                     + (b is not None and b != self.cls[chain.end])
                 )
-                if found is not None and found[1] >= 2:
-                    view, _ = found
-                    pieces = [p for axis in view for p in axis]
-                    cost = 0 if pieces == sorted(pieces, key=lambda p: (p[0], -p[1])) else 1
+                planned = None
+                if found is not None and found[1] >= 2:  # the fold pass folds it, when it can write the targets
+                    planned = self._plan(chain, self._root, found[0], a, b)
+                if planned is not None and found is not None:
+                    view = found[0]
+                    cost = _unsorted(view) if read or not chain.branches else 0
+                    for n in chain.branches:
+                        perm = transpose_perm(n) or []
+                        moved = ra.transpose(view, perm) if sorted(perm) == list(range(len(view))) else None
+                        cost += 0 if moved is not None and planned[2] is None and not _unsorted(moved) else 1
                 else:
-                    cost = transposes
+                    cost = self._suffix_cost(chain, a, b, transposes) + len(chain.branches)
                 sa = a if a is not None else self.cls.get(chain.start, CL)
                 sb = b if b is not None else self.cls.get(chain.end, CL)
                 costs[(sa, sb)] = cost
         return costs
+
+    def _plan(self, chain: Chain, root: list[ra.Dim], view: ra.View, a: int | None, b: int | None) -> tuple | None:
+        """What the fold pass writes for the chain (``fold_rearranges.plan``), None when it cannot write a target.
+        A token layer's Conv works on ``[B, C, 1, S]``: a rank-3 side channels-first that a layer makes (the start)
+        or alone reads (the end) may reach the fold with that unit axis, which lets a 0 copy ``S`` where the rank-3
+        form needs two -1s; either form is taken (the rules' Squeeze and Unsqueeze sit where the fold meets them)."""
+        planned = fold_plan(root, view)
+        if planned is not None:
+            return planned
+        start_unit = a == CF and len(root) == 3 and self.cls.get(chain.start) == CL and self._made_by_layer(chain.start)
+        end_unit = b == CF and len(view) == 3 and self.cls.get(chain.end) == CL and self._read_by_layer(chain.end)
+        if not (start_unit or end_unit):
+            return None
+        if start_unit:
+            root = [*root[:2], 1, *root[2:]]
+            view = tuple(tuple((x + (x >= 2), st, z) for x, st, z in axis) for axis in view)
+        if end_unit:
+            view = (*view[:2], (), *view[2:])
+        return fold_plan(root, view)
+
+    def _suffix_cost(self, chain: Chain, a: int | None, b: int | None, transposes: int) -> int:
+        """The Transposes left when the whole chain does not fold: the fold pass may still fold a run that starts
+        after one of its Reshapes (a tensor a Shape reads stops its run there), the nodes before staying as they are.
+        The fewest over where that run may start; ``transposes`` (nothing folded) at most."""
+        best = transposes
+        if a is not None and a != self.cls.get(chain.start):
+            return best  # a Transpose taken in at the start stays in front of any later run: nothing gained here
+        for i in range(1, len(chain.nodes)):
+            if chain.nodes[i - 1].op_type != "Reshape":
+                continue
+            dims = self.dims(chain.nodes[i - 1].output[0])
+            if dims is None:
+                continue
+            stepped: ra.View | None = ra.identity(dims)
+            for n in chain.nodes[i:]:
+                stepped = chain_step(self.ws, self.ctx, n, stepped) if stepped is not None else None
+            c1 = self.cls.get(chain.end)
+            if stepped is None:
+                continue
+            view: ra.View = stepped
+            after = sum(n.op_type == "Transpose" for n in chain.nodes[i:])
+            if b is not None and c1 is not None and b != c1:
+                moved = ra.transpose(view, storage_perm(c1, b, len(view)))
+                if moved is None:
+                    continue
+                view = moved
+                after += 1
+            before = sum(n.op_type == "Transpose" for n in chain.nodes[:i])
+            if after < 2 or self._plan(chain, list(dims), view, None, b) is None:
+                continue
+            best = min(best, before + _unsorted(view))
+        return best
+
+    def _made_by_layer(self, name: str) -> bool:
+        p = self.scope.producers.get(name)
+        return p is not None and id(p) in self.interior
+
+    def _read_by_layer(self, name: str) -> bool:
+        readers = self._readers(name)
+        return name not in self.outputs and len(readers) == 1 and id(readers[0]) in self.interior
 
     # -- the costs ---------------------------------------------------------------------------------
 
@@ -554,6 +646,7 @@ class Problem:
         """
         energy = Energy()
         for chain in self.chains.values():  # now that both ends' classes are known
+            chain.branches = self._branches(chain)
             chain.costs = self._chain_costs(chain)
         sems = self.semantics()
         layer_var = {a: energy.variable() for a in self.layers}
@@ -640,7 +733,7 @@ class Problem:
         for k, v in chain_var.items():
             energy.pay_if(v, 1 - self.cls[self.chains[k].end], INFINITE if original else w.move)
         labels, value = energy.solve()
-        return self._solution(labels, value, sems, sem_var, layer_var, node_var, chain_var, records)
+        return self._solution(labels, value, sems, sem_var, layer_var, node_var, chain_var, records, original)
 
     def _wants(self, energy: Energy, x: int, wants: list[int], weight: int) -> dict[int, int]:
         """Cost ``weight`` once per direction when some reader wants the tensor (made in ``x``) in the other layout:
@@ -706,7 +799,7 @@ class Problem:
                 energy.pay_if(x, a, max(cost[(a, c1)], 0))
         records.append(("chain", chain, x, y))
 
-    def _solution(self, labels, value, sems, sem_var, layer_var, node_var, chain_var, records) -> Solution:  # noqa: ANN001
+    def _solution(self, labels, value, sems, sem_var, layer_var, node_var, chain_var, records, original=False) -> Solution:  # noqa: ANN001
         converted = {a for a, v in layer_var.items() if labels[v] == CF}
         moved: set[str] = set()
         for anchor in converted:  # what a layer's replacement computes after its Conv's way back (a sandwich's rescale)
@@ -749,6 +842,11 @@ class Problem:
         for record in records:
             if record[0] == "chain":
                 _, chain, x, y = record
+                if original:
+                    # The original as it is: when nothing is converted the cleanup does not run, so a chain keeps
+                    # every Transpose it has (folding them into one is the cleanup's, paid for by a conversion).
+                    inside += _raw_transposes(chain)
+                    continue
                 a = labels[x] if x is not None else CL  # (a start outside the domain keeps its layout: any label)
                 b = labels[y] if y is not None else self.cls.get(chain.end, CL)
                 full = self._full_costs(chain)
@@ -768,6 +866,7 @@ class Problem:
                 inside += 1
             else:
                 edge += 1
+        self._branch_ids = {id(n) for chain in self.chains.values() for n in chain.branches}
         inside += self._untouched()
         written = sum(1 for k, v in node_var.items() if self.movable[k].extra and labels[v] != self.movable[k].cls)
         ranks = {name: self.rank(name) or 0 for name in self.cls}
@@ -782,6 +881,8 @@ class Problem:
                 continue
             if id(node) in self.merges or id(node) in self.in_chain or not self._runtime(node.input[0]):
                 continue
+            if id(node) in self._branch_ids:
+                continue  # priced with its chain
             if id(node) in self.interior:
                 continue  # a layer's own (its rule folds it in)
             count += 1
@@ -790,6 +891,18 @@ class Problem:
     @property
     def weights(self) -> Weights:
         return self._w
+
+
+def _raw_transposes(chain: Chain) -> int:
+    """The Transposes a chain holds as the graph has it (before the fold pass makes them one, or none), its
+    branches with them."""
+    return sum(n.op_type == "Transpose" for n in chain.nodes) + len(chain.branches)
+
+
+def _unsorted(view: ra.View) -> int:
+    """The Transposes a folded view takes: none when its pieces come in the root's order (Reshapes alone), else one."""
+    pieces = [p for axis in view for p in axis]
+    return 0 if pieces == sorted(pieces, key=lambda p: (p[0], -p[1])) else 1
 
 
 def _trailers(c: Candidate) -> list[str]:
