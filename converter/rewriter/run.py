@@ -155,7 +155,7 @@ def rewrite_in_place(
         value_of = detached.value if detached is not None else None
         choice = None
         if options.fold_transposes:
-            choice = optimize(out, prepared, types, keep_all=mode == "keep-all", value_of=value_of)
+            choice = optimize(out, prepared, types, keep_all=mode == "keep-all", value_of=value_of, counted=before.main_inside)
         decisions = prepared.finish(choice.declined if choice is not None else None)
         report = RewriteReport(decisions=decisions, ops_before=ops_before)
         report.ops_rewritten = count_ops(out.graph)

@@ -90,6 +90,7 @@ def optimize(
     *,
     keep_all: bool = False,
     value_of=None,  # noqa: ANN001 - Callable[[TensorProto], ndarray] | None
+    counted: int | None = None,
 ) -> Choice:
     """The optimal layout of every graph that has candidates; nothing in ``model`` changes.
 
@@ -99,6 +100,9 @@ def optimize(
         types: shape inference's types (``collect_types``), for ranks and the sizes chains need.
         keep_all: convert every layer, whatever it costs (the optimum still places the Transposes).
         value_of: reads constants, detached ones too.
+        counted: the main graph's Transposes inside the model as the census counts them in the original; the
+            budget that converting every layer is held to there is no lower (the problem's own count of the
+            original can miss what it takes for folded, and the safety net holds the written graph to this one).
     """
     import time
 
@@ -113,6 +117,8 @@ def optimize(
             # The fewest Transposes leave some layers out; converting every one is still chosen when that ends with
             # no more Transposes inside the graph than the original (the optimum may save some whatever it converts).
             budget = problem.solve(original=True).inside
+            if counted is not None and not scope.path:
+                budget = max(budget, counted)
             every = problem.solve(pin=set(problem.layers))
             if every.inside <= budget:
                 solution = every

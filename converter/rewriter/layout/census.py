@@ -46,10 +46,18 @@ class Census:
     # The edge Transposes' outputs. Two If branches may name their outputs alike, so the count is kept apart.
     edges: set[str] = field(default_factory=set)
     edge: int = 0
+    # Those of the main graph alone (the layout optimizer's budget there).
+    main_layout: int = 0
+    main_edge: int = 0
 
     @property
     def inside(self) -> int:
         return self.layout - self.edge
+
+    @property
+    def main_inside(self) -> int:
+        """The main graph's Transposes inside the model (not at its edge)."""
+        return self.main_layout - self.main_edge
 
 
 def census(model: onnx.ModelProto, edges: bool = True, types: Mapping[str, TensorType] | None = None) -> Census:
@@ -73,10 +81,12 @@ def census(model: onnx.ModelProto, edges: bool = True, types: Mapping[str, Tenso
             if frame.scope.is_constant_expression(node.input[0]):
                 continue  # computed from constants alone (an exporter's pads): folded before anything runs
             found.layout += 1
+            found.main_layout += parent is None
             out = node.output[0] if node.output else ""
             if edges and (frame.from_edge(node.input[0]) or frame.to_edge(out)):
                 found.edges.add(out)
                 found.edge += 1
+                found.main_edge += parent is None
     return found
 
 
