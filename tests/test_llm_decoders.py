@@ -94,14 +94,9 @@ def test_in_float16(family: str) -> None:
 @pytest.mark.parametrize("exporter", le.EXPORTERS)
 @pytest.mark.parametrize("form", ["nbits", "qdq"])
 @pytest.mark.parametrize("family", le.FAMILIES)
-def test_block_quantized_weights(family: str, form: str, exporter: str, request: pytest.FixtureRequest) -> None:
+def test_block_quantized_weights(family: str, form: str, exporter: str) -> None:
     """The 4-bit forms of onnxruntime's MatMulNBitsQuantizer: MatMulNBits (with ``matmul_nbits``) and a blocked
     DequantizeLinear before each MatMul: every projection a Conv of a blocked DequantizeLinear."""
-    if (family, form, exporter) == ("phi", "nbits", "ts"):
-        # Shape inference stops at each MatMulNBits; the layout writes a LayerNorm out channels-first and moves a
-        # Transpose through the Shape its attention reads, as Gather(Shape(.), perm), which the certificate does not
-        # follow there: INCOMPLETE, numbers passing (reported to the layout and verification owners).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="a Shape of a written-out LayerNorm is not proved"))
     model, result, check = _convert(le.cached(family, exporter, form=form), matmul_nbits=form == "nbits")
     _assert_converted(family, model, result, check)
     weights = [n for n in result.model.graph.node if n.op_type == "DequantizeLinear"]

@@ -57,6 +57,7 @@ from converter.verifier.certificate.kept_dims import give_kept_dims
 from converter.verifier.certificate.layouts import compose, lifted, plain
 from converter.verifier.certificate.nodes import graphs_of, is_default, transpose_layout
 from converter.verifier.certificate.products import products, reshape_rests
+from converter.verifier.certificate.stand_ins import give_stand_ins
 
 
 class Original:
@@ -425,6 +426,7 @@ def _inferred_shapes(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], d
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     give_kept_dims(light)  # TorchScript's expand(N, -1, -1), in a form inference follows (kept_dims.py)
+    give_stand_ins(light)  # onnxruntime's MatMulNBits, as a MatMul of the same shape (stand_ins.py)
     shapes = _infer(light)
     values: dict[str, np.ndarray] = {}
     if shapes is None:
