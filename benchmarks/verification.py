@@ -103,15 +103,19 @@ def false_alarms(console: Console, cases: int) -> list[dict]:
 
 
 def _edit_corpus(zoo: bool) -> list[tuple[str, onnx.ModelProto, converter.RewriteResult]]:
-    """Converted models to edit: the bug models, the fixtures, and (``zoo``) the layout corpus's real exports when
-    they were built here (.zoo-cache/layout), with and without --tokens; only those with a rewritten layer."""
+    """Converted models to edit: the bug models, two integer layers (QLinearMatMul, MatMulInteger), the fixtures, and
+    (``zoo``) the layout corpus's real exports when they were built here (.zoo-cache/layout), with and without
+    --tokens; only those with a rewritten layer."""
+    from tests.rewriter.rules.test_integer_matmul_to_conv import L, integer_dense
     from tests.verifier.test_verify import BUG_MODELS
 
+    makers = {name: make for name, make in BUG_MODELS.items() if name != "nan"}  # NaN everywhere: incomplete whatever
+    makers["qlinear"] = lambda: integer_dense(L())
+    makers["integer"] = lambda: integer_dense(L(dynamic=True, x_signed=False))
     found = []
-    for name, make in BUG_MODELS.items():
-        if name != "nan":  # NaN everywhere: incomplete whatever the edit
-            model = make()
-            found.append((name, model, converter.rewrite(model, layout="keep-all")))
+    for name, make in makers.items():
+        model = make()
+        found.append((name, model, converter.rewrite(model, layout="keep-all")))
     paths = sorted(Path("models/fixtures").glob("*.onnx")) + (sorted(Path(".zoo-cache/layout").glob("*.onnx")) if zoo else [])
     for path in paths:
         model = onnx.load(path)

@@ -456,6 +456,166 @@ def conv_renamed(model, layers, rng) -> bool:  # noqa: ANN001
     return True
 
 
+def _on_constants(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Main-graph nodes (no Constant, no subgraph, no graph output) computed from constants alone."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    known = {t.name for t in graph.initializer if t.name not in inputs}
+    outputs = {o.name for o in graph.output}
+    found = []
+    for n in graph.node:
+        if n.domain not in ("", "ai.onnx") or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute
+        ):
+            continue
+        if n.op_type == "Constant":
+            known.update(n.output)
+        elif n.input and all(not i or i in known for i in n.input) and not n.op_type.startswith("Random"):
+            known.update(n.output)
+            if not any(o in outputs for o in n.output):
+                found.append(n)
+    return found
+
+
+def _rename_outputs(model: onnx.ModelProto, node: onnx.NodeProto, rng: np.random.Generator) -> None:
+    new = f"renamed_{int(rng.integers(1 << 30))}"
+    renamed = {o: f"{new}_{i}" for i, o in enumerate(node.output) if o}
+    node.name = f"{new}_node"
+    for i, o in enumerate(node.output):
+        if o:
+            node.output[i] = renamed[o]
+    for _, g in iter_graphs(model.graph):
+        for n in g.node:
+            for i, name in enumerate(n.input):
+                if name in renamed:
+                    n.input[i] = renamed[name]
+
+
+def constant_renamed(model, layers, rng) -> bool:  # noqa: ANN001
+    """A node computed from constants alone (a folded weight's Transpose, an expression on constants) renamed, node
+    and outputs (another tool's names): the same function of the same values."""
+    node = _pick(rng, _on_constants(model))
+    if node is None:
+        return False
+    _rename_outputs(model, node, rng)
+    return True
+
+
+def constant_renamed_changed(model, layers, rng) -> bool:  # noqa: ANN001
+    """As ``constant_renamed``, and one of its float constant inputs off by a factor 1 + 1e-3 (a copy of it)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    picked = _pick(
+        rng,
+        [
+            (n, i)
+            for n in _on_constants(model)
+            for i, name in enumerate(n.input)
+            if name in inits and inits[name].data_type in (1, 10, 11, 16) and np.prod(inits[name].dims) > 0
+        ],
+    )
+    if picked is None:
+        return False
+    node, slot = picked
+    t = _own_copy(model.graph, model, node, slot)
+    value = numpy_helper.to_array(t)
+    _set(t, (value.astype(np.float64) * (1 + 1e-3) + 1e-3).astype(value.dtype))
+    _rename_outputs(model, node, rng)
+    return True
+
+
+def _kept_convs(model: onnx.ModelProto, layers: list[RewrittenLayer]) -> list[tuple[onnx.NodeProto, tuple[int, ...]]]:
+    """Main-graph Convs that are no rewritten layer (the original's own), each with its weight's spatial dims."""
+    claimed = {layer.conv for layer in layers}
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for n in _main_nodes(model, ("Conv",)):
+        w = inits.get(n.input[1]) if len(n.input) > 1 else None
+        if n.name not in claimed and w is not None and len(w.dims) > 2:
+            found.append((n, tuple(int(d) for d in w.dims[2:])))
+    return found
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == name), None)
+
+
+def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
+    kept = [a for a in node.attribute if a.name != name]
+    node.ClearField("attribute")
+    node.attribute.extend([*kept, helper.make_attribute(name, values)])
+
+
+def dilations_on_kept_1x1(model, layers, rng) -> bool:  # noqa: ANN001
+    """``dilations`` written on a 1x1 Conv the original model has (no layer): the same convolution."""
+    picked = _pick(rng, [(n, k) for n, k in _kept_convs(model, layers) if all(d == 1 for d in k)])
+    if picked is None:
+        return False
+    node, kernel = picked
+    _set_ints(node, "dilations", [int(v) for v in rng.integers(2, 4, size=len(kernel))])
+    return True
+
+
+def dilations_on_kept_kxk(model, layers, rng) -> bool:  # noqa: ANN001
+    """A Conv of the original with a kernel larger than 1 at stride 1, dilated by 2 with its pads doubled: the same
+    output shape, other values."""
+    convs = [
+        (n, k)
+        for n, k in _kept_convs(model, layers)
+        if any(d > 1 for d in k) and all(s == 1 for s in _ints(n, "strides") or [1]) and not _ints(n, "dilations")
+        if not any(a.name == "auto_pad" for a in n.attribute)
+    ]
+    picked = _pick(rng, convs)
+    if picked is None:
+        return False
+    node, kernel = picked
+    pads = _ints(node, "pads") or [0] * (2 * len(kernel))
+    _set_ints(node, "dilations", [2] * len(kernel))
+    _set_ints(node, "pads", [p + (k - 1) // 2 for p, k in zip(pads, kernel * 2, strict=True)])
+    return True
+
+
+def _integer_convs(model: onnx.ModelProto, layers: list[RewrittenLayer]) -> list[tuple[onnx.NodeProto, int, int]]:
+    """Layer QLinearConvs (uint8 activation) and ConvIntegers whose weight and its zero point are int8 initializers:
+    (node, weight slot, zero point slot)."""
+    claimed = {layer.conv for layer in layers}
+    inits = {t.name: t for t in model.graph.initializer}
+    int8 = onnx.TensorProto.INT8
+    found = []
+    for n in _main_nodes(model, ("QLinearConv", "ConvInteger")):
+        w, z = (3, 5) if n.op_type == "QLinearConv" else (1, 3)
+        if n.name not in claimed or len(n.input) <= z or inits.get(n.input[w]) is None or inits.get(n.input[z]) is None:
+            continue
+        if inits[n.input[w]].data_type != int8 or inits[n.input[z]].data_type != int8:
+            continue
+        if n.op_type == "QLinearConv" and (n.input[2] not in inits or inits[n.input[2]].data_type != onnx.TensorProto.UINT8):
+            continue  # onnxruntime runs a uint8 weight only with a uint8 activation
+        found.append((n, w, z))
+    return found
+
+
+def _shift_integer(model: onnx.ModelProto, layers: list[RewrittenLayer], rng: np.random.Generator, zero_point: bool) -> bool:
+    picked = _pick(rng, _integer_convs(model, layers))
+    if picked is None:
+        return False
+    node, w_slot, z_slot = picked
+    for slot in (w_slot, z_slot):
+        t = _own_copy(model.graph, model, node, slot)
+        value = numpy_helper.to_array(t)
+        _set(t, (value.astype(np.int16) + 128).astype(np.uint8) if zero_point or slot == w_slot else value.view(np.uint8))
+    return True
+
+
+def integer_weight_shifted(model, layers, rng) -> bool:  # noqa: ANN001
+    """An integer layer's int8 weight written as uint8 ``w + 128`` with its zero point ``zw + 128``: every
+    ``w - zw`` is the same, so every integer sum is."""
+    return _shift_integer(model, layers, rng, zero_point=True)
+
+
+def integer_weight_shifted_alone(model, layers, rng) -> bool:  # noqa: ANN001
+    """As ``integer_weight_shifted``, the zero point's bits kept (read as uint8): ``w - zw`` changes."""
+    return _shift_integer(model, layers, rng, zero_point=False)
+
+
 EQUIVALENT: dict[str, Callable[..., bool]] = {
     "commutative_swapped": commutative_swapped,
     "bias_as_add": bias_as_add,
@@ -466,6 +626,9 @@ EQUIVALENT: dict[str, Callable[..., bool]] = {
     "conv_renamed": conv_renamed,
     "double_neg_inserted": double_neg_inserted,
     "relu_repeated": relu_repeated,
+    "constant_renamed": constant_renamed,
+    "dilations_on_kept_1x1": dilations_on_kept_1x1,
+    "integer_weight_shifted": integer_weight_shifted,
 }
 
 WRONG: dict[str, Callable[..., bool]] = {
@@ -475,4 +638,7 @@ WRONG: dict[str, Callable[..., bool]] = {
     "neg_inserted": neg_inserted,
     "neg_abs_inserted": neg_abs_inserted,
     "relu_inserted": relu_inserted,
+    "constant_renamed_changed": constant_renamed_changed,
+    "dilations_on_kept_kxk": dilations_on_kept_kxk,
+    "integer_weight_shifted_alone": integer_weight_shifted_alone,
 }

@@ -50,7 +50,7 @@ from converter.verifier import inputs as feeding
 from converter.verifier.certificate import INTEGER_CONVS, Certificate, IntegerLayer, certify, discover, find_graphs
 from converter.verifier.numbers.layers import LayerNumbers, LayerTensors, check_integer_layer, check_layers
 from converter.verifier.numbers.outputs import compare, default_tolerances, degenerate, end_to_end_atol, failed
-from converter.verifier.numbers.shapes import SUFFIX, disagreements, probe_model
+from converter.verifier.numbers.shapes import SUFFIX, disagreements, probe_model, readable
 from converter.verifier.sessions import Runner, VerificationTimeout
 
 __all__ = ["DEFAULT_TOLERANCES", "compare", "default_tolerances", "interface_differences", "verify", "verify_reference"]
@@ -129,13 +129,17 @@ def verify(
     pair = _Pair(original, rewritten, numbered, every=main)
     pool = None
     if inline_bytes(rewritten) < PARALLEL_BELOW:  # Constants too: each session holds its own copy of them
-        # Both sessions are built in the background while the structure is checked here.
+        # Both sessions are built in the background while the structure is checked here; the original's returns
+        # the shapes of the tensors a proof may take from shape inference (numbers/shapes.py), to be checked.
+        pair.shapes = readable(original)
         pool = ThreadPoolExecutor(max_workers=2)
         pair.early_original = pool.submit(_original_runner, pair, settings)
         pair.early = pool.submit(_rewritten_runner, pair, settings)
     try:
         step("checking the structure")
         pair.cert = cert = certify(original, rewritten, claims, read)
+        if pool is None:  # the original's session is built after the proof: it returns the shapes the proof read
+            pair.shapes = list(cert.assumed_shapes)
         step("running the original model")
         outcome = _Outcome()
         originals = _run_original(pair, settings, dict(inputs or {}), dict(input_shapes or {}), outcome)
@@ -368,6 +372,9 @@ class _Pair:
     # The models' sessions, when they are being built in the background meanwhile.
     early_original: Future[Runner] | None = None
     early: Future[Runner] | None = None
+    # Tensors whose shapes the original's session returns (``name + SUFFIX``): those the proof took from shape
+    # inference, or, for a session built before the proof, those it may take (numbers/shapes.py).
+    shapes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -747,11 +754,23 @@ def _engine_shapes(
     first trial's inputs (numbers/shapes.py). Where onnxruntime computes another, the proof is made again without
     those shapes (``certify_again(declined=...)``: a candidate that kept the original's Shape nodes still proves, one
     that wrote inference's numbers as constants does not), and a note says so; what cannot be checked, or is still
-    contradicted after a few rounds, leaves the proof unproved, with the reason."""
+    contradicted after a few rounds, leaves the proof unproved, with the reason.
+
+    The shapes come from the first trial's run of the original (its session returns ``Shape(t)`` of the tensors a
+    proof may read, and the tensors it exposes); only those it does not give are computed by a second session, the
+    original cut down to what computes them."""
     cert = pair.cert
     actual: dict[str, list[int]] = {}
     declined: dict[str, str] = {}
+    first = originals.kept[0]
     for _ in range(_SHAPE_ROUNDS):
+        for n in cert.assumed_shapes:
+            if n in actual:
+                continue
+            if n + SUFFIX in first:
+                actual[n] = np.asarray(first[n + SUFFIX]).tolist()
+            elif n in first:
+                actual[n] = list(np.shape(first[n]))
         todo = [n for n in cert.assumed_shapes if n not in actual]
         if todo:
             try:
@@ -785,6 +804,11 @@ def _engine_shapes(
 def _original_runner(pair: _Pair, o: _Options) -> Runner:
     # Exposed tensors: each layer's activation and output in the original (its Conv's in the rewritten).
     expose = [t for c in pair.layers for t in (c.input, c.output)]
+    if pair.shapes:
+        try:
+            return Runner(pair.original, o.providers, expose, "original", o.values, pair.shapes)
+        except InputError:  # (never seen): without the Shape nodes, what the proof read is checked on its own
+            pair.shapes = []
     return Runner(pair.original, o.providers, expose, "original", o.values)
 
 

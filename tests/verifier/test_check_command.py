@@ -55,9 +55,29 @@ def test_a_correct_candidate_passes_with_the_layers_found_and_nothing_written(tm
     assert _listing(tmp_path) == {**before, "r.json": _listing(tmp_path)["r.json"]}
 
 
+def _edited_model(edit: str) -> onnx.ModelProto:
+    """The model an edit is tried on: the ConvNeXt block, or one that has the place the edit needs (a Relu, a node on
+    constants, a Conv of the original's own, an integer layer)."""
+    from tests.verifier import test_check_forms as forms
+
+    makers = {
+        "relu_repeated": BUG_MODELS["saturated"],
+        "constant_renamed": lambda: forms._on_constants_model("exp"),
+        "constant_renamed_changed": lambda: forms._on_constants_model("gather"),
+        "dilations_on_kept_1x1": forms._with_a_conv,
+        "dilations_on_kept_kxk": lambda: forms._with_a_conv(kernel=3),
+        "integer_weight_shifted": forms._qlinear,
+        "integer_weight_shifted_alone": forms._qlinear,
+        "default_changed": _with_leaky_relu,
+    }
+    return makers.get(edit, BUG_MODELS["convnext_block"])()
+
+
 @pytest.mark.parametrize("edit", list(EQUIVALENT))
 def test_an_equivalent_form_of_the_candidate_passes(tmp_path: Path, edit: str) -> None:
-    original, _, result = _candidate(tmp_path, "saturated" if edit == "relu_repeated" else "convnext_block")  # (a Relu)
+    model = _edited_model(edit)
+    original = _save(model, tmp_path / "original.onnx")
+    result = converter.rewrite(model, layout="keep-all")
     edited = onnx.ModelProto()
     edited.CopyFrom(result.model)
     assert EQUIVALENT[edit](edited, result.report.layers, np.random.default_rng(1))
@@ -77,7 +97,7 @@ def _with_leaky_relu() -> onnx.ModelProto:
 
 @pytest.mark.parametrize("edit", list(WRONG))
 def test_a_wrong_candidate_never_passes(tmp_path: Path, edit: str) -> None:
-    model = _with_leaky_relu() if edit == "default_changed" else BUG_MODELS["convnext_block"]()
+    model = _edited_model(edit)
     original = _save(model, tmp_path / "original.onnx")
     result = converter.rewrite(model, layout="keep-all")
     edited = onnx.ModelProto()

@@ -4,10 +4,11 @@ A rewrite says what each Conv it made computes (a ``RewrittenLayer``); a model t
 plain ``verify(original, rewritten)``, says nothing. The claims are then read from the two graphs: a Conv (or
 QLinearConv / ConvInteger) that no original node of the same op and output explains, whose weight is, bit for
 bit, an original MatMul's or Gemm's weight transposed to ``[K, C, 1, 1]`` (``transB`` and ``alpha`` applied, a
-quantized weight by its dequantized value), stands for that layer. Its input is the layer's activation (the
-MatMul's, or a Tensordot's before its first Reshape and quantization pair); its output the layer's end: the
-MatMul's output, or the Add of a constant bias after it (when the Conv has a bias: a Conv without one leaves
-the bias to an Add of its own, which the walk then matches as any Add), or a Tensordot's second Reshape.
+quantized weight by its dequantized value, an integer weight by its differences from its zero point), stands for
+that layer. Its input is the layer's activation (the MatMul's, or a Tensordot's before its first Reshape to rows
+and quantization pair); its output the layer's end: the MatMul's output, or the Add of a constant bias after it
+(when the Conv has a bias: a Conv without one leaves the bias to an Add of its own, which the walk then matches as
+any Add), or a Tensordot's second Reshape.
 
 A claim found here is only a hypothesis: the walk proves or refutes it exactly as it does a rewrite's own
 claim (``layers.LAYER_PROVERS``), and the numbers check it the same way. Several original layers may share a
@@ -83,7 +84,7 @@ def _in_graph(key: GraphKey, orig: Original, rew: Original) -> list[RewrittenLay
     convs = [n for n in rew.graph.node if _is_layer_conv(n, orig)]
     if not convs:
         return []
-    weights = {id(c): _value(rew, c.input[_WEIGHT_SLOT[c.op_type]]) for c in convs}
+    weights = {id(c): _centered(rew, c, _value(rew, c.input[_WEIGHT_SLOT[c.op_type]])) for c in convs}
     wanted = {_conv_key(c.op_type, w) for c in convs if (w := weights[id(c)]) is not None}
     candidates: dict[tuple, list[NodeProto]] = defaultdict(list)
     for node in orig.graph.node:
@@ -127,6 +128,24 @@ def _value(scope: Original, name: str) -> np.ndarray | None:
         return None
 
 
+_ZERO_SLOT = {"QLinearConv": 5, "ConvInteger": 3, "QLinearMatMul": 5, "MatMulInteger": 3}
+
+
+def _centered(scope: Original, node: NodeProto, w: np.ndarray | None) -> np.ndarray | None:
+    """An integer layer's weight ``[K, C, 1, 1]`` less its zero point per output channel, in int32 (what its sums
+    read); a float layer's weight as it is; None when the zero point is not a constant of one or K values."""
+    slot = _ZERO_SLOT.get(node.op_type)
+    if w is None or slot is None:
+        return w
+    if w.dtype.kind not in "iu" or w.ndim != 4:
+        return None
+    k = w.shape[0]
+    zero = _value(scope, node.input[slot]) if len(node.input) > slot and node.input[slot] else np.zeros(1, np.int32)
+    if zero is None or zero.size not in (1, k):
+        return None
+    return w.astype(np.int32) - np.broadcast_to(zero.reshape(-1).astype(np.int32), (k,)).reshape(k, 1, 1, 1)
+
+
 def _digest(kc: np.ndarray) -> tuple:
     """A weight as [K, C] by dtype, shape and a hash of its bytes."""
     data = np.ascontiguousarray(kc)
@@ -157,10 +176,13 @@ def _original_keys(orig: Original, node: NodeProto, wanted: set[tuple]) -> list[
             kc = w if attrs.get_int("transB", 0) else w.T
             alpha = attrs.get_float("alpha", 1.0)
             forms.append(kc if alpha == 1.0 else (kc * np.asarray(alpha, dtype=kc.dtype)).astype(kc.dtype))
+        elif node.op_type in _INTEGER_LAYERS.values():
+            # by its differences from its zero point: a weight shifted with it is the same layer (layers.integer)
+            centered = _centered(orig, node, w.T.reshape(*w.T.shape, 1, 1))
+            if centered is not None:
+                forms.append(centered.reshape(centered.shape[:2]))
         else:
             forms.append(w.T)
-            if node.op_type == "MatMulInteger" and w.dtype == np.int8:  # written as uint8 w + 128 (layers.integer)
-                forms.append((w.T.astype(np.int16) + 128).astype(np.uint8))
     except TypeError:
         return []
     return [(family, *_digest(kc)) for kc in forms if kc.shape in shapes]
@@ -189,9 +211,17 @@ def _inputs(orig: Original, node: NodeProto) -> list[str]:
     if first is not None and is_default(first) and first.op_type == "DequantizeLinear":
         q = orig.producers.get(first.input[0])
         first = orig.producers.get(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
-    if first is not None and is_default(first) and first.op_type == "Reshape":
+    if first is not None and is_default(first) and first.op_type == "Reshape" and _flattens_rows(orig, first):
         found.insert(0, first.input[0])
     return found
+
+
+def _flattens_rows(orig: Original, reshape: NodeProto) -> bool:
+    """Whether ``reshape`` may be a Tensordot's first Reshape: rows ``[-1, C]`` of an activation a Conv can read (rank
+    3 or 4); ranks inference cannot tell count as may. A window partition (Swin's ``[B, nH, ws, nW, ws, C]`` to
+    ``[B * nW, ws * ws, C]``) is not one: the layer there starts at the Reshape's output."""
+    before, after = orig.rank(reshape.input[0]), orig.rank(reshape.output[0])
+    return (before is None or before in (3, 4)) and (after is None or after == 2)
 
 
 def _ends(orig: Original, anchor: str) -> list[str]:

@@ -14,6 +14,7 @@ re-lay a tensor, so that one tensor has one description on both sides:
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -95,6 +96,8 @@ class Original:
                     self.producers[out] = node
         self._canon: dict[str, Fact] = {}
         self._by_root: dict[str, list[tuple[NodeProto, int]]] | None = None
+        self._on_constants: dict[tuple[str, str], list[NodeProto]] | None = None
+        self._fingerprints: dict[tuple[int, str], tuple] = {}  # of constants, by key (either graph's): see fingerprint()
 
     @property
     def opset(self) -> int:
@@ -389,6 +392,29 @@ class Original:
                         index[fact.root].append((node, slot))
             self._by_root = index
         return self._by_root.get(root, [])
+
+    def on_constants(self, key: tuple[str, str]) -> list[NodeProto]:
+        """This graph's nodes of op ``key`` (domain, op type; the default domain ``""``) that read constants alone
+        (:meth:`constants`) and hold no subgraph, in graph order."""
+        if self._on_constants is None:
+            known = self.constants()
+            index: dict[tuple[str, str], list[NodeProto]] = defaultdict(list)
+            for node in self.graph.node:
+                if node.input and not graphs_of(node) and all(not i or i in known for i in node.input):
+                    index[("" if is_default(node) else node.domain, node.op_type)].append(node)
+            self._on_constants = dict(index)
+        return self._on_constants.get(key, [])
+
+    def fingerprint(self, c: Const) -> tuple:
+        """A constant's dtype, shape and a hash of its bytes (read once per constant, kept by its key: two constants
+        with different fingerprints differ; equal ones are then compared bit for bit)."""
+        top = self._top()
+        found = top._fingerprints.get(c.key)
+        if found is None:
+            value = np.ascontiguousarray(c.get())
+            data = value.tobytes() if value.dtype.kind != "O" else repr(value.tolist()).encode()
+            found = top._fingerprints[c.key] = (value.dtype.str, value.shape, hashlib.blake2b(data, digest_size=16).digest())
+        return found
 
     def reads(self, name: str) -> bool:
         """Whether anything in this graph reads ``name``, or it is an output of the graph."""

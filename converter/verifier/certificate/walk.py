@@ -8,12 +8,14 @@ each node the walk asks, in turn:
    a Q/DQ node around a quantized sandwich's Conv is proved with it (``layers.sandwich``);
 2. does a proof rule (``ops.PROOF_RULES``) prove it without a counterpart (a Transpose, a unit-axis Unsqueeze,
    a written-out LayerNormalization's body, ...)?
-3. else it must have a *counterpart*: an original node of the same op, arity and attributes reading the same
-   original tensors, each as the original reads it; or, read in another layout ``P``, one that the op's proof
-   rule accepts (per element, or with its axes seen through ``P``). Its outputs are then the counterpart's.
-   Subgraphs (If, Loop, Scan) are walked the same way, recursively;
+3. else it must have a *counterpart*: an original node of the same op, arity and attributes (as its rule reads
+   them, where it has laws for that: ``ProofRule.attributes``) reading the same original tensors, each as the
+   original reads it; or, read in another layout ``P``, one that the op's proof rule accepts (per element, or
+   with its axes seen through ``P``). Its outputs are then the counterpart's. Subgraphs (If, Loop, Scan) are
+   walked the same way, recursively;
 4. else the op's rule may still have a fallback (a rearrangement of an original tensor, a shape read in a
-   layout); otherwise its outputs are unknown, with the reason.
+   layout), and a node that reads constants alone the table's ``ON_CONSTANTS`` one (its counterpart found by
+   value); otherwise its outputs are unknown, with the reason.
 
 A binary commutative op (Add, Mul, ...) may read its operands in either order; the known input of the highest
 rank is the one a counterpart is looked for by (an operand broadcast from a lower rank says nothing of the
@@ -45,7 +47,17 @@ from converter.verifier.certificate.layers.sandwich import Pair, find_pairs, pro
 from converter.verifier.certificate.layouts import NCHW, Layout, compose, relative
 from converter.verifier.certificate.model import differences
 from converter.verifier.certificate.nodes import graphs_of, holder_key, is_default, plain_attributes
-from converter.verifier.certificate.ops import Prove, Relaid, op_key, prover_index, rule_for, same_operands, set_outputs
+from converter.verifier.certificate.ops import (
+    ON_CONSTANTS,
+    PROOF_RULES,
+    Prove,
+    Relaid,
+    op_key,
+    prover_index,
+    rule_for,
+    same_operands,
+    set_outputs,
+)
 from converter.verifier.certificate.original import Original
 from converter.verifier.certificate.proofs import Certificate, DenseLayer, IntegerLayer, LayerProof
 from converter.verifier.certificate.views import Views
@@ -238,6 +250,9 @@ class Walk:
         rule = rule_for(node)
         if rule is not None and rule.fallback is not None and rule.fallback(self, node, ins):
             return
+        by_value = PROOF_RULES.get(("", ON_CONSTANTS)) if not anchors else None  # it reads constants alone
+        if by_value is not None and by_value.fallback is not None and by_value.fallback(self, node, ins):
+            return
         why = min(reasons, key=lambda r: r[0])[1] if reasons else "no node of the original reads the same tensors"
         self.unknown(node, f"no counterpart in the original ({why})")
 
@@ -339,7 +354,10 @@ class Walk:
         if layout is not None and rule is not None and rule.relaid is not None:
             return rule.relaid(Relaid(self, node, cand, layout, ins, orig_ins))
         # As the original reads them (or, read in another layout, an op no rule allows that for).
-        if plain_attributes(cand, self.orig.opset) != plain_attributes(node, self.orig.opset):
+        if rule is not None and rule.attributes is not None:
+            if not rule.attributes(self, node, cand):
+                return "different attributes"
+        elif plain_attributes(cand, self.orig.opset) != plain_attributes(node, self.orig.opset):
             return "different attributes"
         if layout is not None:
             return f"{node.op_type} is read in another layout, which only elementwise and axis ops allow"

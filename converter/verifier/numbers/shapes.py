@@ -6,9 +6,13 @@ rounding). A proof that folded ``Shape(t)`` into a constant, or read a Reshape c
 of an inferred shape proves nothing if onnxruntime computes another one. The certificate takes the shapes of
 constants and of initializers from onnxruntime itself, declines the shapes of tensors computed inside
 subgraphs, and lists the main graph's tensors whose inferred shapes it used (``Certificate.assumed_shapes``).
-Those are checked here: the original's main graph, cut down to what computes them, runs once on the first
-trial's inputs with ``Shape(t)`` of each as its outputs (a few integers each, whatever the tensors' sizes),
-and every dim the proof read must be what onnxruntime computed:
+Those are checked here, on the first trial's run of the original, with ``Shape(t)`` of each as an extra output
+(a few integers each, whatever the tensors' sizes). The original's own verification session computes them: the
+session is built while the proof is made (before anyone knows which shapes it will read), so it adds a Shape node
+for each tensor a proof may read the shape of (:func:`readable`: what Shape and Size nodes read, and the inputs
+and outputs of Reshape, Flatten, Transpose, Squeeze and Unsqueeze); a tensor the session already returns is read
+from its run; only a shape neither gives is computed by a second session, the original's main graph cut down to
+what computes those tensors (:func:`probe_model`). Every dim the proof read must be what onnxruntime computed:
 
 - a number: that number;
 - a symbol of the model's inputs (``N``), or a product of such and numbers (``"4*N"``): its value in this run;
@@ -28,6 +32,54 @@ import onnx
 Dims = tuple[int | str | None, ...]
 
 SUFFIX = "::engine_shape"  # the probe output of tensor ``t`` is ``t + SUFFIX``
+
+
+# Ops whose input (and, for the rearrangements, output) shapes a proof reads: a Shape or Size folded into a constant,
+# a chain of rearrangements whose sizes relate two tensors (certificate/original.py, views.py, ops/channel_groups.py).
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+_REARRANGE = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
+_READ = _SHAPE_READERS | _REARRANGE
+_RANDOM = frozenset("RandomNormal RandomUniform RandomNormalLike RandomUniformLike Multinomial Bernoulli Dropout".split())
+_SUBGRAPH = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def readable(model: onnx.ModelProto) -> list[str]:
+    """The main graph's tensors whose shapes a proof may take from shape inference: those a Shape or Size node
+    reads, and the input and outputs of each rearrangement (graph inputs aside: their shapes are declared; and
+    tensors computed from constants alone, whose shapes the proof takes from onnxruntime itself). Read from the
+    graph alone, before the proof is made, so that the original's session can return their shapes from its first
+    run.
+
+    Args:
+        model: the original model (only its main graph's nodes are read).
+    """
+    graph = model.graph
+    if not any(n.op_type in _READ for n in graph.node):
+        return []  # (a long chain of layers: nothing to read, and no pass over its nodes' attributes)
+    inputs = {i.name for i in graph.input}
+    # Tensors computed from constants alone: the proof takes their shapes from onnxruntime itself.
+    constant = {t.name for t in graph.initializer if t.name not in inputs} | {s.values.name for s in graph.sparse_initializer}
+    names: list[str] = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or not node.input:
+            if node.domain in ("", "ai.onnx") and node.op_type == "Constant":
+                constant.update(o for o in node.output if o)
+            continue
+        if all(not i or i in constant for i in node.input) and not any(a.type in _SUBGRAPH for a in node.attribute):
+            if node.op_type not in _RANDOM:
+                constant.update(o for o in node.output if o)
+            continue
+        if node.op_type in _SHAPE_READERS:
+            names.append(node.input[0])
+        elif node.op_type in _REARRANGE:
+            names.append(node.input[0])
+            names.extend(node.output)
+    return [n for n in dict.fromkeys(names) if n and n not in inputs and n not in constant]
+
+
+def shape_nodes(names: Sequence[str]) -> list[onnx.NodeProto]:
+    """``Shape(name)`` for each of ``names``, its output named ``name + SUFFIX``."""
+    return [onnx.helper.make_node("Shape", [n], [n + SUFFIX], name=n + SUFFIX) for n in names]
 
 
 def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -56,7 +108,7 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
     out = onnx.GraphProto(name=f"{graph.name}_shapes")
     out.input.extend(graph.input)
     out.node.extend(graph.node[i] for i in sorted(keep))
-    out.node.extend(onnx.helper.make_node("Shape", [n], [n + SUFFIX], name=n + SUFFIX) for n in names)
+    out.node.extend(shape_nodes(names))
     out.output.extend(onnx.ValueInfoProto(name=n + SUFFIX) for n in names)
     inputs = {i.name for i in graph.input}  # an overridable initializer keeps its default
     out.initializer.extend(t for t in graph.initializer if t.name in seen or t.name in inputs)

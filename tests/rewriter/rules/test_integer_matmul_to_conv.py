@@ -8,6 +8,7 @@ decline by its reason, and the certificate's and the numbers' guards by a broken
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -307,47 +308,62 @@ def _shifted_layer() -> tuple[onnx.ModelProto, onnx.ModelProto, list, np.ndarray
     return model, result.model, result.report.layers, w
 
 
-# (weight, weight zero point) written instead of the rule's (w + 128, 5 + 128), both uint8. "by_100" keeps every
-# difference w - zw (no weight wraps, as w >= -100): the same sums, still not the identity the certificate accepts.
+# (weight, weight zero point) written instead of the rule's (w + 128, 5 + 128), both uint8. Those that change some
+# difference w - zw are refuted; "by_100" and "by_127" keep every one (no weight wraps, as w >= -100): the same
+# sums, proved (layers/integer.py: a weight shifted with its zero point).
 SHIFTS = {
     "weight_only": lambda w: (_shift(w), np.uint8(5)),
     "weight_only_int8_zero_point": lambda w: (_shift(w), np.int8(5)),
     "zero_point_only": lambda w: (w, np.uint8(133)),
     "zero_point_only_int8_weight_as_uint8": lambda w: (w.view(np.uint8), np.uint8(133)),
+    "weight_off_by_one": lambda w: ((w.astype(np.int16) + 129).astype(np.uint8), np.uint8(133)),
+}
+SAME_DIFFERENCES = {
     "by_100": lambda w: ((w.astype(np.int16) + 100).astype(np.uint8), np.uint8(105)),
     "by_127": lambda w: ((w.astype(np.int16) + 127).astype(np.uint8), np.uint8(132)),
-    "weight_off_by_one": lambda w: ((w.astype(np.int16) + 129).astype(np.uint8), np.uint8(133)),
 }
 
 
-@pytest.mark.parametrize("shift", list(SHIFTS))
-def test_the_certificate_refutes_anything_but_both_shifted_by_128(shift: str) -> None:
+def _with_weight(shift: Callable[[np.ndarray], tuple[np.ndarray, object]]) -> tuple[onnx.ModelProto, onnx.ModelProto, list, str]:
     model, broken, layers, w = _shifted_layer()
     conv, _ = _conv(broken, "ConvInteger")
-    weight, zero = SHIFTS[shift](np.ascontiguousarray(w.T).reshape(K, C, 1, 1))
+    weight, zero = shift(np.ascontiguousarray(w.T).reshape(K, C, 1, 1))
     broken.graph.initializer.extend(
         [numpy_helper.from_array(np.asarray(weight), "w_other"), numpy_helper.from_array(np.asarray(zero), "wz_other")]
     )
     conv.input[1], conv.input[3] = "w_other", "wz_other"
+    return model, broken, layers, conv.name
+
+
+@pytest.mark.parametrize("shift", list(SHIFTS))
+def test_the_certificate_refutes_a_weight_not_shifted_with_its_zero_point(shift: str) -> None:
+    model, broken, layers, conv = _with_weight(SHIFTS[shift])
     cert = certify(model, broken, layers)
-    assert cert.layers[conv.name].status == "refuted" and not cert.proved, cert.layers[conv.name]
-    if shift == "by_100":  # the same integers: onnxruntime cannot tell, the certificate still refutes
-        feeds = {"x": np.random.default_rng(2).standard_normal((N, H, W_, C)).astype(np.float32)}
-        want, got = (
-            ort.InferenceSession(_exposing(m, "acc", TensorProto.INT32), providers=["CPUExecutionProvider"]).run(["acc"], feeds)[0]
-            for m in (model, broken)
-        )
-        assert got.tobytes() == want.tobytes()
+    assert cert.layers[conv].status == "refuted" and not cert.proved, cert.layers[conv]
 
 
-def test_the_certificate_refutes_a_shifted_weight_in_a_qlinear_conv() -> None:
-    """The shift is accepted for ConvInteger, the one op the rule writes it for."""
+@pytest.mark.parametrize("shift", list(SAME_DIFFERENCES))
+def test_the_certificate_proves_a_weight_shifted_with_its_zero_point(shift: str) -> None:
+    model, broken, layers, conv = _with_weight(SAME_DIFFERENCES[shift])
+    assert certify(model, broken, layers).proved
+    feeds = {"x": np.random.default_rng(2).standard_normal((N, H, W_, C)).astype(np.float32)}
+    want, got = (
+        ort.InferenceSession(_exposing(m, "acc", TensorProto.INT32), providers=["CPUExecutionProvider"]).run(["acc"], feeds)[0]
+        for m in (model, broken)
+    )
+    assert got.tobytes() == want.tobytes()  # the same integers, as the proof says
+
+
+@pytest.mark.parametrize("zero_point", ["shifted", "kept"])
+def test_a_shifted_weight_in_a_qlinear_conv_needs_its_zero_point_shifted(zero_point: str) -> None:
+    """Another tool's QLinearConv with the int8 weight as uint8 + 128: proved with its zero point + 128 too."""
     model, broken, layers = _rewritten(L(per_channel=False))
     conv, inits = _conv(broken, "QLinearConv")
     _set_init(broken, conv.input[3], _shift(numpy_helper.to_array(inits[conv.input[3]])))
-    _set_init(broken, conv.input[5], _shift(numpy_helper.to_array(inits[conv.input[5]])))
-    cert = certify(model, broken, layers)
-    assert cert.layers[conv.name].status == "refuted" and "uint8, expected int8" in cert.layers[conv.name].detail
+    zero = numpy_helper.to_array(inits[conv.input[5]])
+    _set_init(broken, conv.input[5], _shift(zero) if zero_point == "shifted" else zero.view(np.uint8))
+    proof = certify(model, broken, layers).layers[conv.name]
+    assert (proof.status == "proved") == (zero_point == "shifted"), proof
 
 
 def test_the_certificate_proves_the_unshifted_int8_conv_integer() -> None:

@@ -22,6 +22,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
+from converter.verifier import run, sessions
+from converter.verifier.numbers.shapes import shape_nodes
 from tests.conftest import run_command
 
 C = K = 8
@@ -206,3 +208,57 @@ def test_the_tools_own_conversion_keeping_the_shape_nodes_passes(tmp_path: Path,
     assert rc == 0 and out.strip().splitlines()[-1].startswith("PASSED"), out
     if where == "main":  # the proof was made again without the shape onnxruntime contradicted
         assert "the proof was made again without that shape" in out, out
+
+
+def _sessions_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The models verification builds onnxruntime sessions of, by their first node's op (a probe is cut down)."""
+    built: list[str] = []
+    real = sessions.make_session
+
+    def counted(model: object, *args: object, **kwargs: object) -> object:
+        built.append("session")
+        return real(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sessions, "make_session", counted)
+    return built
+
+
+@pytest.mark.parametrize("built_early", [True, False], ids=["built-while-proving", "built-after-the-proof"])
+def test_the_shapes_are_checked_on_the_originals_own_session(monkeypatch: pytest.MonkeyPatch, built_early: bool) -> None:
+    """No second session of the original: its verification session returns ``Shape(t)`` of what a proof may read
+    (built while the proof is made) or of what it read (built after it, as for models past ``PARALLEL_BELOW``),
+    and the candidate holding inference's number is still caught by onnxruntime's."""
+    if not built_early:
+        monkeypatch.setattr(run, "PARALLEL_BELOW", 0)
+    inferred, actual = _dims("convtranspose")
+    original = _model("convtranspose", "main", None)
+    built = _sessions_built(monkeypatch)
+    report = converter.verify(original, _model("convtranspose", "main", float(inferred)))
+    assert report.verdict != "passed" and len(built) == 2, (report.verdict, built)
+    assert any(f"onnxruntime computes [1, 2, {actual}" in n for n in report.notes), report.notes
+    built.clear()
+    assert converter.verify(original, converter.rewrite(original, layout="keep-all")).passed
+    assert len(built) == 2
+
+
+def test_a_shape_the_session_does_not_return_is_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the original's session was not told a tensor whose shape the proof read, a probe session computes it."""
+    monkeypatch.setattr(run, "readable", lambda model: [])
+    inferred, actual = _dims("convtranspose")
+    built = _sessions_built(monkeypatch)
+    report = converter.verify(_model("convtranspose", "main", None), _model("convtranspose", "main", float(inferred)))
+    assert report.verdict != "passed" and len(built) == 3, (report.verdict, built)
+    assert any(f"onnxruntime computes [1, 2, {actual}" in n for n in report.notes), report.notes
+
+
+def test_the_shape_nodes_follow_the_graph_the_latest_tensor_first() -> None:
+    """onnxruntime walks a graph from its leaves, the last first: a Shape node placed so runs right after the tensor
+    it reads is made (in the graph's order, every tensor read would be kept until the last of them is made)."""
+    original = _model("convtranspose", "main", None)
+    names = [n.output[0] for n in original.graph.node if n.op_type in ("ConvTranspose", "MatMul", "Add")]
+    body = sessions.with_outputs(original, [], sessions._latest_first(original.graph, shape_nodes(names)))
+    nodes = onnx.load_from_string(body).graph.node
+    assert [n.op_type for n in nodes[: len(original.graph.node)]] == [n.op_type for n in original.graph.node]
+    made = {o: i for i, n in enumerate(original.graph.node) for o in n.output}
+    added = [made[n.input[0]] for n in nodes[len(original.graph.node) :]]
+    assert len(added) == 3 and added == sorted(added, reverse=True)

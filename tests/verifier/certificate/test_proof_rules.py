@@ -23,13 +23,13 @@ import pytest
 import converter
 from converter.rewriter.cleanup.handlers import HANDLERS, OTHER_DOMAINS
 from converter.verifier.certificate import LAYER_PROVERS, PROOF_RULES, certify
-from converter.verifier.certificate.ops import CONSTANT_EXPRESSION
+from converter.verifier.certificate.ops import CONSTANT_EXPRESSION, ON_CONSTANTS
 from models import graphs
 from models.graphs import Builder
 from tests.conftest import dense_model
 
 Converted = tuple[onnx.ModelProto, onnx.ModelProto, list]  # original, rewritten, the rewrite's layer claims
-PHASES = ("prove", "relaid", "fallback")
+PHASES = ("prove", "relaid", "fallback", "attributes")
 CLEANUP = Path(converter.__file__).parent / "rewriter" / "cleanup"
 NHWC, NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 N, C, H, W = 2, 6, 5, 7  # H != W, N > 1
@@ -233,6 +233,26 @@ def _applied_twice(op: str) -> Converted:
     return original, rewritten, layers
 
 
+def _exp_renamed() -> Converted:
+    """An ``Exp`` of a constant between two layers (an op no shape arithmetic folds), its output renamed: no original
+    node makes a tensor of that name, and it reads no original tensor: only its inputs' values say what it is."""
+    from tests.bugs import _on_constants, _rename_outputs
+    from tests.verifier.test_check_forms import _on_constants_model
+
+    original, rewritten, layers = _converted(_on_constants_model("exp"), layout="keep-all")
+    _rename_outputs(rewritten, next(n for n in _on_constants(rewritten) if n.op_type == "Exp"), np.random.default_rng(0))
+    return original, rewritten, layers
+
+
+def _dilated_1x1() -> Converted:
+    """The original's own 1x1 Conv (no layer) with ``dilations`` written: only the Conv's laws say it is the same."""
+    from tests.verifier.test_check_forms import _set_attribute, _with_a_conv
+
+    original, rewritten, layers = _converted(_with_a_conv(), layout="keep-all")
+    _set_attribute(rewritten, "Conv", dilations=[2, 3])  # the first Conv: the original's, before the layers
+    return original, rewritten, layers
+
+
 def _pads_computed() -> Converted:
     """A Pad moved into NCHW whose pads the rewritten graph computes from two constants (``Concat``), where the
     original reads one constant: only the value of that small expression says they are the same pads."""
@@ -302,6 +322,10 @@ CASES: dict[str, Case] = {
     "Neg(Neg(x)) inserted before a layer": Case(lambda: _applied_twice("Neg"), ("", "Neg"), "prove"),
     # ops/expressions.py
     "pads computed from constants": Case(_pads_computed, ("", CONSTANT_EXPRESSION), "prove"),
+    # ops/on_constants.py
+    "a node on constants renamed": Case(_exp_renamed, ("", ON_CONSTANTS), "fallback"),
+    # ops/convs.py
+    "dilations on the original's 1x1 Conv": Case(_dilated_1x1, ("", "Conv"), "attributes"),
     # ops/channel_groups.py
     "BatchNormalization of token rows read channels-first": Case(
         lambda: _converted(_levit_block(kind="bn"), tokens=True), ("", "BatchNormalization"), "fallback"

@@ -8,11 +8,13 @@ graph alone, that holds when:
 - the convolution is a plain 1x1 one (stride 1, no padding or dilation, one group) and reads the
   original activation in NCHW (``SameAs(root, layout then [0, 3, 1, 2])``);
 - its integer weight is, bit for bit, the original's ``[C, K]`` weight transposed to ``[K, C, 1, 1]``
-  (same dtype); or, for ConvInteger only, an int8 original written as uint8 ``w + 128`` (computed in
-  int16) with its weight zero point written as uint8 ``zw + 128`` too (an absent one is 0): both shifted,
-  by exactly 128, or refuted. Then ``(w + 128) - (zw + 128) = w - zw`` for every element, so every
-  integer sum is the original's;
-- every scale and zero point (a shifted weight zero point aside) is the original's: the activation's
+  (same dtype) with the original's weight zero point; or a weight shifted with its zero point: for every
+  element, ``w' - zw'[k] = w - zw[k]`` (computed in int32, an absent zero point is 0, a one-element one stands
+  for every channel), with the zero point a constant of the weight's own dtype. Both ops read the weight only
+  through that difference (the sums are ``sum_c (x - zx) * (w - zw)``), so every integer sum is the original's:
+  an int8 weight written as uint8 ``w + 128`` with its zero point ``zw + 128`` (this tool's ConvInteger, whose
+  onnxruntime kernel refuses uint8 x int8, and other tools' QLinearConv), or any other shift that keeps it;
+- every scale and zero point (the weight's zero point aside: above) is the original's: the activation's
   and output's one-element parameters bit for bit (or the same computed tensor, as DynamicQuantizeLinear's),
   the weight's compared as ``[K]`` vectors (a one-element parameter stands for every channel, so a uniform
   ``[K]`` zero point and its one-element form are the same numbers), each with the original's dtype;
@@ -217,11 +219,8 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
     if not isinstance(got_w, Const):
         return LayerProof("refuted", "the integer weight is not a constant")
     got_w_value = np.asarray(got_w.get())
-    # ConvInteger's int8 weight written as uint8 + 128: its zero point must be shifted with it (below).
-    shifted = conv.op_type == "ConvInteger" and w.dtype == np.int8 and got_w_value.dtype == np.uint8
-    problem = differs(got_w_value, _shifted(expected_w) if shifted else expected_w, "integer weight" + _SHIFTED * shifted)
-    if problem:
-        return LayerProof("refuted", problem)
+    # A weight not bit for bit the original's may be shifted with its zero point (below).
+    shifted = differs(got_w_value, expected_w, "integer weight") is not None
 
     params: dict[int, np.ndarray | None] = {}
     for conv_slot, orig_slot in slots.items():
@@ -231,7 +230,7 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
         expected = ctx.orig.canon(node.input[orig_slot]) if len(node.input) > orig_slot else ctx.fact("")
         role = _ROLES[conv.op_type][conv_slot]
         if shifted and conv_slot == w_zero_slot:
-            problem = _same_shifted_zero(got, expected, k, role)
+            problem = _same_differences(got_w_value, got, expected_w, expected, k)
         else:
             problem = _same_param(got, expected, k if conv_slot in per_k else 0, role)
         if problem:
@@ -302,34 +301,43 @@ def _same_param(got: Fact, expected: Fact, k: int, role: str) -> str | None:
     return f"its {role} is {describe(got)}, the original's is {describe(expected)}"
 
 
-_SHIFTED = " (int8 + 128 as uint8)"
+def _zero_points(f: Fact, dtype: np.dtype, k: int, whose: str) -> np.ndarray | str:
+    """A weight zero point as [K] int32 values (absent: 0), or why it cannot be read so (``unknown:`` first when
+    it is not known)."""
+    if isinstance(f, Unknown):
+        return f"unknown: {whose} weight zero point is not known: {f.reason}"
+    if f == EMPTY:
+        return np.zeros(k, np.int32)
+    if not isinstance(f, Const):
+        return f"{whose} weight zero point is {describe(f)}, not a constant; a shifted weight needs one"
+    value = np.asarray(f.get())
+    if value.dtype != dtype:
+        return f"{whose} weight zero point is {value.dtype}, the weight {dtype}"
+    if value.size not in (1, k):
+        return f"{whose} weight zero point has {value.size} elements; expected one or {k}"
+    return np.broadcast_to(value.reshape(-1).astype(np.int32), (k,))
 
 
-def _shifted(v: np.ndarray) -> np.ndarray:
-    """int8 values as uint8 + 128, computed in int16: exact, [-128, 127] -> [0, 255]."""
-    return (np.asarray(v).astype(np.int16) + 128).astype(np.uint8)
-
-
-def _same_shifted_zero(got: Fact, expected: Fact, k: int, role: str) -> str | None:
-    """Why the conv's uint8 weight zero point is not the original's int8 one + 128 (absent: 0), compared as [K]
-    vectors, or None."""
-    if isinstance(got, Unknown):
-        return f"unknown: its {role} is not known: {got.reason}"
-    if not isinstance(got, Const):
-        return f"its {role} is {describe(got)}, not a constant; the shifted weight needs the original's + 128"
-    if expected == EMPTY:
-        original = np.zeros(k, np.int8)
-    elif isinstance(expected, Const):
-        original = np.asarray(expected.get())
-    else:
-        return f"the original's {role} is {describe(expected)}, not a constant"
-    a = np.asarray(got.get())
-    if original.dtype != np.int8:
-        return f"the original's {role} is {original.dtype}; the weight is int8"
-    if a.size not in (1, k) or original.size not in (1, k):
-        return f"the {role} has {a.size} elements, the original's {original.size}; expected one or {k}"
-    a, b = np.broadcast_to(a.reshape(-1), (k,)), np.broadcast_to(_shifted(original).reshape(-1), (k,))
-    return differs(a, b, role + _SHIFTED)
+def _same_differences(got_w: np.ndarray, got: Fact, expected_w: np.ndarray, expected: Fact, k: int) -> str | None:
+    """Why the conv's weight and zero point do not have, element for element, the original's differences
+    ``w - zw[k]`` (computed in int32), or None (see the module docstring)."""
+    if got_w.dtype.kind not in "iu" or got_w.shape != expected_w.shape:
+        return differs(got_w, expected_w, "integer weight")
+    mine = _zero_points(got, got_w.dtype, k, "its")
+    theirs = _zero_points(expected, expected_w.dtype, k, "the original's")
+    for found in (mine, theirs):
+        if isinstance(found, str):
+            return found
+    assert isinstance(mine, np.ndarray) and isinstance(theirs, np.ndarray)
+    a = got_w.astype(np.int32) - mine.reshape(k, 1, 1, 1)
+    b = expected_w.astype(np.int32) - theirs.reshape(k, 1, 1, 1)
+    n = int(np.count_nonzero(a != b))
+    if n:
+        return (
+            f"the integer weight is not the original's (a {got_w.dtype} weight with its zero point): w - zw differs "
+            f"from the original's in {n} of {a.size} elements"
+        )
+    return None
 
 
 def _numbers(op: str, w_kc: np.ndarray, params: dict[int, np.ndarray | None], k: int) -> IntegerLayer:

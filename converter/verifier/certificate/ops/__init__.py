@@ -6,12 +6,15 @@ here, and that each rule is needed). An op without a rule is still proved where 
 original's counterpart does (same attributes, same inputs); it is only never accepted in another layout.
 
 Adding an op is one function in the module of its family (the math in that module's docstring), one line
-here, and one test. A rule is a :class:`ProofRule` of up to three phases (``ops._base`` says what each
+here, and one test. A rule is a :class:`ProofRule` of up to four phases (``ops._base`` says what each
 receives and returns): ``prove`` (no counterpart needed), ``relaid`` (read in another layout against a
-candidate counterpart: :func:`per_element` or :func:`axis_op` with a layout function), ``fallback``.
-The default domain is written ``""`` (``"ai.onnx"`` is read as it). One entry is no op:
+candidate counterpart: :func:`per_element` or :func:`axis_op` with a layout function), ``fallback``, and
+``attributes`` (whether a counterpart read as it is has the same attributes, where an op has laws for that).
+The default domain is written ``""`` (``"ai.onnx"`` is read as it). Two entries are no op:
 :data:`CONSTANT_EXPRESSION`, whose ``prove`` starts at every op of the shape arithmetic exporters write
-(``ops/expressions.py``: a node on small constants alone is the constant it computes).
+(``ops/expressions.py``: a node on small constants alone is the constant it computes), and :data:`ON_CONSTANTS`,
+whose ``fallback`` the walk tries on any node that reads constants alone and that nothing else explained
+(``ops/on_constants.py``: its counterpart found by value, not by name).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from converter.verifier.certificate.nodes import is_default
 from converter.verifier.certificate.ops import (
     axis_ops,
     channel_groups,
+    convs,
     elementwise,
     expressions,
     layernorm,
     layout_ops,
+    on_constants,
     qdq,
     repeated,
     shape,
@@ -50,6 +55,7 @@ from converter.verifier.certificate.ops._base import (
 _REDUCE = axis_op(axis_ops.reduce, params=(1,))
 REPEATABLE = INVOLUTIONS | IDEMPOTENT
 CONSTANT_EXPRESSION = "(constant expression)"  # no op: the key of the rule that starts at every expression op
+ON_CONSTANTS = "(on constants)"  # no op: the key of the rule the walk tries on any node reading constants alone
 
 PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     # per element (ops/elementwise.py)
@@ -86,6 +92,10 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     ("", "LayerNormalization"): ProofRule(prove=layernorm.written_out, starts=("Cast", "ReduceMean")),
     # small constant expressions (ops/expressions.py): any op of the shape arithmetic, on small constants alone
     ("", CONSTANT_EXPRESSION): ProofRule(prove=expressions.constant_expression, starts=tuple(sorted(EXPRESSION_OPS))),
+    # convolutions of the original (not layers): attributes that change nothing (ops/convs.py)
+    **dict.fromkeys([("", op) for op in ("Conv", "ConvInteger", "QLinearConv")], ProofRule(attributes=convs.same_attributes)),
+    # any op on constants alone that no original node of its name explains (ops/on_constants.py): found by value
+    ("", ON_CONSTANTS): ProofRule(fallback=on_constants.same_values),
 }
 
 
@@ -113,6 +123,7 @@ def prover_index() -> dict[tuple[str, str], list[Prove]]:
 __all__ = [
     "ALL",
     "CONSTANT_EXPRESSION",
+    "ON_CONSTANTS",
     "PROOF_RULES",
     "AxisArgs",
     "Fallback",

@@ -13,6 +13,10 @@ counterpart, and in what layout ``Q`` its outputs then are. A :class:`ProofRule`
   it is that candidate (the outputs' facts set), else why not (the walk tries the next candidate);
 - ``fallback(ctx, node, ins) -> bool``: tried when no candidate explains the node; True when it set the facts.
 
+A fourth, ``attributes``, says when a node read as its counterpart reads its inputs has its attributes, for an
+op whose attributes can be written in several ways that compute the same (a Conv's ``dilations`` on a 1x1
+kernel).
+
 Two builders give ``relaid`` for the two op families that can be read in another layout:
 
 - :func:`per_element`: the op is a function of each position alone (after broadcasting), so
@@ -46,6 +50,7 @@ from converter.verifier.certificate.nodes import Attributes, graphs_of, plain_at
 
 Prove = Callable[[Context, NodeProto], bool]
 Fallback = Callable[[Context, NodeProto, list[Fact]], bool]
+SameAttributes = Callable[[Context, NodeProto, NodeProto], bool]
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,16 @@ class ProofRule:
 
     ``starts``: the rewritten ops whose nodes ``prove`` is tried on, when those are not the op itself (an op
     the cleanup writes out as others: LayerNormalization's body starts at a Cast or a ReduceMean).
+    ``attributes(ctx, node, cand)``: whether a node read as its counterpart reads its inputs has the counterpart's
+    attributes, where the op has laws for that (a dilation on a 1x1 kernel); None: the same attributes, schema
+    defaults aside.
     """
 
     relaid: Check | None = None
     prove: Prove | None = None
     fallback: Fallback | None = None
     starts: tuple[str, ...] = ()
+    attributes: SameAttributes | None = None
 
 
 # --- what every counterpart check shares -------------------------------------------------------
