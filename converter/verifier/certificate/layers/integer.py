@@ -56,7 +56,10 @@ def sandwich_entry(orig: Original, node: NodeProto) -> NodeProto | None:
     if entry is None or not is_default(entry) or entry.op_type not in ("QuantizeLinear", "DynamicQuantizeLinear"):
         return None
     first = orig.producers.get(entry.input[0])
-    return entry if first is not None and is_default(first) and first.op_type == "Reshape" else None
+    if first is None or not is_default(first) or first.op_type != "Reshape":
+        return None
+    # Rows are rank 2; a Reshape to rank 3 is no Tensordot's (a token layer's head merge to [B, S, C]).
+    return entry if orig.rank(first.output[0]) in (None, 2) else None
 
 
 def sandwich_end(ctx: Context, flat: str) -> str:
