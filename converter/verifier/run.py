@@ -687,6 +687,11 @@ class _Trial:
                 numbers.append(LayerNumbers(False, problem=failure or f"the rewritten model has no node named {c.conv!r}"))
                 continue
             layer = self.dense[c.conv]
+            if isinstance(layer, str) and layer == _UNREACHED:
+                # The structure walk stopped before this layer's graph (unproved): what the original layer is cannot be
+                # read, so its numbers are not checked here (the model's outputs still are), rather than failed.
+                numbers.append(LayerNumbers(False, why_not=f"the original layer could not be read: {layer}"))
+                continue
             if isinstance(layer, str):
                 numbers.append(LayerNumbers(False, problem=f"the original has no such dense layer: {layer}"))
                 continue
@@ -832,6 +837,10 @@ def _rewritten_runner(pair: _Pair, o: _Options) -> Runner:
 PARALLEL_BELOW = 256 << 20
 
 
+# The certificate's word for a layer whose graph its walk never reached (proofs.py says the same of float layers).
+_UNREACHED = "the walk never reached this layer's graph"
+
+
 def _dense(
     pair: _Pair,
     layer: RewrittenLayer,
@@ -844,7 +853,7 @@ def _dense(
     node = convs.get(layer.conv)
     if node is not None and node.op_type in INTEGER_CONVS:
         # The certificate read it from the original (weight, zero points, scales), or says why not.
-        found = pair.cert.originals.get(layer.conv, "the walk never reached this layer's graph")
+        found = pair.cert.originals.get(layer.conv, _UNREACHED)
         return found if isinstance(found, (IntegerLayer, str)) else "it is no integer layer in the original"
     if proof is not None and proof.status == "proved" and node is not None:
         read = values.value if values is not None else numpy_helper.to_array

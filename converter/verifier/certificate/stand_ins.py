@@ -1,10 +1,13 @@
-"""Default-domain stand-ins for onnxruntime's MatMulNBits, on the light copy the certificate infers shapes on.
+"""Default-domain stand-ins for onnxruntime's own ops, on the light copy the certificate infers shapes on.
 
 onnx has no schema for ``com.microsoft`` MatMulNBits, so shape inference stops at each one and every tensor after
 it loses its shape: a decoder's head split after a 4-bit projection then has no sizes to follow, and a Reshape the
 rewrite folded a Transpose into is left unproved. For inference alone (the graphs compared are not changed), each
 MatMulNBits stands in as a MatMul of its input with a ``[K, N]`` weight of the input's type (its attributes ``K``
-and ``N``), which makes the same shape; the output keeps its name. Written for the certificate alone.
+and ``N``), which makes the same shape; the output keeps its name. The quantized elementwise ops of the QOperator
+format (QLinearAdd, QLinearMul: an Add of their two data inputs, broadcasting as they do; QLinearSigmoid,
+QLinearLeakyRelu, QLinearSoftmax: an Identity of their data input) stand in the same way. Written for the
+certificate alone.
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ import onnx
 from onnx import TensorProto
 
 _MS = "com.microsoft"
+# Quantized elementwise ops: their data inputs (an Add of two, an Identity of one makes their shape and type).
+_ELEMENTWISE = {
+    "QLinearAdd": (0, 3),
+    "QLinearMul": (0, 3),
+    "QLinearSigmoid": (0,),
+    "QLinearLeakyRelu": (0,),
+    "QLinearSoftmax": (0,),
+}
 
 
 def give_stand_ins(light: onnx.ModelProto) -> int:
-    """Replace, in every graph of ``light``, each MatMulNBits whose ``K``, ``N`` and scales' type are known with its
-    stand-in. How many were replaced."""
+    """Replace, in every graph of ``light``, each MatMulNBits whose ``K``, ``N`` and scales' type are known, and each
+    quantized elementwise op with its data inputs, with its stand-in. How many were replaced."""
     count = 0
     stack = [light.graph]
     while stack:
@@ -30,6 +41,12 @@ def give_stand_ins(light: onnx.ModelProto) -> int:
                     stack.append(a.g)
                 elif a.type == onnx.AttributeProto.GRAPHS:
                     stack.extend(a.graphs)
+            data = _ELEMENTWISE.get(node.op_type) if node.domain == _MS else None
+            if data is not None and len(node.output) == 1 and all(s < len(node.input) and node.input[s] for s in data):
+                op = "Add" if len(data) == 2 else "Identity"
+                g.node[i].CopyFrom(onnx.helper.make_node(op, [node.input[s] for s in data], [node.output[0]], name=node.name))
+                count += 1
+                continue
             if node.domain != _MS or node.op_type != "MatMulNBits" or len(node.input) < 3 or len(node.output) != 1:
                 continue
             attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}

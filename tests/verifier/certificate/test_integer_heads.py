@@ -55,3 +55,32 @@ def test_a_dynamically_quantized_projection_after_a_head_merge_is_proved(tmp_pat
     assert result.report.rewritten == 1, [(d.node, d.reason) for d in result.report.decisions]
     report = converter.verify(model, result)
     assert report.verdict == "passed", report.structure
+
+
+def test_an_integer_layer_the_walk_never_reached_is_unchecked_not_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the structure walk stops before an integer layer (unproved), what the original layer is cannot be read:
+    its numbers are not checked (the model's outputs still are), and the verdict is INCOMPLETE, not a FAILED that
+    claims mismatches no number shows."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from converter.verifier import run as verifier_run
+    from converter.verifier.certificate.proofs import LayerProof
+
+    src, quantized = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(_float_model(), src)
+    quantization.quantize_dynamic(str(src), str(quantized), weight_type=quantization.QuantType.QInt8)
+    model = onnx.load(str(quantized))
+    result = converter.rewrite(model, tokens=True)
+    real = verifier_run.certify
+
+    def walk_stopped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        cert = real(*args, **kwargs)
+        for conv in list(cert.originals):
+            cert.originals.pop(conv)
+            cert.layers[conv] = LayerProof("unproved", "its input is not known: (the walk stopped before it)")
+        return cert
+
+    monkeypatch.setattr(verifier_run, "certify", walk_stopped)
+    report = converter.verify(model, result)
+    assert report.verdict == "incomplete", report.to_dict()["layers"]
+    (layer,) = report.to_dict()["layers"]
+    assert layer["numbers"] == "not exercised" and "could not be read" in layer["numbers_detail"]

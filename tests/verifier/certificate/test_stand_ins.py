@@ -43,3 +43,31 @@ def test_shapes_carry_through_matmul_nbits() -> None:
     assert shapes["y"] == ("N", "S", 32)
     assert shapes["heads_first"] == ("N", 2, "S", 16)
     assert [n.op_type for n in model.graph.node][0] == "MatMulNBits"  # the model it was given is not changed
+
+
+def test_shapes_carry_through_quantized_elementwise_ops() -> None:
+    """QOperator's QLinearAdd (a broadcast [C] operand) and QLinearSigmoid keep their data input's shape."""
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z"),
+        numpy_helper.from_array(np.arange(16, dtype=np.uint8), "b"),
+        numpy_helper.from_array(np.array([0, 0, 2, 8], np.int64), "heads"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node("QLinearAdd", ["xq", "s", "z", "b", "s", "z", "s", "z"], ["added"], domain="com.microsoft"),
+        helper.make_node("QLinearSigmoid", ["added", "s", "z", "s", "z"], ["squashed"], domain="com.microsoft"),
+        helper.make_node("Reshape", ["squashed", "heads"], ["split"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 16])],
+        [helper.make_tensor_value_info("split", TensorProto.UINT8, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    shapes, _ = _inferred_shapes(model)
+    assert shapes["added"] == ("N", "S", 16)
+    assert shapes["squashed"] == ("N", "S", 16)
+    assert shapes["split"] == ("N", "S", 2, 8)
