@@ -101,16 +101,23 @@ def test_a_dynamic_torchscript_encoder_converts_every_token_linear(tmp_path: Pat
     -1)`` (a ``Where`` over the target): the types, and the certificate's shapes, must see the token count through
     all three for the optimizer to plan the whole encoder channels-first. Every token Linear converts, with no
     Transpose more than the export has, and the conversion is proved."""
+    path, result, linears = _dynamic_ts_under_tokens(tmp_path, name)
+    assert linears and all(d.rewritten for d in linears), [(d.node, d.reason) for d in linears if not d.rewritten]
+    layout = result.report.layout
+    assert layout.transposes_final <= layout.transposes_original
+    assert converter.verify(onnx.load(str(path)), result).verdict == "passed"
+
+
+def _dynamic_ts_under_tokens(tmp_path: Path, name: str) -> tuple[Path, converter.RewriteResult, list]:
+    """The corpus model ``name``'s dynamic TorchScript export, exported now, its rewrite under ``--tokens``, and the
+    decisions on its Linears (those with a constant weight)."""
     _needs(name)
     (row,) = build_one(MODELS[name], ["dynamic"], ["ts"], tmp_path)
     assert "export_error" not in row, row.get("export_error")
     path = tmp_path / row["file"]
     result = converter.rewrite(path, tokens=True)
     linears = [d for d in result.report.decisions if d.op_type in ("MatMul", "Gemm") and d.reason != "weight_not_constant"]
-    assert linears and all(d.rewritten for d in linears), [(d.node, d.reason) for d in linears if not d.rewritten]
-    layout = result.report.layout
-    assert layout.transposes_final <= layout.transposes_original
-    assert converter.verify(onnx.load(str(path)), result).verdict == "passed"
+    return path, result, linears
 
 
 def _levit(tmp_path: Path, variant: str, exporter: str) -> onnx.ModelProto:
@@ -157,13 +164,7 @@ def test_converting_every_layer_is_held_to_the_originals_counted_transposes(tmp_
     """SegFormer's dynamic TorchScript export: the layout problem's own count of the original (16 inside) misses
     Transposes the census counts (19), and converting every token Linear ends at 19. The policy holds "every layer"
     to the count the safety net uses, so all 12 convert (the optimum alone would leave 4 out at 17)."""
-    name = "hf_segformer_small"
-    _needs(name)
-    (row,) = build_one(MODELS[name], ["dynamic"], ["ts"], tmp_path)
-    assert "export_error" not in row, row.get("export_error")
-    path = tmp_path / row["file"]
-    result = converter.rewrite(path, tokens=True)
-    linears = [d for d in result.report.decisions if d.op_type in ("MatMul", "Gemm") and d.reason != "weight_not_constant"]
+    path, result, linears = _dynamic_ts_under_tokens(tmp_path, "hf_segformer_small")
     assert len(linears) == 12 and all(d.rewritten for d in linears), [(d.node, d.reason) for d in linears if not d.rewritten]
     layout = result.report.layout
     assert layout.transposes_final - layout.edge_final <= layout.transposes_original - layout.edge_original
