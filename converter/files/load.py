@@ -76,7 +76,7 @@ def load_with_sources(path: str | os.PathLike[str], detached: DetachedWeights | 
         raise InputError(f"{p}: not an ONNX model (it has no graph with outputs)")
     _check_tensor_headers(model, str(p))
     data_files = _load_external_data(model, p, detached)
-    check_model(model, str(p), raw_sizes)
+    check_model(model, str(p), raw_sizes, headers_checked=True)
     return model, [p, *data_files]
 
 
@@ -205,10 +205,17 @@ def _text_problem(fd: int, fmt: str) -> str | None:
     return None
 
 
-def check_model(model: onnx.ModelProto, where: str = "model", raw_sizes: list[int | None] | None = None) -> None:
+def check_model(
+    model: onnx.ModelProto, where: str = "model", raw_sizes: list[int | None] | None = None, headers_checked: bool = False
+) -> None:
     """Refuse a model onnx's checker refuses, or whose tensors hold less or more data than their dims say.
 
-    ``raw_sizes`` are the main graph's raw_data lengths as the file has them (see ``_raw_sizes``).
+    Args:
+        model: the model (not changed).
+        where: how messages name it (its path).
+        raw_sizes: the main graph's raw_data lengths as the file has them (see ``_raw_sizes``).
+        headers_checked: every tensor's dims and data type were checked already (the loader checks them before
+            it reads external data); they are not walked again.
     """
     # protobuf parses many byte strings (an empty one included) into a model without a graph.
     if not model.HasField("graph") or not model.graph.output:
@@ -227,7 +234,8 @@ def check_model(model: onnx.ModelProto, where: str = "model", raw_sizes: list[in
                 f"versions {imported[domain]} and {opset.version})"
             )
         imported[domain] = opset.version
-    _check_tensor_headers(model, where)
+    if not headers_checked:
+        _check_tensor_headers(model, where)
     _check_declared_types(model, where)
     check_acyclic(model, where)
     try:

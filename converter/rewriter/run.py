@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from converter.graph import collect_types, count_ops
+from converter.graph import Scope, collect_types, count_ops
 from converter.graph.detached import DetachedWeights
 from converter.options import RewriteOptions
 from converter.providers import resolve_providers
@@ -159,12 +159,17 @@ def rewrite_in_place(
         decisions = prepared.finish(choice.declined if choice is not None else None)
         report = RewriteReport(decisions=decisions, ops_before=ops_before)
         report.ops_rewritten = count_ops(out.graph)
-        record = LayoutReport(mode=mode, transposes_rewritten=census(out, edges=False).layout)
-        moved = None
+        moved = index = guides = None
         if choice is not None and any(d.rewritten for d in decisions):
             moved = TypeOverlay(types.get(()) or {})  # the original's types, and those of the tensors the passes make
-            report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=moved, guides=choice.guides(out)).to_dict()
-        after = census(out, types=moved if moved is not None else types.get(()))
+            guides = choice.guides(out)
+            if id(out.graph) in guides:  # a guided graph is never reverted: its index stays true through the passes
+                opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
+                index = Scope(out.graph, (), moved, value_of=value_of, opset=opset)  # one index: census, cleanup, census
+        record = LayoutReport(mode=mode, transposes_rewritten=census(out, edges=False, types=moved, scope=index).layout)
+        if moved is not None and guides is not None:
+            report.cleanup = run_passes(out, CLEANUP, value_of=value_of, types=moved, guides=guides, index=index).to_dict()
+        after = census(out, types=moved if moved is not None else types.get(()), scope=index)
         if original is not None and report.rewritten and after.inside > before.inside:
             out.CopyFrom(original)
             decisions = [_fell_short(d, before.inside, after.inside) if d.rewritten else d for d in decisions]
@@ -202,11 +207,18 @@ def _fell_short(d: Decision, before: int, after: int) -> Decision:
 @contextlib.contextmanager
 def _no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic collector: the rewrite allocates many small objects and frees them by
-    reference counting; the collector's full passes over a growing heap made big graphs superlinear."""
+    reference counting; the collector's full passes over a growing heap made big graphs superlinear.
+
+    On the way out, what the rewrite allocated is handed to the oldest generation at once (``freeze`` then
+    ``unfreeze`` moves the lists without visiting an object): re-enabled as it is, the collector's first young
+    pass would visit every object made while it slept (about a second on a 70,000-node graph). Cycles among
+    them are still found by the next full pass, which the collector runs in proportion to the heap."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()

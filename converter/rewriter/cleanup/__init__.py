@@ -118,8 +118,10 @@ class PassContext:
         options: CleanupOptions | None = None,
         types: Mapping[str, TensorType] | None = None,
         guides: Mapping[int, Guide] | None = None,
+        index: Scope | None = None,
     ) -> None:
         self.model = model
+        self.index = index  # the main graph's index, when the caller built it (see run_passes)
         self.guides = dict(guides or {})
         self.guide: Guide | None = None  # the guide of the graph being cleaned
         self.assume: frozenset[str] | None = None
@@ -174,7 +176,7 @@ class PassContext:
         """The index of the graph being cleaned, built once for all passes and rounds."""
         if self._workspace is None or self._workspace.graph is not graph:
             main = graph is self.model.graph
-            self._workspace = Workspace(graph, self.value_of, self.opset, self.types if main else None)
+            self._workspace = Workspace(graph, self.value_of, self.opset, self.types if main else None, self.index if main else None)
         return self._workspace
 
     def tag(self, node: NodeProto, pass_name: str) -> NodeProto:
@@ -211,6 +213,7 @@ def run_passes(
     options: CleanupOptions | None = None,
     types: Mapping[str, TensorType] | None = None,
     guides: Mapping[int, Guide] | None = None,
+    index: Scope | None = None,
 ) -> CleanupReport:
     """Run ``passes`` to a fixed point on every graph of ``model``, in place.
 
@@ -224,8 +227,11 @@ def run_passes(
         guides: per graph (by id of its GraphProto), the layout chosen for it (see Guide): the graph's
             Transposes are placed first, then moved only where the guide says. Graphs without one are cleaned
             greedily, and never end with more Transposes than they started with.
+        index: the main graph's index (``Scope``) as the graph is now, when the caller built one: the passes use it
+            and keep its producers and constants current, so that the caller can read the result with it (one
+            index for the census before and after the cleanup and the cleanup itself, not three).
     """
-    ctx = PassContext(model, value_of, options, types, guides)
+    ctx = PassContext(model, value_of, options, types, guides, index)
     report = CleanupReport()
     changes: dict[str, int] = defaultdict(int)
     for graph in list(postorder_graphs(model.graph)):

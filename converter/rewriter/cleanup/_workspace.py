@@ -45,11 +45,15 @@ class Workspace:
         value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,
         opset: int | None = None,
         types: Mapping[str, TensorType] | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self.graph = graph
         # Scope answers "is this a constant, and what is it" (the shape of a tensor whose every dim ``types`` knows is
-        # a constant too); its producer map is kept current here.
-        self.scope = Scope(graph, (), types if types is not None else {}, value_of=value_of, opset=opset)  # type: ignore[arg-type]
+        # a constant too); its producer map is kept current here. A caller that indexed the graph already (as it
+        # is now, nothing edited since) hands its index over, and reads it again after the passes.
+        if scope is None or scope.graph is not graph:
+            scope = Scope(graph, (), types if types is not None else {}, value_of=value_of, opset=opset)  # type: ignore[arg-type]
+        self.scope = scope
         self.producers = self.scope.producers
         self.outputs = self.scope.output_names
         self._readers: dict[str, dict[int, NodeProto]] = {}  # made from scope.uses when first asked

@@ -60,16 +60,28 @@ class Census:
         return self.main_layout - self.main_edge
 
 
-def census(model: onnx.ModelProto, edges: bool = True, types: Mapping[str, TensorType] | None = None) -> Census:
-    """The model's Transposes of computed tensors; with ``edges``, also which sit at the model's edge
-    (the walk that costs: without it, a count for the report). ``types``: the main graph's tensor types, when
-    the caller has them (a Transpose of the shape of a tensor whose every dim is known is a constant too)."""
+def census(
+    model: onnx.ModelProto, edges: bool = True, types: Mapping[str, TensorType] | None = None, scope: Scope | None = None
+) -> Census:
+    """The model's Transposes of computed tensors, and which sit at the model's edge.
+
+    Args:
+        model: the model (not changed).
+        edges: also tell which Transposes sit at the model's edge (the walk that costs: without it, a count for the
+            report).
+        types: the main graph's tensor types, when the caller has them (a Transpose of the shape of a tensor whose
+            every dim is known is a constant too).
+        scope: the main graph's index as the graph is now, when the caller has one (its answers on constant
+            expressions are reused rather than found again over a new index).
+    """
     found = Census()
     main_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
     stack: list[tuple[GraphProto, _Frame | None, NodeProto | None]] = [(model.graph, None, None)]
     while stack:
         graph, parent, holder = stack.pop()
         frame = _Frame(graph, parent, holder, main_inputs, types if parent is None else None)
+        if parent is None and scope is not None and scope.graph is graph:
+            frame.__dict__["scope"] = scope  # functools.cached_property's slot: the caller's index
         for node in graph.node:
             op = node.op_type
             if op != "Transpose":
