@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -654,7 +654,7 @@ class Scope:
         self,
         graph: GraphProto,
         path: GraphPath,
-        types: dict[str, TensorType],
+        types: Mapping[str, TensorType],
         parent: Scope | None = None,
         label: str = "main",
         value_of: Callable[[onnx.TensorProto], np.ndarray] | None = None,

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import GraphProto, NodeProto
 
-from converter.graph import NameAllocator, TensorType, postorder_graphs
+from converter.graph import NameAllocator, Scope, TensorType, postorder_graphs
 from converter.rewriter.cleanup._workspace import Workspace
 
 
@@ -176,7 +176,8 @@ class PassContext:
         """The index of the graph being cleaned, built once for all passes and rounds."""
         if self._workspace is None or self._workspace.graph is not graph:
             main = graph is self.model.graph
-            self._workspace = Workspace(graph, self.value_of, self.opset, self.types if main else None, self.index if main else None)
+            types, index = (self.types, self.index) if main else (None, None)
+            self._workspace = Workspace(graph, self.value_of, self.opset, types, index)
         return self._workspace
 
     def tag(self, node: NodeProto, pass_name: str) -> NodeProto:

@@ -52,7 +52,7 @@ class Workspace:
         # a constant too); its producer map is kept current here. A caller that indexed the graph already (as it
         # is now, nothing edited since) hands its index over, and reads it again after the passes.
         if scope is None or scope.graph is not graph:
-            scope = Scope(graph, (), types if types is not None else {}, value_of=value_of, opset=opset)  # type: ignore[arg-type]
+            scope = Scope(graph, (), types if types is not None else {}, value_of=value_of, opset=opset)
         self.scope = scope
         self.producers = self.scope.producers
         self.outputs = self.scope.output_names

@@ -131,7 +131,7 @@ class _Frame:
     @functools.cached_property
     def scope(self) -> Scope:
         """The graph's index, for telling constant expressions (an outer scope's names count as computed)."""
-        return Scope(self.graph, (), self.types if self.types is not None else {})  # type: ignore[arg-type]
+        return Scope(self.graph, (), self.types if self.types is not None else {})
 
     @functools.cached_property
     def producers(self) -> dict[str, NodeProto]:
