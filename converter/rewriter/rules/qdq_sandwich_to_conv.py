@@ -22,6 +22,12 @@ QuantizeLinear, the QDQ Conv form that QDQ fusion and NPU compilers expect.
 The bias: tf2onnx adds it after the second Reshape, and the quantizer puts a pair between (and quantizes
 the bias vector itself to 8 bits), so there is no Add beside the MatMul to fold; it stays as written.
 
+With ``RuleOptions(tokens=True)`` a sandwich from rank 3 back to rank 3 (``quant_pre_process`` writes a rank-3
+Linear as ``Reshape -> Gemm -> Reshape``; ``_sandwich.match_tokens``) is a token layer: the token rule's nodes
+(``_tokens.py``), ``Unsqueeze(Transpose(x, [0, 2, 1]), [2])`` into ``[B, C, 1, S]``, the activation's pair, the
+Conv, the output's pair, then ``Transpose(Squeeze(., [2]), [0, 2, 1])``. A flat pair per channel (axis 1) is per
+channel on ``[B, C, 1, S]`` too (axis 1), so the pairs are the same there as on the 4D tensor.
+
 The rule's match and rewrite are shared with the QDQ Gemm sandwich (``qdq_gemm_sandwich_to_conv.py``):
 ``plan_qdq_sandwich`` and ``rewrite_qdq_sandwich``, which also fold a bias the core adds itself.
 
@@ -30,7 +36,7 @@ activation: the quantizer always writes one, and the certificate proves a quanti
 the layer would only fail verification), ``quantization_axis_mismatch`` (a pair per axis along the
 rows), ``activation_shared`` (a pair inside the sandwich read elsewhere), the float sandwich's
 ``not_per_position`` / ``reshape_output_shared`` / ``zero_size``, and ``tokens_quantized`` (a quantized
-sandwich back to rank 3, not handled).
+sandwich from rank 4 back to rank 3, not handled).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from converter.rewriter.rules._quantized import (
     require_qdq_weight,
 )
 from converter.rewriter.rules._sandwich import Sandwich, match_sandwich
+from converter.rewriter.rules._tokens import token_conv_nodes
 
 
 @dataclass
@@ -105,12 +112,14 @@ def plan_qdq_sandwich(node: NodeProto, ctx: Context, transposed: bool = False) -
             out_q, out_dq = readers[0], after[0]
             flat_out = out_dq.output[0]
     x_type = ctx.scope.type_of(ctx.scope.producers[entry.input[0]].input[0])
-    if x_type is None or x_type.rank != 4:
-        raise Decline(Decline.NO_PATTERN, "the flattened tensor is not known to be rank 4")
+    if x_type is None or x_type.rank not in ((3, 4) if ctx.options.tokens else (4,)):
+        raise Decline(Decline.NO_PATTERN, "the flattened tensor is not known to be rank 4 (or 3, with tokens)")
     w, weight_dq = require_qdq_weight(ctx, node, x_type.elem_type, transposed)
     s = match_sandwich(node, ctx, w.k, entry, flat_out)
-    if s.tokens:
-        raise Decline("tokens_quantized", "a quantized sandwich back to rank 3 is not rewritten")
+    if s.tokens and s.x_type.rank != 3:
+        raise Decline("tokens_quantized", "a quantized sandwich from rank 4 back to rank 3 is not rewritten")
+    if not s.tokens and s.x_type.rank != 4:
+        raise Decline(Decline.NO_PATTERN, "the flattened tensor is not known to be rank 4")
     if s.channels not in (w.c, -1):
         raise Decline("shape_mismatch", f"{s.x!r} has {s.channels} channels but the weight expects {w.c}")
     require_conv_dtype(ctx, s.x_type.elem_type)
@@ -142,6 +151,8 @@ def rewrite_qdq_sandwich(rule: Rule, plan: QdqSandwichPlan, ctx: Context) -> Rep
     core = plan.removed[0]
     base = core.name or core.output[0]
     name, origin = rule.name, plan.origin
+    if s.tokens:
+        return _rewrite_tokens(rule, plan, ctx)
     nchw = ctx.names.fresh(f"{base}_nchw")
     nodes = [ctx.node(name, origin, "Transpose", [s.x], [nchw], f"{base}_to_nchw", perm=[0, 3, 1, 2])]
     conv_in = nchw
@@ -169,6 +180,47 @@ def rewrite_qdq_sandwich(rule: Rule, plan: QdqSandwichPlan, ctx: Context) -> Rep
     # The layer claimed for verification ends at the core's flat output, what the Conv computes before its
     # output's pair: its numbers then compare the Conv with the unrequantized product.
     return Replacement(nodes, released=released, vanished=vanished, layer=(s.x, core.output[0], conv.name))
+
+
+def _rewrite_tokens(rule: Rule, plan: QdqSandwichPlan, ctx: Context) -> Replacement:
+    """The sandwich back to rank 3 (``RuleOptions(tokens=True)``): the token layer's nodes (``_tokens.py``), the pairs
+    and the Conv in ``[B, C, 1, S]`` (a flat pair per channel, axis 1, is per channel there too: axis 1)."""
+    s, w, wdq = plan.sandwich, plan.weight, plan.weight_dq
+    assert s is not None and w is not None and wdq is not None
+    core = plan.removed[0]
+    base = core.name or core.output[0]
+    name, origin = rule.name, plan.origin
+    released = [w.name, w.params.scale, *([w.params.zero_point] if w.params.zero_point else []), *s.constants]
+    bias: str | None = None
+    bias_nodes: list[NodeProto] = []
+    if plan.bias_dq is not None:
+        bias_nodes.append(qdq_bias_node(ctx, name, origin, base, plan.bias_dq))
+        bias = bias_nodes[0].output[0]
+    elif plan.bias is not None:
+        bias = conv_bias(ctx, plan.bias, w.k)
+        released.append(plan.bias.name)
+    found: list[NodeProto] = []
+
+    def convolution(x4: str, z4: str) -> list[NodeProto]:
+        nodes: list[NodeProto] = []
+        conv_in = x4
+        if plan.act is not None:
+            nodes, conv_in = qdq_pair_nodes(ctx, name, origin, base, x4, plan.act, 1, "nc1t")
+        weight = qdq_weight_node(ctx, name, origin, base, w, wdq)
+        inputs = [conv_in, weight.output[0]] + ([bias] if bias is not None else [])
+        conv_out = z4 if plan.out is None else ctx.names.fresh(f"{base}_conv_nc1t")
+        conv = ctx.node(name, origin, "Conv", inputs, [conv_out], f"{base}_conv", kernel_shape=[1, 1])
+        found.append(conv)
+        nodes += [weight, *bias_nodes, conv]
+        if plan.out is not None:  # the output's pair inside the sandwich, on the Conv's result (axis 1 = K)
+            pair, _ = qdq_pair_nodes(ctx, name, origin, base, conv_out, plan.out, 1, "output")
+            pair[-1].output[0] = z4
+            nodes += pair
+        return nodes
+
+    nodes = token_conv_nodes(ctx, name, origin, base, s.x, "", None, plan.outputs[0], convolution=convolution)
+    vanished = [o for n in plan.removed for o in n.output if o != plan.outputs[0]]
+    return Replacement(nodes, released=released, vanished=vanished, layer=(s.x, core.output[0], found[0].name))
 
 
 class QdqSandwichToConv(Rule):

@@ -210,7 +210,7 @@ class Walk:
             return
         original = self.cert.originals.get(conv.name)
         if isinstance(original, DenseLayer) and original.out_pair is not None:
-            self.facts[conv.output[0]] = SameAs(FLAT + original.flat, NCHW)  # its output pair ends the layer
+            self.facts[conv.output[0]] = SameAs(FLAT + original.flat, layout)  # its output pair ends the layer
             return
         # A Tensordot's (DenseLayer, IntegerLayer): the second Reshape's output, or an integer one's flat output.
         end = original.end if isinstance(original, DenseLayer | IntegerLayer) else ""

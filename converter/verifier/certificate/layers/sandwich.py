@@ -26,7 +26,7 @@ from converter.verifier.certificate.context import Context
 from converter.verifier.certificate.facts import FLAT, Const, SameAs, Unknown, describe
 from converter.verifier.certificate.layers.dense import original_layer
 from converter.verifier.certificate.layers.integer import INTEGER_CONVS, sandwich_entry
-from converter.verifier.certificate.layouts import Layout, compose, norm_axis, relative
+from converter.verifier.certificate.layouts import TOKENS, Layout, compose, norm_axis, relative
 from converter.verifier.certificate.nodes import Attributes, is_default, plain_attributes
 from converter.verifier.certificate.proofs import DenseLayer
 
@@ -104,7 +104,10 @@ def prove_pair(ctx: Context, node: NodeProto, pair: Pair) -> None:
             ctx.unknown(node, f"it reads {describe(fact)}, not the original {source!r} of this layer")
             return
         perm = fact.layout
-    if perm is not None and (len(perm) != 4 or None in perm):
+    if perm is not None and len(perm) != 4:
+        ctx.unknown(node, "it reads the layer's tensor at another rank")
+        return
+    if perm is not None and None in perm and perm != TOKENS:
         ctx.unknown(node, "it reads the layer's tensor with unit axes")
         return
     problem = _same_pair_node(ctx, node, original, perm)
@@ -151,7 +154,8 @@ def _same_pair_node(ctx: Context, node: NodeProto, original: NodeProto, perm: La
     if scale.size > 1:  # per channel: the flat tensor's axis 1 is C, axis 3 of [N, H, W, C], where P puts it
         flat_axis = norm_axis(Attributes(original).get_int("axis", 1), 2)
         axis = norm_axis(Attributes(node).get_int("axis", 1), 4)
-        channel = 3 if perm is None else list(perm).index(3)
+        last = 2 if perm is not None and None in perm else 3  # [B, S, C] as [B, C, 1, S]: C is its axis 2
+        channel = last if perm is None else list(perm).index(last)
         if flat_axis != 1 or axis != channel:
             return f"its axis {axis} is not the channels' ({channel}), or the original's is not per channel"
     return None
