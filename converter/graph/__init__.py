@@ -682,6 +682,7 @@ class Scope:
         self.nodes: list[NodeProto] = list(graph.node)
         self._folded: dict[str, onnx.TensorProto | None] = {}  # folded constants, None: not foldable
         self._constant_expr: dict[str, bool] = {}
+        self._swept = False  # whether the node list was decided in one pass (see _sweep)
         self.producers: dict[str, NodeProto] = {}
         self.uses: dict[str, list[NodeProto]] = defaultdict(list)
         for node in self.nodes:
@@ -791,6 +792,9 @@ class Scope:
 
     def _constant_expression(self, name: str) -> bool:
         self._refresh()
+        if not self._swept:
+            self._swept = True
+            self._sweep()
         # Iterative, so a long chain cannot exhaust Python's stack.
         stack = [name]
         entered: set[str] = set()  # names whose inputs were pushed: met again with inputs pending, a cycle runs through them
@@ -927,6 +931,52 @@ class Scope:
     def edited(self) -> None:
         """A name got a new producer (an editor calls this): negative answers about constant expressions may be stale."""
         self._stale = True
+
+    def _sweep(self) -> None:
+        """Decide every name the node list makes, in one pass in list order, as the walk below would one by one.
+
+        A graph's nodes come sorted (what a node reads is made before it), so each node's inputs are decided when it
+        is met; the walk asked name by name costs several times as much per node, and a big graph's first questions
+        (a chain's last activation) make it visit them all anyway. A node whose inputs are not all decided (a list
+        out of order) is left to the walk.
+        """
+        memo = self._constant_expr
+        initializers, inputs, producers = self.initializers, self.input_names, self.producers
+        for node in self.nodes:
+            outputs = [o for o in node.output if o and o not in initializers and o not in memo]
+            if not outputs or producers.get(outputs[0]) is not node:
+                continue
+            op = node.op_type
+            value: bool | None
+            if node.domain not in ("", "ai.onnx") or op in _NONDETERMINISTIC or (op in GRAPH_OPS and subgraphs(node)):
+                value = False
+            elif op == "Shape" and self._static_shape(node) is not None:
+                value = self._expressions = True
+            elif op in ("Gather", "Slice") and self._static_pick(node) is not None:
+                value = self._expressions = True
+            else:
+                value = True
+                for i in node.input:
+                    if not i:
+                        continue
+                    known = memo.get(i)
+                    if known is None:
+                        if i in initializers:
+                            known = i not in inputs
+                        elif i in producers:
+                            value = None  # made later in the list: the walk decides
+                            break
+                        elif i in inputs or self.parent is None:
+                            known = False
+                        else:
+                            known = self.parent.is_constant_expression(i)
+                        memo[i] = known
+                    if not known:
+                        value = False
+                        break
+            if value is not None:
+                for o in outputs:
+                    memo[o] = value
 
     def _refresh(self) -> None:
         if self._stale and self._expressions:
