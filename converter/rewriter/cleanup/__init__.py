@@ -124,6 +124,11 @@ class PassContext:
         self.index = index  # the main graph's index, when the caller built it (see run_passes)
         self.guides = dict(guides or {})
         self.guide: Guide | None = None  # the guide of the graph being cleaned
+        # Folds the guide waits for (a chain head that is to take in a Transpose the moves have not brought yet: folded
+        # before, the chain would fold without it); ``settled``: the moves are done, the waiting folds go ahead.
+        self.postponed: list[NodeProto] = []
+        self.settled = False
+        self.placed: set[str] = set()  # the outputs of the Transposes the guide placed (``Guide.place``)
         self.assume: frozenset[str] | None = None
         # The main graph's tensor types as shape inference found them before the rewrite; the passes add the types of
         # the tensors they make in another layout (note_type), so that what needs sizes (fold_rearranges, the shape of
@@ -242,6 +247,7 @@ def run_passes(
         if not before and id(graph) not in ctx.guides:
             continue  # every pass starts from a Transpose
         ctx.released, ctx.vanished, ctx.derived = set(), set(), {}
+        ctx.postponed, ctx.settled, ctx.placed = [], False, set()
         ws = ctx.workspace(graph)
         ctx.guide = ctx.guides.get(id(graph))
         local: dict[str, int] = defaultdict(int)
@@ -260,6 +266,13 @@ def run_passes(
                 # go on while merging finds twins.
                 merged = merge_duplicates(ws, ctx) if ctx.guide is not None else 0
                 local["merge_transposes"] += merged
+                if not merged and ctx.postponed and not ctx.settled:
+                    # Nothing moves any more: the folds that waited for a Transpose go ahead without it.
+                    ctx.settled = True
+                    for node in ctx.postponed:
+                        if ws.alive(node):
+                            ws.mark(node)
+                    continue
                 if not merged:
                     break
         ctx._workspace = None

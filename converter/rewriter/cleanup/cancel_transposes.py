@@ -29,6 +29,9 @@ class CancelTransposes:
             if perm is None:
                 continue
             first = ws.producer(node.input[0])
+            if first is not None and _placed_pair(ctx, node, first):
+                ctx.postponed.append(node)
+                continue
             if first is not None and first.op_type == "Transpose" and first.domain in DEFAULT_DOMAINS:
                 first_perm = ws.perm(first)
                 if first_perm is not None and len(first_perm) == len(perm):
@@ -44,6 +47,13 @@ class CancelTransposes:
             if is_identity(perm):
                 changes += _bypass(node, ws, ctx)
         return PassResult(bool(changes), changes)
+
+
+def _placed_pair(ctx: PassContext, node: NodeProto, first: NodeProto) -> bool:
+    """Whether ``first`` and ``node`` are a pair the chosen layout placed (a tensor into the other layout and back),
+    while Transposes still move (``ctx.settled``): the way back is to move down through the readers and the way
+    there to be taken in by a chain; cancelled now, neither would."""
+    return ctx.guide is not None and not ctx.settled and node.output[0] in ctx.placed and first.output[0] in ctx.placed
 
 
 def _bypass(node: NodeProto, ws: Workspace, ctx: PassContext) -> bool:

@@ -64,6 +64,9 @@ class FoldRearranges:
                 tried = nodes
                 if sum(n.op_type == "Transpose" for n in nodes) < 2 or all(n.op_type == "Transpose" for n in nodes):
                     continue  # (Transposes alone merge in cancel_transposes, and leave no Reshape behind)
+                if _awaits(ctx, ws, nodes):
+                    ctx.postponed.append(t_node)
+                    break
                 folded = _fold(ctx, ws, nodes)
                 if folded is not None:
                     break
@@ -79,6 +82,17 @@ class FoldRearranges:
             drop_unread(ctx, ws, [name for n in nodes for name in n.input[1:] if name])
             changes += 1
         return PassResult(bool(changes), changes)
+
+
+def _awaits(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> bool:
+    """Whether the chain's head is to take in a Transpose (the chosen layout's ``absorbs``) that has not reached it
+    yet: the moves bring it one node a round, and a fold made before would leave it in front of the chain. Once the
+    moves are done (``ctx.settled``) nothing waits."""
+    guide, head = ctx.guide, nodes[0]
+    if guide is None or ctx.settled or head.op_type == "Transpose" or not head.input:
+        return False
+    producer = ws.producer(head.input[0])
+    return (producer is None or producer.op_type != "Transpose") and guide.absorbs(head, head.input[0])
 
 
 def drop_unread(ctx: PassContext, ws: Workspace, names: list[str]) -> None:

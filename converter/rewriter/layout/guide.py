@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from onnx import NodeProto
 
+from converter.graph import new_node, transpose_perm
 from converter.rewriter.cleanup import PassContext
-from converter.rewriter.cleanup._edit import make_transpose
+from converter.rewriter.cleanup._edit import attribute, make_transpose
 from converter.rewriter.cleanup._workspace import Workspace
-from converter.rewriter.layout.problem import CL, Solution, storage_perm
+from converter.rewriter.layout.problem import CL, Solution, storage_perm, twin_shape_index
 
 
 class Guide:
@@ -48,6 +50,8 @@ class Guide:
         assert isinstance(ws, Workspace)
         s = self.solution
         placed = 0
+        for name, twin in sorted(s.shape_twins.items()):
+            _read_twin(ws, ctx, name, twin)
         for name, label in sorted(s.ends.items()):
             if ws.producer(name) is None:
                 continue
@@ -91,4 +95,40 @@ def _pair(ws: Workspace, ctx: PassContext, name: str, stored: int, label: int, r
                 ws.set_input(r, slot, back)
     ctx.note_type(there, name, storage_perm(label, stored, rank))
     ctx.note_type(back, name)
+    ctx.placed.update((there, back))
     return back
+
+
+def _read_twin(ws: Workspace, ctx: PassContext, name: str, twin: str) -> None:
+    """The Shapes of ``name = Transpose(x, p)`` read ``twin = Transpose(x, q)`` instead, through a Gather of the dims
+    (``problem.shape_twins``), and the Transpose goes."""
+    t, other = ws.producer(name), ws.producer(twin)
+    if t is None or other is None or t.op_type != "Transpose" or other.op_type != "Transpose" or t.input[0] != other.input[0]:
+        return
+    perm, theirs = transpose_perm(t), transpose_perm(other)
+    readers = ws.readers(name)
+    if (
+        perm is None
+        or theirs is None
+        or name in ws.outputs
+        or not all(r.op_type == "Shape" and list(r.input) == [name] for r in readers)
+    ):
+        return
+    index = twin_shape_index(list(perm), list(theirs))
+    rank = len(index)
+    for r in readers:
+        start, end = int(attribute(r, "start", 0)), attribute(r, "end", None)  # type: ignore[call-overload]
+        end = rank if end is None else int(end)  # type: ignore[call-overload]
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        full = ctx.names.fresh(f"{r.output[0]}_of_twin")
+        where = ws.add_constant(ctx.names.fresh(f"{r.output[0]}_dims"), np.asarray(index[start:end], dtype=np.int64))
+        base = r.name or r.output[0]
+        made = [
+            new_node("Shape", [twin], [full], ctx.names.fresh(base)),
+            new_node("Gather", [full, where], [r.output[0]], ctx.names.fresh(f"{base}_gather"), axis=0),
+        ]
+        ws.remove(r)
+        ws.add_after(other, [ctx.tag(n, "place_layout") for n in made])
+    ws.remove(t)
+    ctx.vanished.add(name)
+    ws.unordered = True  # the Shapes' readers may come before the twin

@@ -148,6 +148,8 @@ class Solution:
     edge: int = 0  # at its inputs and outputs
     written_out: int = 0  # LayerNormalizations written out channels-first
     value: int = 0
+    # A Transpose read only by Shapes -> a Transpose of the same tensor whose shape they read instead (ShapeTwin)
+    shape_twins: dict[str, str] = field(default_factory=dict)
 
 
 _QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
@@ -166,9 +168,18 @@ class Problem:
     """
 
     def __init__(
-        self, graph: GraphProto, scope: Scope, ws: Workspace, ctx: PassContext, candidates: list[Candidate], keep_all: bool
+        self,
+        graph: GraphProto,
+        scope: Scope,
+        ws: Workspace,
+        ctx: PassContext,
+        candidates: list[Candidate],
+        keep_all: bool,
+        untwinned: frozenset[int] = frozenset(),
     ) -> None:
         self.graph, self.scope, self.ws, self.ctx = graph, scope, ws, ctx
+        # Transposes read only by Shapes that read a twin's shape instead (see ``shape_twins``): no reader sees them
+        self.twins: dict[int, tuple[NodeProto, NodeProto]] = shape_twins(scope, untwinned)
         self.keep_all = keep_all
         self.layers: dict[str, Candidate] = {c.anchor: c for c in candidates if c.layer is not None}
         self.interior: dict[int, str] = {}  # node id -> the anchor of the layer it belongs to
@@ -195,6 +206,9 @@ class Problem:
         self._branch_ids: set[int] = set()  # Transposes priced with a chain (``Chain.branches``)
         self._root: list[ra.Dim] = []  # the dims of the last chain start ``_view`` read
         self._classify()
+        misread = self._misread_twins()
+        if misread:  # (rare) a twin the layout moves or folds away: built again, those Transposes seen as they are
+            self.__init__(graph, scope, ws, ctx, candidates, keep_all, untwinned | misread)  # type: ignore[misc]
 
     # -- what the graph is ------------------------------------------------------------------------------
 
@@ -221,7 +235,21 @@ class Problem:
         return bool(name) and not self.scope.is_constant_expression(name)
 
     def _readers(self, name: str) -> list[NodeProto]:
-        return self.scope.consumers(name)
+        readers = self.scope.consumers(name)
+        if self.twins and any(id(r) in self.twins for r in readers):
+            return [r for r in readers if id(r) not in self.twins]
+        return readers
+
+    def _misread_twins(self) -> frozenset[int]:
+        """The twins whose Shapes could not read the twin's output once the layout is carried in: the twin is a
+        channel move (it goes when both sides agree) or inside a chain (its output vanishes in the fold), or the
+        tensor both read is in the domain (it may be made in the other layout)."""
+        bad = set()
+        for key, (t, twin) in self.twins.items():
+            chain = self.in_chain.get(id(twin))
+            if id(twin) in self.merges or t.input[0] in self.cls or (chain is not None and chain.nodes[-1] is not twin):
+                bad.add(key)
+        return frozenset(bad)
 
     def find(self, name: str) -> str:
         root = name
@@ -867,17 +895,21 @@ class Problem:
             else:
                 edge += 1
         self._branch_ids = {id(n) for chain in self.chains.values() for n in chain.branches}
-        inside += self._untouched()
+        inside += self._untouched(original)
         written = sum(1 for k, v in node_var.items() if self.movable[k].extra and labels[v] != self.movable[k].cls)
         ranks = {name: self.rank(name) or 0 for name in self.cls}
-        return Solution(dict(self.cls), converted, moved, absorbing, ends, dict(pairs), ranks, inside, edge, written, value)
+        twins = {t.output[0]: twin.output[0] for t, twin in self.twins.values()}
+        return Solution(dict(self.cls), converted, moved, absorbing, ends, dict(pairs), ranks, inside, edge, written, value, twins)
 
-    def _untouched(self) -> int:
+    def _untouched(self, original: bool = False) -> int:
         """The graph's Transposes of computed tensors that no label changes (neither a channel-moving one nor part
-        of a chain): they stay as they are, whatever the optimum."""
+        of a chain): they stay as they are, whatever the optimum. A Transpose read only by Shapes that read its
+        twin instead goes whenever the cleanup runs (it is the original's own when nothing is converted)."""
         count = 0
         for node in self.scope.nodes:
             if node.op_type != "Transpose" or node.domain not in DEFAULT_DOMAINS or not node.input:
+                continue
+            if id(node) in self.twins and not original:
                 continue
             if id(node) in self.merges or id(node) in self.in_chain or not self._runtime(node.input[0]):
                 continue
@@ -891,6 +923,50 @@ class Problem:
     @property
     def weights(self) -> Weights:
         return self._w
+
+
+def shape_twins(scope: Scope, excluded: frozenset[int] = frozenset()) -> dict[int, tuple[NodeProto, NodeProto]]:
+    """Transposes read only by Shapes whose input another Transpose (the twin) also reads, by id: the Shapes can
+    read the twin's output instead, ``Shape(Transpose(x, p)) = Gather(Shape(Transpose(x, q)), q^-1[p])``, and the
+    Transpose goes. TorchScript's attention with a mask reads the size of the head-split keys ``[B, H, S, D]``
+    while ``K^T`` is a Transpose of its own from the split: left as it is, that Transpose would hold the split,
+    which a chain folds with ``K^T`` alone.
+
+    Args:
+        scope: the graph's index.
+        excluded: Transposes (ids) not to take.
+    """
+    found: dict[int, tuple[NodeProto, NodeProto]] = {}
+    outputs = set(scope.output_names)
+    for node in scope.nodes:
+        if node.op_type != "Transpose" or node.domain not in DEFAULT_DOMAINS or not node.input or id(node) in excluded:
+            continue
+        perm = transpose_perm(node)
+        out = node.output[0]
+        readers = scope.consumers(out)
+        if perm is None or out in outputs or not readers or scope.is_constant_expression(node.input[0]):
+            continue
+        if not all(r.op_type == "Shape" and r.domain in DEFAULT_DOMAINS and list(r.input) == [out] for r in readers):
+            continue
+        for twin in scope.consumers(node.input[0]):
+            if twin is node or twin.op_type != "Transpose" or twin.domain not in DEFAULT_DOMAINS or id(twin) in found:
+                continue
+            theirs = transpose_perm(twin)
+            if theirs is None or len(theirs) != len(perm) or twin.output[0] in outputs or twin.input[0] != node.input[0]:
+                continue
+            if all(r.op_type == "Shape" for r in scope.consumers(twin.output[0])):
+                continue  # read by Shapes alone too: it would go as well
+            found[id(node)] = (node, twin)
+            break
+    return found
+
+
+def twin_shape_index(perm: list[int], theirs: list[int]) -> list[int]:
+    """The dims of ``Shape(Transpose(x, theirs))`` that make ``Shape(Transpose(x, perm))``."""
+    inverse = [0] * len(theirs)
+    for i, p in enumerate(theirs):
+        inverse[p] = i
+    return [inverse[p] for p in perm]
 
 
 def _raw_transposes(chain: Chain) -> int:
