@@ -129,6 +129,9 @@ class PassContext:
         self.postponed: list[NodeProto] = []
         self.settled = False
         self.placed: set[str] = set()  # the outputs of the Transposes the guide placed (``Guide.place``)
+        # The outputs of the Gathers that read a moved tensor's shape in its old order (the Shape handler's, the
+        # guide's twin reads): the inner Gathers compose_gathers composes (an original's own it leaves as they are)
+        self.shape_reads: set[str] = set()
         self.assume: frozenset[str] | None = None
         # The main graph's tensor types as shape inference found them before the rewrite; the passes add the types of
         # the tensors they make in another layout (note_type), so that what needs sizes (fold_rearranges, the shape of

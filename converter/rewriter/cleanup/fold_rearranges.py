@@ -28,21 +28,38 @@ is read as the dims inference found for its output: numbers with one left for wh
 numbers and products of the inputs' symbols (``[N, S, 4, 16]`` on a dynamic sequence), which the fold writes
 as 0 and -1, so the result holds at any size. A chain whose sizes are not known, or whose Reshape cuts a
 symbolic dim, stays as it is.
+
+Through quantization: a QDQ export wraps each rearrangement in its own pairs (``DQ -> Reshape -> Q -> DQ ->
+Transpose -> Q``). A QuantizeLinear or DequantizeLinear with a scalar scale and zero point (:func:`per_tensor`)
+computes each element from that element alone, so it gives the same tensor in any layout: a chain runs on
+through such nodes (only between two of its ops: a pair in front of a Conv keeps its place). Each stretch of them
+(a *stop*) is folded where it stands: the nodes before it are written as a Reshape (and a Transpose only where
+none will do) into the tensor the stop reads *in some order of its axes*, the stop's nodes are copied onto that
+tensor, and the order left over is carried into the next stretch, where it folds with the chain's next Transpose
+(:func:`plan_through` chooses the orders). Each copied node so reads a Transpose of the tensor it read before,
+which is what the certificate proves a per-tensor QuantizeLinear by; gathered at the chain's end instead, they
+would read tensors the original never had.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import itertools
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import GraphProto, NodeProto
 
 from converter.rewriter.cleanup import PassContext, PassResult
 from converter.rewriter.cleanup import rearrange as ra
-from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity, make_transpose, new_node
+from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, attribute, inverse, is_identity, make_transpose, new_node
 from converter.rewriter.cleanup._workspace import Workspace
 
 _OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze"})
+_PER_ELEMENT = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# A stop whose tensor cannot be had without a Transpose tries every order of its axes up to this rank (else
+# the original's own order alone).
+_ORDERS_UP_TO_RANK = 5
 
 
 class FoldRearranges:
@@ -57,12 +74,24 @@ class FoldRearranges:
             if t_node.op_type != "Transpose" or not ws.alive(t_node):
                 continue
             folded, tried = None, None
-            for shapes in (True, False):  # through tensors Shapes read, else (when that does not fold) not
-                nodes = _chain(ws, t_node, shapes)
+            # Through tensors Shapes read, else (when that does not fold) not; through stops, else (the chain's own
+            # stretch alone, as before stops were run through) not.
+            for shapes, stops in ((True, True), (False, True), (True, False), (False, False)):
+                nodes = _chain(ws, t_node, shapes, stops)
                 if nodes == tried:
                     continue
                 tried = nodes
-                if sum(n.op_type == "Transpose" for n in nodes) < 2 or all(n.op_type == "Transpose" for n in nodes):
+                transposes = sum(n.op_type == "Transpose" for n in nodes)
+                if any(n.op_type in _PER_ELEMENT for n in nodes):
+                    if not transposes:
+                        continue  # (through stops: folded only where it leaves fewer Transposes, see _fold)
+                    if ctx.guide is not None and not ctx.settled:
+                        # A Transpose the chosen layout moves through a stop's pair is in such a chain on its way
+                        # (between the Q and the DQ): folded now, it would stop there. Such chains fold once the
+                        # moves are done.
+                        ctx.postponed.append(t_node)
+                        break
+                elif transposes < 2 or all(n.op_type == "Transpose" for n in nodes):
                     continue  # (Transposes alone merge in cancel_transposes, and leave no Reshape behind)
                 if _awaits(ctx, ws, nodes):
                     ctx.postponed.append(t_node)
@@ -119,6 +148,73 @@ def _movable(ws: Workspace, node: NodeProto) -> bool:
     return node.op_type in _OPS and node.domain in DEFAULT_DOMAINS and len(node.output) == 1 and not ws.holds_graphs(node)
 
 
+def per_tensor(ws: Workspace, node: NodeProto) -> bool:
+    """Whether ``node`` is a QuantizeLinear or DequantizeLinear with a constant scalar scale and zero point: each
+    element from that element alone, the same in any layout (a chain runs on through it)."""
+    if node.op_type not in _PER_ELEMENT or node.domain not in DEFAULT_DOMAINS or len(node.output) != 1:
+        return False
+    if len(node.input) < 2 or not node.input[1] or attribute(node, "block_size", 0):
+        return False
+    for name in node.input[1:3]:
+        if name and (not ws.scope.source(name).is_constant or len(ws.scope.constant_tensor(name).dims) != 0):
+            return False
+    return True
+
+
+def stop_before(
+    single: Callable[[str], NodeProto | None], is_op: Callable[[NodeProto], bool], is_stop: Callable[[NodeProto], bool], name: str
+) -> list[NodeProto] | None:
+    """The per-tensor nodes (a stop) from ``name`` on and the chain op after them: ``[Q, DQ, op]`` when ``name`` is
+    read by a QuantizeLinear alone, it by a DequantizeLinear alone and that by a chain op alone. None when the
+    stretch does not end in a chain op (the pair then stays where it is, outside the chain).
+
+    Args:
+        single: the one reader that may carry a chain on from a tensor, or None.
+        is_op: whether a node is a chain op.
+        is_stop: whether a node is one a chain runs through (:func:`per_tensor`).
+        name: the tensor the stretch starts from.
+    """
+    found: list[NodeProto] = []
+    while len(found) < 8:
+        node = single(name)
+        if node is None or not node.input or node.input[0] != name:
+            return None
+        found.append(node)
+        if is_op(node):
+            return found if len(found) > 1 else None
+        if not is_stop(node):
+            return None
+        name = node.output[0]
+    return None
+
+
+def stop_after(
+    made_by: Callable[[str], NodeProto | None], is_op: Callable[[NodeProto], bool], is_stop: Callable[[NodeProto], bool], name: str
+) -> list[NodeProto] | None:
+    """The chain op and the per-tensor nodes after it up to ``name`` (``[op, Q, DQ]``), looking back from the
+    tensor a chain op reads; None when the stretch does not start at a chain op.
+
+    Args:
+        made_by: the producer of a tensor when that tensor may vanish into a chain (read by the next node alone),
+            else None.
+        is_op: whether a node is a chain op.
+        is_stop: whether a node is one a chain runs through (:func:`per_tensor`).
+        name: the tensor the chain op after the stretch reads.
+    """
+    found: list[NodeProto] = []
+    while len(found) < 8:
+        node = made_by(name)
+        if node is None or not node.input:
+            return None
+        found.insert(0, node)
+        if is_op(node):
+            return found if len(found) > 1 else None
+        if not is_stop(node):
+            return None
+        name = node.input[0]
+    return None
+
+
 def _inner(ws: Workspace, name: str, shapes: bool) -> bool:
     """Whether ``name`` may vanish: read by one node (with ``shapes``, besides Shapes: see
     :func:`shape_reads_only_targets`), directly, and not a graph output."""
@@ -172,26 +268,50 @@ def shape_reads_only_targets(
     return True
 
 
-def _chain(ws: Workspace, t_node: NodeProto, shapes: bool) -> list[NodeProto]:
+def _chain(ws: Workspace, t_node: NodeProto, shapes: bool, stops: bool = True) -> list[NodeProto]:
     """The longest run of chain ops through ``t_node``, each read only by the next (with ``shapes``, and by Shapes
-    that feed only the run's own targets)."""
-    nodes = _run(ws, t_node, shapes)
-    return nodes if not shapes or shape_reads_only_targets(ws.readers, ws.outputs, nodes) else _run(ws, t_node, False)
+    that feed only the run's own targets; with ``stops``, on through per-tensor stops)."""
+    nodes = _run(ws, t_node, shapes, stops)
+    if not shapes or shape_reads_only_targets(ws.readers, ws.outputs, nodes):
+        return nodes
+    return _run(ws, t_node, False, stops)
 
 
-def _run(ws: Workspace, t_node: NodeProto, shapes: bool) -> list[NodeProto]:
+def _run(ws: Workspace, t_node: NodeProto, shapes: bool, stops: bool = True) -> list[NodeProto]:
     """The longest run of chain ops through ``t_node``, each tensor between read by the next alone (with
-    ``shapes``, and by Shapes)."""
+    ``shapes``, and by Shapes; with ``stops``, on through per-tensor QuantizeLinear and DequantizeLinear)."""
     nodes = [t_node]
+
+    def made_by(name: str) -> NodeProto | None:
+        prev = ws.producer(name)
+        return prev if prev is not None and len(prev.output) == 1 and _inner(ws, name, shapes) else None
+
+    def single(name: str) -> NodeProto | None:
+        return _next_readers(ws.readers(name), shapes)[0] if _inner(ws, name, shapes) else None
+
+    def is_op(node: NodeProto) -> bool:
+        return _movable(ws, node)
+
+    def is_stop(node: NodeProto) -> bool:
+        return stops and per_tensor(ws, node)
+
     while True:
         prev = ws.producer(nodes[0].input[0])
         if prev is None or not _movable(ws, prev) or not _inner(ws, prev.output[0], shapes):
-            break
+            through = stop_after(made_by, is_op, is_stop, nodes[0].input[0])
+            if through is None or any(id(n) in {id(m) for m in nodes} for n in through):
+                break
+            nodes[:0] = through
+            continue
         nodes.insert(0, prev)
     while _inner(ws, nodes[-1].output[0], shapes):
         (nxt,) = _next_readers(ws.readers(nodes[-1].output[0]), shapes)
         if not _movable(ws, nxt) or nxt.input[0] != nodes[-1].output[0]:
-            break
+            through = stop_before(single, is_op, is_stop, nodes[-1].output[0])
+            if through is None or any(id(n) in {id(m) for m in nodes} for n in through):
+                break
+            nodes.extend(through)
+            continue
         nodes.append(nxt)
     return nodes
 
@@ -259,6 +379,8 @@ def _axes(ws: Workspace, node: NodeProto) -> list[int] | None:
 
 def step(ws: Workspace, ctx: PassContext, node: NodeProto, view: ra.View) -> ra.View | None:
     """The view after ``node``; None when it cannot be told."""
+    if node.op_type in _PER_ELEMENT:
+        return view if per_tensor(ws, node) else None  # each element from itself: the same view
     args = _axes(ws, node)
     if node.op_type == "Reshape":
         if any(a.name == "allowzero" and a.i for a in node.attribute) and args is not None and 0 in args:
@@ -293,7 +415,9 @@ def _start(ws: Workspace, ctx: PassContext, nodes: list[NodeProto]) -> tuple[int
 
 
 def _back(ws: Workspace, node: NodeProto, dims: list[ra.Dim]) -> list[ra.Dim] | None:
-    """The input's dims from the output's, through a Transpose, Squeeze or Unsqueeze."""
+    """The input's dims from the output's, through a Transpose, Squeeze or Unsqueeze (or a per-tensor stop)."""
+    if node.op_type in _PER_ELEMENT:
+        return list(dims)
     args = _axes(ws, node)
     if args is None:
         return None
@@ -320,6 +444,10 @@ def _fold(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> tuple[list
         return None
     first, dims = found
     nodes = nodes[first:]
+    while nodes and nodes[0].op_type in _PER_ELEMENT:
+        nodes = nodes[1:]  # (a chain starts at one of its ops: a stop's node keeps the dims)
+    if any(n.op_type in _PER_ELEMENT for n in nodes):
+        return _fold_through(ctx, ws, nodes, dims)
     if sum(n.op_type == "Transpose" for n in nodes) < 2:
         return None
     if not shape_reads_only_targets(ws.readers, ws.outputs, nodes):
@@ -332,6 +460,190 @@ def _fold(ctx: PassContext, ws: Workspace, nodes: list[NodeProto]) -> tuple[list
             return None
     made = _write(ctx, ws, nodes, dims, view)
     return None if made is None else (nodes, made)
+
+
+def segments(nodes: Sequence[NodeProto]) -> tuple[list[list[NodeProto]], list[list[NodeProto]]]:
+    """A chain split at its stops: the stretches of chain ops, and the stops between them (one fewer)."""
+    stretches: list[list[NodeProto]] = [[]]
+    stops: list[list[NodeProto]] = []
+    for n in nodes:
+        if n.op_type in _PER_ELEMENT:
+            if stretches[-1]:
+                stops.append([])
+                stretches.append([])
+            stops[-1].append(n)
+        else:
+            stretches[-1].append(n)
+    return stretches, stops
+
+
+@dataclass
+class Through:
+    """What the fold writes for a chain through stops (:func:`plan_through`)."""
+
+    transposes: int  # the Transposes it writes
+    # per stop: the dims of the tensor the stretch before it starts from, the order ``q`` of the axes the stop reads
+    # its tensor in (``Transpose(tensor, q)``), the fold's plan of the stretch (``plan``) and the view it makes
+    stops: list[tuple[list[ra.Dim], tuple[int, ...], tuple, ra.View]]
+    last: tuple[list[ra.Dim], ra.View, tuple]  # the last stretch: its start's dims, the end's view, the plan
+
+
+def unsorted(view: ra.View) -> int:
+    """The Transposes a folded view takes: none when its pieces come in the root's order (Reshapes alone), else one."""
+    pieces = [p for axis in view for p in axis]
+    return 0 if pieces == sorted(pieces, key=lambda p: (p[0], -p[1])) else 1
+
+
+def plan_through(
+    dims: list[ra.Dim],
+    view: ra.View,
+    stretches: Sequence[Sequence[NodeProto]],
+    advance: Callable[[NodeProto, ra.View], ra.View | None],
+    finish: Callable[[ra.View], ra.View | None] = lambda v: v,
+) -> Through | None:
+    """The fewest Transposes a chain with stops folds into, and how (None when a stretch cannot be told or written).
+
+    At each stop the stretch before it is folded into the stop's tensor in an order of its axes: where one order
+    takes no Transpose (its pieces in the root's order: Reshapes alone), that one, and the order left over goes on
+    into the next stretch (a Transpose later is never worse than one now); where every order takes one, each order
+    is tried with what it leaves the stretches after it (up to rank ``_ORDERS_UP_TO_RANK``; above, the tensor's
+    own order).
+
+    Args:
+        dims: the dims of the chain's first tensor.
+        view: the view of the first stretch's input from that tensor (the identity, or a Transpose taken in).
+        stretches: the chain's stretches of ops (:func:`segments`), one more than its stops.
+        advance: the view after a node (:func:`step`).
+        finish: what the chain's end goes through after the last stretch (a Transpose into another layout).
+    """
+    memo: dict[tuple[int, tuple[int, ...]], Through | None] = {}
+
+    def walk(k: int, dims: list[ra.Dim], view: ra.View | None) -> Through | None:
+        for n in stretches[k]:
+            view = advance(n, view) if view is not None else None
+        if view is None:
+            return None
+        if k == len(stretches) - 1:
+            final = finish(view)
+            planned = plan(dims, final) if final is not None else None
+            return None if final is None or planned is None else Through(unsorted(final), [], (dims, final, planned))
+        order = _in_order(view)
+        in_order = ra.transpose(view, order) if order is not None else None
+        if order is not None and in_order is not None and plan(dims, in_order) is not None:
+            orders = [order]
+        elif len(view) <= _ORDERS_UP_TO_RANK:
+            orders = [tuple(q) for q in itertools.permutations(range(len(view)))]
+        else:
+            orders = [tuple(range(len(view)))]
+        best: Through | None = None
+        for q in orders:
+            laid = ra.transpose(view, q)
+            planned = plan(dims, laid) if laid is not None else None
+            if laid is None or planned is None:
+                continue
+            if (k, q) not in memo:
+                after = [_dim(s) for s in ra.dims_of(laid)]
+                memo[(k, q)] = walk(k + 1, after, ra.transpose(ra.identity(after), inverse(q)))
+            rest = memo[(k, q)]
+            if rest is None:
+                continue
+            cost = unsorted(laid) + rest.transposes
+            if best is None or cost < best.transposes:
+                best = Through(cost, [(dims, q, planned, laid), *rest.stops], rest.last)
+        return best
+
+    return walk(0, dims, view)
+
+
+def _in_order(view: ra.View) -> tuple[int, ...] | None:
+    """The order of ``view``'s axes that puts its pieces in the root's order (unit axes after the axis before
+    them), when there is one."""
+    keys: list[tuple[tuple[int, int], int]] = []
+    last = (-1, 0)
+    for i, axis in enumerate(view):
+        if axis:
+            last = (axis[0][0], -axis[0][1])
+        keys.append((last, i))
+    order = tuple(sorted(range(len(view)), key=lambda i: keys[i]))
+    laid = ra.transpose(view, order)
+    return order if laid is not None and not unsorted(laid) else None
+
+
+def _dim(size: ra.Size) -> ra.Dim:
+    """A size as a dim (:func:`rearrange.size_of` reads it back)."""
+    known, names = size
+    if not names:
+        return known
+    if known == 1 and len(names) == 1:
+        return names[0]
+    return "*".join([*([str(known)] if known != 1 else []), *names])
+
+
+def _fold_through(
+    ctx: PassContext, ws: Workspace, nodes: list[NodeProto], dims: list[ra.Dim]
+) -> tuple[list[NodeProto], list[NodeProto]] | None:
+    """A chain with stops folded stretch by stretch (:func:`plan_through`), when that leaves fewer Transposes. The
+    stretches at either end that stay as they are (no Transpose, read and made in their own order: a layer's
+    Squeeze before its output's pair) are left out of the fold, nodes and all. What is removed and what replaces it."""
+    if not shape_reads_only_targets(ws.readers, ws.outputs, nodes):
+        return None
+    stretches, stops = segments(nodes)
+    if not stops or any(not s for s in stretches):
+        return None
+    found = plan_through(dims, ra.identity(dims), stretches, lambda n, v: step(ws, ctx, n, v))
+    if found is None or found.transposes >= sum(n.op_type == "Transpose" for n in nodes):
+        return None
+    orders = [q for _, q, _, _ in found.stops]
+    kept = [
+        not any(n.op_type == "Transpose" for n in stretch)
+        and (k == 0 or is_identity(orders[k - 1]))
+        and (k == len(stops) or is_identity(orders[k]))
+        for k, stretch in enumerate(stretches)
+    ]
+    lo = next(k for k, keep in enumerate(kept) if not keep)  # (some stretch changes: fewer Transposes)
+    hi = max(k for k, keep in enumerate(kept) if not keep)
+    removed = [n for k in range(lo, hi + 1) for n in (*stretches[k], *(stops[k] if k < hi else ()))]
+    if not shape_reads_only_targets(ws.readers, ws.outputs, removed):  # a Shape inside feeds a target left out
+        lo, hi = 0, len(stretches) - 1
+        removed = nodes
+    x, out = stretches[lo][0].input[0], stretches[hi][-1].output[0]
+    base = stretches[hi][-1].name or out
+    made: list[NodeProto] = []
+    for k in range(lo, hi):
+        start, q, planned, view = found.stops[k]
+        if _unchanged(start, view):
+            laid = x  # the tensor in that order already
+        else:
+            laid = ctx.names.fresh(f"{stops[k][0].input[0]}_{''.join(map(str, q))}")
+            made.extend(_write_plan(ctx, ws, x, laid, planned, base))
+            ctx.note_type(laid, stops[k][0].input[0], inverse(q))
+        for n in stops[k]:
+            copy = NodeProto()
+            copy.CopyFrom(n)  # attributes and metadata kept; its name, what it reads and what it writes are new
+            copy.name = ctx.names.fresh(n.name or n.output[0])
+            del copy.input[0], copy.output[:]
+            copy.input.insert(0, laid)
+            laid = ctx.names.fresh(f"{n.output[0]}_{''.join(map(str, q))}")
+            copy.output.append(laid)
+            ctx.note_type(laid, n.output[0], inverse(q))
+            made.append(copy)
+        x = laid
+    if hi < len(stops):  # the stretches after it stay: the stop after ``hi`` reads its tensor as it is
+        start, q, planned, view = found.stops[hi]
+    else:
+        start, view, planned = found.last
+    if not _unchanged(start, view):
+        made.extend(_write_plan(ctx, ws, x, out, planned, base))
+    elif made:
+        made[-1].output[0] = out  # the last stop makes the end as it is
+    else:
+        return None
+    return removed, made
+
+
+def _unchanged(dims: list[ra.Dim], view: ra.View) -> bool:
+    """Whether ``view`` is the tensor of ``dims`` itself (its pieces in order, its dims the same): nothing to write."""
+    return not unsorted(view) and ra.dims_of(view) == [ra.size_of(d) for d in dims]
 
 
 def plan(dims: list[ra.Dim], final: ra.View) -> tuple[list[int] | None, list[int], list[int] | None] | None:
@@ -349,6 +661,10 @@ def plan(dims: list[ra.Dim], final: ra.View) -> tuple[list[int] | None, list[int
     perm = [ordered.index(p) for p in pieces]
     split = [p[2] for p in ordered]
     into = None
+    if is_identity(perm):  # no Transpose: one Reshape from the first tensor to the last, where it can be written
+        direct = _target(ra.dims_of(final), [ra.size_of(d) for d in dims])
+        if direct is not None:
+            return None, perm, direct
     if split != [ra.size_of(d) for d in dims]:
         into = _target(split, [ra.size_of(d) for d in dims])
         if into is None:
@@ -367,10 +683,12 @@ def _write(ctx: PassContext, ws: Workspace, nodes: list[NodeProto], dims: list[r
     planned = plan(dims, final)
     if planned is None:
         return None
+    return _write_plan(ctx, ws, nodes[0].input[0], nodes[-1].output[0], planned, nodes[-1].name or nodes[-1].output[0])
+
+
+def _write_plan(ctx: PassContext, ws: Workspace, x: str, out: str, planned: tuple, base: str) -> list[NodeProto]:
+    """The nodes of a fold's ``plan`` from ``x`` to ``out`` (none when ``x`` is ``out``'s tensor already)."""
     into, perm, back = planned
-    x = nodes[0].input[0]
-    out = nodes[-1].output[0]
-    base = nodes[-1].name or out
     made: list[NodeProto] = []
     if into is not None:
         y = ctx.names.fresh(f"{base}_pieces")

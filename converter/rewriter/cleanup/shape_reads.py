@@ -27,8 +27,10 @@ class ComposeShapeReads:
 
 
 def compose_gathers(ws: Workspace, ctx: PassContext) -> int:
-    """Compose every ``Gather(Gather(Shape(a), p), i)`` (axis 0, constant indices) in the workspace's graph into
-    ``Gather(Shape(a), p[i])``; the inner Gather goes when nothing else reads it. The number composed.
+    """Compose every ``Gather(Gather(Shape(a), p), i)`` (axis 0, constant indices) in the workspace's graph whose
+    inner Gather a pass made (``ctx.shape_reads``: onnxruntime's transpose optimizer writes the same form, which
+    is left as it is) into ``Gather(Shape(a), p[i])``; the inner Gather goes when nothing else reads it. The
+    number composed.
 
     Args:
         ws: the graph being cleaned up.
@@ -39,8 +41,8 @@ def compose_gathers(ws: Workspace, ctx: PassContext) -> int:
         if not ws.alive(node) or not _gather_axis0(node):
             continue
         inner = ws.producer(node.input[0])
-        if inner is None or not _gather_axis0(inner):
-            continue
+        if inner is None or not _gather_axis0(inner) or inner.output[0] not in ctx.shape_reads:
+            continue  # (an exporter's own Gather of a Gather stays: the certificate proves it as the original's)
         shape = ws.producer(inner.input[0])
         if shape is None or shape.op_type != "Shape" or shape.domain not in DEFAULT_DOMAINS:
             continue

@@ -117,12 +117,14 @@ def _read_twin(ws: Workspace, ctx: PassContext, name: str, twin: str) -> None:
     index = twin_shape_index(list(perm), list(theirs))
     rank = len(index)
     for r in readers:
-        start, end = int(attribute(r, "start", 0)), attribute(r, "end", None)  # type: ignore[call-overload]
-        end = rank if end is None else int(end)  # type: ignore[call-overload]
+        given_start, given_end = attribute(r, "start", 0), attribute(r, "end", None)
+        start = given_start if isinstance(given_start, int) else 0
+        end = given_end if isinstance(given_end, int) else rank
         start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
         full = ctx.names.fresh(f"{r.output[0]}_of_twin")
         where = ws.add_constant(ctx.names.fresh(f"{r.output[0]}_dims"), np.asarray(index[start:end], dtype=np.int64))
         base = r.name or r.output[0]
+        ctx.shape_reads.add(r.output[0])
         made = [
             new_node("Shape", [twin], [full], ctx.names.fresh(base)),
             new_node("Gather", [full, where], [r.output[0]], ctx.names.fresh(f"{base}_gather"), axis=0),

@@ -26,6 +26,9 @@ layers (their activation and result are CL), carried through
   pass (fold_rearranges.py) will compute it, and only where that pass can write the fold (``fold_rearranges.plan``;
   else the run it can fold, or none). A Transpose that reads the chain's end beside other readers goes with the
   chain (``Chain.branches``): it merges into the fold's Transpose, and vanishes when the two compose to nothing.
+  A chain runs on through per-tensor QuantizeLinear and DequantizeLinear (the pairs a QDQ export puts around
+  each of its ops): they act element by element, so they commute with any rearrangement; such a chain is priced
+  stretch by stretch, as the fold pass writes it (``fold_rearranges.plan_through``).
 
 Everything else keeps its layout (a fixed node: it wants its inputs as stored and makes its outputs as stored),
 and so do the graph's inputs and outputs (the interface does not change).
@@ -53,8 +56,9 @@ from converter.rewriter.cleanup import rearrange as ra
 from converter.rewriter.cleanup._edit import DEFAULT_DOMAINS, is_identity
 from converter.rewriter.cleanup._workspace import Workspace
 from converter.rewriter.cleanup.channel_groups import match as match_group
+from converter.rewriter.cleanup.fold_rearranges import per_tensor as fold_per_tensor
 from converter.rewriter.cleanup.fold_rearranges import plan as fold_plan
-from converter.rewriter.cleanup.fold_rearranges import shape_reads_only_targets
+from converter.rewriter.cleanup.fold_rearranges import plan_through, segments, shape_reads_only_targets, stop_after, stop_before
 from converter.rewriter.cleanup.fold_rearranges import step as chain_step
 from converter.rewriter.cleanup.handlers import Decline, handler_for
 from converter.rewriter.cleanup.probe import probe
@@ -153,6 +157,7 @@ class Solution:
 
 
 _QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+_STOPS = frozenset({"QuantizeLinear", "DequantizeLinear"})  # in a chain: per tensor (fold_rearranges.per_tensor)
 
 
 class Problem:
@@ -422,15 +427,48 @@ class Problem:
 
     def _single(self, name: str, shapes: bool = True) -> NodeProto | None:
         """The one reader that carries a chain on from ``name`` (with ``shapes``, Shapes aside: see ``_chain``)."""
+        r = self._one_reader(name, shapes)
+        return r if r is not None and r.op_type in _CHAIN_OPS else None
+
+    def _one_reader(self, name: str, shapes: bool) -> NodeProto | None:
+        """The one reader of ``name`` (with ``shapes``, Shapes aside), of the default domain, reading it first."""
         readers = self._readers(name)
         if shapes:
             readers = [r for r in readers if not (r.op_type == "Shape" and r.domain in DEFAULT_DOMAINS)]
         if name in self.outputs or len(readers) != 1:
             return None
         r = readers[0]
-        if r.op_type not in _CHAIN_OPS or r.domain not in DEFAULT_DOMAINS or not r.input or r.input[0] != name:
+        if r.domain not in DEFAULT_DOMAINS or not r.input or r.input[0] != name:
             return None
         return None if id(r) in self.interior else r
+
+    def _through_stops(self, nodes: list[NodeProto], shapes: bool, forward: bool) -> list[NodeProto] | None:
+        """The per-tensor QuantizeLinear and DequantizeLinear past the run's end (or before its start) and the chain
+        op after them (``fold_rearranges.stop_before``): a QDQ export's pairs between a head split's Reshape and
+        its Transpose. None when there is none, or it leaves the run's tensors outside the domain."""
+
+        def is_op(n: NodeProto) -> bool:
+            return n.op_type in _CHAIN_OPS and id(n) not in self.in_chain and not self._is_merge(n)
+
+        def is_stop(n: NodeProto) -> bool:
+            free = id(n) not in self.in_chain and id(n) not in self.movable and id(n) not in self.fixed
+            return free and n.output[0] not in self.cls and fold_per_tensor(self.ws, n)
+
+        def made_by(name: str) -> NodeProto | None:
+            p = self.scope.producers.get(name)
+            if p is None or name in self.cls or len(p.output) != 1 or self._one_reader(name, shapes) is None:
+                return None
+            return p if id(p) not in self.interior and p.domain in DEFAULT_DOMAINS else None
+
+        def single(name: str) -> NodeProto | None:
+            return self._one_reader(name, shapes) if name not in self.cls else None
+
+        if forward:
+            found = stop_before(single, is_op, is_stop, nodes[-1].output[0])
+        else:
+            found = stop_after(made_by, is_op, is_stop, nodes[0].input[0])
+        ids = {id(n) for n in nodes}
+        return None if found is None or any(id(n) in ids for n in found) else found
 
     def _chain(self, node: NodeProto, t: str) -> bool:
         """Find the chain ``node`` is in, from the tensor ``t`` it reads or makes; False when it is no chain."""
@@ -456,15 +494,29 @@ class Problem:
         nodes = [node]
         while nodes[0].input and nodes[0].input[0] not in self.cls:  # back to the first op of the run
             prev = self.scope.producers.get(nodes[0].input[0])
-            if prev is None or self._single(nodes[0].input[0], shapes) is not nodes[0] or prev.op_type not in _CHAIN_OPS:
-                break
-            if prev.domain not in DEFAULT_DOMAINS or id(prev) in self.interior or self._is_merge(prev) or id(prev) in self.in_chain:
-                break
+            if (
+                prev is None
+                or self._single(nodes[0].input[0], shapes) is not nodes[0]
+                or prev.op_type not in _CHAIN_OPS
+                or prev.domain not in DEFAULT_DOMAINS
+                or id(prev) in self.interior
+                or self._is_merge(prev)
+                or id(prev) in self.in_chain
+            ):
+                through = self._through_stops(nodes, shapes, forward=False)
+                if through is None:
+                    break
+                nodes[:0] = through
+                continue
             nodes.insert(0, prev)
         while nodes[-1].output[0] not in self.cls:
             nxt = self._single(nodes[-1].output[0], shapes)
             if nxt is None or self._is_merge(nxt) or id(nxt) in self.in_chain:
-                break
+                through = self._through_stops(nodes, shapes, forward=True)
+                if through is None:
+                    break
+                nodes.extend(through)
+                continue
             nodes.append(nxt)
         return nodes
 
@@ -561,14 +613,20 @@ class Problem:
         # The end made as the fold makes it is paid when something other than the branches reads it.
         read = chain.end in self.outputs or any(id(r) not in branch_ids for r in self._readers(chain.end))
         costs: dict[tuple[int, int], int] = {}
+        stops = any(n.op_type in _STOPS for n in chain.nodes)
         for a in starts:
             for b in ends:
-                found = self._view(chain, a, b)
                 transposes = (
                     sum(n.op_type == "Transpose" for n in chain.nodes)
                     + (a is not None and a != self.cls[chain.start])
                     + (b is not None and b != self.cls[chain.end])
                 )
+                sa = a if a is not None else self.cls.get(chain.start, CL)
+                sb = b if b is not None else self.cls.get(chain.end, CL)
+                if stops:
+                    costs[(sa, sb)] = self._through_cost(chain, a, b, transposes, read)
+                    continue
+                found = self._view(chain, a, b)
                 planned = None
                 if found is not None and found[1] >= 2:  # the fold pass folds it, when it can write the targets
                     planned = self._plan(chain, self._root, found[0], a, b)
@@ -581,10 +639,44 @@ class Problem:
                         cost += 0 if moved is not None and planned[2] is None and not _unsorted(moved) else 1
                 else:
                     cost = self._suffix_cost(chain, a, b, transposes) + len(chain.branches)
-                sa = a if a is not None else self.cls.get(chain.start, CL)
-                sb = b if b is not None else self.cls.get(chain.end, CL)
                 costs[(sa, sb)] = cost
         return costs
+
+    def _through_cost(self, chain: Chain, a: int | None, b: int | None, transposes: int, read: bool) -> int:
+        """The Transposes a chain through per-tensor QuantizeLinear and DequantizeLinear (a QDQ export's head split
+        or merge) leaves when its start is read in ``a`` and its end made in ``b`` (None: as stored): folded stretch
+        by stretch, each stop reading its tensor in the order that takes fewest (``fold_rearranges.plan_through``,
+        as the fold pass writes it); when that is no fewer than the chain has, the fold pass leaves it, and so
+        does the price."""
+        dims = self.dims(chain.start)
+        unfolded = transposes + len(chain.branches)
+        if dims is None:
+            return unfolded
+        c0, c1 = self.cls.get(chain.start), self.cls.get(chain.end)
+        root, view = list(dims), ra.identity(dims)
+        if a is not None and c0 is not None and a != c0:
+            root = [dims[i] for i in storage_perm(c0, a, len(dims))]  # the start as read
+            moved = ra.transpose(ra.identity(root), storage_perm(a, c0, len(dims)))
+            if moved is None:
+                return unfolded
+            view = moved
+
+        def finish(v: ra.View) -> ra.View | None:
+            if b is not None and c1 is not None and b != c1:
+                return ra.transpose(v, storage_perm(c1, b, len(v)))
+            return v
+
+        stretches, _ = segments(chain.nodes)
+        found = plan_through(root, view, stretches, lambda n, v: chain_step(self.ws, self.ctx, n, v), finish)
+        if found is None or found.transposes >= transposes:
+            return unfolded
+        last = found.last[1]
+        cost = found.transposes - _unsorted(last) + (_unsorted(last) if read or not chain.branches else 0)
+        for n in chain.branches:  # merged into the fold's last Transpose (see _chain_costs)
+            perm = transpose_perm(n) or []
+            moved = ra.transpose(last, perm) if sorted(perm) == list(range(len(last))) else None
+            cost += 0 if moved is not None and found.last[2][2] is None and not _unsorted(moved) else 1
+        return cost
 
     def _plan(self, chain: Chain, root: list[ra.Dim], view: ra.View, a: int | None, b: int | None) -> tuple | None:
         """What the fold pass writes for the chain (``fold_rearranges.plan``), None when it cannot write a target.

@@ -33,6 +33,7 @@ def shape(args: HandlerArgs) -> Plan | Decline:
         full = ctx.names.fresh(f"{outputs[0]}_unpermuted")
         where = ws.add_constant(ctx.names.fresh(f"{outputs[0]}_perm"), index)
         base = node.name or outputs[0]
+        ctx.shape_reads.add(outputs[0])
         return [
             new_node("Shape", [inputs[0]], [full], ctx.names.fresh(base)),
             new_node("Gather", [full, where], [outputs[0]], ctx.names.fresh(f"{base}_gather"), axis=0),
