@@ -59,6 +59,7 @@ from converter.rewriter.rules import (
     QdqMatMulToConv,
     QdqMatMulTokensToConv,
     QdqSandwichToConv,
+    QGemmSandwichToConv,
     QLinearMatMulToConv,
     QLinearMatMulTokensToConv,
     QLinearSandwichToConv,
@@ -80,6 +81,8 @@ RULES: tuple[Rule, ...] = (
     MatMulTokensToConv(),
     MatMulAddToConv(),
     QLinearSandwichToConv(),
+    # onnxruntime's QGemm (com.microsoft) between two Reshapes: no other rule anchors on it.
+    QGemmSandwichToConv(),
     # The integer token rules (rank 3, only with tokens) before their rank-4 rules, for their own reasons on rank 3.
     QLinearMatMulTokensToConv(),
     QLinearMatMulToConv(),

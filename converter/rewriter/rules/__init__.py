@@ -12,6 +12,7 @@ from converter.rewriter.rules.qdq_gemm_sandwich_to_conv import QdqGemmSandwichTo
 from converter.rewriter.rules.qdq_matmul_to_conv import QdqMatMulToConv
 from converter.rewriter.rules.qdq_matmul_tokens_to_conv import QdqMatMulTokensToConv
 from converter.rewriter.rules.qdq_sandwich_to_conv import QdqSandwichToConv
+from converter.rewriter.rules.qgemm_sandwich_to_conv import QGemmSandwichToConv
 from converter.rewriter.rules.qlinear_matmul_to_conv import QLinearMatMulToConv
 from converter.rewriter.rules.qlinear_matmul_tokens_to_conv import QLinearMatMulTokensToConv
 from converter.rewriter.rules.qlinear_sandwich_to_conv import QLinearSandwichToConv
@@ -30,6 +31,7 @@ __all__ = [
     "QdqMatMulToConv",
     "QdqMatMulTokensToConv",
     "QdqSandwichToConv",
+    "QGemmSandwichToConv",
     "QLinearMatMulToConv",
     "QLinearMatMulTokensToConv",
     "QLinearSandwichToConv",

@@ -14,6 +14,7 @@ asked of onnxruntime itself (a table would go stale with its releases); in 1.32 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -26,12 +27,19 @@ from converter.rewriter.rules._engine import Context, Decline
 from converter.rewriter.rules._quantized import QUANTIZED_TYPES
 
 _ON = {TensorProto.INT8: "int8", TensorProto.UINT8: "uint8"}
-# Where onnx's shape inference stops in a QOperator model: at onnxruntime's quantized elementwise ops
-# (com.microsoft), and so at every op after them. The shape is then carried, here, through ops whose
-# output is the broadcast of the given data inputs: (op, data input slots). Everything else stays unknown,
-# but MatMulNBits (its activation's shape, the last dim N: where a 4-bit LLM's shapes stop) and ReduceMean (a
-# norm's mean: the reduced axes 1).
-_CONTRIB_ELEMENTWISE = {"QLinearAdd": (0, 3), "QLinearMul": (0, 3), "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,)}
+# Where onnx's shape inference stops in a QOperator model: at onnxruntime's quantized ops (com.microsoft), and
+# so at every op after them. The shape is then carried, here, through ops whose output is the broadcast of the
+# given data inputs: (op, data input slots), and through the ops ``_SHAPE_OPS`` reads (the ones between a
+# quantized model's dense layers: QGemm, a QLinearMatMul of two activations (attention), Split, Squeeze and
+# Unsqueeze, MatMulNBits (its activation's shape, the last dim N: where a 4-bit LLM's shapes stop) and
+# ReduceMean (a norm's mean: the reduced axes 1)). Everything else stays unknown.
+_CONTRIB_ELEMENTWISE = {
+    "QLinearAdd": (0, 3),
+    "QLinearMul": (0, 3),
+    "QLinearSigmoid": (0,),
+    "QLinearLeakyRelu": (0,),
+    "QLinearSoftmax": (0,),
+}
 _DEFAULT_ELEMENTWISE = {
     **{
         op: (0,)
@@ -101,10 +109,8 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
         if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "ReduceMean":
             memo[n] = _reduced(ctx, node, find(node.input[0]))
             return memo[n]
-        if node is not None and node.domain in ("", "ai.onnx") and node.op_type == "QLinearMatMul" and len(node.input) == 8:
-            x, w = find(node.input[0]), node.input[3]
-            if x is not None and x.shape and ctx.scope.source(w).is_constant and len(ctx.scope.constant_tensor(w).dims) == 2:
-                memo[n] = TensorType(x.elem_type, (*x.shape[:-1], ctx.scope.constant_tensor(w).dims[1]))
+        if node is not None and node.op_type in _SHAPE_OPS and node.domain in _SHAPE_OPS[node.op_type][0]:
+            memo[n] = _SHAPE_OPS[node.op_type][1](ctx, node, n, find)
             return memo[n]
         table = (
             _CONTRIB_ELEMENTWISE
@@ -127,19 +133,131 @@ def integer_type(ctx: Context, name: str) -> TensorType | None:
                 return t
             first = inner if first is None else first  # the first computed operand (RMSNorm: Mul(weight, x))
             shapes.append(tuple(inner.shape))
-        rank = max(len(sh) for sh in shapes)
-        dims: list[int | str | None] = []
-        for i in range(rank):
-            here = {sh[i - rank + len(sh)] for sh in shapes if i - rank + len(sh) >= 0}
-            # In a valid graph every dim is 1 or the broadcast one: a known size > 1 is it, whatever the others.
-            known = here - {1, None}
-            sizes = {d for d in known if isinstance(d, int)}
-            one = sizes if sizes else known
-            dims.append(one.pop() if len(one) == 1 else (1 if here == {1} else None))
-        memo[n] = TensorType(elem_of(node, first), tuple(dims))
+        memo[n] = TensorType(elem_of(node, first), _broadcast(shapes))
         return memo[n]
 
     return find(name)
+
+
+Find = Callable[[str], TensorType | None]
+
+
+def _known(ctx: Context, name: str, find: Find) -> TensorType | None:
+    """A tensor's type: a constant's dims and dtype, else what ``find`` carries to it."""
+    if ctx.scope.source(name).is_constant:
+        t = ctx.scope.constant_tensor(name)
+        return TensorType(t.data_type, tuple(t.dims))
+    return find(name)
+
+
+def _zero_point_type(ctx: Context, node: NodeProto, slot: int, default: int) -> int:
+    """The dtype of ``node``'s output zero point in ``slot`` (the quantized output's), or ``default``."""
+    zp = node.input[slot] if len(node.input) > slot else ""
+    return ctx.scope.constant_tensor(zp).data_type if zp and ctx.scope.source(zp).is_constant else default
+
+
+def _matmul(ctx: Context, node: NodeProto, name: str, find: Find) -> TensorType | None:
+    """QLinearMatMul (a dense layer, or two activations: attention's scores and their product with the values):
+    numpy's matmul shape of its two operands, of its output zero point's dtype."""
+    if len(node.input) != 8:
+        return None
+    a, b = _known(ctx, node.input[0], find), _known(ctx, node.input[3], find)
+    if a is None or b is None or a.shape is None or b.shape is None or len(a.shape) < 2 or len(b.shape) < 2:
+        return None
+    batch = _broadcast([a.shape[:-2], b.shape[:-2]])
+    return TensorType(_zero_point_type(ctx, node, 7, a.elem_type), (*batch, a.shape[-2], b.shape[-1]))
+
+
+def _qgemm(ctx: Context, node: NodeProto, name: str, find: Find) -> TensorType | None:
+    """onnxruntime's QGemm (A, a_scale, a_zero, B, b_scale, b_zero, C, y_scale, y_zero): ``[M, N]``, quantized to
+    its output zero point's dtype, or float without an output scale."""
+    if len(node.input) < 6:
+        return None
+    a, b = _known(ctx, node.input[0], find), _known(ctx, node.input[3], find)
+    if a is None or b is None or a.shape is None or b.shape is None or len(a.shape) != 2 or len(b.shape) != 2:
+        return None
+    attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+    m = a.shape[1] if attrs.get("transA", 0) else a.shape[0]
+    k = b.shape[0] if attrs.get("transB", 0) else b.shape[1]
+    quantized = len(node.input) > 7 and node.input[7]
+    return TensorType(_zero_point_type(ctx, node, 8, TensorProto.UINT8) if quantized else TensorProto.FLOAT, (m, k))
+
+
+def _axes(ctx: Context, node: NodeProto) -> list[int] | None:
+    """A Squeeze's / Unsqueeze's / Split's constant axes (attribute, or input 1 from opset 13)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if "axes" in attrs:
+        return [int(v) for v in attrs["axes"]]
+    if len(node.input) > 1 and node.input[1] and ctx.scope.source(node.input[1]).is_constant:
+        return [int(v) for v in np.asarray(ctx.scope.value_of(ctx.scope.constant_tensor(node.input[1]))).reshape(-1)]
+    return None
+
+
+def _unit_axes(ctx: Context, node: NodeProto, name: str, find: Find) -> TensorType | None:
+    """Squeeze (of the given axes) or Unsqueeze: the input's dims without or with those unit axes."""
+    x, axes = find(node.input[0]), _axes(ctx, node)
+    if x is None or x.shape is None or axes is None:
+        return None
+    if node.op_type == "Unsqueeze":
+        rank = len(x.shape) + len(axes)
+        where = {a + rank if a < 0 else a for a in axes}
+        if len(where) != len(axes) or not all(0 <= a < rank for a in where):
+            return None
+        dims = iter(x.shape)
+        return TensorType(x.elem_type, tuple(1 if i in where else next(dims) for i in range(rank)))
+    where = {a + len(x.shape) if a < 0 else a for a in axes}
+    if not where or any(not 0 <= a < len(x.shape) or x.shape[a] not in (1, None) for a in where):
+        return None
+    return TensorType(x.elem_type, tuple(d for i, d in enumerate(x.shape) if i not in where))
+
+
+def _split(ctx: Context, node: NodeProto, name: str, find: Find) -> TensorType | None:
+    """Split into constant sizes (input 1, the ``split`` attribute, or equal parts): output ``name``'s part."""
+    x = find(node.input[0])
+    if x is None or x.shape is None or not x.shape:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axis = int(attrs.get("axis", 0))
+    axis = axis + len(x.shape) if axis < 0 else axis
+    if not 0 <= axis < len(x.shape):
+        return None
+    sizes = attrs.get("split")
+    if sizes is None and len(node.input) > 1 and node.input[1]:
+        if not ctx.scope.source(node.input[1]).is_constant:
+            return None
+        sizes = np.asarray(ctx.scope.value_of(ctx.scope.constant_tensor(node.input[1]))).reshape(-1).tolist()
+    whole = x.shape[axis]
+    if sizes is None:
+        parts = len([o for o in node.output if o])
+        sizes = [whole // parts] * parts if isinstance(whole, int) and parts and whole % parts == 0 else None
+    i = list(node.output).index(name)
+    if sizes is None or i >= len(sizes):
+        return None
+    return TensorType(x.elem_type, tuple(int(sizes[i]) if j == axis else d for j, d in enumerate(x.shape)))
+
+
+def _broadcast(shapes: list[tuple]) -> tuple:
+    """Numpy's broadcast of ``shapes``: a dim unknown (None) where they disagree."""
+    rank = max((len(sh) for sh in shapes), default=0)
+    dims: list[int | str | None] = []
+    for i in range(rank):
+        here = {sh[i - rank + len(sh)] for sh in shapes if i - rank + len(sh) >= 0}
+        # In a valid graph every dim is 1 or the broadcast one: a known size > 1 is it, whatever the others.
+        known = here - {1, None}
+        sizes = {d for d in known if isinstance(d, int)}
+        one = sizes if sizes else known
+        dims.append(one.pop() if len(one) == 1 else (1 if here == {1} else None))
+    return tuple(dims)
+
+
+_DEFAULT = ("", "ai.onnx")
+_SHAPE_OPS: dict[str, tuple[tuple[str, ...], Callable[[Context, NodeProto, str, Find], TensorType | None]]] = {
+    "QLinearMatMul": (_DEFAULT, _matmul),
+    "QGemm": (_CONTRIB, _qgemm),
+    "Squeeze": (_DEFAULT, _unit_axes),
+    "Unsqueeze": (_DEFAULT, _unit_axes),
+    "Split": (_DEFAULT, _split),
+}
 
 
 def _reduced(ctx: Context, node: NodeProto, x: TensorType | None) -> TensorType | None:

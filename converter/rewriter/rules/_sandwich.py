@@ -109,7 +109,7 @@ def match_sandwich(
     if flat_out in scope.output_names:
         raise _no("the flat output is a graph output")
     if ctx.options.tokens and _target_length(ctx, last) == 3:
-        return match_tokens(entry, ctx, k, first, last)
+        return match_tokens(entry, ctx, k, first, last, type_of)
     x = first.input[0]
     xt = (type_of or scope.type_of)(x)
     if xt is None or xt.rank != 4:
@@ -166,10 +166,18 @@ def _target_length(ctx: Context, last: NodeProto) -> int | None:
     return out.rank if out is not None and out.shape is not None else None
 
 
-def match_tokens(core: NodeProto, ctx: Context, k: int, first: NodeProto, last: NodeProto) -> Sandwich:
-    """The sandwich back to rank 3 under ``tokens``: a layer on x's first two dims (the module docstring says why)."""
+def match_tokens(
+    core: NodeProto,
+    ctx: Context,
+    k: int,
+    first: NodeProto,
+    last: NodeProto,
+    type_of: Callable[[str], TensorType | None] | None = None,
+) -> Sandwich:
+    """The sandwich back to rank 3 under ``tokens``: a layer on x's first two dims (the module docstring says why).
+    ``type_of`` as for ``match_sandwich``."""
     x = first.input[0]
-    xt = ctx.scope.type_of(x)
+    xt = (type_of or ctx.scope.type_of)(x)
     if xt is None or xt.shape is None or xt.conflict or xt.rank < 3:
         raise _no("the flattened tensor is not known to be rank 3 or more")
     _check_activation(ctx, core, first, x, xt)

@@ -34,12 +34,36 @@ DynamicQuantizeLinear was: ahead of every reader of ``sa``, ``za`` and ``sm``. T
 Transposes through the Cast and the rescale Mul (``cleanup/handlers/dynamic.py``), so that between two
 layers they cancel (Keras ConvNeXtTiny: 36 of 37 layers, Transposes 37 -> 1, as in the QOperator form).
 
+The bias inside the Reshapes: ``quant_pre_process`` fuses a Linear's MatMul and Add into a Gemm between two
+Reshapes, and ``quantize_dynamic`` writes that Gemm as the MatMulInteger, its rescale, then ``Add(., b)`` on the
+flat ``[rows, K]`` tensor before the second Reshape. A constant ``b`` with one value per output channel or one
+value (``[K]``, ``[1, K]``, ``[]``) broadcasts along the last axis alike on the rows and on the restored tensor,
+so the Add moves past the second Reshape with the rescale, unchanged.
+
+With ``RuleOptions(tokens=True)`` a sandwich from rank 3 back to rank 3 (``Reshape(x [B, S, C], [B*S, C]) ->
+... -> Reshape(-> [B, S, K])``, ``_sandwich.match_tokens``) is a token layer, the token rules' nodes
+(``_tokens.py``)::
+
+    aq', sa, za = DynamicQuantizeLinear(Transpose(x, [0, 2, 1]))          [B, C, S]
+    sm = Mul(sa, sw)
+    Y  = Transpose(Squeeze(ConvInteger(Unsqueeze(aq', [2]), Wq'^T as [K, C, 1, 1], za, zw'), [2]), [0, 2, 1])
+    y  = Add(Mul(Cast(Y, float), sm), b)                                 (the Add only where the original has it)
+
+by the same argument: ``[B, C, S]`` holds the flat rows' values in another order (the same ``sa``, ``za`` and
+integers), a 1x1 ConvInteger on ``[B, C, 1, S]`` is the MatMulInteger at every ``(b, 0, s)``, and the rescale
+and bias act on the int32 ``Y`` ``[B, S, K]`` as they did on ``[B*S, K]``, element for element. The
+DynamicQuantizeLinear goes before the unit axis: the layout cleanup then cancels the Transpose against one coming
+from the layer before, and leaves the Unsqueeze alone (with the Transpose and the Unsqueeze together in front of it,
+it may fold both into Reshapes, whose result the certificate cannot tell from the flat rows when B is 1).
+
 Declines: the MatMulInteger rule's codes (``check_integer_core``), ``activation_shared`` (the quantized
 rows are read elsewhere), ``activation_zero_point_mismatch`` (the MatMulInteger reads another zero point
 than its DynamicQuantizeLinear's), ``rescale_unsupported`` (the int32 output is not rescaled as
 ``quantize_dynamic`` writes it, Cast then Mul by the activation scale times a constant weight scale, before
-the second Reshape), the float sandwich's ``not_per_position`` / ``reshape_output_shared`` / ``zero_size`` /
-``constant_input``, and ``tokens_quantized`` (back to rank 3).
+the second Reshape), ``bias_not_per_channel`` / ``bias_not_constant`` / ``bias_is_graph_input`` (an Add after
+the rescale inside the Reshapes that is not such a bias), the float sandwich's ``not_per_position`` /
+``reshape_output_shared`` / ``zero_size`` / ``constant_input``, and ``tokens_quantized`` (a sandwich from rank 4
+or more back to rank 3).
 """
 
 from __future__ import annotations
@@ -53,6 +77,7 @@ from converter.rewriter.rules._engine import Context, Decline, Plan, Replacement
 from converter.rewriter.rules._integer import require_integer_type
 from converter.rewriter.rules._quantized import attrs_of, produced_by
 from converter.rewriter.rules._sandwich import Sandwich, match_sandwich
+from converter.rewriter.rules._tokens import SWAP, token_conv_nodes
 from converter.rewriter.rules.matmul_integer_to_conv import IntegerWeight, check_integer_core, conv_integer_node
 from converter.rewriter.rules.qlinear_sandwich_to_conv import sandwich_entry
 
@@ -61,11 +86,18 @@ _DEFAULT = ("", "ai.onnx")
 
 @dataclass(frozen=True)
 class Rescale:
-    """What ``quantize_dynamic`` writes after a MatMulInteger: ``Mul(Cast(Y), scales)``, ``scales = Mul(sa, sw)``."""
+    """What ``quantize_dynamic`` writes after a MatMulInteger: ``Mul(Cast(Y), scales)``, ``scales = Mul(sa, sw)``,
+    and, for a Gemm's bias inside the Reshapes, ``Add(., b)`` after it (``bias``)."""
 
     cast: NodeProto
     mul: NodeProto
     scales: NodeProto
+    bias: NodeProto | None = None
+
+    @property
+    def end(self) -> NodeProto:
+        """The last node of the rescale: what the second Reshape reads."""
+        return self.bias or self.mul
 
 
 @dataclass
@@ -109,7 +141,24 @@ def match_rescale(ctx: Context, node: NodeProto, quantize: NodeProto, k: int) ->
             "rescale_unsupported",
             f"the weight scale has shape {dims}; one value or [K] = [{k}] broadcasts alike on the rows and in 4D",
         )
-    return Rescale(cast, mul, scales)
+    return Rescale(cast, mul, scales, _bias_add(ctx, mul, k))
+
+
+def _bias_add(ctx: Context, mul: NodeProto, k: int) -> NodeProto | None:
+    """The Add of a constant bias after the rescale ``mul``, when it alone reads it and one Reshape reads the Add
+    (quantize_dynamic's Gemm inside the Reshapes); None when no Add follows. A bias that is not one value per output
+    channel, or one value, is declined: it would not broadcast alike on the rows and on the restored tensor."""
+    add = _only_reader(ctx, mul.output[0], "Add")
+    if add is None or len(add.input) != 2 or add.input[0] == add.input[1]:
+        return None
+    readers = ctx.scope.consumers(add.output[0])
+    if len(readers) != 1 or readers[0].op_type != "Reshape" or readers[0].input[0] != add.output[0]:
+        return None  # not inside the Reshapes: the sandwich's match says why
+    b = add.input[1] if add.input[0] == mul.output[0] else add.input[0]
+    dims = list(require_constant_tensor(ctx, b, "bias").dims)
+    if len(dims) > 2 or any(d != 1 for d in dims[:-1]) or (dims and dims[-1] not in (1, k)):
+        raise Decline("bias_not_per_channel", f"the bias {b!r} inside the Reshapes has shape {dims}, not [K] = [{k}] or one value")
+    return add
 
 
 class IntegerSandwichToConv(Rule):
@@ -128,15 +177,17 @@ class IntegerSandwichToConv(Rule):
                 f"the MatMulInteger reads {given!r} as its activation's zero point, not its DynamicQuantizeLinear's {za!r}",
             )
         r = match_rescale(ctx, node, q, w.k)
-        s = match_sandwich(node, ctx, w.k, q, r.mul.output[0])
-        if s.tokens:
-            raise Decline("tokens_quantized", "a quantized sandwich back to rank 3 is not rewritten")
+        s = match_sandwich(node, ctx, w.k, q, r.end.output[0])
+        if s.tokens and s.x_type.rank != 3:
+            raise Decline("tokens_quantized", "a quantized sandwich from rank 4 or more back to rank 3 is not rewritten")
         if s.channels not in (w.c, -1):
             raise Decline("shape_mismatch", f"{s.x!r} has {s.channels} channels but the weight expects {w.c}")
         # The DynamicQuantizeLinear first: the new nodes go where it was, before every reader of its scale and zero point.
-        removed = [q, node, r.scales, r.cast, r.mul, s.first, s.last, *s.shape_nodes]
+        removed = [q, node, r.scales, r.cast, r.mul, *([r.bias] if r.bias else []), s.first, s.last, *s.shape_nodes]
         outputs = [s.last.output[0], *q.output[1:], r.scales.output[0]]
         notes["rescale"] = "after_the_second_reshape"
+        if r.bias is not None:
+            notes["bias"] = "after_the_second_reshape"
         return IntegerSandwichPlan(removed, outputs, notes, sandwich=s, weight=w, quantize=q, rescale=r, origin=node_label(node))
 
     def rewrite(self, plan: IntegerSandwichPlan, ctx: Context) -> Replacement:
@@ -145,21 +196,45 @@ class IntegerSandwichToConv(Rule):
         node = plan.removed[1]
         base = node.name or node.output[0]
         rule, origin = self.name, plan.origin
-        nchw, quantized = ctx.names.fresh(f"{base}_nchw"), ctx.names.fresh(f"{base}_nchw_quantized")
-        conv_out, acc, acc_float = (ctx.names.fresh(f"{base}_{what}") for what in ("conv_nchw", "nhwc", "nhwc_float"))
-        conv, released = conv_integer_node(ctx, rule, origin, node, w, quantized, conv_out)
-        rescale_in = [acc_float if i == r.cast.output[0] else i for i in r.mul.input]
+        released: list[str] = []
+        # The activation as the Conv reads it, channels second: [N, C, H, W], or [B, C, S] (unsqueezed after).
+        moved = ctx.names.fresh(f"{base}_{'nct' if s.tokens else 'nchw'}")
+        quantized = ctx.names.fresh(f"{moved}_quantized")
+        perm = SWAP if s.tokens else [0, 3, 1, 2]
         nodes = [
-            ctx.node(rule, origin, "Transpose", [s.x], [nchw], f"{base}_to_nchw", perm=[0, 3, 1, 2]),
-            ctx.node(rule, origin, "DynamicQuantizeLinear", [nchw], [quantized, *q.output[1:]], f"{base}_quantize"),
+            ctx.node(rule, origin, "Transpose", [s.x], [moved], f"{base}_to_{'nct' if s.tokens else 'nchw'}", perm=perm),
+            ctx.node(rule, origin, "DynamicQuantizeLinear", [moved], [quantized, *q.output[1:]], f"{base}_quantize"),
             ctx.node(rule, origin, "Mul", list(r.scales.input), [r.scales.output[0]], f"{base}_scales"),
-            conv,
-            ctx.node(rule, origin, "Transpose", [conv_out], [acc], f"{base}_to_nhwc", perm=[0, 2, 3, 1]),
-            ctx.node(rule, origin, "Cast", [acc], [acc_float], f"{base}_cast", **attrs_of(r.cast)),
-            ctx.node(rule, origin, "Mul", rescale_in, [plan.outputs[0]], f"{base}_rescale"),
         ]
+        conv: list[NodeProto] = []
+
+        def convolution(x: str, y: str) -> list[NodeProto]:
+            made, names = conv_integer_node(ctx, rule, origin, node, w, x, y)
+            conv.append(made)
+            released.extend(names)
+            return [made]
+
+        acc, acc_float = (ctx.names.fresh(f"{base}_{what}") for what in ("restored", "restored_float"))
+        if s.tokens:
+            nodes += token_conv_nodes(
+                ctx, rule, origin, base, quantized, "", None, acc, channels_first=True, convolution=convolution
+            )
+        else:
+            conv_out = ctx.names.fresh(f"{base}_conv_nchw")
+            nodes += convolution(quantized, conv_out)
+            nodes.append(ctx.node(rule, origin, "Transpose", [conv_out], [acc], f"{base}_to_nhwc", perm=[0, 2, 3, 1]))
+        rescaled = plan.outputs[0] if r.bias is None else ctx.names.fresh(f"{base}_rescaled")
+        nodes += [
+            ctx.node(rule, origin, "Cast", [acc], [acc_float], f"{base}_cast", **attrs_of(r.cast)),
+            ctx.node(
+                rule, origin, "Mul", [acc_float if i == r.cast.output[0] else i for i in r.mul.input], [rescaled], f"{base}_rescale"
+            ),
+        ]
+        if r.bias is not None:
+            bias_in = [rescaled if i == r.mul.output[0] else i for i in r.bias.input]
+            nodes.append(ctx.node(rule, origin, "Add", bias_in, [plan.outputs[0]], f"{base}_bias"))
         vanished = [o for n in plan.removed for o in n.output if o and o not in plan.outputs]
         # The layer claimed for verification: the flat quantized rows to the MatMulInteger's flat int32 output.
         return Replacement(
-            nodes, released=[*released, *s.constants], vanished=vanished, layer=(node.input[0], node.output[0], conv.name)
+            nodes, released=[*released, *s.constants], vanished=vanished, layer=(node.input[0], node.output[0], conv[0].name)
         )

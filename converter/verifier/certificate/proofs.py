@@ -57,6 +57,7 @@ class IntegerLayer:
     y_scale: np.ndarray | None = None
     y_zero: np.ndarray | None = None
     end: str = ""  # a Tensordot's: the original 4D tensor its second Reshape restores from the flat output
+    bias: np.ndarray | None = None  # an int32 [K] bias added to the sums before requantizing (QGemm's, QLinearConv's B)
 
 
 @dataclass

@@ -215,7 +215,7 @@ class Walk:
         # A Tensordot's (DenseLayer, IntegerLayer): the second Reshape's output, or an integer one's flat output.
         end = original.end if isinstance(original, DenseLayer | IntegerLayer) else ""
         if end.startswith(FLAT):
-            self.facts[conv.output[0]] = SameAs(end, NCHW)
+            self.facts[conv.output[0]] = SameAs(end, layout)
             return
         out = self.orig.canon(end or layer.output)
         if not isinstance(out, SameAs):

@@ -487,6 +487,8 @@ def integer_reference(layer: IntegerLayer, x_rows: np.ndarray, x_zero: np.ndarra
     """The layer's output at these positions (rows of channels): the sums exactly, the requantization in float64."""
     zx = np.int64(0) if x_zero is None else np.int64(np.asarray(x_zero).reshape(-1)[0])
     acc = (x_rows.astype(np.int64) - zx) @ (layer.weight_kc.astype(np.int64) - layer.w_zero.astype(np.int64)[:, None]).T
+    if layer.bias is not None:  # QGemm's int32 bias (QLinearConv's B), of the sums' scale: added before requantizing
+        acc = acc + np.asarray(layer.bias, np.int64)
     if not _requantized(layer):
         return acc
     multiplier = (

@@ -487,16 +487,17 @@ def test_a_channel_count_the_weight_does_not_have_is_declined() -> None:
     assert _decline(model)[:2] == ("integer_sandwich_to_conv", "shape_mismatch")
 
 
-def test_a_token_sequence_is_declined_under_tokens() -> None:
-    """x [N, S, C] back to [N, S, K] with ``tokens``: a quantized sandwich back to rank 3 is not rewritten."""
-    model = tensordot(T(target="static", batch=2), x_shape=(2, H * W_, C))
+def test_a_sandwich_from_rank_4_back_to_rank_3_is_declined_under_tokens() -> None:
+    """x [N, H, W, C] flattened to [N*H, W*C] and restored to [N, H, K] with ``tokens``: a layer on x's first two dims
+    that the token rule writes only from rank 3 (test_integer_sandwich_tokens.py has the rank-3 one converted)."""
+    model = tensordot(T(target="static", batch=2), c=W_ * C, x_shape=(2, H, W_, C))
     target = next(t for t in model.graph.initializer if t.name == "target")
-    target.CopyFrom(numpy_helper.from_array(np.array([2, H * W_, K], np.int64), "target"))
+    target.CopyFrom(numpy_helper.from_array(np.array([2, H, K], np.int64), "target"))
     del model.graph.output[:]
     model.graph.output.append(helper.make_tensor_value_info("out", TensorProto.FLOAT, None))
+    model.graph.ClearField("value_info")
     model = with_output_shapes(model)
     assert _decline(model, tokens=True)[:2] == ("integer_sandwich_to_conv", "tokens_quantized")
-    assert _decline(model)[1] == "rank_not_4"  # without tokens: the rows are rank 2 (the MatMulInteger rule's reason)
 
 
 def test_a_plain_rank_4_matmul_integer_is_left_to_its_own_rule() -> None:

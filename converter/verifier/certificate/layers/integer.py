@@ -20,8 +20,15 @@ graph alone, that holds when:
   ``[K]`` zero point and its one-element form are the same numbers), each with the original's dtype;
 - QLinearConv has no bias input (the original's bias is a separate op, kept).
 
+The original may also be onnxruntime's QGemm (com.microsoft; ``quant_pre_process``'s Gemm quantized in the QOperator
+format) with ``transA=0``, ``alpha=1`` and an output scale: its weight is ``[C, K]``, or ``[K, C]`` with ``transB=1``
+(then compared as it is), its per-column parameters are per K either way, and its int32 bias ``C`` (scale
+``a_scale * b_scale``, zero point 0) must be, bit for bit, the QLinearConv's bias ``B`` (the same scale, by ONNX's
+definition), both added to the sums before the same requantization; the numeric checks add it too.
+
 Then ``conv[n, k, h, w] = orig[n, h, w, k]`` exactly: both ops are defined by the same integer sums
-and the same requantization per output element.
+and the same requantization per output element. A Reshape to rank 3 in front of the original op is a head merge
+(``[B, S, h, d] -> [B, S, C]``), not a Tensordot's rows: the layer reads that tensor as a token sequence.
 
 A Tensordot's layer (the integer op on the flat rows ``Reshape(x, [-1, C])``) ends in the flat output seen
 as ``[N, H, W, K]`` (``SameAs(FLAT + flat, P)``). A dynamic one is rescaled on that flat output
@@ -43,7 +50,7 @@ from converter.verifier.certificate.constants import differs
 from converter.verifier.certificate.context import Context
 from converter.verifier.certificate.facts import EMPTY, FLAT, Const, Fact, SameAs, Unknown, describe
 from converter.verifier.certificate.layouts import NCHW, TOKENS, Layout, compose
-from converter.verifier.certificate.nodes import is_default, plain_attributes, plain_conv
+from converter.verifier.certificate.nodes import Attributes, is_default, plain_attributes, plain_conv
 from converter.verifier.certificate.ops.elementwise import ELEMENTWISE
 from converter.verifier.certificate.original import Original
 from converter.verifier.certificate.proofs import IntegerLayer, LayerProof
@@ -74,6 +81,9 @@ def flat_elementwise(ctx: Context, node: NodeProto, ins: list[Fact], anchor: int
     """An elementwise ``node`` whose input ``anchor`` is a Tensordot's flat tensor ``t`` seen as ``[N, H, W, K]`` in
     layout ``P`` (``SameAs(FLAT + t, P)``): a dynamic Tensordot's rescale, moved past the second Reshape.
 
+    A token layer's flat tensor (its activation ``x`` has rank 3, ``[B, S, C]``) is seen as ``[B, S, K]`` the same way:
+    its Conv writes it as ``[B, K, 1, S]`` (``TOKENS``), which its Squeeze makes rank 3 (:func:`_seen_rank`).
+
     Its counterpart is an original op of the same kind and attributes reading ``t`` in the same slot, whose other
     operands broadcast alike on ``[N*H*W, K]`` and on ``[N, H, W, K]``: a constant with one value per row or less
     (every dim but the last 1), or a computed tensor of rank 0 or 1 (the rescale's ``sa * sw``); read here in
@@ -86,7 +96,8 @@ def flat_elementwise(ctx: Context, node: NodeProto, ins: list[Fact], anchor: int
     flat = r.root[len(FLAT) :]
     if not is_default(node) or node.op_type not in ELEMENTWISE:
         return f"{node.op_type} reads a quantized layer's flat output in 4D, which only elementwise ops may"
-    if r.layout is not None and (len(r.layout) != 4 or None in r.layout):
+    rank = _seen_rank(ctx, flat)
+    if r.layout is not None and (len(r.layout) != rank or None in r.layout):
         return "it reads a quantized layer's flat output with unit axes"
     reasons = []
     for cand, slot in ctx.orig.consumers_by_root(flat):
@@ -106,13 +117,36 @@ def flat_elementwise(ctx: Context, node: NodeProto, ins: list[Fact], anchor: int
             if not out:
                 continue
             end = sandwich_end(ctx, cand.output[j])
-            restored = ctx.orig.canon(end) if end and ctx.orig.rank(end) == 4 else None
+            restored = ctx.orig.canon(end) if end and ctx.orig.rank(end) == rank else None
             if isinstance(restored, SameAs) and restored.root:
-                ctx.facts[out] = SameAs(restored.root, compose(restored.layout, r.layout))
+                try:
+                    ctx.facts[out] = SameAs(restored.root, compose(restored.layout, r.layout))
+                except ValueError:
+                    ctx.unknown(node, f"the original {end!r} has another rank than the layer's flat output seen restored")
             else:
                 ctx.facts[out] = SameAs(FLAT + cand.output[j], r.layout)
         return None
     return reasons[0] if reasons else f"no {node.op_type} of the original reads the flat {flat!r}"
+
+
+def _seen_rank(ctx: Context, flat: str) -> int:
+    """The rank a dynamic layer's flat tensor ``flat`` is seen at: 3 when the layer's activation (what its first
+    Reshape flattens) has rank 3, a token layer's ``[B, S, C]``, else 4. The layer is found up the original's rescale
+    from ``flat`` (a few elementwise ops to the integer op)."""
+    todo, seen = [(flat, 0)], set()
+    while todo:
+        name, depth = todo.pop()
+        node = ctx.orig.producers.get(name)
+        if node is None or not is_default(node) or name in seen or depth > 4:
+            continue
+        seen.add(name)
+        if node.op_type in ("MatMulInteger", "QLinearMatMul"):
+            entry = sandwich_entry(ctx.orig, node)
+            first = ctx.orig.producers.get(entry.input[0]) if entry is not None else None
+            return 3 if first is not None and ctx.orig.rank(first.input[0]) == 3 else 4
+        if node.op_type in ELEMENTWISE:
+            todo += [(i, depth + 1) for i in node.input if i]
+    return 4
 
 
 def _flat_operands(ctx: Context, ins: list[Fact], orig_ins: list[Fact], flat: SameAs, seen: SameAs) -> str | None:
@@ -163,16 +197,41 @@ _SHAPES: dict[str, tuple[str, dict[int, int], tuple[int, int], tuple[int, ...]]]
     # ConvInteger(x, w, xz, wz) <- MatMulInteger(a, b, az, bz)
     "ConvInteger": ("MatMulInteger", {0: 0, 2: 2, 3: 3}, (1, 1), (3,)),
 }
+# QLinearConv(x, xs, xz, w, ws, wz, ys, yz, B) <- com.microsoft QGemm(a, as, az, b, bs, bz, C, ys, yz) with transA 0
+# and alpha 1: the same sums, C the same int32 bias of scale as * bs added before the same requantization (QGemm's
+# definition, and ONNX's of QLinearConv's B); transB=1 stores the weight [K, C]. The conv's B is compared with C.
+_QGEMM = ({0: 0, 1: 1, 2: 2, 4: 4, 5: 5, 6: 7, 7: 8}, (3, 3), (4, 5))
+_QGEMM_BIAS = (8, 6)  # (conv slot, QGemm slot)
+
+
+def _original_core(ctx: Context, conv: NodeProto, layer: RewrittenLayer) -> tuple[NodeProto, tuple, bool] | str:
+    """The original integer op producing the layer's output, its slots (as ``_SHAPES``) and whether its weight is
+    stored ``[K, C]``; or why there is none."""
+    orig_op, slots, weight, per_k = _SHAPES[conv.op_type]
+    node = ctx.orig.producers.get(layer.output)
+    if node is None or not node.output or node.output[0] != layer.anchor:
+        return f"the original's {layer.output!r} is not the output of a {orig_op}"
+    if conv.op_type == "QLinearConv" and node.op_type == "QGemm" and node.domain == "com.microsoft":
+        a = Attributes(node)
+        if a.get_int("transA", 0) or a.get_float("alpha", 1.0) != 1.0:
+            return "the original QGemm transposes its activation or scales its sums (transA, alpha)"
+        if len(node.input) < 9 or not node.input[7] or not node.input[8]:
+            return "the original QGemm writes float (no output scale and zero point), the QLinearConv integers"
+        return node, _QGEMM, bool(a.get_int("transB", 0))
+    if not is_default(node) or node.op_type != orig_op:
+        return f"the original's {layer.output!r} is not the output of a {orig_op}"
+    return node, (slots, weight, per_k), False
 
 
 def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout = NCHW) -> LayerProof:
     """The proof of one integer layer; records what the numeric checks need in ``ctx.cert.originals``."""
-    orig_op, slots, (w_conv, w_orig), per_k = _SHAPES[conv.op_type]
+    found = _original_core(ctx, conv, layer)
+    if isinstance(found, str):
+        ctx.cert.originals[conv.name] = found
+        return LayerProof("refuted", found)
+    node, (slots, (w_conv, w_orig), per_k), stored_kc = found
+    orig_op = node.op_type
     w_zero_slot = per_k[-1]
-    node = ctx.orig.producers.get(layer.output)
-    if node is None or not is_default(node) or node.op_type != orig_op or node.output[0] != layer.anchor:
-        why = ctx.cert.originals[conv.name] = f"the original's {layer.output!r} is not the output of a {orig_op}"
-        return LayerProof("refuted", why)
     if node.input[0] != layer.input:
         why = ctx.cert.originals[conv.name] = f"the {orig_op} reads {node.input[0]!r}, not {layer.input!r}"
         return LayerProof("refuted", why)
@@ -182,7 +241,7 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
     if problem:
         return LayerProof("refuted", problem)
     limit = 8 if conv.op_type == "QLinearConv" else 4
-    if len([i for i in conv.input]) > limit and any(conv.input[limit:]):
+    if orig_op != "QGemm" and len([i for i in conv.input]) > limit and any(conv.input[limit:]):
         return LayerProof("refuted", "the QLinearConv has a bias the original layer does not")
 
     weight = ctx.orig.canon(node.input[w_orig])
@@ -192,8 +251,8 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
     w = np.asarray(weight.get())
     if w.ndim != 2 or w.dtype.kind not in "iu":
         return LayerProof("refuted", f"the original weight is {w.dtype} of shape {list(w.shape)}, not an integer [C, K]")
-    c, k = w.shape
-    expected_w = np.ascontiguousarray(w.T).reshape(k, c, 1, 1)
+    c, k = w.shape[::-1] if stored_kc else w.shape
+    expected_w = np.ascontiguousarray(w if stored_kc else w.T).reshape(k, c, 1, 1)
 
     x = ctx.fact(conv.input[0])
     want = ctx.orig.canon(layer.input)
@@ -206,8 +265,8 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
     first = ctx.orig.producers.get(node.input[0])
     if flat:
         want = SameAs(FLAT + layer.input)
-    elif first is not None and is_default(first) and first.op_type == "Reshape":  # the quantized x's rows
-        want, flat = ctx.orig.canon(first.input[0]), True
+    elif first is not None and is_default(first) and first.op_type == "Reshape" and ctx.orig.rank(first.output[0]) in (None, 2):
+        want, flat = ctx.orig.canon(first.input[0]), True  # the quantized x's rows (a head merge to [B, S, C] is not)
     if not isinstance(want, SameAs):
         return LayerProof("refuted", f"the original activation {layer.input!r} is a constant")
     try:
@@ -241,10 +300,33 @@ def _prove(ctx: Context, conv: NodeProto, layer: RewrittenLayer, layout: Layout 
         params[conv_slot] = np.asarray(expected.get()) if isinstance(expected, Const) else None
 
     numbers = _numbers(conv.op_type, expected_w.reshape(k, c), params, k)
+    if orig_op == "QGemm":
+        bias = _same_bias(ctx, conv, node, k)
+        if isinstance(bias, str):
+            return LayerProof("refuted" if not bias.startswith("unknown:") else "unproved", bias.removeprefix("unknown: "))
+        numbers = replace(numbers, bias=bias)
     if flat:
         numbers = replace(numbers, end=sandwich_end(ctx, layer.output) or FLAT + layer.output)
     ctx.cert.originals[conv.name] = numbers
     return LayerProof("proved")
+
+
+def _same_bias(ctx: Context, conv: NodeProto, node: NodeProto, k: int) -> np.ndarray | None | str:
+    """The QGemm's int32 bias as ``[K]`` (None when it has none) when the QLinearConv adds the same, else why not."""
+    conv_slot, orig_slot = _QGEMM_BIAS
+    mine = ctx.fact(conv.input[conv_slot]) if len(conv.input) > conv_slot and conv.input[conv_slot] else EMPTY
+    theirs = ctx.orig.canon(node.input[orig_slot]) if len(node.input) > orig_slot and node.input[orig_slot] else EMPTY
+    if mine == EMPTY and theirs == EMPTY:
+        return None
+    if isinstance(mine, Unknown):
+        return f"unknown: its bias is not known: {mine.reason}"
+    if not isinstance(mine, Const) or not isinstance(theirs, Const):
+        return f"its bias is {describe(mine)}, the original QGemm's {describe(theirs)}; both must be the same constant"
+    a, b = np.asarray(mine.get()), np.asarray(theirs.get())
+    if a.dtype != np.int32 or b.dtype != np.int32 or a.size != k or b.size != k:
+        return f"its bias is {a.dtype} of {a.size} elements, the original's {b.dtype} of {b.size}; expected int32 [{k}]"
+    problem = differs(a.reshape(k), b.reshape(k), "bias")
+    return problem if problem else b.reshape(k).astype(np.int64)
 
 
 def _same_quantized(ctx: Context, a: SameAs, b: SameAs) -> bool:

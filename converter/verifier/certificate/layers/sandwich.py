@@ -49,6 +49,8 @@ def find_pairs(ctx: Context) -> dict[int, Pair]:
             original = ctx.orig.producers.get(layer.output)
             entry = sandwich_entry(ctx.orig, original) if original is not None and original.input else None
             q = made.get(conv.input[0])
+            if q is not None and q.op_type == "Unsqueeze" and is_default(q) and q.input:
+                q = made.get(q.input[0])  # a token layer's: quantized as [B, C, S], then unsqueezed to [B, C, 1, S]
             if entry is not None and q is not None and q.op_type == entry.op_type:
                 pairs[id(q)] = ("in_q", entry, layer)
             continue
@@ -104,7 +106,9 @@ def prove_pair(ctx: Context, node: NodeProto, pair: Pair) -> None:
             ctx.unknown(node, f"it reads {describe(fact)}, not the original {source!r} of this layer")
             return
         perm = fact.layout
-    if perm is not None and len(perm) != 4:
+    if perm is not None and len(perm) != 4 and not (len(perm) == 3 and role == "in_q" and _per_tensor(ctx, original)):
+        # A token layer's activation may be quantized as [B, S, C] in any order before the Conv's unit axis when one
+        # scale and zero point serve the whole tensor; other pairs sit on the Conv's rank-4 tensors.
         ctx.unknown(node, "it reads the layer's tensor at another rank")
         return
     if perm is not None and None in perm and perm != TOKENS:
@@ -129,6 +133,15 @@ def prove_pair(ctx: Context, node: NodeProto, pair: Pair) -> None:
         for j in range(1, min(len(node.output), len(original.output))):
             if node.output[j]:
                 ctx.facts[node.output[j]] = ctx.orig.canon(original.output[j])
+
+
+def _per_tensor(ctx: Context, original: NodeProto) -> bool:
+    """Whether the original quantizes its whole tensor with one scale: a DynamicQuantizeLinear, or a QuantizeLinear
+    with a one-element constant scale."""
+    if original.op_type == "DynamicQuantizeLinear":
+        return True
+    scale = ctx.orig.canon(original.input[1]) if original.op_type == "QuantizeLinear" and len(original.input) > 1 else None
+    return isinstance(scale, Const) and np.asarray(scale.get()).size == 1
 
 
 def _same_pair_node(ctx: Context, node: NodeProto, original: NodeProto, perm: Layout) -> str | None:
