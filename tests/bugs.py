@@ -388,13 +388,16 @@ def _float_edge(
 ) -> tuple[onnx.NodeProto, int] | None:
     """A random (reader, slot) whose tensor carries floats (``made_by``: one made by one of those ops; ``readers_not``:
     read by none of those), or None."""
-    floats = {
-        vi.name
-        for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]
-        if vi.type.tensor_type.elem_type in (1, 10)
-    }
+    declared = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    floats = {vi.name for vi in declared if vi.type.tensor_type.elem_type in (1, 10)}
+    # Declared as another type (an int64 shape computed by Mul): not a float edge, whatever makes it.
+    others = {vi.name for vi in declared if vi.type.tensor_type.elem_type not in (0, 1, 10)}
     made = {o: n for n in model.graph.node for o in n.output}
-    edges = [(r, i) for r, i in _edges(model) if r.input[i] in floats or made[r.input[i]].op_type in ("Conv", "Add", "Mul", "Relu")]
+    edges = [
+        (r, i)
+        for r, i in _edges(model)
+        if r.input[i] in floats or (r.input[i] not in others and made[r.input[i]].op_type in ("Conv", "Add", "Mul", "Relu"))
+    ]
     if made_by:
         edges = [(r, i) for r, i in edges if made[r.input[i]].op_type in made_by]
     return _pick(rng, [(r, i) for r, i in edges if r.op_type not in readers_not])

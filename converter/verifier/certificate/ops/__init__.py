@@ -38,6 +38,7 @@ from converter.verifier.certificate.ops import (
     qdq,
     repeated,
     shape,
+    shape_entries,
 )
 from converter.verifier.certificate.ops._base import (
     ALL,
@@ -47,6 +48,7 @@ from converter.verifier.certificate.ops._base import (
     Prove,
     Relaid,
     axis_op,
+    either,
     per_element,
     same_operands,
     set_outputs,
@@ -71,7 +73,7 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     **dict.fromkeys([("", "Softmax"), ("", "LogSoftmax"), ("", "Hardmax")], ProofRule(relaid=axis_op(axis_ops.softmax))),
     ("", "Concat"): ProofRule(relaid=axis_op(axis_ops.concat, data=ALL)),
     ("", "Split"): ProofRule(relaid=axis_op(axis_ops.split, params=(1,))),
-    ("", "Gather"): ProofRule(relaid=axis_op(axis_ops.gather), fallback=shape.gathered_shape),
+    ("", "Gather"): ProofRule(relaid=axis_op(axis_ops.gather), fallback=either(shape.gathered_shape, shape_entries.same_entries)),
     ("", "Slice"): ProofRule(relaid=axis_op(axis_ops.slice_, params=(1, 2, 3, 4), computed=(1, 2, 4))),
     ("", "Pad"): ProofRule(relaid=axis_op(axis_ops.pad, params=(1, 3))),
     **{("", op): ProofRule(relaid=_REDUCE) for op in axis_ops.REDUCE},
@@ -86,7 +88,7 @@ PROOF_RULES: dict[tuple[str, str], ProofRule] = {
     ("", "Unsqueeze"): ProofRule(prove=layout_ops.unit_axis, fallback=layout_ops.rearranged),
     ("", "Reshape"): ProofRule(prove=layout_ops.merge, fallback=layout_ops.rearranged),
     ("", "Expand"): ProofRule(prove=layout_ops.relaid_expand),
-    # shapes (ops/shape.py); Gather above
+    # shapes (ops/shape.py; a Gather's second fallback: the same entries of run-time shapes, ops/shape_entries.py)
     ("", "Shape"): ProofRule(fallback=shape.shape),
     # written out (ops/layernorm.py): the body starts at a Cast or a ReduceMean
     ("", "LayerNormalization"): ProofRule(prove=layernorm.written_out, starts=("Cast", "ReduceMean")),

@@ -87,6 +87,19 @@ class ProofRule:
     attributes: SameAttributes | None = None
 
 
+def either(*fallbacks: Fallback) -> Fallback:
+    """A fallback that tries ``fallbacks`` in turn (an op with two ways to be proved without a counterpart).
+
+    Args:
+        fallbacks: the fallbacks, first tried first; the first that sets the node's facts ends it.
+    """
+
+    def fallback(ctx: Context, node: NodeProto, ins: list[Fact]) -> bool:
+        return any(f(ctx, node, ins) for f in fallbacks)
+
+    return fallback
+
+
 # --- what every counterpart check shares -------------------------------------------------------
 
 

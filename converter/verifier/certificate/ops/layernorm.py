@@ -13,17 +13,21 @@ intermediate read only inside it. Read from ``x`` = the original's input ``X`` i
 - the original's other outputs (mean, inverse deviation) are read by nothing.
 
 The proof starts at the body's first node (a Cast or a ReduceMean) and accounts for the whole body: the
-walk skips the rest, whose tensors are inside the op (not followed further).
+walk skips the rest, whose tensors are inside the op (not followed further). The body is read with each pair of
+involutions another tool may have put on one of its edges seen through (``Neg(Neg(t))`` is ``t`` bit for bit,
+:func:`canonical.repeated`; the inner one read by the outer alone): its readers read ``t`` (:class:`_Pairs`).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import NodeProto, TensorProto
 
+from converter.verifier.certificate.canonical import INVOLUTIONS, repeated
 from converter.verifier.certificate.constants import differs
 from converter.verifier.certificate.context import Context
 from converter.verifier.certificate.facts import EMPTY, Const, SameAs, Unknown
@@ -75,9 +79,63 @@ def written_out(ctx: Context, first: NodeProto) -> bool:
     return False
 
 
+class _Pairs:
+    """The rewritten graph read with every pair of involutions ``f(f(t))`` seen through (the inner ``f`` read by the
+    outer alone, the outer's output no graph output): ``resolve`` names ``t`` for the outer's output, ``readers``
+    lists each tensor's readers with the pairs' readers reading ``t`` and the pairs themselves left out."""
+
+    def __init__(self, ctx: Context) -> None:
+        direct = ctx.readers()
+        outputs = ctx.outputs()
+        self.source: dict[str, str] = {}
+        pairs: set[int] = set()
+        for node in ctx.nodes:
+            same = repeated(node, ctx.producer) if node.op_type in INVOLUTIONS else None
+            inner = ctx.producer(node.input[0]) if same is not None else None
+            if same is None or inner is None or node.output[0] in outputs or inner.output[0] in outputs:
+                continue
+            if [id(r) for r in direct.get(inner.output[0], [])] != [id(node)]:
+                continue
+            self.source[node.output[0]] = same
+            pairs.update((id(node), id(inner)))
+        self.readers: dict[str, list[NodeProto]] = dict(direct) if not pairs else {}
+        seen: dict[str, set[int]] = {}
+        for name, found in direct.items() if pairs else ():
+            at = self.resolve(name)
+            into, ids = self.readers.setdefault(at, []), seen.setdefault(at, set())
+            for n in found:
+                if id(n) not in pairs and id(n) not in ids:  # each reader once (it may read t and the pair's output)
+                    into.append(n)
+                    ids.add(id(n))
+
+    def resolve(self, name: str) -> str:
+        """The tensor ``name`` is, pairs seen through."""
+        for _ in range(len(self.source) + 1):
+            if name not in self.source:
+                break
+            name = self.source[name]
+        return name
+
+    def inputs(self, node: NodeProto) -> list[str]:
+        """``node``'s inputs, pairs seen through."""
+        return [self.resolve(i) for i in node.input]
+
+
+_PAIRS: weakref.WeakKeyDictionary[Context, _Pairs] = weakref.WeakKeyDictionary()
+
+
+def _pairs(ctx: Context) -> _Pairs:
+    """The walk's :class:`_Pairs`, made once per walk (the rewritten graph does not change while it is walked)."""
+    found = _PAIRS.get(ctx)
+    if found is None:
+        found = _PAIRS[ctx] = _Pairs(ctx)
+    return found
+
+
 def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
     """The tensor the body normalizes and the body's nodes, when ``first`` starts one; else None."""
-    readers = ctx.readers()
+    pairs = _pairs(ctx)
+    readers, ins = pairs.readers, pairs.inputs
     outputs = ctx.outputs()
 
     def sole(name: str, op: str) -> NodeProto | None:
@@ -88,21 +146,21 @@ def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
 
     cast: NodeProto | None = None
     if first.op_type == "Cast":
-        cast, data, x_in = first, first.input[0], first.output[0]
+        cast, data, x_in = first, pairs.resolve(first.input[0]), first.output[0]
         found = readers.get(x_in, [])
         mean = next((n for n in found if n.op_type == "ReduceMean" and is_default(n)), None)
         if mean is None or len(found) != 2 or x_in in outputs:
             return None
     else:
-        data = x_in = first.input[0]
+        data = x_in = pairs.resolve(first.input[0])
         mean = first
     sub = sole(mean.output[0], "Sub")
-    if sub is None or list(sub.input) != [x_in, mean.output[0]] or (cast is not None and sub not in readers.get(x_in, [])):
+    if sub is None or ins(sub) != [x_in, mean.output[0]] or (cast is not None and sub not in readers.get(x_in, [])):
         return None
     d = sub.output[0]
     d_readers = readers.get(d, [])
-    square = next((n for n in d_readers if n.op_type == "Mul" and list(n.input) == [d, d]), None)
-    div = next((n for n in d_readers if n.op_type == "Div" and n.input[0] == d), None)
+    square = next((n for n in d_readers if n.op_type == "Mul" and ins(n) == [d, d]), None)
+    div = next((n for n in d_readers if n.op_type == "Div" and ins(n)[0] == d), None)
     if square is None or div is None or len(d_readers) != 2 or d in outputs:
         return None
     var = sole(square.output[0], "ReduceMean")
@@ -113,7 +171,7 @@ def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
         or add_eps is None
         or sqrt is None
         or sole(sqrt.output[0], "Div") is not div
-        or _other(add_eps, var.output[0]) is None
+        or _other(add_eps, var.output[0], pairs) is None
     ):
         return None
     n = div.output[0]
@@ -124,16 +182,17 @@ def _body(ctx: Context, first: NodeProto) -> tuple[str, _Body] | None:
             return None
         n = back.output[0]
     mul = sole(n, "Mul")
-    if mul is None or _other(mul, n) is None:
+    if mul is None or _other(mul, n, pairs) is None:
         return None
     return data, _Body(cast, mean, sub, square, var, add_eps, sqrt, div, back, mul)
 
 
-def _other(node: NodeProto, name: str) -> str | None:
+def _other(node: NodeProto, name: str, pairs: _Pairs) -> str | None:
     """The other operand of a binary Add or Mul that reads ``name`` in either slot (they commute), or None."""
-    if len(node.input) != 2 or name not in node.input or node.input[0] == node.input[1]:
+    found = pairs.inputs(node)
+    if len(found) != 2 or name not in found or found[0] == found[1]:
         return None
-    return node.input[1] if node.input[0] == name else node.input[0]
+    return found[1] if found[0] == name else found[0]
 
 
 def _reduced_axes(ctx: Context, reduce: NodeProto, rank: int) -> list[int] | None:
@@ -171,7 +230,8 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
     stash = attrs.get_int("stash_type", TensorProto.FLOAT)
     stash_np = onnx.helper.tensor_dtype_to_np_dtype(stash)
     scale_o = ctx.orig.canon(cand.input[1]) if len(cand.input) > 1 else EMPTY
-    scale_r = ctx.fact(_other(body.mul, body.div.output[0] if body.back is None else body.back.output[0]) or "")
+    pairs = _pairs(ctx)
+    scale_r = ctx.fact(_other(body.mul, body.div.output[0] if body.back is None else body.back.output[0], pairs) or "")
     if not isinstance(scale_o, Const) or not isinstance(scale_r, Const):
         return None
     dtype = np.asarray(scale_o.get()).dtype
@@ -181,7 +241,7 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
             return None
     elif dtype != stash_np:
         return None
-    eps = ctx.fact(_other(body.add_eps, body.var.output[0]) or "")
+    eps = ctx.fact(_other(body.add_eps, body.var.output[0], pairs) or "")
     epsilon = np.array(attrs.get_float("epsilon", 1e-5), dtype=stash_np)
     if not isinstance(eps, Const) or differs(np.asarray(eps.get()).reshape(()), epsilon, "epsilon"):
         return None
@@ -190,11 +250,11 @@ def _counterpart(ctx: Context, cand: NodeProto, r: SameAs, body: _Body) -> list[
     group = body.nodes
     out = body.mul.output[0]
     if len(cand.input) > 2 and cand.input[2]:
-        readers = ctx.readers().get(out, [])
+        readers = pairs.readers.get(out, [])
         add = readers[0] if readers else None
-        if add is None or len(readers) != 1 or out in ctx.outputs() or add.op_type != "Add" or _other(add, out) is None:
+        if add is None or len(readers) != 1 or out in ctx.outputs() or add.op_type != "Add" or _other(add, out, pairs) is None:
             return None
-        bias_o, bias_r = ctx.orig.canon(cand.input[2]), ctx.fact(_other(add, out) or "")
+        bias_o, bias_r = ctx.orig.canon(cand.input[2]), ctx.fact(_other(add, out, pairs) or "")
         if not isinstance(bias_o, Const) or not isinstance(bias_r, Const) or ctx.same_laid_out(bias_r, bias_o, perm):
             return None
         group = [*group, add]
