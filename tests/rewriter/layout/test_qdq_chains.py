@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.rewriter.layout import census
 from models.graphs import with_output_shapes
+from tests._onnxruntime import first_output as _run
 
 B, S, C, HEADS = 2, 5, 8, 2  # S != C != D: a swapped axis shows
 D = C // HEADS
@@ -115,13 +115,6 @@ def qdq_attention(
         g.inits,
     )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize(

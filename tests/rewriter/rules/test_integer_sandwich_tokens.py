@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.graph import count_ops
+from tests._onnxruntime import first_output as _run
 from tests.conftest import with_output_shapes
 
 RULE = "integer_sandwich_to_conv"
@@ -87,14 +87,6 @@ def model_of(layers: int = 1, x_rank: int = 3, seed: int = 0, **t: bool) -> onnx
         inits,
     )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray, optimized: bool = False) -> np.ndarray:
-    options = ort.SessionOptions()
-    if not optimized:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 def _x(model: onnx.ModelProto, batch: int = 2) -> np.ndarray:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
+from tests._onnxruntime import first_output as _run
 from tests.conftest import with_output_shapes
 
 RULE = "qdq_gemm_sandwich_to_conv"
@@ -81,13 +81,6 @@ def token_sandwich(per_channel: bool, signed: bool, out_pair: bool = True, seed:
         inits,
     )
     return with_output_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize("out_pair", [True, False], ids=["out-pair", "no-out-pair"])

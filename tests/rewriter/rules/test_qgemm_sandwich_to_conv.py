@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
 from converter.graph import count_ops
+from tests._onnxruntime import first_output as _run
 from tests.conftest import with_output_shapes
 
 S, C_IN, K_OUT = 7, 12, 10  # S != C != K: a swapped axis shows
@@ -88,13 +88,6 @@ def sandwich(
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return with_output_shapes(helper.make_model(graph, opset_imports=opsets))
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 def _x(model: onnx.ModelProto, batch: int) -> np.ndarray:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import converter
+from tests._onnxruntime import first_output as _run
 
 S, C, K = 7, 12, 10
 
@@ -94,13 +94,6 @@ def attention(split: bool, heads: bool = False) -> onnx.ModelProto:
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize(("split", "heads"), [(False, False), (True, False), (True, True)], ids=["softmax", "split-qkv", "heads"])

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import converter
+from tests._onnxruntime import first_output as _run
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +80,6 @@ def _quantized(pre: Path, form: str) -> onnx.ModelProto:
     finally:
         logging.disable(logging.NOTSET)
     return onnx.load(out)
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize(
